@@ -1,0 +1,15 @@
+"""Typed settings for keygate and their loading (SPEC §2)."""
+
+from .loader import ConfigError, load_settings, with_upstream
+from .settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
+
+__all__ = [
+    "AuthSettings",
+    "ConfigError",
+    "Route",
+    "ServerSettings",
+    "Settings",
+    "StoreSettings",
+    "load_settings",
+    "with_upstream",
+]

@@ -1,0 +1,79 @@
+"""Typed, frozen settings (SPEC §2). Built only by :mod:`config.loader`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:8080"
+    workers: int = 1
+    admin_prefix: str = "/_keygate"
+    # Peers whose X-Forwarded-For we believe when logging/auditing the client.
+    trusted_proxies: tuple[Network, ...] = ()
+    # Slowloris bound: a request head must arrive completely within this time.
+    header_timeout: float = 10.0
+    # A request body that stalls this long between chunks is aborted.
+    body_idle_timeout: float = 30.0
+    max_header_count: int = 100
+    max_header_bytes: int = 16384
+    max_line_bytes: int = 8190
+    # Seconds a graceful stop waits for in-flight requests.
+    shutdown_timeout: float = 30.0
+    access_log: bool = True
+
+    @property
+    def host(self) -> str:
+        host, _, _ = self.listen.rpartition(":")
+        return host.strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    url: str = "sqlite:///keygate-data/keygate.db"
+    pool_size: int = 10
+    # How often workers look for changes made by other processes or nodes.
+    change_poll_interval: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    key_prefix: str = "kg"
+    sources: tuple[str, ...] = ("authorization", "x-api-key")
+    cache_size: int = 100_000
+    cache_ttl: float = 60.0
+    negative_cache_ttl: float = 5.0
+    last_used_flush_interval: float = 1.0
+    max_keys_per_user: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    prefix: str
+    upstream: str
+    strip_prefix: bool = False
+    public: bool = False
+    timeout: float = 30.0
+    # None: no limit. Declared bodies over it get 413 before anything is sent.
+    max_body_bytes: int | None = None
+    # Concurrent upstream exchanges; beyond it a fast 503 upstream_busy.
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    routes: tuple[Route, ...] = ()
+    # Where the settings came from, for messages ("<defaults>" when no file).
+    source: str = "<defaults>"

@@ -1,0 +1,43 @@
+"""One structured line per request, never a token or a query string.
+
+aiohttp's default format prints the request line, query included, and a query
+may carry a key (``query:api_key`` source): we log the path only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from .state import key_id_key, request_id_key, route_key
+
+MAX_PATH = 256
+
+
+def _safe(value: str) -> str:
+    # Paths are attacker-chosen: keep the line one line and bounded.
+    value = value[:MAX_PATH]
+    if value.isprintable() and " " not in value and '"' not in value:
+        return value
+    return "".join(c if c.isprintable() and c not in ' "' else f"%{ord(c):02X}" for c in value)
+
+
+class AccessLogger(AbstractAccessLogger):
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        path = request.raw_path.partition("?")[0]
+        self.logger.info(
+            "method=%s path=%s status=%d duration_ms=%.2f key_id=%s route=%s request_id=%s",
+            _safe(request.method),
+            _safe(path),
+            response.status,
+            time * 1000.0,
+            request.get(key_id_key, "-"),
+            request.get(route_key, "-"),
+            request.get(request_id_key, "-"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)

@@ -1,0 +1,155 @@
+"""Build the aiohttp application: middlewares, lifecycle, admin sub-app, proxy route."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from yarl import URL
+
+from config.settings import Settings
+
+from .cache import KeyCache
+from .changes import ChangeWatcher
+from .credentials import Sources
+from .errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
+from .forward import RouteGate, upstream_session
+from .headers import request_id_or_new
+from .policy import RouteTable
+from .proxy import proxy_handler
+from .service import ServiceContext, Services
+from .state import Gateway, gateway_key, request_id_key
+from .store import open_store
+from .store.base import Store
+from .usage import UsageRecorder
+from .verify import Verifier
+
+log = logging.getLogger("keygate")
+
+X_REQUEST_ID = "X-Request-Id"
+
+
+def error_response(exc: KeygateError) -> web.Response:
+    response = web.Response(
+        status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
+    )
+    return response
+
+
+def _from_http_exception(exc: web.HTTPException) -> KeygateError:
+    if exc.status == 404:
+        return NotFound("Not found.")
+    if exc.status == 405:
+        return MethodNotAllowed()
+    if exc.status == 413:
+        return TooLarge()
+    error = KeygateError(exc.reason or "Error.", code="_".join(exc.reason.lower().split()))
+    error.status = exc.status  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], asyncio.Future[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Render every refusal as SPEC's JSON error; never leak a traceback."""
+    request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID))
+    try:
+        return await handler(request)
+    except KeygateError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path[:200])
+        return error_response(KeygateError())
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(request_id_key)
+    if request_id is not None:
+        response.headers[X_REQUEST_ID] = request_id
+
+
+def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
+    """The whole gateway as one aiohttp application.
+
+    ``store`` lets tests share an opened store; otherwise one is opened from
+    ``settings.store.url`` inside ``cleanup_ctx`` (never at import or before a fork).
+    """
+    from admin.app import build_admin_app  # the one place gateway mounts admin
+
+    app = web.Application(
+        middlewares=[error_middleware],
+        handler_args={
+            "max_line_size": settings.server.max_line_bytes,
+            "max_field_size": settings.server.max_header_bytes,
+            "max_headers": settings.server.max_header_count,
+        },
+    )
+    app.on_response_prepare.append(_add_request_id)
+
+    async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+        own_store = store is None
+        st = store if store is not None else open_store(
+            settings.store.url, pool_size=settings.store.pool_size
+        )
+        if own_store:
+            await st.open()
+        auth = settings.auth
+        cache = KeyCache(auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl)
+        usage = UsageRecorder(st, auth.last_used_flush_interval)
+        gw = Gateway(
+            settings=settings,
+            store=st,
+            cache=cache,
+            usage=usage,
+            verifier=Verifier(st, cache, usage, auth.key_prefix),
+            routes=RouteTable(settings.routes),
+            sources=Sources.parse(auth.sources),
+        )
+        gw.services = Services.build(
+            ServiceContext(
+                store=st,
+                auth=auth,
+                route_names=[r.name for r in settings.routes],
+                notify=gw.apply_change,
+            )
+        )
+        for route in settings.routes:
+            gw.gates[route.name] = RouteGate(route)
+            gw.upstream_base[route.name] = URL(route.upstream)
+        await gw.reload_policy()
+        watcher = ChangeWatcher(st, gw.apply_change, settings.store.change_poll_interval)
+        await watcher.start()
+        usage.start()
+        app[gateway_key] = gw
+        try:
+            yield
+        finally:
+            await watcher.stop()
+            # Last flush before the store closes (cleanup runs in reverse order).
+            await usage.stop()
+            if own_store:
+                await st.close()
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        gw = app[gateway_key]
+        # One shared keep-alive session: no redirects, no decompression.
+        gw.session = upstream_session()
+        try:
+            yield
+        finally:
+            await gw.session.close()
+
+    app.cleanup_ctx.append(gateway_ctx)
+    app.cleanup_ctx.append(session_ctx)
+    app.add_subapp(settings.server.admin_prefix, build_admin_app())
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app

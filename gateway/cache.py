@@ -1,0 +1,216 @@
+"""In-memory cache of verified keys, keyed by token digest (SPEC §5 "Cache").
+
+An entry holds what every request needs (status, expiry, effective groups,
+identity headers), so a hit costs one dict lookup and no await. Entries are
+indexed by key id, owner id and group, so a change notice evicts exactly what
+it affects. ``generation`` closes the fill race: a lookup that started before
+an eviction must not re-insert what it read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache, TTLCache
+
+from .store.records import ADMIN_GROUP, SELF_SERVICE_GROUP, AuthRecord
+
+KEY_ID_HEADER = "X-Keygate-Key-Id"
+KEY_NAME_HEADER = "X-Keygate-Key-Name"
+USER_HEADER = "X-Keygate-User"
+GROUPS_HEADER = "X-Keygate-Groups"
+
+
+@dataclass(slots=True, eq=False)
+class Principal:
+    """A verified key as seen by one request: who, what status, which groups."""
+
+    key_id: str
+    key_name: str
+    key_status: str  # active | disabled | revoked
+    owner_id: str
+    username: str | None  # None: the owner no longer exists
+    owner_active: bool
+    role: str | None
+    groups: tuple[str, ...]  # effective groups, sorted
+    expires_at: float | None
+    grace_until: float | None
+    identity: dict[str, str]
+    deadline: float  # monotonic time after which the entry must be re-read
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_GROUP in self.groups
+
+    @property
+    def is_self_service(self) -> bool:
+        return SELF_SERVICE_GROUP in self.groups
+
+
+def effective_groups(record: AuthRecord) -> tuple[str, ...]:
+    """Key groups ∩ groups the owner may hold now (SPEC §3)."""
+    if record.owner_role == "admin":
+        allowed: Any = None  # an admin may hold every group
+    else:
+        allowed = set(record.owner_groups)
+        allowed.discard(ADMIN_GROUP)  # never a member's (SPEC §4)
+    groups = record.key_groups if allowed is None else [g for g in record.key_groups if g in allowed]
+    return tuple(sorted(set(groups)))
+
+
+def principal_from(record: AuthRecord, ttl: float) -> Principal:
+    groups = effective_groups(record)
+    username = record.owner_username
+    identity = {
+        KEY_ID_HEADER: record.key_id,
+        KEY_NAME_HEADER: _header_safe(record.key_name),
+        USER_HEADER: _header_safe(username or ""),
+        GROUPS_HEADER: ",".join(groups),
+    }
+    return Principal(
+        key_id=record.key_id,
+        key_name=record.key_name,
+        key_status=record.key_status,
+        owner_id=record.owner_id,
+        username=username,
+        owner_active=username is not None and record.owner_status == "active",
+        role=record.owner_role,
+        groups=groups,
+        expires_at=record.expires_at,
+        grace_until=record.grace_until,
+        identity=identity,
+        deadline=time.monotonic() + ttl,
+    )
+
+
+def _header_safe(value: str) -> str:
+    # Names are validated printable, but a header value must never carry CR/LF
+    # or non-Latin-1 text; percent-encode anything outside visible ASCII.
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(c if c.isascii() and c.isprintable() else f"%{ord(c):02X}" for c in value)
+
+
+class _IndexedLRU(LRUCache[bytes, Principal]):
+    """An LRU that tells its owner which entries it drops on its own."""
+
+    def __init__(self, maxsize: int, on_evict: Any) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[bytes, Principal]:
+        digest, principal = super().popitem()
+        self._on_evict(digest, principal)
+        return digest, principal
+
+
+class KeyCache:
+    def __init__(self, size: int, ttl: float, negative_ttl: float) -> None:
+        self.ttl = ttl
+        self._entries = _IndexedLRU(size, self._unindex)
+        # Bounded too: a flood of random well-formed tokens must not grow memory.
+        self._negative: TTLCache[bytes, bool] = TTLCache(min(size, 100_000), negative_ttl)
+        self._by_key: dict[str, set[bytes]] = {}
+        self._by_owner: dict[str, set[bytes]] = {}
+        self._by_group: dict[str, set[bytes]] = {}
+        self.generation = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, digest: bytes) -> Principal | None:
+        """The cached principal, or None when absent or older than ``cache_ttl``."""
+        principal = self._entries.get(digest)
+        if principal is None:
+            self.misses += 1
+            return None
+        if principal.deadline <= time.monotonic():
+            self._drop(digest)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return principal
+
+    def is_known_unknown(self, digest: bytes) -> bool:
+        return digest in self._negative
+
+    def remember_unknown(self, digest: bytes, generation: int) -> None:
+        if generation == self.generation:
+            self._negative[digest] = True
+
+    def put(self, digest: bytes, principal: Principal, generation: int) -> None:
+        """Insert unless a change notice arrived since the lookup began."""
+        if generation != self.generation:
+            return
+        self._drop(digest)
+        self._entries[digest] = principal
+        self._by_key.setdefault(principal.key_id, set()).add(digest)
+        self._by_owner.setdefault(principal.owner_id, set()).add(digest)
+        for group in principal.groups:
+            self._by_group.setdefault(group, set()).add(digest)
+
+    # --- eviction ---------------------------------------------------------
+    def evict_key(self, key_id: str) -> None:
+        self._evict(self._by_key.get(key_id, ()))
+
+    def evict_owner(self, owner_id: str) -> None:
+        self._evict(self._by_owner.get(owner_id, ()))
+
+    def evict_group(self, group: str) -> None:
+        self._evict(self._by_group.get(group, ()))
+
+    def apply(self, kind: str, ref: str) -> None:
+        """Apply one change notice (kind: key | user | group | all)."""
+        if kind == "key":
+            self.evict_key(ref)
+        elif kind == "user":
+            self.evict_owner(ref)
+        elif kind == "group":
+            self.evict_group(ref)
+        else:
+            self.clear()
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._negative.clear()
+        self._by_key.clear()
+        self._by_owner.clear()
+        self._by_group.clear()
+
+    def _evict(self, digests: Iterable[bytes]) -> None:
+        self.generation += 1
+        # A new key or a rolled token is never in the negative cache (fresh
+        # random secret), so only positive entries need evicting.
+        for digest in list(digests):
+            self._drop(digest)
+
+    def _drop(self, digest: bytes) -> None:
+        principal = self._entries.pop(digest, None)
+        if principal is not None:
+            self._unindex(digest, principal)
+
+    def _unindex(self, digest: bytes, principal: Principal) -> None:
+        for index, name in (
+            (self._by_key, principal.key_id),
+            (self._by_owner, principal.owner_id),
+        ):
+            _discard(index, name, digest)
+        for group in principal.groups:
+            _discard(self._by_group, group, digest)
+
+
+def _discard(index: dict[str, set[bytes]], name: str, digest: bytes) -> None:
+    members = index.get(name)
+    if members is not None:
+        members.discard(digest)
+        if not members:
+            del index[name]
+
+
+__all__ = ["KeyCache", "Principal", "effective_groups", "principal_from"]

@@ -1,0 +1,71 @@
+"""Change feed consumer: applies other processes' changes to this worker's cache.
+
+Every store write appends change notices in its own transaction. Here we poll a
+cheap counter (SQLite's ``PRAGMA data_version``, or the newest change
+sequence) and only read notices when it moved, so the idle cost is one trivial
+query per ``store.change_poll_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from .errors import KeygateError
+from .store.base import Store
+
+log = logging.getLogger("keygate.changes")
+
+Apply = Callable[[str, str], Awaitable[None]]
+
+
+class ChangeWatcher:
+    def __init__(self, store: Store, apply: Apply, interval: float) -> None:
+        self._store = store
+        self._apply = apply
+        self._interval = interval
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    async def start(self) -> None:
+        self._seq = await self._store.change_seq()
+        self._task = asyncio.create_task(self._run(), name="keygate-changes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll(self) -> int:
+        """Apply every notice newer than the last one seen; return how many."""
+        changes = await self._store.changes_since(self._seq)
+        for change in changes:
+            await self._apply(change.kind, change.ref)
+            self._seq = max(self._seq, change.seq)
+        return len(changes)
+
+    async def _run(self) -> None:
+        probe = getattr(self._store, "data_version", None)
+        last_version = None
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                if probe is not None:
+                    version = await probe()
+                    if version == last_version:
+                        continue
+                    last_version = version
+                await self.poll()
+                if self._failing:
+                    log.warning("change feed recovered")
+                    self._failing = False
+            except (KeygateError, OSError) as exc:
+                last_version = None
+                if not self._failing:
+                    log.error("change feed unavailable: %s", type(exc).__name__)
+                    self._failing = True

@@ -1,0 +1,170 @@
+"""Every error keygate itself produces, mapped to the JSON contract in one place.
+
+Hierarchy (status, default code)::
+
+    KeygateError                      500 internal_error
+    ├── BadRequest                    400 bad_request
+    │   ├── BadPath                   400 bad_path
+    │   └── AmbiguousApiKey           400 ambiguous_api_key
+    ├── Unauthorized                  401 (missing_api_key | invalid_api_key |
+    │                                      key_disabled | key_expired)
+    ├── Forbidden                     403 forbidden
+    ├── NotFound                      404 not_found (no_route at the proxy)
+    ├── MethodNotAllowed              405 method_not_allowed
+    ├── Conflict                      409 (name_taken | key_limit_reached |
+    │                                      group_in_use | already_exists | ...)
+    ├── TooLarge                      413 too_large
+    ├── Invalid                       422 invalid, with per-field ``details``
+    ├── HeadersTooLarge               431 headers_too_large
+    ├── UpstreamUnavailable           502 upstream_unavailable
+    ├── StoreUnavailable / Busy       503 store_unavailable / upstream_busy
+    └── UpstreamTimeout               504 upstream_timeout
+
+Messages are fixed sentences written here or by the caller; they never carry a
+presented credential (SPEC §3: never put a token in an error message).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+
+class KeygateError(Exception):
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "Internal error."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        details: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.code = code or self.default_code
+        self.message = message or self.default_message
+        self.details = details
+        self.headers = headers
+        super().__init__(self.message)
+
+    def body(self) -> bytes:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return orjson.dumps({"error": error})
+
+
+class BadRequest(KeygateError):
+    status = 400
+    default_code = "bad_request"
+    default_message = "The request is malformed."
+
+
+class BadPath(BadRequest):
+    default_code = "bad_path"
+    default_message = "The request path is not allowed."
+
+
+class AmbiguousApiKey(BadRequest):
+    default_code = "ambiguous_api_key"
+    default_message = "The request carries more than one API key."
+
+
+class Unauthorized(KeygateError):
+    status = 401
+    default_code = "invalid_api_key"
+    default_message = "The API key is not valid."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        # RFC 9110 §11.6.1: a 401 carries a challenge.
+        super().__init__(
+            message, code=code, headers={"WWW-Authenticate": 'Bearer realm="keygate"'}
+        )
+
+
+def missing_api_key() -> Unauthorized:
+    return Unauthorized("An API key is required.", code="missing_api_key")
+
+
+def key_disabled() -> Unauthorized:
+    return Unauthorized("The API key is disabled.", code="key_disabled")
+
+
+def key_expired() -> Unauthorized:
+    return Unauthorized("The API key has expired.", code="key_expired")
+
+
+class Forbidden(KeygateError):
+    status = 403
+    default_code = "forbidden"
+    default_message = "The API key may not do this."
+
+
+class NotFound(KeygateError):
+    status = 404
+    default_code = "not_found"
+    default_message = "Not found."
+
+
+class MethodNotAllowed(KeygateError):
+    status = 405
+    default_code = "method_not_allowed"
+    default_message = "The method is not allowed here."
+
+
+class Conflict(KeygateError):
+    status = 409
+    default_code = "conflict"
+    default_message = "The request conflicts with the current state."
+
+
+class TooLarge(KeygateError):
+    status = 413
+    default_code = "too_large"
+    default_message = "The request body is too large."
+
+
+class Invalid(KeygateError):
+    status = 422
+    default_code = "invalid"
+    default_message = "The request is not valid."
+
+    def __init__(self, details: dict[str, str], message: str | None = None) -> None:
+        super().__init__(message or "The request is not valid.", details=details)
+
+
+class HeadersTooLarge(KeygateError):
+    status = 431
+    default_code = "headers_too_large"
+    default_message = "The request headers are too large."
+
+
+class UpstreamUnavailable(KeygateError):
+    status = 502
+    default_code = "upstream_unavailable"
+    default_message = "The upstream service is unavailable."
+
+
+class ServiceUnavailable(KeygateError):
+    status = 503
+    default_code = "unavailable"
+    default_message = "The service is unavailable."
+
+
+class StoreUnavailable(ServiceUnavailable):
+    default_code = "store_unavailable"
+    default_message = "The key store is unavailable."
+
+
+class UpstreamBusy(ServiceUnavailable):
+    default_code = "upstream_busy"
+    default_message = "The upstream has too many requests in flight."
+
+
+class UpstreamTimeout(KeygateError):
+    status = 504
+    default_code = "upstream_timeout"
+    default_message = "The upstream service did not answer in time."

@@ -1,0 +1,202 @@
+"""Run keygate: prepare the store, then one process or a supervisor of N workers.
+
+Nothing opens a store connection in the parent after preparation is closed, so
+a forked worker inherits no connection, thread or event loop. SIGTERM/SIGINT
+drain in-flight requests (``server.shutdown_timeout``), flush last-used stamps
+through ``cleanup_ctx`` and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+from aiohttp import web
+from yarl import URL
+
+from config.settings import Settings
+
+from .accesslog import AccessLogger
+from .app import build_app
+from .errors import KeygateError
+from .service import ServiceContext
+from .service.bootstrap import create_first_admin
+from .store import open_store
+
+log = logging.getLogger("keygate")
+
+# A worker that dies sooner than this after its start counts towards a crash loop.
+CRASH_WINDOW = 5.0
+MAX_QUICK_CRASHES = 5
+
+
+def redact(url: str) -> str:
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "<store url>"
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+async def prepare_store(settings: Settings) -> str | None:
+    """Migrate; on an empty store create the first admin and return its token."""
+    store = open_store(settings.store.url, pool_size=1)
+    await store.open()
+    try:
+        if await store.count_admins() > 0:
+            return None
+        issued = await create_first_admin(ServiceContext(store, settings.auth))
+        return issued.token
+    finally:
+        await store.close()
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where available
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve_worker(settings: Settings, *, reuse_port: bool, sock: socket.socket | None = None) -> int:
+    """Serve until SIGTERM/SIGINT in this process; return the exit code."""
+    server = settings.server
+    app = build_app(settings)
+    try:
+        web.run_app(
+            app,
+            host=None if sock is not None else server.host,
+            port=None if sock is not None else server.port,
+            sock=sock,
+            reuse_port=reuse_port or None,
+            shutdown_timeout=server.shutdown_timeout,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger("keygate.access") if server.access_log else None,
+            print=None,
+            handle_signals=True,
+            loop=new_loop(),
+        )
+    except KeygateError as exc:
+        print(f"keygate: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"keygate: cannot listen on {server.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configure_logging() -> None:
+    """Structured lines on stderr; one access line per request at info."""
+    logging.basicConfig(
+        level=os.environ.get("KEYGATE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(settings: Settings) -> int:
+    """``keygate serve``: prepare, announce, serve (blocking)."""
+    configure_logging()
+    try:
+        token = asyncio.run(prepare_store(settings))
+    except KeygateError as exc:
+        print(f"keygate: {exc.message}", file=sys.stderr)
+        return 1
+    if token is not None:
+        print(
+            "keygate: created the first admin user 'admin'. Its API key is shown ONCE:\n\n"
+            f"    {token}\n\n"
+            "Store it now (for example in a password manager); it cannot be shown again.",
+            file=sys.stderr,
+        )
+    workers = settings.server.workers
+    routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes) or "none"
+    print(
+        f"keygate: listening on http://{settings.server.listen} with {workers} "
+        f"worker{'s' if workers != 1 else ''}; admin API at {settings.server.admin_prefix}; "
+        f"store {redact(settings.store.url)}; routes: {routes}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if workers == 1:
+        return serve_worker(settings, reuse_port=False)
+    return supervise(settings, workers)
+
+
+def supervise(settings: Settings, workers: int) -> int:
+    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); restart crashes."""
+    # Bind once in the parent to fail fast with one clear line if the port is taken.
+    try:
+        probe = socket.create_server(
+            (settings.server.host, settings.server.port), reuse_port=True
+        )
+    except OSError as exc:
+        print(
+            f"keygate: cannot listen on {settings.server.listen}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    stopping = False
+    children: dict[int, float] = {}
+    quick_crashes = 0
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            probe.close()
+            code = serve_worker(settings, reuse_port=True)
+            os._exit(code)
+        children[pid] = time.monotonic()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(workers):
+        spawn()
+    probe.close()
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping:
+            if code != 0:
+                status = 1
+            continue
+        print(f"keygate: worker {pid} exited with {code}; starting another", file=sys.stderr)
+        if time.monotonic() - started < CRASH_WINDOW:
+            quick_crashes += 1
+            if quick_crashes >= MAX_QUICK_CRASHES:
+                print("keygate: workers keep crashing at start; giving up", file=sys.stderr)
+                on_signal(signal.SIGTERM, None)
+                status = 1
+                continue
+            time.sleep(min(0.2 * quick_crashes, 2.0))  # back off a crash loop
+        else:
+            quick_crashes = 0
+        spawn()
+    return status

@@ -1,0 +1,314 @@
+"""Key rules (SPEC §3, §6): create, read, list, change, revoke, roll, delete."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .. import keyformat
+from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
+from . import validation as v
+from .actor import Actor
+from .context import ServiceContext
+
+CREATE_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "groups",
+        "expires_at",
+        "expires_in",
+        "owner",
+        "webhook_url",
+        "metadata",
+    }
+)
+PATCH_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "groups",
+        "expires_at",
+        "expires_in",
+        "webhook_url",
+        "metadata",
+        "status",
+    }
+)
+LIST_STATUSES = ("active", "disabled", "revoked", "expired")
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: KeyRecord
+    token: str  # returned exactly once, never stored or logged
+
+
+def encode_cursor(seq: int | None) -> str | None:
+    if seq is None:
+        return None
+    return base64.urlsafe_b64encode(f"k{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, tag: str = "k") -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith(tag) or not raw[1:].isdigit():
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid({"cursor": "not a cursor from a previous page"}) from None
+
+
+class KeyService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    # --- reading ----------------------------------------------------------
+    async def get(self, actor: Actor, key_id: str) -> KeyRecord:
+        actor.require_key_access()
+        key = await self.ctx.store.get_key(key_id)
+        # Object-level check: another owner's key is "not found", never "forbidden",
+        # so ids cannot be probed (OWASP API1).
+        if key is None or not (actor.is_admin or key.owner_id == actor.user_id):
+            raise NotFound("No such key.")
+        return key
+
+    async def list(
+        self,
+        actor: Actor,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[KeyRecord], str | None]:
+        actor.require_key_access()
+        errors = v.Errors()
+        if status is not None:
+            v.choice(status, "status", LIST_STATUSES, errors)
+        if not 1 <= limit <= MAX_LIMIT:
+            errors["limit"] = f"must be between 1 and {MAX_LIMIT}"
+        if search is not None and len(search) > 200:
+            errors["search"] = "must be at most 200 characters"
+        before = decode_cursor(cursor) if cursor else None
+        errors.raise_if_any()
+        owner_id: str | None = None
+        if owner is not None:
+            user = await self.ctx.store.get_user(owner)
+            if user is None:
+                return [], None
+            owner_id = user.id
+        if not actor.is_admin:
+            if owner_id is not None and owner_id != actor.user_id:
+                return [], None
+            owner_id = actor.user_id
+        page: Page[KeyRecord] = await self.ctx.store.list_keys(
+            KeyQuery(
+                search=search or None,
+                status=status,
+                owner_id=owner_id,
+                group=group,
+                limit=limit,
+                before_seq=before,
+            )
+        )
+        return page.items, encode_cursor(page.next_cursor)
+
+    # --- writing ------------------------------------------------------------
+    async def create(self, actor: Actor, body: Any) -> IssuedKey:
+        actor.require_key_access()
+        body = v.require_object(body)
+        errors = v.Errors()
+        v.reject_unknown(body, CREATE_FIELDS, errors)
+        now = utcnow()
+        owner = await self._owner_for_create(actor, body, errors)
+        name = v.key_name(body["name"], errors) if "name" in body else None
+        description = ""
+        if "description" in body:
+            description = v.text(body["description"], "description", errors, max_len=1000) or ""
+        groups: list[str] | None = None
+        if "groups" not in body:
+            errors["groups"] = "required"
+        else:
+            groups = v.group_names(body["groups"], errors)
+        _, expires_at = v.expiry(body, errors, now)
+        webhook = v.webhook_url(body.get("webhook_url"), errors)
+        meta = v.metadata(body["metadata"], errors) if "metadata" in body else {}
+        if groups is not None and owner is not None:
+            await self._check_grants(actor, owner, groups, errors)
+        errors.raise_if_any()
+        assert owner is not None and groups is not None
+        token, key_id = keyformat.generate(self.ctx.auth.key_prefix)
+        record = KeyRecord(
+            id=key_id,
+            prefix=self.ctx.auth.key_prefix,
+            last4=token[-4:],
+            name=name or f"key-{key_id}",
+            description=description,
+            status="active",
+            groups=tuple(groups),
+            owner_id=owner.id,
+            owner_username=owner.username,
+            created_by_id=actor.user_id,
+            created_by_username=actor.username,
+            created_at=now,
+            updated_at=now,
+            last_used_at=None,
+            expires_at=expires_at,
+            webhook_url=webhook,
+            metadata=meta or {},
+        )
+        audit = actor.audit(
+            "key.create",
+            "key",
+            key_id,
+            {
+                "name": record.name,
+                "owner": owner.username,
+                "groups": groups,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
+        created = await self.ctx.store.create_key(
+            record, keyformat.digest(token), max_keys=self.ctx.auth.max_keys_per_user, audit=audit
+        )
+        await self.ctx.notify("key", key_id)
+        return IssuedKey(created, token)
+
+    async def update(self, actor: Actor, key_id: str, body: Any) -> KeyRecord:
+        key = await self.get(actor, key_id)
+        body = v.require_object(body)
+        errors = v.Errors()
+        v.reject_unknown(body, PATCH_FIELDS, errors)
+        fields: dict[str, Any] = {}
+        if "name" in body:
+            fields["name"] = v.key_name(body["name"], errors)
+        if "description" in body:
+            fields["description"] = v.text(body["description"], "description", errors, max_len=1000)
+        if "groups" in body:
+            groups = v.group_names(body["groups"], errors)
+            owner = await self.ctx.store.get_user_by_id(key.owner_id)
+            if groups is not None and owner is not None:
+                await self._check_grants(actor, owner, groups, errors)
+            fields["groups"] = groups
+        given, expires_at = v.expiry(body, errors, utcnow())
+        if given:
+            fields["expires_at"] = expires_at
+        if "webhook_url" in body:
+            fields["webhook_url"] = v.webhook_url(body["webhook_url"], errors)
+        if "metadata" in body:
+            fields["metadata"] = v.metadata(body["metadata"], errors)
+        if "status" in body:
+            fields["status"] = v.choice(body["status"], "status", ("active", "disabled"), errors)
+        errors.raise_if_any()
+        if key.status == "revoked":
+            raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+        if not fields:
+            return key
+        changes = {k: (val.isoformat() if hasattr(val, "isoformat") else val)
+                   for k, val in fields.items()}
+        action = "key.update"
+        if set(fields) == {"status"}:
+            action = "key.enable" if fields["status"] == "active" else "key.disable"
+        updated = await self.ctx.store.update_key(
+            key_id, fields, audit=actor.audit(action, "key", key_id, changes)
+        )
+        await self.ctx.notify("key", key_id)
+        return updated
+
+    async def set_status(self, actor: Actor, key_id: str, status: str) -> KeyRecord:
+        return await self.update(actor, key_id, {"status": status})
+
+    async def revoke(self, actor: Actor, key_id: str) -> KeyRecord:
+        key = await self.get(actor, key_id)
+        if key.status == "revoked":
+            return key  # final and idempotent
+        revoked = await self.ctx.store.update_key(
+            key_id, {"status": "revoked"}, audit=actor.audit("key.revoke", "key", key_id)
+        )
+        await self.ctx.notify("key", key_id)
+        return revoked
+
+    async def roll(self, actor: Actor, key_id: str, body: Any = None) -> IssuedKey:
+        key = await self.get(actor, key_id)
+        body = {} if body is None else v.require_object(body)
+        errors = v.Errors()
+        v.reject_unknown(body, frozenset({"grace_seconds"}), errors)
+        grace = body.get("grace_seconds", 0)
+        if isinstance(grace, bool) or not isinstance(grace, int) or not (
+            0 <= grace <= v.MAX_GRACE_SECONDS
+        ):
+            errors["grace_seconds"] = f"must be an integer from 0 to {v.MAX_GRACE_SECONDS}"
+        errors.raise_if_any()
+        if key.status == "revoked":
+            raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+        token, _ = keyformat.generate(key.prefix, key_id)
+        grace_until = utcnow() + timedelta(seconds=grace) if grace else None
+        rolled = await self.ctx.store.roll_key(
+            key_id,
+            keyformat.digest(token),
+            token[-4:],
+            grace_until=grace_until,
+            audit=actor.audit("key.roll", "key", key_id, {"grace_seconds": grace}),
+        )
+        await self.ctx.notify("key", key_id)
+        return IssuedKey(rolled, token)
+
+    async def delete(self, actor: Actor, key_id: str) -> None:
+        key = await self.get(actor, key_id)
+        await self.ctx.store.delete_key(
+            key_id, audit=actor.audit("key.delete", "key", key_id, {"name": key.name})
+        )
+        await self.ctx.notify("key", key_id)
+
+    # --- rules ------------------------------------------------------------
+    async def _owner_for_create(
+        self, actor: Actor, body: dict[str, Any], errors: v.Errors
+    ) -> UserRecord | None:
+        owner_name = body.get("owner")
+        if owner_name is None or owner_name == actor.username:
+            if actor.user_id is None:
+                errors["owner"] = "required (the CLI acts for no user)"
+                return None
+            owner = await self.ctx.store.get_user_by_id(actor.user_id)
+            if owner is None:
+                raise Forbidden("The calling user no longer exists.")
+            return owner
+        if not isinstance(owner_name, str):
+            errors["owner"] = "must be a username"
+            return None
+        if not actor.is_admin:
+            raise Forbidden("Only an admin may create keys for another user.")
+        owner = await self.ctx.store.get_user(owner_name)
+        if owner is None:
+            errors["owner"] = "no such user"
+        return owner
+
+    async def _check_grants(
+        self, actor: Actor, owner: UserRecord, groups: list[str], errors: v.Errors
+    ) -> None:
+        """Groups must exist and the owner must be allowed them. A self-service
+        caller is always the owner, so it can grant only what it may hold."""
+        known = {g.name for g in await self.ctx.store.list_groups()}
+        unknown = [g for g in groups if g not in known]
+        if unknown:
+            errors["groups"] = f"unknown group {unknown[0]!r}"
+            return
+        for g in groups:
+            if not may_hold(owner, g):
+                errors["groups"] = f"the owner may not hold group {g!r}"
+                return
+
+
+def may_hold(user: UserRecord, group: str) -> bool:
+    if user.role == "admin":
+        return True
+    return group != ADMIN_GROUP and group in user.groups

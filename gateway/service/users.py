@@ -1,0 +1,130 @@
+"""User rules (SPEC §4): admin only; the last active admin cannot be removed."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ..errors import Conflict, NotFound
+from ..store.records import ADMIN_GROUP, UserRecord, utcnow
+from . import validation as v
+from .actor import Actor
+from .context import ServiceContext
+
+CREATE_FIELDS = frozenset({"username", "role", "groups"})
+PATCH_FIELDS = frozenset({"role", "groups", "status"})
+ROLES = ("admin", "member")
+
+
+def new_user_id() -> str:
+    return "u_" + secrets.token_hex(8)
+
+
+class UserService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    async def get(self, actor: Actor, username: str) -> UserRecord:
+        actor.require_admin()
+        user = await self.ctx.store.get_user(username)
+        if user is None:
+            raise NotFound("No such user.")
+        return user
+
+    async def list(
+        self, actor: Actor, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[UserRecord], str | None]:
+        actor.require_admin()
+        if not 1 <= limit <= 500:
+            raise v.Invalid({"limit": "must be between 1 and 500"})
+        page = await self.ctx.store.list_users(limit, cursor)
+        return page.items, page.next_cursor  # type: ignore[return-value]
+
+    async def create(self, actor: Actor, body: Any) -> UserRecord:
+        actor.require_admin()
+        body = v.require_object(body)
+        errors = v.Errors()
+        v.reject_unknown(body, CREATE_FIELDS, errors)
+        username = body.get("username")
+        if "username" not in body:
+            errors["username"] = "required"
+        elif not isinstance(username, str) or not v.USERNAME_RE.match(username):
+            errors["username"] = "must be 1-64 letters, digits, '.', '_', '@' or '-'"
+        role = v.choice(body.get("role", "member"), "role", ROLES, errors)
+        groups = v.group_names(body.get("groups", []), errors) or []
+        if role is not None:
+            await self._check_groups(role, groups, errors)
+        errors.raise_if_any()
+        return await self.create_unchecked(actor, str(username), str(role), groups)
+
+    async def create_unchecked(
+        self, actor: Actor | None, username: str, role: str, groups: list[str]
+    ) -> UserRecord:
+        """Insert a validated user (also used by ``init`` before any admin exists)."""
+        now = utcnow()
+        user = UserRecord(new_user_id(), username, role, tuple(groups), "active", now, now)
+        audit = None
+        if actor is not None:
+            audit = actor.audit(
+                "user.create", "user", username, {"role": role, "groups": groups}
+            )
+        created = await self.ctx.store.create_user(user, audit=audit)
+        await self.ctx.notify("user", created.id)
+        return created
+
+    async def update(self, actor: Actor, username: str, body: Any) -> UserRecord:
+        user = await self.get(actor, username)
+        body = v.require_object(body)
+        errors = v.Errors()
+        v.reject_unknown(body, PATCH_FIELDS, errors)
+        fields: dict[str, Any] = {}
+        if "role" in body:
+            fields["role"] = v.choice(body["role"], "role", ROLES, errors)
+        if "groups" in body:
+            fields["groups"] = v.group_names(body["groups"], errors)
+        if "status" in body:
+            fields["status"] = v.choice(body["status"], "status", ("active", "disabled"), errors)
+        if not errors:
+            role = fields.get("role", user.role)
+            groups = fields.get("groups", list(user.groups))
+            await self._check_groups(role, groups, errors)
+        errors.raise_if_any()
+        if not fields:
+            return user
+        losing_admin = user.role == "admin" and user.status == "active" and (
+            fields.get("role", "admin") != "admin" or fields.get("status", "active") != "active"
+        )
+        if losing_admin:
+            await self._keep_an_admin(user)
+        updated = await self.ctx.store.update_user(
+            username, fields, audit=actor.audit("user.update", "user", username, fields)
+        )
+        await self.ctx.notify("user", updated.id)
+        return updated
+
+    async def delete(self, actor: Actor, username: str) -> list[str]:
+        user = await self.get(actor, username)
+        if user.role == "admin" and user.status == "active":
+            await self._keep_an_admin(user)
+        revoked = await self.ctx.store.delete_user(
+            username, audit=actor.audit("user.delete", "user", username)
+        )
+        await self.ctx.notify("user", user.id)
+        for key_id in revoked:
+            await self.ctx.notify("key", key_id)
+        return revoked
+
+    async def _check_groups(self, role: str, groups: list[str], errors: v.Errors) -> None:
+        if role == "member" and ADMIN_GROUP in groups:
+            errors["groups"] = "the admin group is never a member's; make the user an admin"
+            return
+        known = {g.name for g in await self.ctx.store.list_groups()}
+        unknown = [g for g in groups if g not in known]
+        if unknown:
+            errors["groups"] = f"unknown group {unknown[0]!r}"
+
+    async def _keep_an_admin(self, user: UserRecord) -> None:  # user: an active admin
+        # Demoting, disabling or deleting the last active admin would lock
+        # everyone out of the admin API.
+        if await self.ctx.store.count_admins() <= 1:
+            raise Conflict("This is the last active admin.", code="last_admin")

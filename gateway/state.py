@@ -1,0 +1,56 @@
+"""The gateway's shared state, one object under one typed app key."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from config.settings import Settings
+
+from .cache import KeyCache
+from .credentials import Sources
+from .forward import RouteGate
+from .policy import Policy, RouteTable
+from .service import Services
+from .store.base import Store
+from .usage import UsageRecorder
+from .verify import Verifier
+
+log = logging.getLogger("keygate")
+
+
+@dataclass(eq=False)
+class Gateway:
+    settings: Settings
+    store: Store
+    cache: KeyCache
+    usage: UsageRecorder
+    verifier: Verifier
+    routes: RouteTable
+    sources: Sources
+    services: Services | None = None
+    policy: Policy = field(default_factory=lambda: Policy({}))
+    session: aiohttp.ClientSession | None = None
+    gates: dict[str, RouteGate] = field(default_factory=dict)
+    upstream_base: dict[str, URL] = field(default_factory=dict)
+
+    async def reload_policy(self) -> None:
+        groups = await self.store.list_groups()
+        self.policy = Policy({g.name: list(g.rules) for g in groups})
+
+    async def apply_change(self, kind: str, ref: str) -> None:
+        """Evict what a change affects; a group change also recompiles the policy."""
+        self.cache.apply(kind, ref)
+        if kind == "group":
+            await self.reload_policy()
+
+
+gateway_key = web.AppKey("gateway", Gateway)
+# Per-request facts for the access log and the response (typed request storage).
+request_id_key = web.RequestKey("request_id", str)
+key_id_key = web.RequestKey("key_id", str)
+route_key = web.RequestKey("route", str)

@@ -1,0 +1,155 @@
+"""The store interface. Callers (services, verifier, batcher, change feed) see only this.
+
+Every write method is one transaction that also appends its audit record and
+its change notices, so a change is never visible without its audit trail and
+never missed by other workers or nodes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from .records import (
+    AuditEntry,
+    AuditRecord,
+    AuthRecord,
+    Change,
+    GroupRecord,
+    KeyQuery,
+    KeyRecord,
+    Page,
+    UserRecord,
+)
+
+# Fields of a key that ``update_key`` may write: an allow-list, never a passthrough.
+KEY_WRITABLE = frozenset(
+    {"name", "description", "groups", "expires_at", "webhook_url", "metadata", "status"}
+)
+USER_WRITABLE = frozenset({"role", "groups", "status"})
+GROUP_WRITABLE = frozenset({"description", "rules"})
+
+
+class Store(abc.ABC):
+    """Persistent users, groups, keys, audit records and change notices."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; return the versions applied."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers a trivial query."""
+
+    # --- verification -------------------------------------------------
+    @abc.abstractmethod
+    async def auth_lookup(self, digest: bytes) -> AuthRecord | None: ...
+
+    @abc.abstractmethod
+    async def key_ids(self) -> list[str]:
+        """Every key id that could still authenticate (not revoked)."""
+
+    # --- keys -----------------------------------------------------------
+    @abc.abstractmethod
+    async def create_key(
+        self, key: KeyRecord, digest: bytes, *, max_keys: int, audit: AuditEntry
+    ) -> KeyRecord:
+        """Insert; Conflict name_taken / key_limit_reached enforced atomically."""
+
+    @abc.abstractmethod
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self, query: KeyQuery) -> Page[KeyRecord]: ...
+
+    @abc.abstractmethod
+    async def update_key(
+        self, key_id: str, fields: Mapping[str, Any], *, audit: AuditEntry
+    ) -> KeyRecord:
+        """Write ``fields`` (a subset of KEY_WRITABLE). A revoked key is final:
+        Conflict ``key_revoked``. NotFound when absent."""
+
+    @abc.abstractmethod
+    async def roll_key(
+        self,
+        key_id: str,
+        digest: bytes,
+        last4: str,
+        *,
+        grace_until: datetime | None,
+        audit: AuditEntry,
+    ) -> KeyRecord: ...
+
+    @abc.abstractmethod
+    async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None: ...
+
+    # --- users ----------------------------------------------------------
+    @abc.abstractmethod
+    async def create_user(self, user: UserRecord, *, audit: AuditEntry | None) -> UserRecord: ...
+
+    @abc.abstractmethod
+    async def get_user(self, username: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_id(self, user_id: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self, limit: int, after: str | None) -> Page[UserRecord]:
+        """Ordered by username; ``after`` is the last username of the previous page."""
+
+    @abc.abstractmethod
+    async def update_user(
+        self, username: str, fields: Mapping[str, Any], *, audit: AuditEntry
+    ) -> UserRecord: ...
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str, *, audit: AuditEntry) -> list[str]:
+        """Delete the user and revoke their keys; return the revoked key ids."""
+
+    @abc.abstractmethod
+    async def count_admins(self) -> int:
+        """Active users whose role is admin."""
+
+    # --- groups ---------------------------------------------------------
+    @abc.abstractmethod
+    async def create_group(self, group: GroupRecord, *, audit: AuditEntry) -> GroupRecord: ...
+
+    @abc.abstractmethod
+    async def get_group(self, name: str) -> GroupRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_groups(self) -> list[GroupRecord]: ...
+
+    @abc.abstractmethod
+    async def update_group(
+        self, name: str, fields: Mapping[str, Any], *, audit: AuditEntry
+    ) -> GroupRecord: ...
+
+    @abc.abstractmethod
+    async def delete_group(self, name: str, *, force: bool, audit: AuditEntry) -> None:
+        """Conflict group_in_use when a user or key holds it, unless ``force``
+        (then it is removed from them in the same transaction)."""
+
+    # --- audit, usage, changes -----------------------------------------
+    @abc.abstractmethod
+    async def list_audit(self, limit: int, before_id: int | None) -> Page[AuditRecord]: ...
+
+    @abc.abstractmethod
+    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
+        """Merge epoch-second stamps into ``last_used_at``, never moving it back."""
+
+    @abc.abstractmethod
+    async def change_seq(self) -> int:
+        """The newest change notice's sequence number (0 when none)."""
+
+    @abc.abstractmethod
+    async def changes_since(self, seq: int) -> list[Change]: ...

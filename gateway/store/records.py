@@ -1,0 +1,213 @@
+"""Typed records exchanged between the store and its callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+BUILTIN_GROUPS: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "admin": ("The whole admin API.", []),
+    "self-service": ("The caller's own keys through the admin API.", []),
+    "default": (
+        "Every method on every path of every route.",
+        [{"route": "*", "methods": ["*"], "paths": ["/**"]}],
+    ),
+}
+ADMIN_GROUP = "admin"
+SELF_SERVICE_GROUP = "self-service"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``, to the second (SPEC §3 example form)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    username: str
+    role: str  # admin | member
+    groups: tuple[str, ...]
+    status: str  # active | disabled
+    created_at: datetime
+    updated_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "role": self.role,
+            "groups": list(self.groups),
+            "status": self.status,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    name: str
+    description: str
+    rules: tuple[dict[str, Any], ...]
+    builtin: bool
+    created_at: datetime
+    updated_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "rules": list(self.rules),
+            "builtin": self.builtin,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    prefix: str
+    last4: str
+    name: str
+    description: str
+    status: str  # stored status: active | disabled | revoked
+    groups: tuple[str, ...]
+    owner_id: str
+    owner_username: str
+    created_by_id: str | None
+    created_by_username: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    webhook_url: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def display(self) -> str:
+        return f"{self.prefix}_{self.id}_…{self.last4}"
+
+    def effective_status(self, now: datetime | None = None) -> str:
+        """``expired`` is computed, never stored (SPEC §3)."""
+        if self.status == "active" and self.expires_at is not None:
+            if self.expires_at <= (now or utcnow()):
+                return "expired"
+        return self.status
+
+    def as_json(self, now: datetime | None = None) -> dict[str, Any]:
+        created_by = None
+        if self.created_by_id is not None:
+            created_by = {"id": self.created_by_id, "username": self.created_by_username}
+        return {
+            "id": self.id,
+            "display": self.display,
+            "name": self.name,
+            "description": self.description,
+            "status": self.effective_status(now),
+            "groups": list(self.groups),
+            "owner": {"id": self.owner_id, "username": self.owner_username},
+            "created_by": created_by,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "last_used_at": rfc3339(self.last_used_at),
+            "expires_at": rfc3339(self.expires_at),
+            "webhook_url": self.webhook_url,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRecord:
+    """Everything verification needs about a digest, read in one query."""
+
+    key_id: str
+    key_name: str
+    key_status: str
+    key_groups: tuple[str, ...]
+    expires_at: float | None  # epoch seconds
+    owner_id: str
+    owner_username: str | None  # None: the owner no longer exists
+    owner_role: str | None
+    owner_status: str | None
+    owner_groups: tuple[str, ...]
+    # A rolled-away token keeps working until this epoch time; None for current tokens.
+    grace_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit record to be written in the same transaction as its change."""
+
+    action: str  # e.g. key.create, user.update, group.delete
+    target_type: str  # key | user | group
+    target_id: str
+    actor_user_id: str | None = None
+    actor_username: str | None = None
+    actor_key_id: str | None = None
+    client_addr: str | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    action: str
+    target_type: str
+    target_id: str
+    actor_user_id: str | None
+    actor_username: str | None
+    actor_key_id: str | None
+    client_addr: str | None
+    changes: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": rfc3339(self.at),
+            "action": self.action,
+            "target": {"type": self.target_type, "id": self.target_id},
+            "actor": {
+                "user_id": self.actor_user_id,
+                "username": self.actor_username,
+                "key_id": self.actor_key_id,
+            },
+            "client_addr": self.client_addr,
+            "changes": self.changes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change notice: evict what depends on (kind, ref). kind: key | user | group."""
+
+    seq: int
+    kind: str
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyQuery:
+    search: str | None = None
+    status: str | None = None  # active | disabled | revoked | expired
+    owner_id: str | None = None
+    group: str | None = None
+    limit: int = 50
+    before_seq: int | None = None  # cursor: newest first, strictly older than this
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: int | None

@@ -1,0 +1,76 @@
+"""Token → Principal: format check, digest, cache, store, status rules (SPEC §5.3).
+
+``check_cached`` is the hot path: pure, synchronous, no store. Only a miss
+awaits the store, and its answer is cached (positive or negative).
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import keyformat
+from .cache import KeyCache, Principal, principal_from
+from .errors import Unauthorized, key_disabled, key_expired
+from .store.base import Store
+from .usage import UsageRecorder
+
+
+
+def check_status(principal: Principal, now: float) -> None:
+    """Raise the 401 of SPEC §5.3 unless the key may authenticate at ``now``."""
+    if principal.key_status == "revoked" or not principal.owner_active:
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    if principal.grace_until is not None and principal.grace_until <= now:
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    if principal.key_status == "disabled":
+        raise key_disabled()
+    if principal.expires_at is not None and principal.expires_at <= now:
+        raise key_expired()
+
+
+class Verifier:
+    def __init__(
+        self, store: Store, cache: KeyCache, usage: UsageRecorder, key_prefix: str
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.usage = usage
+        self.prefix = key_prefix
+        self.lookups = 0  # store lookups performed (tests count them)
+
+    def digest_of(self, token: str) -> bytes:
+        """Format and checksum first: a typo never reaches cache or store."""
+        keyformat.parse(token, self.prefix)
+        return keyformat.digest(token)
+
+    def check_cached(self, digest: bytes) -> Principal | None:
+        """The verified principal on a cache hit (raises on a refused key), else None."""
+        principal = self.cache.get(digest)
+        if principal is None:
+            if self.cache.is_known_unknown(digest):
+                raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+            return None
+        check_status(principal, time.time())
+        self.usage.touch(principal.key_id)
+        return principal
+
+    async def load(self, digest: bytes) -> Principal:
+        """The miss path: one store lookup, then the same checks as a hit."""
+        generation = self.cache.generation
+        self.lookups += 1
+        record = await self.store.auth_lookup(digest)
+        if record is None:
+            self.cache.remember_unknown(digest, generation)
+            raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+        principal = principal_from(record, self.cache.ttl)
+        self.cache.put(digest, principal, generation)
+        check_status(principal, time.time())
+        self.usage.touch(principal.key_id)
+        return principal
+
+    async def verify(self, token: str) -> Principal:
+        digest = self.digest_of(token)
+        principal = self.check_cached(digest)
+        if principal is None:
+            principal = await self.load(digest)
+        return principal

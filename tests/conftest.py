@@ -1,0 +1,127 @@
+"""Shared fixtures: a real keygate app, real aiohttp upstreams, real SQLite files."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
+from gateway.app import build_app
+from gateway.service import Actor, ServiceContext, Services
+from gateway.service.bootstrap import create_first_admin
+from gateway.state import gateway_key
+from gateway.store.sqlite import SQLiteStore
+
+
+async def echo(request: web.Request) -> web.Response:
+    """What the upstream received, as JSON (httpx's echo app, aiohttp style)."""
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.raw_path.split("?", 1)[0],
+            "query": request.query_string,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        },
+        headers={"X-Upstream": "echo"},
+    )
+
+
+def make_echo_app() -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+def header_values(echoed: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in echoed["headers"] if k.lower() == name.lower()]
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    return await aiohttp_server(make_echo_app(), host="127.0.0.1")
+
+
+def make_settings(tmp_path: Path, routes: tuple[Route, ...], **auth: Any) -> Settings:
+    return Settings(
+        server=ServerSettings(listen="127.0.0.1:0"),
+        store=StoreSettings(url=f"sqlite:///{tmp_path}/keygate.db", change_poll_interval=0.05),
+        auth=replace(AuthSettings(last_used_flush_interval=0.1), **auth),
+        routes=routes,
+    )
+
+
+@dataclass
+class Keygate:
+    """A running keygate app plus handles to its state and a bootstrapped admin."""
+
+    client: TestClient
+    settings: Settings
+    admin_token: str
+
+    @property
+    def gw(self) -> Any:
+        return self.client.server.app[gateway_key]
+
+    @property
+    def services(self) -> Services:
+        return self.gw.services
+
+    def actor(self) -> Actor:
+        return Actor.cli()
+
+    def bearer(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def make_key(self, groups: list[str], owner: str | None = None, **extra: Any) -> str:
+        body: dict[str, Any] = {"groups": groups, **extra}
+        if owner is not None:
+            body["owner"] = owner
+        actor = await self.admin_actor()
+        issued = await self.services.keys.create(actor, body)
+        return issued.token
+
+    async def admin_actor(self) -> Actor:
+        user = await self.gw.store.get_user("admin")
+        return Actor(user.id, user.username, None, ("admin",), "test")
+
+
+GatewayFactory = Callable[..., Awaitable[Keygate]]
+
+
+@pytest.fixture
+async def keygate_factory(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient]]
+) -> AsyncIterator[GatewayFactory]:
+    async def factory(routes: tuple[Route, ...], **auth: Any) -> Keygate:
+        settings = make_settings(tmp_path, routes, **auth)
+        client = await aiohttp_client(build_app(settings))
+        gw = client.server.app[gateway_key]
+        issued = await create_first_admin(ServiceContext(gw.store, settings.auth))
+        return Keygate(client, settings, issued.token)
+
+    yield factory
+
+
+@pytest.fixture
+async def keygate(keygate_factory: GatewayFactory, upstream: TestServer) -> Keygate:
+    """One default route to the echo upstream."""
+    route = Route(name="default", prefix="/", upstream=str(upstream.make_url("/")))
+    return await keygate_factory((route,))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    st = SQLiteStore(tmp_path / "store.db")
+    await st.open()
+    yield st
+    await st.close()
