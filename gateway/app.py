@@ -88,6 +88,10 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app = web.Application(
         middlewares=[error_middleware],
         handler_args={
+            # aiohttp arms this timer at connection start and re-arms it after
+            # each response; partial data does not reset it, so it is also the
+            # deadline for a complete request head (slowloris).
+            "keepalive_timeout": settings.server.header_timeout,
             "max_line_size": settings.server.max_line_bytes,
             "max_field_size": settings.server.max_header_bytes,
             "max_headers": settings.server.max_header_count,

@@ -116,6 +116,12 @@ def run(settings: Settings) -> int:
             "Store it now (for example in a password manager); it cannot be shown again.",
             file=sys.stderr,
         )
+    if not settings.routes:
+        print(
+            "keygate: warning: no routes are configured, so every proxied request gets "
+            "404 no_route; add [[routes]] to the config or use --upstream URL",
+            file=sys.stderr,
+        )
     workers = settings.server.workers
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes) or "none"
     print(
