@@ -1,0 +1,193 @@
+"""Header rewriting for the proxy (SPEC §5) — pure functions, no I/O.
+
+Requests going upstream lose the hop-by-hop headers (RFC 9110 §7.6.1), the
+header that carried the keygate credential and anything a client could use to
+impersonate keygate (``X-Keygate-*``, the ``X-Forwarded-*`` family,
+``X-Request-Id``); keygate then adds its own identity and forwarded headers.
+Responses coming back lose only the hop-by-hop headers; everything else,
+repeated fields such as ``Set-Cookie`` included, passes in order.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Collection, Iterable, Mapping
+from typing import Final, TypeAlias
+
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+Headers: TypeAlias = "CIMultiDictProxy[str] | CIMultiDict[str]"
+
+X_KEYGATE_KEY_ID: Final = istr("X-Keygate-Key-Id")
+X_KEYGATE_KEY_NAME: Final = istr("X-Keygate-Key-Name")
+X_KEYGATE_USER: Final = istr("X-Keygate-User")
+X_KEYGATE_GROUPS: Final = istr("X-Keygate-Groups")
+
+# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded; it names
+# Proxy-Connection (RFC 9112 Appendix C.2.2), sent by old clients. The
+# Proxy-* credentials are for a proxy, never the origin (RFC 9110 §11.7).
+HOP_BY_HOP: Final = frozenset(
+    name.lower()
+    for name in (
+        hdrs.CONNECTION,
+        hdrs.KEEP_ALIVE,
+        "Proxy-Connection",
+        hdrs.TE,
+        hdrs.TRAILER,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.UPGRADE,
+        hdrs.PROXY_AUTHENTICATE,
+        hdrs.PROXY_AUTHORIZATION,
+    )
+)
+
+_KEYGATE_PREFIX: Final = "x-keygate-"
+_IDENTITY: Final = frozenset(
+    h.lower() for h in (X_KEYGATE_KEY_ID, X_KEYGATE_KEY_NAME, X_KEYGATE_USER, X_KEYGATE_GROUPS)
+)
+# Names keygate sets itself. A client may neither forge them nor make keygate
+# drop them by listing them in Connection.
+_FORWARDED: Final = frozenset(
+    h.lower()
+    for h in (
+        hdrs.X_FORWARDED_FOR,
+        hdrs.X_FORWARDED_PROTO,
+        hdrs.X_FORWARDED_HOST,
+        hdrs.X_REQUEST_ID,
+    )
+)
+_XFF: Final = hdrs.X_FORWARDED_FOR.lower()
+# Always removed from requests besides HOP_BY_HOP:
+# - Host: the client session derives it from the upstream URL;
+# - Expect: aiohttp's default expect_handler answered "100-continue" to the
+#   client before the handler ran (RFC 9110 §10.1.1), so the body is coming
+#   anyway and asking the upstream again would only add a round trip;
+# - the forwarded names other than X-Forwarded-For, which keygate replaces.
+_REQUEST_REMOVED: Final = (
+    HOP_BY_HOP | {hdrs.HOST.lower(), hdrs.EXPECT.lower()} | (_FORWARDED - {_XFF})
+)
+
+# RFC 9110 §5.5: CR, LF and NUL are never allowed in a field value, other
+# controls are unsafe; HTAB is the only control a field value may carry.
+_CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
+
+
+def identity_headers(
+    *, key_id: str, key_name: str, user: str, groups: Iterable[str]
+) -> dict[str, str]:
+    """The ``identity`` mapping for :func:`upstream_request_headers` (SPEC §5)."""
+    return {
+        X_KEYGATE_KEY_ID: key_id,
+        X_KEYGATE_KEY_NAME: key_name,
+        X_KEYGATE_USER: user,
+        X_KEYGATE_GROUPS: ",".join(sorted(groups)),
+    }
+
+
+def request_id_or_new(value: str | None) -> str:
+    """The client's X-Request-Id if it is 1–200 safe characters, else a new one."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return secrets.token_hex(16)
+
+
+def upstream_request_headers(
+    headers: Headers,
+    *,
+    drop: Collection[str],
+    identity: Mapping[str, str] | None,
+    client_ip: str,
+    proto: str,
+    host: str | None,
+    request_id: str,
+) -> CIMultiDict[str]:
+    """Headers to send upstream for a client request with ``headers``.
+
+    ``drop`` names the header(s) that carried the keygate credential; every
+    instance is removed. ``identity`` maps the four ``X-Keygate-*`` names (see
+    :func:`identity_headers`) to values, or is None on a public route.
+    ``host`` is the client's Host header, sent on as X-Forwarded-Host.
+    Content-Length is kept as the client sent it unless the request was also
+    transfer-coded (RFC 9112 §6.3: Transfer-Encoding overrides it).
+    """
+    # A set (left operand) so drop names can be added.
+    removed = (_connection_tokens(headers) - _FORWARDED) | _REQUEST_REMOVED
+    removed.update(name.lower() for name in drop)
+    if hdrs.TRANSFER_ENCODING in headers:
+        removed.add(hdrs.CONTENT_LENGTH.lower())
+
+    out: CIMultiDict[str] = CIMultiDict()
+    forwarded_for: list[str] = []
+    for name, value in headers.items():
+        low = name.lower()
+        if low in removed:
+            continue
+        if "_" in low:
+            # WSGI-style servers treat "_" and "-" alike: X_Keygate_User would
+            # reach the upstream as X-Keygate-User.
+            low = low.replace("_", "-")
+            if low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
+                continue
+        elif low.startswith(_KEYGATE_PREFIX):
+            continue
+        elif low == _XFF:
+            value = value.strip()
+            if value:
+                forwarded_for.append(value)
+            continue
+        out.add(name, value)
+
+    if identity is not None:
+        for name, value in identity.items():
+            if name.lower() not in _IDENTITY:
+                raise ValueError(f"not a keygate identity header: {name!r}")
+            out[name] = _safe(value)
+    # De facto X-Forwarded-* semantics: each proxy appends the address it saw.
+    forwarded_for.append(_safe(client_ip))
+    out[hdrs.X_FORWARDED_FOR] = ", ".join(forwarded_for)
+    out[hdrs.X_FORWARDED_PROTO] = _safe(proto)
+    if host:
+        out[hdrs.X_FORWARDED_HOST] = _safe(host)
+    out[hdrs.X_REQUEST_ID] = _safe(request_id)
+    return out
+
+
+def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
+    """Headers to send to the client for an upstream response with ``headers``.
+
+    Hop-by-hop headers and those named in Connection go (RFC 9110 §7.6.1);
+    repeated fields keep their order. Content-Length is kept: keygate relays
+    the body byte for byte (no decompression), so the length stays true and
+    the client sees the upstream's framing. It is dropped only when the
+    upstream also sent Transfer-Encoding (RFC 9112 §6.3), in which case the
+    body is re-chunked to the client.
+    """
+    extra = _connection_tokens(headers)
+    if hdrs.TRANSFER_ENCODING in headers:
+        extra.add(hdrs.CONTENT_LENGTH.lower())
+    # Most responses name nothing in Connection: reuse the frozenset then.
+    removed = extra | HOP_BY_HOP if extra else HOP_BY_HOP
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in removed:
+            out.add(name, value)
+    return out
+
+
+def _connection_tokens(headers: Headers) -> set[str]:
+    """Lower-cased field names listed in every Connection header (RFC 9110 §7.6.1)."""
+    tokens: set[str] = set()
+    for value in headers.getall(hdrs.CONNECTION, ()):
+        for token in value.split(","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def _safe(value: str) -> str:
+    """``value`` with control characters replaced: no header injection upstream."""
+    return _CTL.sub(" ", value) if _CTL.search(value) else value
