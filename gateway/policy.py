@@ -209,7 +209,11 @@ def validate_rules(
         out.append(
             {
                 "route": route,
-                "methods": list(dict.fromkeys(methods)) if isinstance(methods, list) else [],
+                # Only strings survive: a bad item has its error already, and an
+                # unhashable one (a list or object) must not break de-duplication.
+                "methods": list(dict.fromkeys(m for m in methods if isinstance(m, str)))
+                if isinstance(methods, list)
+                else [],
                 "paths": list(dict.fromkeys(normal_paths)),
             }
         )

@@ -98,7 +98,11 @@ def expiry(body: Mapping[str, Any], errors: Errors, now: datetime) -> tuple[bool
         if value.tzinfo is None:
             errors["expires_at"] = "must carry a time zone (for example Z)"
             return False, None
-        value = value.astimezone(UTC)
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 falls before year 1 in UTC
+            errors["expires_at"] = "must be within 100 years"
+            return False, None
         if value <= now:
             errors["expires_at"] = "must be in the future"
             return False, None

@@ -345,3 +345,10 @@ def test_validate_rules_invalid_input_field_error(rules: object, field: str) -> 
 def test_validate_rules_unknown_route_error() -> None:
     _, errors = validate_rules([_GOOD], route_names={"users"})
     assert errors == {"rules[0].route": "unknown route"}
+
+
+def test_validate_rules_unhashable_methods_reports_error_without_raising() -> None:
+    from gateway.policy import validate_rules
+
+    _, errors = validate_rules([{"route": "*", "methods": [["GET"], {}], "paths": ["/a"]}])
+    assert set(errors) == {"rules[0].methods[0]", "rules[0].methods[1]"}
