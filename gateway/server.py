@@ -9,6 +9,7 @@ through ``cleanup_ctx`` and exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from config.settings import Settings
 from .accesslog import AccessLogger
 from .app import build_app
 from .errors import KeygateError
+from .protocol import KeygateRunner
 from .service import ServiceContext
 from .service.bootstrap import create_first_admin
 from .store import open_store
@@ -65,30 +67,46 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve_worker(settings: Settings, *, reuse_port: bool, sock: socket.socket | None = None) -> int:
-    """Serve until SIGTERM/SIGINT in this process; return the exit code."""
+async def _serve(settings: Settings, *, reuse_port: bool) -> None:
     server = settings.server
-    app = build_app(settings)
+    runner = KeygateRunner(
+        build_app(settings),
+        handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("keygate.access") if server.access_log else None,
+    )
+    await runner.setup()  # cleanup_ctx start: opens the store inside this process
     try:
-        web.run_app(
-            app,
-            host=None if sock is not None else server.host,
-            port=None if sock is not None else server.port,
-            sock=sock,
-            reuse_port=reuse_port or None,
-            shutdown_timeout=server.shutdown_timeout,
-            access_log_class=AccessLogger,
-            access_log=logging.getLogger("keygate.access") if server.access_log else None,
-            print=None,
-            handle_signals=True,
-            loop=new_loop(),
-        )
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("worker %d serving on %s", os.getpid(), server.listen)
+        await stop.wait()
+        log.info("worker %d stopping: draining in-flight requests", os.getpid())
+    finally:
+        # Stop listening, wait for in-flight requests (shutdown_timeout), then
+        # run cleanup_ctx in reverse: last-used flush before the store closes.
+        await runner.cleanup()
+
+
+def serve_worker(settings: Settings, *, reuse_port: bool) -> int:
+    """Serve until SIGTERM/SIGINT in this process; return the exit code."""
+    loop = new_loop()
+    try:
+        loop.run_until_complete(_serve(settings, reuse_port=reuse_port))
     except KeygateError as exc:
         print(f"keygate: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"keygate: cannot listen on {server.listen}: {exc.strerror or exc}", file=sys.stderr)
+        listen = settings.server.listen
+        print(f"keygate: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        loop.close()
     return 0
 
 
@@ -167,10 +185,8 @@ def supervise(settings: Settings, workers: int) -> int:
         nonlocal stopping
         stopping = True
         for pid in list(children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

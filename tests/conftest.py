@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
 from gateway.app import build_app
+from gateway.protocol import KeygateRunner
 from gateway.service import Actor, ServiceContext, Services
 from gateway.service.bootstrap import create_first_admin
 from gateway.state import gateway_key
@@ -49,6 +50,13 @@ def header_values(echoed: dict[str, Any], name: str) -> list[str]:
 @pytest.fixture
 async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     return await aiohttp_server(make_echo_app(), host="127.0.0.1")
+
+
+class KeygateTestServer(TestServer):
+    """pytest-aiohttp's TestServer with keygate's own protocol (JSON parser errors)."""
+
+    async def _make_runner(self, **kwargs: Any) -> KeygateRunner:
+        return KeygateRunner(self.app, **kwargs)
 
 
 def make_settings(tmp_path: Path, routes: tuple[Route, ...], **auth: Any) -> Settings:
@@ -104,7 +112,7 @@ async def keygate_factory(
 ) -> AsyncIterator[GatewayFactory]:
     async def factory(routes: tuple[Route, ...], **auth: Any) -> Keygate:
         settings = make_settings(tmp_path, routes, **auth)
-        client = await aiohttp_client(build_app(settings))
+        client = await aiohttp_client(KeygateTestServer(build_app(settings)))
         gw = client.server.app[gateway_key]
         issued = await create_first_admin(ServiceContext(gw.store, settings.auth))
         return Keygate(client, settings, issued.token)
