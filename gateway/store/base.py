@@ -35,6 +35,10 @@ GROUP_WRITABLE = frozenset({"description", "rules"})
 class Store(abc.ABC):
     """Persistent users, groups, keys, audit records and change notices."""
 
+    # The migration versions the last ``open()`` applied (``keygate migrate``
+    # reports them; a later ``migrate()`` call finds nothing left to do).
+    applied_on_open: tuple[int, ...] = ()
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and apply pending migrations."""

@@ -160,7 +160,7 @@ class SQLiteStore(Store):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._connect()
-            await self.migrate()
+            self.applied_on_open = tuple(await self.migrate())
             self._reader = await self._connect()
             await self._writer.execute(
                 "DELETE FROM changes WHERE at < ?", (time.time() - CHANGE_RETENTION,)

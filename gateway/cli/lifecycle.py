@@ -1,0 +1,110 @@
+"""``keygate serve``, ``keygate init`` and ``keygate migrate``."""
+
+from __future__ import annotations
+
+import argparse
+
+from config import with_upstream
+from config.settings import Settings
+
+from ..service.bootstrap import create_first_admin
+from . import output as out
+from .output import Result
+from .parser import Tree, positive_int
+from .runner import Env
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    server = {
+        name: getattr(args, name)
+        for name in ("listen", "workers")
+        if getattr(args, name, None) is not None
+    }
+    return {"server": server} if server else {}
+
+
+def serve_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    if args.upstream is not None:
+        settings = with_upstream(settings, args.upstream)
+    return settings
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: the management commands need none of the server's machinery.
+    from ..server import run
+
+    return run(serve_settings(args, settings))
+
+
+async def init(args: argparse.Namespace, env: Env) -> Result:
+    issued = await create_first_admin(env.ctx)
+    key = issued.key.as_json()
+    user_record = await env.store.get_user(issued.key.owner_username)
+    user = user_record.as_json() if user_record is not None else None
+    text = (
+        f"Created the first admin user {out.cell(key['owner']['username'])} and its key "
+        f"{out.cell(key['name'])} ({out.cell(key['display'])}) in group admin.\n\n"
+        f"Admin token ({out.TOKEN_NOTICE}):\n\n    {issued.token}\n"
+    )
+    return Result({"user": user, "key": key, "token": issued.token}, text)
+
+
+async def migrate(args: argparse.Namespace, env: Env) -> Result:
+    # Opening the store already applies what is pending; ask again in case
+    # another process migrated in between (it then reports nothing).
+    applied = [*env.store.applied_on_open, *await env.store.migrate()]
+    if applied:
+        text = "Applied migrations: " + ", ".join(str(v) for v in applied) + "."
+    else:
+        text = "The store is up to date; no migrations to apply."
+    return Result({"applied": applied}, text)
+
+
+def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
+    p = tree.command(
+        sub,
+        "serve",
+        "run the gateway",
+        run=serve,
+        epilog="""\
+examples:
+  keygate serve --upstream http://127.0.0.1:8000
+  keygate serve --config /etc/keygate/keygate.toml --workers 4
+
+On first start with an empty store, serve creates the first admin user and
+prints its admin key once on stderr.
+""",
+    )
+    p.add_argument(
+        "--upstream",
+        metavar="URL",
+        help='shorthand: one route "default" at / to URL, open to the default group',
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="override server.listen")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="override server.workers")
+
+    tree.command(
+        sub,
+        "init",
+        "create the store and the first admin; print its token once",
+        handler=init,
+        epilog="""\
+examples:
+  keygate init
+  keygate init --json > first-admin.json
+
+Creates user "admin" (role admin) with a key named "admin" in group admin.
+Refused (exit status 1, admin_exists) when an active admin exists already.
+""",
+    )
+
+    tree.command(
+        sub,
+        "migrate",
+        "apply pending store migrations",
+        handler=migrate,
+        epilog="""\
+example:
+  keygate migrate --config /etc/keygate/keygate.toml
+""",
+    )
