@@ -114,7 +114,7 @@ def configure_logging() -> None:
     """Structured lines on stderr; one access line per request at info."""
     logging.basicConfig(
         level=os.environ.get("KEYGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
         stream=sys.stderr,
     )
 

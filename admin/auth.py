@@ -1,0 +1,67 @@
+"""The admin sub-app's middleware: canonical paths, authentication, the admin/self-service gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from gateway.clientip import client_ip
+from gateway.credentials import find_credential
+from gateway.errors import BadPath, MethodNotAllowed
+from gateway.pathnorm import normalise_path
+from gateway.proxy import split_target
+from gateway.service import Actor
+from gateway.state import Gateway
+
+from .context import actor_key, gateway
+from .responses import no_store
+
+
+def admin_middleware(*, is_public: Callable[[str], bool]) -> Middleware:
+    """Guard every request that reaches the admin sub-app.
+
+    1. The raw path must already be canonical: a dot segment or an escape that
+       normalises differently is 400 ``bad_path`` (SPEC §5.2), so what was
+       checked is exactly what aiohttp routed.
+    2. Unless ``is_public(path below the prefix)``, the request authenticates
+       with the proxy's credential sources, verifier and cache, and its key's
+       effective groups must include ``admin`` or ``self-service`` (403).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        gw = gateway(request)
+        raw_path, raw_query = split_target(request.raw_path)
+        if normalise_path(raw_path) != raw_path:
+            raise BadPath
+        prefix = gw.settings.server.admin_prefix.rstrip("/")
+        below = raw_path[len(prefix) :] if raw_path.startswith(prefix) else raw_path
+        public = is_public(below)
+        if not public:
+            request[actor_key] = await authenticate(request, gw, raw_query)
+        try:
+            response = await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            # RFC 9110 §15.5.6: a 405 lists the allowed methods.
+            allow = ", ".join(sorted(exc.allowed_methods))
+            raise MethodNotAllowed(headers={hdrs.ALLOW: allow}) from None
+        if not public:
+            no_store(response)
+        return response
+
+    return middleware
+
+
+async def authenticate(request: web.Request, gw: Gateway, raw_query: str) -> Actor:
+    """The caller as an :class:`Actor`; raises 400/401 as the proxy does, 403 without a role."""
+    credential = find_credential(request.headers, raw_query, gw.sources, gw.verifier.prefix)
+    verifier = gw.verifier
+    digest = verifier.digest_of(credential.token)
+    principal = verifier.check_cached(digest)
+    if principal is None:
+        principal = await verifier.load(digest)
+    actor = Actor.from_principal(principal, client_ip(request, gw.settings.server.trusted_proxies))
+    actor.require_key_access()
+    return actor

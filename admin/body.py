@@ -1,0 +1,83 @@
+"""Request bodies: JSON only, at most 64 KiB however they are framed (SPEC §6)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import BadRequest, TooLarge
+
+from .context import gateway
+
+MAX_BODY_BYTES = 64 * 1024
+# Deeper documents are refused here: orjson serialises at most 254 levels, and
+# no admin field needs more than a handful (metadata is echoed back).
+MAX_DEPTH = 64
+
+
+async def read_json(request: web.Request) -> Any:
+    """The decoded body, or ``None`` when the request has none.
+
+    ``client_max_size`` limits only ``read()``, and a chunked body has no
+    Content-Length to trust, so the stream is read with a running cap
+    (STYLE: aiohttp traps).
+    """
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise TooLarge
+    data = await _read_capped(request)
+    if not data:
+        return None
+    if not is_json_type(request.content_type):
+        raise BadRequest("The request body must be JSON (Content-Type: application/json).")
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if too_deep(value, MAX_DEPTH):
+        raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.")
+    return value
+
+
+async def _read_capped(request: web.Request) -> bytes:
+    idle = gateway(request).settings.server.body_idle_timeout
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise BadRequest("The request body stalled.") from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLarge
+        chunks.append(chunk)
+
+
+def is_json_type(content_type: str) -> bool:
+    """``application/json`` or a structured ``+json`` type (RFC 6839 §3.1)."""
+    main, _, sub = content_type.lower().partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit``; iterative, so no recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

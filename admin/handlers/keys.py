@@ -1,0 +1,64 @@
+"""``/api/v1/keys``: every rule lives in :class:`gateway.service.keys.KeyService`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.service import IssuedKey
+
+from .. import params
+from ..body import read_json
+from ..context import actor, services
+from ..responses import json_response, no_content
+
+
+def issued(result: IssuedKey) -> dict[str, object]:
+    # The only responses that carry a token: it is shown once (SPEC §3).
+    return {"key": result.key.as_json(), "token": result.token}
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    query = request.query
+    items, cursor = await services(request).keys.list(
+        actor(request),
+        search=params.text(query, "search"),
+        status=params.text(query, "status"),
+        owner=params.text(query, "owner"),
+        group=params.text(query, "group"),
+        limit=params.limit(query),
+        cursor=params.text(query, "cursor"),
+    )
+    return json_response({"items": [k.as_json() for k in items], "next_cursor": cursor})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    result = await services(request).keys.create(actor(request), body)
+    return json_response(issued(result), status=201)
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key = await services(request).keys.get(actor(request), request.match_info["id"])
+    return json_response(key.as_json())
+
+
+async def update_key(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    key = await services(request).keys.update(actor(request), request.match_info["id"], body)
+    return json_response(key.as_json())
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key = await services(request).keys.revoke(actor(request), request.match_info["id"])
+    return json_response(key.as_json())
+
+
+async def roll_key(request: web.Request) -> web.Response:
+    body = await read_json(request)  # optional: {"grace_seconds": n}
+    result = await services(request).keys.roll(actor(request), request.match_info["id"], body)
+    return json_response(issued(result))
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    await services(request).keys.delete(actor(request), request.match_info["id"])
+    return no_content()

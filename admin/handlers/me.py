@@ -1,0 +1,21 @@
+"""``GET /api/v1/me``: the calling user and the calling key."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import Unauthorized
+
+from ..context import actor, gateway, services
+from ..responses import json_response
+
+
+async def me(request: web.Request) -> web.Response:
+    who = actor(request)
+    assert who.user_id is not None and who.key_id is not None  # set from a verified key
+    user = await gateway(request).store.get_user_by_id(who.user_id)
+    if user is None:
+        # Deleted between verification and now: the key no longer authenticates.
+        raise Unauthorized
+    key = await services(request).keys.get(who, who.key_id)
+    return json_response({"user": user.as_json(), "key": key.as_json()})

@@ -1,0 +1,250 @@
+"""The OpenAPI 3.1 document of the admin API, built from the route table (admin.routes).
+
+``document`` is the contract served at ``/openapi.json``. ``as_openapi_30``
+rewrites it for Swagger UI 4, which the installed ``swagger-ui-bundle`` ships
+and which renders 3.0 documents only: type lists become ``nullable``/``oneOf``,
+schema ``examples`` become ``example``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .schemas import SCHEMAS, Schema, ref
+
+if TYPE_CHECKING:  # admin.routes imports the docs handlers, which import this module
+    from .routes import Endpoint
+
+TITLE = "keygate admin API"
+VERSION = "1.0.0"
+
+PATH_PARAMETERS: dict[str, Schema] = {
+    "id": {"description": "The key id (12 characters [0-9a-z]).", "schema": {"type": "string"}},
+    "username": {"description": "The username.", "schema": {"type": "string"}},
+    "name": {"description": "The group name.", "schema": {"type": "string"}},
+    "asset": {"description": "A Swagger UI file name.", "schema": {"type": "string"}},
+}
+
+QUERY_PARAMETERS: dict[str, Schema] = {
+    "search": {
+        "description": "Case-insensitive substring of name, description or key id.",
+        "schema": {"type": "string", "maxLength": 200},
+    },
+    "status": {
+        "description": "Only keys in this status.",
+        "schema": {"type": "string", "enum": ["active", "disabled", "revoked", "expired"]},
+    },
+    "owner": {"description": "Only keys of this username.", "schema": {"type": "string"}},
+    "group": {"description": "Only keys holding this group.", "schema": {"type": "string"}},
+    "limit": {
+        "description": "Page size.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+    },
+    "cursor": {"description": "next_cursor of the previous page.", "schema": {"type": "string"}},
+    "force": {
+        "description": "Delete even when users or keys hold the group (it is removed from them).",
+        "schema": {"type": "boolean", "default": False},
+    },
+}
+
+ERRORS: dict[int, tuple[str, str]] = {
+    400: (
+        "BadRequest",
+        "bad_request (not JSON, not an object, wrong Content-Type), bad_path "
+        "(a non-canonical path), or ambiguous_api_key.",
+    ),
+    401: ("Unauthorized", "missing_api_key, invalid_api_key, key_disabled or key_expired."),
+    403: ("Forbidden", "forbidden: the key's effective groups do not allow this."),
+    404: ("NotFound", "not_found (also for another owner's key)."),
+    409: ("Conflict", "A conflict with the current state; see the operation for its codes."),
+    413: ("TooLarge", "too_large: the body is over 64 KiB."),
+    422: ("Invalid", "invalid: details name each refused field (unknown fields included)."),
+    503: ("Unavailable", "store_unavailable."),
+}
+
+TAGS = [
+    {"name": "meta", "description": "Public: probes, this document, Swagger UI."},
+    {"name": "me", "description": "The caller (admin or self-service)."},
+    {"name": "keys", "description": "Admins: every key. Self-service: the caller's own keys."},
+    {"name": "users", "description": "Admin only."},
+    {"name": "groups", "description": "Admin only. Built-in groups are read-only."},
+    {"name": "audit", "description": "Admin only."},
+]
+
+
+def security_schemes(sources: Sequence[str]) -> dict[str, Schema]:
+    """One scheme per configured credential source (``auth.sources``)."""
+    schemes: dict[str, Schema] = {}
+    if "x-api-key" in sources:
+        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    if "authorization" in sources:
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Authorization: Bearer <token>",
+        }
+    if "basic" in sources:
+        schemes["basic"] = {
+            "type": "http",
+            "scheme": "basic",
+            "description": "User name: key id; password: secret and checksum.",
+        }
+    for source in sources:
+        if source.startswith("query:"):
+            schemes["queryKey"] = {"type": "apiKey", "in": "query", "name": source[6:]}
+    return schemes
+
+
+def document(endpoints: Iterable[Endpoint], prefix: str, sources: Sequence[str]) -> Schema:
+    schemes = security_schemes(sources)
+    paths: dict[str, dict[str, Schema]] = {}
+    for ep in endpoints:
+        paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": TITLE,
+            "version": VERSION,
+            "description": "Manage keygate keys, users, groups and the audit trail. "
+            "Every endpoint except the meta ones needs a key whose groups "
+            "include admin or self-service.",
+        },
+        "servers": [{"url": prefix}],
+        "tags": TAGS,
+        "security": [{name: []} for name in schemes],
+        "paths": paths,
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "responses": {
+                name: {
+                    "description": text,
+                    "content": {"application/json": {"schema": ref("Error")}},
+                }
+                for name, text in ERRORS.values()
+            },
+            "securitySchemes": schemes,
+        },
+    }
+
+
+def _operation(ep: Endpoint) -> Schema:
+    op: Schema = {
+        "operationId": ep.operation_id,
+        "summary": ep.summary,
+        "tags": [ep.tag],
+        "responses": {str(ep.ok): _success(ep)},
+    }
+    if ep.admin_only:
+        op["description"] = "Admin only."
+    parameters = [
+        {"name": name, "in": "path", "required": True, **PATH_PARAMETERS[name]}
+        for name in _path_names(ep.path)
+    ] + [{"name": name, "in": "query", **QUERY_PARAMETERS[name]} for name in ep.query]
+    if parameters:
+        op["parameters"] = parameters
+    if ep.body is not None:
+        op["requestBody"] = {
+            "required": ep.body_required,
+            "content": {"application/json": {"schema": ref(ep.body)}},
+        }
+    statuses = [400]
+    if ep.public:
+        op["security"] = []
+    else:
+        statuses += [401, 403]
+    if ep.not_found:
+        statuses.append(404)
+    if ep.conflicts:
+        statuses.append(409)
+    if ep.body is not None:
+        statuses.append(413)
+    if ep.body is not None or ep.query:
+        statuses.append(422)
+    if not ep.public or ep.operation_id == "ready":
+        statuses.append(503)
+    for status in statuses:
+        name, _ = ERRORS[status]
+        response: Schema = {"$ref": f"#/components/responses/{name}"}
+        if status == 409:
+            response = {
+                "description": "Conflict: " + ", ".join(ep.conflicts) + ".",
+                "content": {"application/json": {"schema": ref("Error")}},
+            }
+        op["responses"][str(status)] = response
+    return op
+
+
+def _success(ep: Endpoint) -> Schema:
+    if ep.ok == 204:
+        return {"description": "Done; no body."}
+    if ep.response is not None:
+        return {"description": "OK", "content": {"application/json": {"schema": ref(ep.response)}}}
+    if ep.media == "application/json":
+        return {
+            "description": "An OpenAPI document.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    if ep.media == "text/html":
+        return {
+            "description": "An HTML page.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    return {
+        "description": "A file.",
+        "content": {ep.media: {"schema": {"type": "string", "format": "binary"}}},
+    }
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+# --- 3.1 → 3.0 for Swagger UI 4 ----------------------------------------------------
+def as_openapi_30(doc: Schema) -> Schema:
+    out = copy.deepcopy(doc)
+    out["openapi"] = "3.0.3"
+    _walk(out)
+    return out
+
+
+def _walk(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "schema" and isinstance(value, dict):
+                _schema_30(value)
+            elif key == "schemas" and isinstance(value, dict):
+                for schema in value.values():
+                    _schema_30(schema)
+            else:
+                _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            _walk(item)
+
+
+def _schema_30(schema: Schema) -> None:
+    types = schema.get("type")
+    if isinstance(types, list):
+        concrete = [t for t in types if t != "null"]
+        if len(concrete) < len(types):
+            schema["nullable"] = True
+        if len(concrete) == 1:
+            schema["type"] = concrete[0]
+        else:
+            del schema["type"]
+            schema["oneOf"] = [{"type": t} for t in concrete]
+    examples = schema.pop("examples", None)
+    if isinstance(examples, list) and examples:
+        schema["example"] = examples[0]
+    for key in ("properties",):
+        for child in schema.get(key, {}).values():
+            _schema_30(child)
+    for key in ("items", "additionalProperties", "not"):
+        child = schema.get(key)
+        if isinstance(child, dict):
+            _schema_30(child)
+    for key in ("oneOf", "anyOf", "allOf"):
+        for child in schema.get(key, []):
+            _schema_30(child)

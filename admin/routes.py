@@ -1,0 +1,311 @@
+"""The admin route table: registration and the OpenAPI document both read it.
+
+Paths are relative to ``server.admin_prefix``. ``query`` names parameters
+declared in :mod:`admin.openapi`; ``body`` and ``response`` name component
+schemas in :mod:`admin.schemas`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .handlers import audit, docs, groups, health, keys, me, users
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+API = "/api/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tag: str
+    ok: int = 200
+    response: str | None = None  # component schema of the success body; None: no JSON body
+    body: str | None = None  # component schema of the request body
+    body_required: bool = True
+    query: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()  # 409 codes this endpoint can answer
+    not_found: bool = False
+    admin_only: bool = False
+    public: bool = False
+    media: str = "application/json"  # of a public, non-JSON success body
+
+
+def _key(method: str, path: str, handler: Handler, op: str, summary: str, **kw: object) -> Endpoint:
+    return Endpoint(method, API + path, handler, op, summary, "keys", **kw)  # type: ignore[arg-type]
+
+
+def _admin(
+    method: str, path: str, handler: Handler, op: str, summary: str, tag: str, **kw: object
+) -> Endpoint:
+    return Endpoint(method, API + path, handler, op, summary, tag, admin_only=True, **kw)  # type: ignore[arg-type]
+
+
+PAGE = ("limit", "cursor")
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # --- public ---------------------------------------------------------------
+    Endpoint(
+        "GET",
+        "/health",
+        health.health,
+        "health",
+        "Liveness probe",
+        "meta",
+        response="Health",
+        public=True,
+    ),
+    Endpoint(
+        "GET",
+        "/ready",
+        health.ready,
+        "ready",
+        "Readiness probe (checks the store)",
+        "meta",
+        response="Health",
+        public=True,
+    ),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        docs.openapi_json,
+        "openapi",
+        "This OpenAPI 3.1 document",
+        "meta",
+        public=True,
+    ),
+    Endpoint(
+        "GET", "/docs", docs.docs_page, "docs", "Swagger UI", "meta", public=True, media="text/html"
+    ),
+    Endpoint(
+        "GET",
+        "/docs/openapi-3.0.json",
+        docs.openapi_30_json,
+        "openapi30",
+        "This document in OpenAPI 3.0 form, for the bundled Swagger UI",
+        "meta",
+        public=True,
+    ),
+    Endpoint(
+        "GET",
+        "/docs/static/{asset}",
+        docs.docs_static,
+        "docsAsset",
+        "A Swagger UI asset, served from the installed swagger-ui-bundle",
+        "meta",
+        public=True,
+        not_found=True,
+        media="application/octet-stream",
+    ),
+    # --- the caller -----------------------------------------------------------
+    Endpoint("GET", API + "/me", me.me, "getMe", "The calling user and key", "me", response="Me"),
+    # --- keys: admin, or self-service for the caller's own keys -----------------
+    _key(
+        "GET",
+        "/keys",
+        keys.list_keys,
+        "listKeys",
+        "List keys, newest first",
+        response="KeyList",
+        query=("search", "status", "owner", "group", *PAGE),
+    ),
+    _key(
+        "POST",
+        "/keys",
+        keys.create_key,
+        "createKey",
+        "Create a key; the token is shown once",
+        ok=201,
+        response="IssuedKey",
+        body="KeyCreate",
+        conflicts=("name_taken", "key_limit_reached"),
+    ),
+    _key("GET", "/keys/{id}", keys.get_key, "getKey", "One key", response="Key", not_found=True),
+    _key(
+        "PATCH",
+        "/keys/{id}",
+        keys.update_key,
+        "updateKey",
+        "Rename, regroup, disable/enable, change expiry, webhook or metadata",
+        response="Key",
+        body="KeyPatch",
+        not_found=True,
+        conflicts=("name_taken", "key_revoked"),
+    ),
+    _key(
+        "DELETE",
+        "/keys/{id}",
+        keys.delete_key,
+        "deleteKey",
+        "Delete a key record",
+        ok=204,
+        not_found=True,
+    ),
+    _key(
+        "POST",
+        "/keys/{id}/revoke",
+        keys.revoke_key,
+        "revokeKey",
+        "Revoke a key (final)",
+        response="Key",
+        not_found=True,
+    ),
+    _key(
+        "POST",
+        "/keys/{id}/roll",
+        keys.roll_key,
+        "rollKey",
+        "New token for the same key; the old one works for grace_seconds",
+        response="IssuedKey",
+        body="RollRequest",
+        body_required=False,
+        not_found=True,
+        conflicts=("key_revoked",),
+    ),
+    # --- users ------------------------------------------------------------------
+    _admin(
+        "GET",
+        "/users",
+        users.list_users,
+        "listUsers",
+        "List users by username",
+        "users",
+        response="UserList",
+        query=PAGE,
+    ),
+    _admin(
+        "POST",
+        "/users",
+        users.create_user,
+        "createUser",
+        "Create a user",
+        "users",
+        ok=201,
+        response="User",
+        body="UserCreate",
+        conflicts=("username_taken",),
+    ),
+    _admin(
+        "GET",
+        "/users/{username}",
+        users.get_user,
+        "getUser",
+        "One user",
+        "users",
+        response="User",
+        not_found=True,
+    ),
+    _admin(
+        "PATCH",
+        "/users/{username}",
+        users.update_user,
+        "updateUser",
+        "Change role, groups or status",
+        "users",
+        response="User",
+        body="UserPatch",
+        not_found=True,
+        conflicts=("last_admin",),
+    ),
+    _admin(
+        "DELETE",
+        "/users/{username}",
+        users.delete_user,
+        "deleteUser",
+        "Delete a user and revoke their keys",
+        "users",
+        ok=204,
+        not_found=True,
+        conflicts=("last_admin",),
+    ),
+    # --- groups -----------------------------------------------------------------
+    _admin(
+        "GET",
+        "/groups",
+        groups.list_groups,
+        "listGroups",
+        "List groups",
+        "groups",
+        response="GroupList",
+    ),
+    _admin(
+        "POST",
+        "/groups",
+        groups.create_group,
+        "createGroup",
+        "Create a group",
+        "groups",
+        ok=201,
+        response="Group",
+        body="GroupCreate",
+        conflicts=("group_exists",),
+    ),
+    _admin(
+        "GET",
+        "/groups/{name}",
+        groups.get_group,
+        "getGroup",
+        "One group",
+        "groups",
+        response="Group",
+        not_found=True,
+    ),
+    _admin(
+        "PATCH",
+        "/groups/{name}",
+        groups.update_group,
+        "updateGroup",
+        "Change a group's description or rules (not built-in groups)",
+        "groups",
+        response="Group",
+        body="GroupPatch",
+        not_found=True,
+    ),
+    _admin(
+        "DELETE",
+        "/groups/{name}",
+        groups.delete_group,
+        "deleteGroup",
+        "Delete a group (not built-in); force=true removes it from its holders",
+        "groups",
+        ok=204,
+        query=("force",),
+        not_found=True,
+        conflicts=("group_in_use",),
+    ),
+    # --- audit ------------------------------------------------------------------
+    _admin(
+        "GET",
+        "/audit",
+        audit.list_audit,
+        "listAudit",
+        "The audit trail, newest first",
+        "audit",
+        response="AuditList",
+        query=PAGE,
+    ),
+)
+
+
+def register(app: web.Application, endpoints: Iterable[Endpoint]) -> None:
+    for ep in endpoints:
+        # No implicit HEAD: every registered route is one documented operation.
+        app.router.add_route(ep.method, ep.path, ep.handler, name=ep.operation_id)
+
+
+def public_matcher(endpoints: Iterable[Endpoint]) -> Callable[[str], bool]:
+    """A test for "this path below the prefix is a public endpoint"."""
+    patterns = [
+        re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(ep.path)) for ep in endpoints if ep.public
+    ]
+    regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return lambda path: regex.fullmatch(path) is not None

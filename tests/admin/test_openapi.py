@@ -1,0 +1,238 @@
+"""The OpenAPI document, the route table it is built from, and Swagger UI assets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+import pytest
+from aiohttp import web
+from aiohttp.web_urldispatcher import PrefixedSubAppResource
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from admin.handlers.docs import swagger_ui_major
+from admin.openapi import as_openapi_30, document, security_schemes
+from admin.routes import ENDPOINTS
+from tests.admin.conftest import PREFIX, AdminApi, Member
+from tests.conftest import Keygate
+
+DOC_URN = "urn:keygate-admin"
+
+
+async def fetch_doc(api: AdminApi, path: str = "/openapi.json") -> dict[str, Any]:
+    reply = await api.call("GET", PREFIX + path)
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("application/json")
+    return cast(dict[str, Any], reply.json)
+
+
+def admin_subapp(kg: Keygate) -> web.Application:
+    assert kg.client.app is not None
+    for resource in kg.client.app.router.resources():
+        if isinstance(resource, PrefixedSubAppResource):
+            return resource.get_info()["app"]
+    raise AssertionError("admin sub-app not mounted")
+
+
+def schema_validator(doc: dict[str, Any], name: str) -> Draft202012Validator:
+    registry = Registry().with_resource(
+        DOC_URN, Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    return Draft202012Validator(
+        {"$ref": f"{DOC_URN}#/components/schemas/{name}"}, registry=registry
+    )
+
+
+async def test_openapi_document_is_valid_3_1(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)
+
+
+async def test_openapi_30_view_is_valid_3_0_without_type_lists(api: AdminApi) -> None:
+    doc = await fetch_doc(api, "/docs/openapi-3.0.json")
+    assert doc["openapi"].startswith("3.0.")
+    validate(doc)
+    assert not re.search(
+        r'"type":\[', (await api.call("GET", PREFIX + "/docs/openapi-3.0.json")).raw.decode()
+    )
+
+
+async def test_openapi_every_registered_route_is_documented(
+    api: AdminApi, keygate: Keygate
+) -> None:
+    doc = await fetch_doc(api)
+    registered = set()
+    for route in admin_subapp(keygate).router.routes():
+        path = route.resource.canonical  # type: ignore[union-attr]
+        assert path.startswith(PREFIX)
+        registered.add((route.method.lower(), path[len(PREFIX) :]))
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert registered == documented
+    assert len(registered) == len(ENDPOINTS)
+
+
+async def test_openapi_servers_point_at_admin_prefix(api: AdminApi) -> None:
+    assert (await fetch_doc(api))["servers"] == [{"url": PREFIX}]
+
+
+async def test_openapi_security_applies_to_every_private_operation(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["bearer"]["type"] == "http"
+    assert schemes["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"apiKey": []}, {"bearer": []}]
+    public = {ep.path for ep in ENDPOINTS if ep.public}
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            if path in public:
+                assert op["security"] == []
+            else:
+                assert "security" not in op  # the document-wide requirement applies
+                assert {"401", "403"} <= set(op["responses"])
+
+
+async def test_openapi_every_operation_lists_its_errors(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    for ep in ENDPOINTS:
+        responses = doc["paths"][ep.path][ep.method.lower()]["responses"]
+        assert str(ep.ok) in responses
+        if ep.body is not None:
+            assert {"400", "413", "422"} <= set(responses)
+            assert "requestBody" in doc["paths"][ep.path][ep.method.lower()]
+        if ep.conflicts:
+            assert all(code in responses["409"]["description"] for code in ep.conflicts)
+        if ep.not_found:
+            assert "404" in responses
+
+
+def test_security_schemes_follow_configured_sources() -> None:
+    schemes = security_schemes(["basic", "query:api_key"])
+    assert schemes == {
+        "basic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "User name: key id; password: secret and checksum.",
+        },
+        "queryKey": {"type": "apiKey", "in": "query", "name": "api_key"},
+    }
+
+
+def test_document_and_30_view_validate_for_other_prefix() -> None:
+    doc = document(ENDPOINTS, "/admin", ["authorization"])
+    validate(doc)
+    validate(as_openapi_30(doc))
+    assert doc["security"] == [{"bearer": []}]
+
+
+@pytest.mark.parametrize("name", ["Error", "Key", "IssuedKey", "User", "Group", "AuditRecord"])
+async def test_openapi_component_schemas_are_valid_json_schema(api: AdminApi, name: str) -> None:
+    doc = await fetch_doc(api)
+    Draft202012Validator.check_schema(doc["components"]["schemas"][name])
+
+
+async def test_openapi_schemas_match_real_responses(api: AdminApi, alice: Member) -> None:
+    doc = await fetch_doc(api)
+    samples: list[tuple[str, Any]] = []
+    created = await api.post(
+        "/keys",
+        api.admin,
+        {
+            "groups": ["default"],
+            "expires_in": 60,
+            "webhook_url": "https://h.example/",
+            "metadata": {"a": 1},
+        },
+    )
+    samples.append(("IssuedKey", created.json))
+    kid = created.json["key"]["id"]
+    samples.append(("IssuedKey", (await api.post(f"/keys/{kid}/roll", api.admin)).json))
+    samples.append(("Key", (await api.patch(f"/keys/{kid}", api.admin, {"name": "n"})).json))
+    samples.append(("Key", (await api.post(f"/keys/{kid}/revoke", api.admin)).json))
+    samples.append(("KeyList", (await api.get("/keys", api.admin, params={"limit": "1"})).json))
+    samples.append(("Me", (await api.get("/me", alice.token)).json))
+    samples.append(("User", (await api.get("/users/alice", api.admin)).json))
+    samples.append(("UserList", (await api.get("/users", api.admin)).json))
+    rule = {"route": "*", "methods": ["GET"], "paths": ["/**"]}
+    samples.append(
+        ("Group", (await api.post("/groups", api.admin, {"name": "g", "rules": [rule]})).json)
+    )
+    samples.append(("GroupList", (await api.get("/groups", api.admin)).json))
+    samples.append(("AuditList", (await api.get("/audit", api.admin, params={"limit": "3"})).json))
+    samples.append(("Health", (await api.call("GET", PREFIX + "/ready")).json))
+    samples.append(("Error", (await api.get("/me", "nonsense")).json))
+    samples.append(("Error", (await api.post("/keys", api.admin, {"x": 1})).json))
+    for name, body in samples:
+        errors = list(schema_validator(doc, name).iter_errors(body))
+        assert errors == [], (name, [e.message for e in errors])
+
+
+async def test_openapi_request_schemas_refuse_unknown_fields(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    for name in (
+        "KeyCreate",
+        "KeyPatch",
+        "RollRequest",
+        "UserCreate",
+        "UserPatch",
+        "GroupCreate",
+        "GroupPatch",
+    ):
+        assert not schema_validator(doc, name).is_valid({"groups": [], "unknown_field": 1})
+
+
+async def test_docs_page_is_html_using_local_assets(api: AdminApi) -> None:
+    reply = await api.call("GET", PREFIX + "/docs")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/html")
+    page = reply.raw.decode()
+    assert "swagger-ui" in page
+    assert "http://" not in page and "https://" not in page  # no CDN
+    assert "script-src 'self'" in reply.headers["Content-Security-Policy"]
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(urls) >= 5
+    for url in urls:
+        asset = await api.call("GET", url)
+        assert asset.status == 200, url
+        assert len(asset.raw) > 0
+
+
+async def test_docs_page_points_at_a_document_swagger_ui_renders(api: AdminApi) -> None:
+    page = (await api.call("GET", PREFIX + "/docs")).raw.decode()
+    spec_url = re.search(r'data-spec-url="([^"]+)"', page)
+    assert spec_url is not None
+    doc = (await api.call("GET", spec_url.group(1))).json
+    expected = "3.1." if swagger_ui_major() >= 5 else "3.0."
+    assert doc["openapi"].startswith(expected)
+    init = (await api.call("GET", PREFIX + "/docs/static/keygate-init.js")).raw.decode()
+    assert "persistAuthorization: true" in init
+    assert "validatorUrl: null" in init  # no call to a public validator
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("favicon-32x32.png", "image/png"),
+    ],
+)
+async def test_docs_static_asset_has_its_content_type(
+    api: AdminApi, name: str, content_type: str
+) -> None:
+    reply = await api.call("GET", f"{PREFIX}/docs/static/{name}")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith(content_type)
+
+
+@pytest.mark.parametrize(
+    "name", ["index.html", "swagger-initializer.js", "__init__.py", "swagger-ui.js.map"]
+)
+async def test_docs_static_unlisted_file_is_404(api: AdminApi, name: str) -> None:
+    reply = await api.call("GET", f"{PREFIX}/docs/static/{name}")
+    assert reply.status == 404
+    assert reply.code == "not_found"

@@ -1,0 +1,253 @@
+"""PostgreSQL-only behaviour: LISTEN/NOTIFY between nodes, reconnects, unavailability."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from gateway.changes import ChangeWatcher
+from gateway.errors import StoreUnavailable
+from gateway.pglisten import PgChangeListener
+from gateway.store.postgres import PostgresStore
+from gateway.store.records import AuditEntry, UserRecord, utcnow
+from tests.pg import pg_database_fixture, pg_url_fixture, wait_until  # noqa: F401 - fixtures
+
+CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/x"
+
+
+@pytest.fixture
+async def node1(pg_url: str) -> AsyncIterator[PostgresStore]:
+    st = PostgresStore(pg_url, pool_size=2)
+    await st.open()
+    yield st
+    await st.close()
+
+
+@pytest.fixture
+async def node2(node1: PostgresStore, pg_url: str) -> AsyncIterator[PostgresStore]:
+    st = PostgresStore(pg_url, pool_size=2)
+    await st.open()
+    yield st
+    await st.close()
+
+
+async def add_user(store: PostgresStore, username: str) -> UserRecord:
+    now = utcnow()
+    user = UserRecord(f"u-{username}", username, "member", (), "active", now, now)
+    audit = AuditEntry(action="user.create", target_type="user", target_id=user.id)
+    return await store.create_user(user, audit=audit)
+
+
+class Node:
+    """A gateway's change plumbing: a watcher whose poll loop is too slow to matter,
+    so anything applied within a second came through LISTEN/NOTIFY."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.applied: list[tuple[str, str]] = []
+        self.watcher = ChangeWatcher(store, self.apply, interval=3600)
+        self.listener = store.listener(self.watcher.poll)
+
+    async def apply(self, kind: str, ref: str) -> None:
+        self.applied.append((kind, ref))
+
+    async def start(self) -> None:
+        await self.watcher.start()
+        await self.listener.start()
+        await asyncio.wait_for(self.listener.connected.wait(), 5)
+
+    async def stop(self) -> None:
+        await self.listener.stop()
+        await self.watcher.stop()
+
+
+@pytest.fixture
+async def node2_gateway(node2: PostgresStore) -> AsyncIterator[Node]:
+    node = Node(node2)
+    await node.start()
+    yield node
+    await node.stop()
+
+
+async def terminate_backend(url: str, pid: int) -> None:
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()
+
+
+# --- LISTEN/NOTIFY ----------------------------------------------------------------
+async def test_listener_write_on_other_node_notified_within_1s(
+    node1: PostgresStore, node2_gateway: Node
+) -> None:
+    user = await add_user(node1, "alice")
+    await wait_until(
+        lambda: ("user", user.id) in node2_gateway.applied, 1.0, what="the change notice"
+    )
+
+
+async def test_listener_terminated_reconnects_and_delivers_again(
+    node1: PostgresStore, node2_gateway: Node, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keygate.pglisten")
+    listener = node2_gateway.listener
+    first_pid = listener.backend_pid
+    assert first_pid is not None
+    await terminate_backend(pg_url, first_pid)
+    await wait_until(
+        lambda: listener.connected.is_set() and listener.backend_pid != first_pid,
+        5.0,
+        what="the listener to reconnect",
+    )
+    user = await add_user(node1, "bob")
+    await wait_until(
+        lambda: ("user", user.id) in node2_gateway.applied, 1.0, what="the change notice"
+    )
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("change notices down" in m for m in messages)
+    assert any("change notices recovered" in m for m in messages)
+
+
+async def test_listener_missed_while_down_caught_up_on_reconnect(
+    node1: PostgresStore, node2_gateway: Node
+) -> None:
+    await node2_gateway.listener.stop()  # down: notices for this write are lost
+    user = await add_user(node1, "carol")
+    await node2_gateway.listener.start()
+    await wait_until(
+        lambda: ("user", user.id) in node2_gateway.applied, 5.0, what="the catch-up poll"
+    )
+
+
+async def test_listener_no_server_logs_down_and_stops_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keygate.pglisten")
+    calls: list[int] = []
+
+    async def on_notice() -> None:
+        calls.append(1)
+
+    listener = PgChangeListener(CLOSED_PORT_URL, on_notice, backoff_initial=0.01)
+    await listener.start()
+    await wait_until(
+        lambda: any("change notices down" in r.getMessage() for r in caplog.records),
+        5.0,
+        what="the down warning",
+    )
+    await asyncio.wait_for(listener.stop(), 1)
+    assert not listener.connected.is_set() and calls == []
+    downs = [r for r in caplog.records if "change notices down" in r.getMessage()]
+    assert len(downs) == 1  # once per outage, not once per retry
+
+
+async def test_notify_payload_is_newest_change_seq(node1: PostgresStore, pg_url: str) -> None:
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    conn = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        await conn.add_listener("keygate_changes", lambda *a: payloads.put_nowait(a[3]))
+        await add_user(node1, "dave")
+        payload = await asyncio.wait_for(payloads.get(), 1)
+        assert int(payload) == await node1.change_seq()
+    finally:
+        await conn.close()
+
+
+# --- migrations across nodes ----------------------------------------------------
+async def test_nodes_opening_together_migrate_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, pool_size=1) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        assert sorted(s.applied_on_open for s in stores) == [(), (), (), (1,)]
+        assert len(await stores[0].list_groups()) == 3
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# --- unavailability ---------------------------------------------------------------
+async def test_open_closed_port_store_unavailable_quickly() -> None:
+    store = PostgresStore(CLOSED_PORT_URL)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as err:
+        await store.open()
+    assert time.monotonic() - started < 2
+    assert err.value.status == 503 and err.value.code == "store_unavailable"
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+
+
+async def test_open_silent_server_times_out_store_unavailable() -> None:
+    # Accepts TCP and never answers: a hung server must not hang the caller.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        store = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=0.3)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.open(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_ping_closed_store_unavailable(node1: PostgresStore) -> None:
+    await node1.ping()
+    await node1.close()
+    with pytest.raises(StoreUnavailable):
+        await node1.ping()
+    with pytest.raises(StoreUnavailable):
+        await add_user(node1, "erin")
+
+
+async def test_blocked_write_command_timeout_store_unavailable(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_size=2, command_timeout=0.3)
+    await store.open()
+    blocker = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        await add_user(store, "frank")
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM users WHERE username = 'frank' FOR UPDATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.update_user(
+                "frank",
+                {"role": "admin"},
+                audit=AuditEntry(action="user.update", target_type="user", target_id="u-frank"),
+            )
+        assert time.monotonic() - started < 2
+        await tx.rollback()
+        user = await store.get_user("frank")  # the pool recovered its connection
+        assert user is not None and user.role == "member"
+    finally:
+        await blocker.close()
+        await store.close()
+
+
+@pytest.mark.parametrize("op", ["read", "write"])
+async def test_pooled_connection_killed_next_call_retries(pg_url: str, op: str) -> None:
+    # The first query on a connection the server dropped can race the disconnect;
+    # a read, or a write that failed at BEGIN, is retried on a fresh connection.
+    store = PostgresStore(pg_url, pool_size=1)
+    await store.open()
+    try:
+        await add_user(store, "gina")
+        for round_ in range(5):
+            async with store._conn() as conn:
+                pid = conn.get_server_pid()
+            await terminate_backend(pg_url, pid)
+            if op == "read":
+                assert await store.get_user("gina") is not None
+            else:
+                await add_user(store, f"gina{round_}")
+    finally:
+        await store.close()
