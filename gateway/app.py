@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from yarl import URL
@@ -52,10 +52,14 @@ def _from_http_exception(exc: web.HTTPException) -> KeygateError:
 
 @web.middleware
 async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], asyncio.Future[web.StreamResponse]]
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Render every refusal as SPEC's JSON error; never leak a traceback."""
     request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID))
+    if not request.rel_url.raw_path and request.match_info.http_exception is not None:
+        # An absolute-form target with an empty path ("GET http://h HTTP/1.1")
+        # means "/" (RFC 9110 §4.2.3), but aiohttp's router matches no route for it.
+        handler = proxy_handler
     try:
         return await handler(request)
     except KeygateError as exc:
@@ -132,11 +136,19 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         await gw.reload_policy()
         watcher = ChangeWatcher(st, gw.apply_change, settings.store.change_poll_interval)
         await watcher.start()
+        # PostgreSQL pushes notices (LISTEN/NOTIFY); the poll loop stays as the
+        # fallback while the listener is down.
+        make_listener = getattr(st, "listener", None)
+        listener = make_listener(watcher.poll) if make_listener is not None else None
+        if listener is not None:
+            await listener.start()
         usage.start()
         app[gateway_key] = gw
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             await watcher.stop()
             # Last flush before the store closes (cleanup runs in reverse order).
             await usage.stop()
