@@ -57,7 +57,9 @@ def effective_groups(record: AuthRecord) -> tuple[str, ...]:
     else:
         allowed = set(record.owner_groups)
         allowed.discard(ADMIN_GROUP)  # never a member's (SPEC §4)
-    groups = record.key_groups if allowed is None else [g for g in record.key_groups if g in allowed]
+    groups = record.key_groups
+    if allowed is not None:
+        groups = tuple(g for g in groups if g in allowed)
     return tuple(sorted(set(groups)))
 
 

@@ -29,7 +29,8 @@ def client_ip(request: web.BaseRequest, trusted: Sequence[Network]) -> str:
     peer = peer_ip(request)
     if not trusted or not _is_trusted(peer, trusted):
         return peer
-    hops = [h.strip() for v in request.headers.getall(hdrs.X_FORWARDED_FOR, ()) for h in v.split(",")]
+    values = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+    hops = [h.strip() for v in values for h in v.split(",")]
     for hop in reversed(hops):
         try:
             ipaddress.ip_address(hop)

@@ -14,6 +14,7 @@ from .pathnorm import is_under, normalise_path
 from .policy import upstream_path
 from .state import gateway_key, key_id_key, request_id_key, route_key
 
+
 def split_target(raw_target: str) -> tuple[str, str]:
     """(raw path, raw query) of the request target, as the client sent them.
 

@@ -6,13 +6,18 @@ awaits the store, and its answer is cached (positive or negative).
 
 from __future__ import annotations
 
+import logging
 import time
 
 from . import keyformat
 from .cache import KeyCache, Principal, principal_from
-from .errors import Unauthorized, key_disabled, key_expired
+from .errors import StoreUnavailable, Unauthorized, key_disabled, key_expired
 from .store.base import Store
 from .usage import UsageRecorder
+
+log = logging.getLogger("keygate.verify")
+# While the store is down, say so at most this often (seconds).
+OUTAGE_LOG_INTERVAL = 10.0
 
 
 
@@ -37,6 +42,7 @@ class Verifier:
         self.usage = usage
         self.prefix = key_prefix
         self.lookups = 0  # store lookups performed (tests count them)
+        self._outage_logged = 0.0
 
     def digest_of(self, token: str) -> bytes:
         """Format and checksum first: a typo never reaches cache or store."""
@@ -58,7 +64,18 @@ class Verifier:
         """The miss path: one store lookup, then the same checks as a hit."""
         generation = self.cache.generation
         self.lookups += 1
-        record = await self.store.auth_lookup(digest)
+        try:
+            record = await self.store.auth_lookup(digest)
+        except StoreUnavailable:
+            now = time.monotonic()
+            if now - self._outage_logged >= OUTAGE_LOG_INTERVAL:
+                self._outage_logged = now
+                log.error(
+                    "key store unavailable: serving cached keys only (%d cached); "
+                    "uncached keys get 503 store_unavailable",
+                    len(self.cache),
+                )
+            raise
         if record is None:
             self.cache.remember_unknown(digest, generation)
             raise Unauthorized("The API key is not valid.", code="invalid_api_key")

@@ -100,9 +100,9 @@ class KeyRecord:
 
     def effective_status(self, now: datetime | None = None) -> str:
         """``expired`` is computed, never stored (SPEC §3)."""
-        if self.status == "active" and self.expires_at is not None:
-            if self.expires_at <= (now or utcnow()):
-                return "expired"
+        expires = self.expires_at
+        if self.status == "active" and expires is not None and expires <= (now or utcnow()):
+            return "expired"
         return self.status
 
     def as_json(self, now: datetime | None = None) -> dict[str, Any]:

@@ -1,3 +1,5 @@
+# ruff: noqa: S608 - SQL is built only from module constants and allow-listed column
+# names; every value is a bound parameter.
 """SQLite store on aiosqlite: WAL, one writer connection, one reader connection.
 
 Durability: ``synchronous=FULL`` on every connection (the pragma is per
@@ -406,7 +408,7 @@ class SQLiteStore(Store):
             sets, args = _key_sets(fields)
             try:
                 await db.execute(
-                    f"UPDATE keys SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608
+                    f"UPDATE keys SET {sets}, updated_at = ? WHERE id = ?",
                     (*args, time.time(), key_id),
                 )
             except sqlite3.IntegrityError as exc:
@@ -525,7 +527,7 @@ class SQLiteStore(Store):
                 sets.append(f"{name} = ?")
                 args.append(_json(list(value)) if name == "groups" else value)
             cur = await db.execute(
-                f"UPDATE users SET {', '.join(sets)}, updated_at = ? "  # noqa: S608
+                f"UPDATE users SET {', '.join(sets)}, updated_at = ? "
                 "WHERE username = ? RETURNING id",
                 (*args, time.time(), username),
             )
@@ -567,7 +569,9 @@ class SQLiteStore(Store):
         return await self._tx(tx)
 
     async def count_admins(self) -> int:
-        row = await self._read_one("SELECT count(*) FROM users WHERE role = 'admin' AND status = 'active'", ())
+        row = await self._read_one(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND status = 'active'", ()
+        )
         return int(row[0])
 
     # --- groups -------------------------------------------------------------
@@ -615,7 +619,7 @@ class SQLiteStore(Store):
                 sets.append(f"{field_name} = ?")
                 args.append(_json(list(value)) if field_name == "rules" else value)
             cur = await db.execute(
-                f"UPDATE groups SET {', '.join(sets)}, updated_at = ? "  # noqa: S608
+                f"UPDATE groups SET {', '.join(sets)}, updated_at = ? "
                 "WHERE name = ? AND builtin = 0",
                 (*args, time.time(), name),
             )
@@ -637,7 +641,7 @@ class SQLiteStore(Store):
             holders = []
             for table in ("users", "keys"):
                 cur = await db.execute(
-                    f"SELECT id, groups FROM {table} WHERE EXISTS "  # noqa: S608
+                    f"SELECT id, groups FROM {table} WHERE EXISTS "
                     "(SELECT 1 FROM json_each(groups) WHERE value = ?)",
                     (name,),
                 )
@@ -651,7 +655,7 @@ class SQLiteStore(Store):
             for table, ident, groups in holders:
                 remaining = [g for g in groups if g != name]
                 await db.execute(
-                    f"UPDATE {table} SET groups = ?, updated_at = ? WHERE id = ?",  # noqa: S608
+                    f"UPDATE {table} SET groups = ?, updated_at = ? WHERE id = ?",
                     (_json(remaining), now, ident),
                 )
                 await self._change(db, "user" if table == "users" else "key", ident)
