@@ -67,8 +67,18 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def _serve(settings: Settings, *, reuse_port: bool) -> None:
     server = settings.server
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    # serve_worker blocked these signals; one sent during start-up is delivered
+    # now, to the handler above, and becomes a graceful stop.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     runner = KeygateRunner(
         build_app(settings),
         handle_signals=False,
@@ -80,10 +90,6 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
     try:
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         log.info("worker %d serving on %s", os.getpid(), server.listen)
         await stop.wait()
         log.info("worker %d stopping: draining in-flight requests", os.getpid())
@@ -95,6 +101,8 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
 
 def serve_worker(settings: Settings, *, reuse_port: bool) -> int:
     """Serve until SIGTERM/SIGINT in this process; return the exit code."""
+    # Until the event loop's handlers exist, a stop signal waits (see _serve).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     loop = new_loop()
     try:
         loop.run_until_complete(_serve(settings, reuse_port=reuse_port))
@@ -172,6 +180,9 @@ def supervise(settings: Settings, workers: int) -> int:
     quick_crashes = 0
 
     def spawn() -> None:
+        # The child inherits the blocked mask: a stop signal that arrives before
+        # its event loop can handle it is held, not fatal (see _serve).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # child
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -179,6 +190,7 @@ def supervise(settings: Settings, workers: int) -> int:
             probe.close()
             code = serve_worker(settings, reuse_port=True)
             os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         children[pid] = time.monotonic()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -109,3 +109,36 @@ async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
             assert await store.get_key(key_id) is not None, key_id
     finally:
         await store.close()
+
+
+async def test_workers_crashed_worker_is_replaced_and_port_keeps_serving(
+    tmp_path: Path, upstream: TestServer
+) -> None:
+    import os
+
+    env = env_for(f"sqlite:///{tmp_path}/kg.db")
+    node = await start_node(tmp_path, env, str(upstream.make_url("/")), workers=2)
+    try:
+        created = cli(env, "keys", "create", "--group", "default", "--json", cwd=tmp_path)
+        token = json.loads(created.stdout)["token"]
+        children = _children(node.proc.pid)
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            now = _children(node.proc.pid)
+            new = set(now) - set(children)
+            if len(now) == 2 and new and f"worker {new.pop()} serving" in node.stderr():
+                break
+            assert time.monotonic() < deadline, "the crashed worker was not replaced"
+            await asyncio.sleep(0.05)
+        assert "starting another" in node.stderr()
+        statuses = [await status_fresh(f"{node.url}/x", token) for _ in range(10)]
+        assert set(statuses) == {200}
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()]
