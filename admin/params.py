@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 
 from multidict import MultiMapping
@@ -38,15 +37,3 @@ def flag(query: MultiMapping[str], name: str) -> bool:
     if lowered in ("false", "0"):
         return False
     raise Invalid({name: "must be true or false"})
-
-
-AUDIT_CURSOR_TAG = "a"
-
-
-def audit_cursor(before_id: int | None) -> str | None:
-    """Opaque cursor for the audit list, in the key list's format with its own tag
-    (read back with ``gateway.service.keys.decode_cursor(cursor, tag="a")``)."""
-    if before_id is None:
-        return None
-    raw = f"{AUDIT_CURSOR_TAG}{before_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

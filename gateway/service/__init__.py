@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .actor import Actor
+from .audit import AuditService
 from .context import ServiceContext
 from .groups import GroupService
 from .keys import IssuedKey, KeyService
@@ -16,10 +17,11 @@ class Services:
     keys: KeyService
     users: UserService
     groups: GroupService
+    audit: AuditService
 
     @classmethod
     def build(cls, ctx: ServiceContext) -> Services:
-        return cls(KeyService(ctx), UserService(ctx), GroupService(ctx))
+        return cls(KeyService(ctx), UserService(ctx), GroupService(ctx), AuditService(ctx))
 
 
 __all__ = ["Actor", "IssuedKey", "ServiceContext", "Services"]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from .. import keyformat
-from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..errors import Conflict, Forbidden, NotFound
 from ..store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
+from . import cursor as cursors
 from . import validation as v
 from .actor import Actor
 from .context import ServiceContext
@@ -49,22 +48,6 @@ class IssuedKey:
     token: str  # returned exactly once, never stored or logged
 
 
-def encode_cursor(seq: int | None) -> str | None:
-    if seq is None:
-        return None
-    return base64.urlsafe_b64encode(f"k{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, tag: str = "k") -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith(tag) or not raw[1:].isdigit():
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Invalid({"cursor": "not a cursor from a previous page"}) from None
-
-
 class KeyService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -98,7 +81,7 @@ class KeyService:
             errors["limit"] = f"must be between 1 and {MAX_LIMIT}"
         if search is not None and len(search) > 200:
             errors["search"] = "must be at most 200 characters"
-        before = decode_cursor(cursor) if cursor else None
+        before = cursors.decode_int("k", cursor) if cursor else None
         errors.raise_if_any()
         owner_id: str | None = None
         if owner is not None:
@@ -120,7 +103,7 @@ class KeyService:
                 before_seq=before,
             )
         )
-        return page.items, encode_cursor(page.next_cursor)
+        return page.items, cursors.encode("k", page.next_cursor)
 
     # --- writing ------------------------------------------------------------
     async def create(self, actor: Actor, body: Any) -> IssuedKey:

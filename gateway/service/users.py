@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import Conflict, NotFound
 from ..store.records import ADMIN_GROUP, UserRecord, utcnow
+from . import cursor as cursors
 from . import validation as v
 from .actor import Actor
 from .context import ServiceContext
@@ -37,8 +38,9 @@ class UserService:
         actor.require_admin()
         if not 1 <= limit <= 500:
             raise v.Invalid({"limit": "must be between 1 and 500"})
-        page = await self.ctx.store.list_users(limit, cursor)
-        return page.items, page.next_cursor  # type: ignore[return-value]
+        after = cursors.decode("u", cursor) if cursor else None
+        page = await self.ctx.store.list_users(limit, after)
+        return page.items, cursors.encode("u", page.next_cursor)
 
     async def create(self, actor: Actor, body: Any) -> UserRecord:
         actor.require_admin()

@@ -159,7 +159,12 @@ def metadata(value: Any, errors: Errors) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         errors["metadata"] = "must be a JSON object"
         return None
-    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # nested past orjson's depth limit, or not JSON
+        errors["metadata"] = "must be JSON nested at most 254 levels deep"
+        return None
+    if size > MAX_METADATA_BYTES:
         errors["metadata"] = f"must serialise to at most {MAX_METADATA_BYTES} bytes"
         return None
     return value
