@@ -13,7 +13,7 @@ from gateway.errors import BadPath, MethodNotAllowed
 from gateway.pathnorm import normalise_path
 from gateway.proxy import split_target
 from gateway.service import Actor
-from gateway.state import Gateway
+from gateway.state import Gateway, key_id_key
 
 from .context import actor_key, gateway
 from .responses import no_store
@@ -57,11 +57,8 @@ def admin_middleware(*, is_public: Callable[[str], bool]) -> Middleware:
 async def authenticate(request: web.Request, gw: Gateway, raw_query: str) -> Actor:
     """The caller as an :class:`Actor`; raises 400/401 as the proxy does, 403 without a role."""
     credential = find_credential(request.headers, raw_query, gw.sources, gw.verifier.prefix)
-    verifier = gw.verifier
-    digest = verifier.digest_of(credential.token)
-    principal = verifier.check_cached(digest)
-    if principal is None:
-        principal = await verifier.load(digest)
+    principal = await gw.verifier.verify(credential.token)
+    request[key_id_key] = principal.key_id  # for the access log
     actor = Actor.from_principal(principal, client_ip(request, gw.settings.server.trusted_proxies))
     actor.require_key_access()
     return actor

@@ -128,6 +128,10 @@ def auth_from_row(row: Any, grace_until: float | None = None) -> AuthRecord:
     )
 
 
+def _lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
+
+
 def like_pattern(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -156,6 +160,8 @@ class SQLiteStore(Store):
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA foreign_keys = ON")
+        # SQLite's lower() folds ASCII only; search must fold as PostgreSQL does.
+        await db.create_function("kg_lower", 1, _lower, deterministic=True)
         return db
 
     async def open(self) -> None:
@@ -365,7 +371,7 @@ class SQLiteStore(Store):
             args.append(query.owner_id)
         if query.search:
             where.append(
-                "(lower(name) LIKE ? ESCAPE '\\' OR lower(description) LIKE ? ESCAPE '\\' "
+                "(kg_lower(name) LIKE ? ESCAPE '\\' OR kg_lower(description) LIKE ? ESCAPE '\\' "
                 "OR id LIKE ? ESCAPE '\\')"
             )
             pattern = like_pattern(query.search)

@@ -263,6 +263,13 @@ async def test_list_keys_search_name_description_id_case_insensitive(store: Stor
     assert await ids("_") == {c.id}
 
 
+async def test_list_keys_search_folds_non_ascii_case_on_every_store(store: Store) -> None:
+    alice = await make_user(store, "alice")
+    key = await make_key(store, alice, "ÄPFEL-Ölmühle")
+    found = (await store.list_keys(KeyQuery(search="äpfel-öl"))).items
+    assert [k.id for k in found] == [key.id]
+
+
 async def test_list_keys_status_filter_computes_expired(store: Store) -> None:
     alice = await make_user(store, "alice")
     active = await make_key(store, alice, expires_at=utcnow() + timedelta(days=1))
