@@ -41,12 +41,18 @@ class UsageRecorder:
             await self._store.touch_last_used(batch)
         except (KeygateError, OSError) as exc:
             # Keep the newer stamp of each key and retry on the next tick.
-            for key_id, stamp in batch.items():
-                if self._pending.get(key_id, 0.0) < stamp:
-                    self._pending[key_id] = stamp
+            self._merge(batch)
             log.warning("last-used flush failed, will retry: %s", type(exc).__name__)
             return
+        except asyncio.CancelledError:
+            self._merge(batch)  # stop() cancelled this flush: its final flush writes it
+            raise
         self.flushes += 1
+
+    def _merge(self, batch: dict[str, float]) -> None:
+        for key_id, stamp in batch.items():
+            if self._pending.get(key_id, 0.0) < stamp:
+                self._pending[key_id] = stamp
 
     async def _run(self) -> None:
         while True:

@@ -178,10 +178,12 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"Cannot open the SQLite store at {self.path}: {exc}.") from exc
 
     async def close(self) -> None:
-        for db in (self._reader, self._writer):
-            if db is not None:
-                await db.close()
-        self._reader = self._writer = None
+        # A transaction still running for a cancelled caller ends first.
+        async with self._write_lock:
+            for db in (self._reader, self._writer):
+                if db is not None:
+                    await db.close()
+            self._reader = self._writer = None
 
     async def migrate(self) -> list[int]:
         async def tx(db: aiosqlite.Connection) -> list[int]:
@@ -223,6 +225,15 @@ class SQLiteStore(Store):
         db = self._writer
         if db is None:
             raise StoreUnavailable
+        # aiosqlite runs each statement on its own thread: cancelling the task
+        # that awaits one does not stop it. A cancelled BEGIN would leave the
+        # writer inside a transaction (holding the file's write lock for every
+        # process), a cancelled COMMIT would make the ROLLBACK fail and swallow
+        # the cancellation. So the transaction always runs to its end, commit
+        # or rollback; a cancelled caller only stops waiting for it.
+        return await asyncio.shield(self._run_tx(db, fn))
+
+    async def _run_tx(self, db: aiosqlite.Connection, fn: Tx[T]) -> T:
         async with self._write_lock:
             try:
                 await db.execute("BEGIN IMMEDIATE")

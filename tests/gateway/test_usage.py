@@ -1,0 +1,275 @@
+"""Last used (SPEC §5): batched off the request path, one write per key per flush,
+flushed on a graceful stop — in the app and in a real ``keygate serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from config.settings import AuthSettings, Route
+from gateway import keyformat
+from gateway.errors import StoreUnavailable
+from gateway.service import Actor, ServiceContext, Services
+from gateway.service.bootstrap import create_first_admin
+from gateway.store import Store, open_store
+from gateway.store.sqlite import SQLiteStore
+from gateway.usage import UsageRecorder
+from tests.conftest import GatewayFactory, Keygate
+from tests.gateway.conftest import (
+    CountingFactory,
+    UpstreamFactory,
+    closed_port,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_route(upstream: TestServer) -> tuple[Route, ...]:
+    return (Route(name="default", prefix="/", upstream=str(upstream.make_url("/"))),)
+
+
+def key_id(token: str) -> str:
+    return keyformat.parse(token, "kg").key_id
+
+
+async def last_used(store: Store, token: str) -> float | None:
+    record = await store.get_key(key_id(token))
+    assert record is not None
+    return None if record.last_used_at is None else record.last_used_at.timestamp()
+
+
+async def use(kg: Keygate, token: str) -> None:
+    resp = await kg.client.get("/x", headers={"X-API-Key": token})
+    assert resp.status == 200
+    await resp.read()
+
+
+async def test_usage_last_used_stored_within_flush_interval(keygate: Keygate) -> None:
+    token = await keygate.make_key(["default"])
+    assert await last_used(keygate.gw.store, token) is None
+    before = time.time()
+    await use(keygate, token)
+
+    async def stored() -> bool:
+        return await last_used(keygate.gw.store, token) is not None
+
+    interval = keygate.settings.auth.last_used_flush_interval
+    await wait_for(stored, within=interval + 0.5, what="last_used_at")
+    stamp = await last_used(keygate.gw.store, token)
+    assert stamp is not None
+    assert before - 1 <= stamp <= time.time() + 1
+
+
+async def test_usage_failed_request_with_bad_key_records_nothing(keygate: Keygate) -> None:
+    token = await keygate.make_key(["default"])
+    resp = await keygate.client.get("/x", headers={"X-API-Key": token[:-1] + "0"})
+    assert resp.status == 401
+    assert keygate.gw.usage.pending == 0
+
+
+async def test_usage_hundred_requests_make_one_write(
+    counting_keygate_factory: CountingFactory, upstream: TestServer
+) -> None:
+    kg, st = await counting_keygate_factory(default_route(upstream), last_used_flush_interval=30)
+    token = await kg.make_key(["default"])
+    for _ in range(100):
+        await use(kg, token)
+    usage = kg.gw.usage
+    assert usage.pending == 1
+    assert st.touch_batches == []  # nothing written on the request path
+    flushes = usage.flushes
+    await usage.flush()
+    assert usage.flushes == flushes + 1
+    (batch,) = st.touch_batches
+    assert list(batch) == [key_id(token)]
+    assert await last_used(st, token) == pytest.approx(batch[key_id(token)], abs=1e-3)
+    await usage.flush()  # nothing pending: no write at all
+    assert len(st.touch_batches) == 1
+    assert usage.flushes == flushes + 1
+
+
+async def test_usage_two_keys_share_one_batch(
+    counting_keygate_factory: CountingFactory, upstream: TestServer
+) -> None:
+    kg, st = await counting_keygate_factory(default_route(upstream), last_used_flush_interval=30)
+    one, two = await kg.make_key(["default"]), await kg.make_key(["default"])
+    for _ in range(10):
+        await use(kg, one)
+        await use(kg, two)
+    await kg.gw.usage.flush()
+    (batch,) = st.touch_batches
+    assert sorted(batch) == sorted([key_id(one), key_id(two)])
+
+
+async def test_usage_background_flush_writes_each_key_once_per_tick(
+    counting_keygate_factory: CountingFactory, upstream: TestServer
+) -> None:
+    kg, st = await counting_keygate_factory(default_route(upstream), last_used_flush_interval=0.2)
+    token = await kg.make_key(["default"])
+    started = time.monotonic()
+    await asyncio.gather(*(use(kg, token) for _ in range(100)))
+    await wait_for(lambda: st.touch_batches, within=1.0, what="a background flush")
+    elapsed = time.monotonic() - started
+    assert all(list(batch) == [key_id(token)] for batch in st.touch_batches)
+    # At most one write per tick (plus the one in progress).
+    assert len(st.touch_batches) <= elapsed / 0.2 + 1
+
+
+async def test_usage_stop_flushes_after_last_request(
+    keygate_factory: GatewayFactory, upstream: TestServer
+) -> None:
+    kg = await keygate_factory(default_route(upstream), last_used_flush_interval=30)
+    token = await kg.make_key(["default"])
+    await use(kg, token)
+    await kg.client.close()  # runs cleanup_ctx: the batcher's last flush
+    store = open_store(kg.settings.store.url)
+    await store.open()
+    try:
+        assert await last_used(store, token) is not None
+    finally:
+        await store.close()
+
+
+async def test_usage_last_used_never_moves_back(store: SQLiteStore) -> None:
+    ctx = ServiceContext(store, AuthSettings())
+    issued = await create_first_admin(ctx)
+    await store.touch_last_used({issued.key.id: 2000.0})
+    await store.touch_last_used({issued.key.id: 1000.0})
+    assert await last_used(store, issued.token) == 2000.0
+
+
+class FlakyStore(SQLiteStore):
+    """A real store whose first last-used write fails, as during an outage."""
+
+    failures = 1
+
+    async def touch_last_used(self, stamps: dict[str, float]) -> None:  # type: ignore[override]
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable
+        await super().touch_last_used(stamps)
+
+
+async def test_usage_failed_flush_is_retried_without_loss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyStore(tmp_path / "flaky.db")
+    await store.open()
+    try:
+        issued = await create_first_admin(ServiceContext(store, AuthSettings()))
+        recorder = UsageRecorder(store, 30)
+        recorder.touch(issued.key.id)
+        await recorder.flush()
+        assert recorder.pending == 1
+        assert recorder.flushes == 0
+        assert await last_used(store, issued.token) is None
+        await recorder.flush()
+        assert recorder.pending == 0
+        assert await last_used(store, issued.token) is not None
+    finally:
+        await store.close()
+    assert "last-used flush failed" in caplog.text
+
+
+async def test_usage_stop_during_a_flush_returns_and_keeps_the_stamp(store: SQLiteStore) -> None:
+    issued = await create_first_admin(ServiceContext(store, AuthSettings()))
+    for steps in range(40):
+        recorder = UsageRecorder(store, 0.001)
+        recorder.start()
+        touched = time.time()
+        recorder.touch(issued.key.id)
+        for _ in range(steps):
+            await asyncio.sleep(0)  # stop lands before, inside or after a flush
+        async with asyncio.timeout(5):
+            await recorder.stop()
+        assert recorder.pending == 0
+        stamp = await last_used(store, issued.token)
+        assert stamp is not None
+        assert stamp >= touched - 0.001, steps
+
+
+# --- a real process ---------------------------------------------------------------
+def _cli_missing() -> bool:
+    return (
+        importlib.util.find_spec("gateway.cli") is None
+        or importlib.util.find_spec("gateway.__main__") is None
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _cli_missing(), reason="gateway.cli / gateway.__main__ not written yet (owned by the CLI work)"
+)
+async def test_usage_sigterm_flushes_and_exits_0(
+    tmp_path: Path, upstream_factory: UpstreamFactory
+) -> None:
+    up = await upstream_factory("a")
+    db = tmp_path / "data" / "keygate.db"
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        ctx = ServiceContext(store, AuthSettings())
+        await create_first_admin(ctx)
+        admin = await store.get_user("admin")
+        assert admin is not None
+        actor = Actor(admin.id, admin.username, None, ("admin",), "test")
+        token = (await Services.build(ctx).keys.create(actor, {"groups": ["default"]})).token
+    finally:
+        await store.close()
+    port = closed_port()
+    config = tmp_path / "keygate.toml"
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+        f'[store]\nurl = "sqlite:///{db}"\n'
+        "[auth]\nlast_used_flush_interval = 30\n"
+        f'[[routes]]\nname = "default"\nprefix = "/"\nupstream = "{up.url}"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("KEYGATE_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def ready() -> bool:
+                assert proc.returncode is None, "keygate serve exited early"
+                try:
+                    async with session.get(f"{base}/_keygate/health") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(ready, within=15.0, what="keygate serve to listen")
+            async with session.get(f"{base}/x", headers={"X-API-Key": token}) as resp:
+                status = resp.status
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = stderr.decode(errors="replace")[-3000:]
+    assert status == 200, log
+    assert proc.returncode == 0, log
+    assert token.encode() not in stderr
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await last_used(store, token) is not None
+    finally:
+        await store.close()
