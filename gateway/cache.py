@@ -167,7 +167,11 @@ class KeyCache:
         self._evict(self._by_group.get(group, ()))
 
     def apply(self, kind: str, ref: str) -> None:
-        """Apply one change notice (kind: key | user | group | all)."""
+        """Apply one change notice (kind: key | key-created | user | group | all)."""
+        if kind == "key-created":
+            # Nothing can be cached for a key that did not exist (its token is
+            # new and random): evicting here would only drop a fresh entry.
+            return
         if kind == "key":
             self.evict_key(ref)
         elif kind == "user":

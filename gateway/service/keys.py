@@ -163,7 +163,7 @@ class KeyService:
         created = await self.ctx.store.create_key(
             record, keyformat.digest(token), max_keys=self.ctx.auth.max_keys_per_user, audit=audit
         )
-        await self.ctx.notify("key", key_id)
+        await self.ctx.notify("key-created", key_id)
         return IssuedKey(created, token)
 
     async def update(self, actor: Actor, key_id: str, body: Any) -> KeyRecord:

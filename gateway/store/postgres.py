@@ -405,7 +405,7 @@ class PostgresStore(Store):
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise _conflict(exc) from None
-            await self._finish(conn, audit, [("key", key.id)])
+            await self._finish(conn, audit, [("key-created", key.id)])
             return key_from_row(row)
 
         return await self._tx(tx)

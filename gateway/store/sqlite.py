@@ -359,7 +359,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError as exc:
                 raise _conflict(exc) from None
             await self._audit(db, audit)
-            await self._change(db, "key", key.id)
+            await self._change(db, "key-created", key.id)
             created = await self._key_in_tx(db, key.id)
             assert created is not None
             return created

@@ -202,6 +202,16 @@ def test_cache_apply_unknown_kind_clears_everything() -> None:
     assert not cache.is_known_unknown(digest(9))
 
 
+def test_cache_apply_key_created_keeps_entries_and_fills() -> None:
+    # A new key cannot be cached yet: its notice must not drop a fresh entry
+    # (nor make an in-flight lookup discard its answer).
+    cache = filled(principal("k0"))
+    generation = cache.generation
+    cache.apply("key-created", "k0")
+    assert len(cache) == 1
+    assert cache.generation == generation
+
+
 def test_cache_fill_after_eviction_started_is_discarded() -> None:
     # A lookup reads the store, a change notice evicts, then the stale answer
     # arrives: it must not be cached.

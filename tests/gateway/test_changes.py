@@ -68,8 +68,11 @@ async def test_changes_watcher_applies_other_connections_notices(
     await wait_for(lambda: ("user", bob.id) in applied, within=1.0, what="the user notice")
     issued = await services.keys.create(actor, {"groups": ["default"], "owner": "bob"})
     await services.keys.set_status(actor, issued.key.id, "disabled")
+    key_id = issued.key.id
     await wait_for(
-        lambda: applied.count(("key", issued.key.id)) == 2, within=1.0, what="the key notices"
+        lambda: ("key-created", key_id) in applied and ("key", key_id) in applied,
+        within=1.0,
+        what="the key notices",
     )
 
 
@@ -173,7 +176,7 @@ async def _delete_user(s: Services, a: Actor) -> set[tuple[str, str]]:
 
 
 async def _create_key(s: Services, a: Actor) -> set[tuple[str, str]]:
-    return {("key", (await s.keys.create(a, {"groups": ["default"]})).key.id)}
+    return {("key-created", (await s.keys.create(a, {"groups": ["default"]})).key.id)}
 
 
 async def _update_key(s: Services, a: Actor) -> set[tuple[str, str]]:

@@ -744,8 +744,8 @@ async def test_changes_since_in_order_per_write(store: Store) -> None:
     every = await store.changes_since(0)
     assert [(c.kind, c.ref) for c in every[:5]] == [
         ("user", alice.id),
-        ("key", k1.id),
-        ("key", k2.id),
+        ("key-created", k1.id),
+        ("key-created", k2.id),
         ("key", k1.id),
         ("user", alice.id),  # delete_user: the user first, then each revoked key
     ]
