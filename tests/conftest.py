@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from gateway.service import Actor, ServiceContext, Services
 from gateway.service.bootstrap import create_first_admin
 from gateway.state import gateway_key
 from gateway.store.sqlite import SQLiteStore
+from tests.pg import pg_database_fixture, pg_url_fixture  # noqa: F401 - fixtures
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -59,10 +61,14 @@ class KeygateTestServer(TestServer):
         return KeygateRunner(self.app, **kwargs)
 
 
-def make_settings(tmp_path: Path, routes: tuple[Route, ...], **auth: Any) -> Settings:
+def make_settings(
+    tmp_path: Path, routes: tuple[Route, ...], store_url: str | None = None, **auth: Any
+) -> Settings:
     return Settings(
         server=ServerSettings(listen="127.0.0.1:0"),
-        store=StoreSettings(url=f"sqlite:///{tmp_path}/keygate.db", change_poll_interval=0.05),
+        store=StoreSettings(
+            url=store_url or f"sqlite:///{tmp_path}/keygate.db", change_poll_interval=0.05
+        ),
         auth=replace(AuthSettings(last_used_flush_interval=0.1), **auth),
         routes=routes,
     )
@@ -107,11 +113,20 @@ GatewayFactory = Callable[..., Awaitable[Keygate]]
 
 
 @pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store every app under test uses: SQLite, or with KEYGATE_TEST_STORE=postgres
+    a freshly emptied PostgreSQL database (the same suite over both stores)."""
+    if os.environ.get("KEYGATE_TEST_STORE") == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path}/keygate.db"
+
+
+@pytest.fixture
 async def keygate_factory(
-    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient]]
+    tmp_path: Path, store_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]]
 ) -> AsyncIterator[GatewayFactory]:
     async def factory(routes: tuple[Route, ...], **auth: Any) -> Keygate:
-        settings = make_settings(tmp_path, routes, **auth)
+        settings = make_settings(tmp_path, routes, store_url, **auth)
         client = await aiohttp_client(KeygateTestServer(build_app(settings)))
         gw = client.server.app[gateway_key]
         issued = await create_first_admin(ServiceContext(gw.store, settings.auth))

@@ -25,7 +25,7 @@ def decode(tag: str, cursor: str) -> str:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raw = ""
     found, sep, position = raw.partition(":")
-    if found != tag or not sep or not position:
+    if found != tag or not sep or not position or not position.isprintable():
         raise Invalid({"cursor": "not a cursor from a previous page of this list"})
     return position
 

@@ -79,8 +79,9 @@ class KeyService:
             v.choice(status, "status", LIST_STATUSES, errors)
         if not 1 <= limit <= MAX_LIMIT:
             errors["limit"] = f"must be between 1 and {MAX_LIMIT}"
-        if search is not None and len(search) > 200:
-            errors["search"] = "must be at most 200 characters"
+        v.query_text(search, "search", errors)
+        v.query_text(owner, "owner", errors)
+        v.query_text(group, "group", errors)
         before = cursors.decode_int("k", cursor) if cursor else None
         errors.raise_if_any()
         owner_id: str | None = None

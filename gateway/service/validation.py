@@ -160,9 +160,13 @@ def metadata(value: Any, errors: Errors) -> dict[str, Any] | None:
         errors["metadata"] = "must be a JSON object"
         return None
     try:
-        size = len(orjson.dumps(value))
+        encoded = orjson.dumps(value)
+        size = len(encoded)
     except orjson.JSONEncodeError:  # nested past orjson's depth limit, or not JSON
         errors["metadata"] = "must be JSON nested at most 254 levels deep"
+        return None
+    if b"\\u0000" in encoded:  # PostgreSQL's jsonb cannot hold a NUL character
+        errors["metadata"] = "must not contain NUL characters"
         return None
     if size > MAX_METADATA_BYTES:
         errors["metadata"] = f"must serialise to at most {MAX_METADATA_BYTES} bytes"
@@ -175,6 +179,16 @@ def choice(value: Any, field: str, allowed: tuple[str, ...], errors: Errors) -> 
         errors[field] = "must be one of " + ", ".join(allowed)
         return None
     return value
+
+
+def query_text(value: str | None, field: str, errors: Errors, *, max_len: int = 200) -> None:
+    """A text parameter from a URL query: bounded and free of control characters."""
+    if value is None:
+        return
+    if len(value) > max_len:
+        errors[field] = f"must be at most {max_len} characters"
+    elif not value.isprintable():
+        errors[field] = "must not contain control characters"
 
 
 def boolean(value: Any, field: str, errors: Errors) -> bool | None:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
-from ..errors import Conflict, NotFound, StoreUnavailable
+from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from ..pglisten import CHANNEL, CONNECTION_ERRORS, OnNotice, PgChangeListener
 from .base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, Store
 from .pg_migrations import MIGRATION_LOCK, PG_MIGRATIONS
@@ -259,6 +259,10 @@ class PostgresStore(Store):
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise StoreUnavailable from exc
+        except (asyncpg.DataError, UnicodeEncodeError) as exc:
+            # A value PostgreSQL cannot hold (a NUL in text, a lone surrogate):
+            # the client's input, never a 500. Validation refuses what it knows.
+            raise BadRequest("The request holds a value that cannot be stored.") from exc
 
     async def _tx(self, fn: Tx[T]) -> T:
         for attempt in range(1, TX_ATTEMPTS + 1):

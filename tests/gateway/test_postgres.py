@@ -251,3 +251,12 @@ async def test_pooled_connection_killed_next_call_retries(pg_url: str, op: str) 
                 await add_user(store, f"gina{round_}")
     finally:
         await store.close()
+
+
+async def test_postgres_unstorable_value_is_bad_request_not_500(node1: PostgresStore) -> None:
+    from gateway.errors import BadRequest
+
+    # Validation refuses NULs it knows of; the store maps whatever slips past
+    # to the client's error instead of an internal one.
+    with pytest.raises(BadRequest):
+        await node1.get_user("a\u0000b")
