@@ -193,3 +193,40 @@ async def poll_proxy_status(api: AdminApi, token: str, *, until: int, within: fl
         if status == until or loop.time() >= deadline:
             return status
         await asyncio.sleep(0.05)
+
+
+# Modules whose tests run over both stores: everything that reads or writes
+# records. Store-agnostic ones (the auth matrix, body parsing, OpenAPI) run once.
+BOTH_STORES = frozenset(
+    {
+        "test_audit",
+        "test_eviction",
+        "test_fuzz",
+        "test_groups",
+        "test_keys",
+        "test_keys_rules",
+        "test_pagination",
+        "test_unstorable",
+        "test_users",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        kinds = ["sqlite", "postgres"] if module in BOTH_STORES else ["sqlite"]
+        metafunc.parametrize("store_kind", kinds, indirect=True)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, store_kind: str, tmp_path: Any) -> str:
+    """The admin API is exercised over both stores, with the same tests."""
+    if store_kind == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path}/keygate.db"
