@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -283,16 +284,26 @@ def _coerce(source: str, name: str, tp: Any, value: Any, *, text: bool = False) 
             if tp is int:
                 return int(value)
             if tp is float:
-                return float(value)
+                return _finite(source, name, float(value))
         except ValueError:
             raise ConfigError(f"{source}: {name}: must be {_type_name(tp)}") from None
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float):
+        return _finite(source, name, value)
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"{source}: {name}: must be {_type_name(tp)}")
     if not isinstance(value, tp):
         raise ConfigError(f"{source}: {name}: must be {_type_name(tp)}")
+    return value
+
+
+def _finite(source: str, name: str, value: float) -> float:
+    # TOML and float() both accept nan and inf: a timeout of inf (or nan, which
+    # passes every "> 0" check) would silently switch a limit off.
+    if not math.isfinite(value):
+        raise ConfigError(f"{source}: {name}: must be a finite number")
     return value
 
 
@@ -312,6 +323,8 @@ def default_data_dir(settings: Settings) -> Path | None:
 
 def sqlite_path(url: str) -> str:
     """``sqlite:///rel/x.db`` → ``rel/x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
+    if not url.startswith("sqlite://"):
+        raise ConfigError(f"store.url: not a sqlite:// URL ({url.partition(':')[0]}://…)")
     rest = url[len("sqlite://") :]
     if rest.startswith("/"):
         rest = rest[1:]

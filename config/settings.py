@@ -17,7 +17,8 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     # Slowloris bound: a request head must arrive completely within this time.
     header_timeout: float = 10.0
-    # A request body that stalls this long between chunks is aborted.
+    # A request body that stalls this long between chunks is aborted. Also
+    # bounds (at most 10 s) how long a refused request's body is drained.
     body_idle_timeout: float = 30.0
     max_header_count: int = 100
     max_header_bytes: int = 16384

@@ -17,7 +17,9 @@ from .credentials import Sources
 from .errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
 from .forward import RouteGate, upstream_session
 from .headers import request_id_or_new
+from .keyids import KeyIdSet
 from .policy import RouteTable
+from .protocol import check_framing
 from .proxy import proxy_handler
 from .service import ServiceContext, Services
 from .state import Gateway, gateway_key, request_id_key
@@ -35,6 +37,16 @@ def error_response(exc: KeygateError) -> web.Response:
     response = web.Response(
         status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
     )
+    return response
+
+
+def _refusal(request: web.Request, exc: KeygateError) -> web.Response:
+    response = error_response(exc)
+    if not request.content.is_eof():
+        # The body of a refused request is still on its way (or, after an
+        # "Expect: 100-continue" we did not answer, never coming): close
+        # instead of draining it or guessing where the next request starts.
+        response.force_close()
     return response
 
 
@@ -61,18 +73,23 @@ async def error_middleware(
         # means "/" (RFC 9110 §4.2.3), but aiohttp's router matches no route for it.
         handler = proxy_handler
     try:
+        check_framing(request)
         return await handler(request)
     except KeygateError as exc:
-        return error_response(exc)
+        return _refusal(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(_from_http_exception(exc))
+        return _refusal(request, _from_http_exception(exc))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path[:200])
         return error_response(KeygateError())
+
+
+async def _expect_later(request: web.Request) -> None:
+    """aiohttp's default answers "100 Continue" before any check; we answer later."""
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -96,6 +113,10 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
             # each response; partial data does not reset it, so it is also the
             # deadline for a complete request head (slowloris).
             "keepalive_timeout": settings.server.header_timeout,
+            # After a refusal aiohttp reads and discards the rest of the body
+            # (so closing does not reset the answer away) for up to this long;
+            # a body that stalls is bounded here as when it is forwarded.
+            "lingering_time": min(10.0, settings.server.body_idle_timeout),
             "max_line_size": settings.server.max_line_bytes,
             "max_field_size": settings.server.max_header_bytes,
             "max_headers": settings.server.max_header_count,
@@ -136,6 +157,10 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         await gw.reload_policy()
         watcher = ChangeWatcher(st, gw.apply_change, settings.store.change_poll_interval)
         await watcher.start()
+        # Read after the watcher noted its starting point: a key created
+        # meanwhile is in this snapshot or in a notice still to come.
+        gw.verifier.key_ids = KeyIdSet(await st.key_ids())
+        gw.verifier.catch_up = watcher.tick
         # PostgreSQL pushes notices (LISTEN/NOTIFY); the poll loop stays as the
         # fallback while the listener is down.
         make_listener = getattr(st, "listener", None)
@@ -167,5 +192,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app.cleanup_ctx.append(gateway_ctx)
     app.cleanup_ctx.append(session_ctx)
     app.add_subapp(settings.server.admin_prefix, build_admin_app())
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    # No 100 Continue before the handler: proxy_handler invites the body once
+    # the request is authenticated and allowed (RFC 9110 §10.1.1).
+    app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=_expect_later)
     return app

@@ -29,6 +29,8 @@ class ChangeWatcher:
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._probe = getattr(store, "data_version", None)
+        self._last_version: int | None = None
 
     async def start(self) -> None:
         self._seq = await self._store.change_seq()
@@ -49,23 +51,25 @@ class ChangeWatcher:
             self._seq = max(self._seq, change.seq)
         return len(changes)
 
+    async def tick(self) -> None:
+        """One check: read notices only when the cheap probe says something moved."""
+        if self._probe is not None:
+            version = await self._probe()
+            if version == self._last_version:
+                return
+            self._last_version = version
+        await self.poll()
+
     async def _run(self) -> None:
-        probe = getattr(self._store, "data_version", None)
-        last_version = None
         while True:
             await asyncio.sleep(self._interval)
             try:
-                if probe is not None:
-                    version = await probe()
-                    if version == last_version:
-                        continue
-                    last_version = version
-                await self.poll()
+                await self.tick()
                 if self._failing:
                     log.warning("change feed recovered")
                     self._failing = False
             except (KeygateError, OSError) as exc:
-                last_version = None
+                self._last_version = None
                 if not self._failing:
                     log.error("change feed unavailable: %s", type(exc).__name__)
                     self._failing = True

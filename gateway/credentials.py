@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
+from . import keyformat
 from .errors import AmbiguousApiKey, missing_api_key
 
 
@@ -84,6 +85,54 @@ def find_credential(
     if len(tokens) > 1:
         raise AmbiguousApiKey
     return Credential(tokens.pop(), tuple(drop), drop_query)
+
+
+def stray_credentials(
+    headers: CIMultiDictProxy[str], raw_query: str, sources: Sources, prefix: str
+) -> Credential | None:
+    """Where a well-formed keygate token was presented to a public route, if anywhere.
+
+    Nobody checks a key there, but the upstream must still never receive one
+    (SPEC §3: the credential is removed before forwarding; clients often send
+    their key on every request). Only values that parse as keygate tokens,
+    checksum included, count: an upstream's own Bearer token passes untouched.
+    """
+    drop: list[str] = []
+    if sources.bearer or sources.basic:
+        for value in headers.getall(hdrs.AUTHORIZATION, ()):
+            scheme, _, rest = value.strip().partition(" ")
+            scheme = scheme.lower()
+            if scheme == "bearer" and sources.bearer:
+                token = rest.strip()
+            elif scheme == "basic" and sources.basic:
+                token = _from_basic(rest.strip(), prefix)
+            else:
+                continue
+            if _well_formed(token, prefix):
+                drop.append(hdrs.AUTHORIZATION)
+                break
+    if sources.x_api_key and any(
+        _well_formed(v.strip(), prefix) for v in headers.getall(X_API_KEY, ())
+    ):
+        drop.append(X_API_KEY)
+    drop_query = None
+    if (
+        sources.query is not None
+        and raw_query
+        and any(_well_formed(v.strip(), prefix) for v in query_values(raw_query, sources.query))
+    ):
+        drop_query = sources.query
+    if not drop and drop_query is None:
+        return None
+    return Credential("", tuple(drop), drop_query)
+
+
+def _well_formed(token: str, prefix: str) -> bool:
+    try:
+        keyformat.parse(token, prefix)
+    except keyformat.TokenFormatError:
+        return False
+    return True
 
 
 def _from_basic(encoded: str, prefix: str) -> str:

@@ -1,7 +1,9 @@
 """The streaming forwarder: one client request, one upstream exchange (SPEC §5).
 
 Bodies are relayed chunk by chunk both ways, never buffered whole; WebSocket
-upgrades are relayed message by message.
+upgrades are relayed message by message. Plain ``http://`` upstreams are spoken
+to by the lean pooled client of :mod:`gateway.upstream`; WebSocket upgrades and
+``https://`` upstreams by aiohttp's client session.
 
 Framing: a request with Content-Length goes upstream with it, a chunked one
 goes chunked (never both). A response keeps the upstream's Content-Length;
@@ -24,14 +26,12 @@ from typing import Final, TypeAlias
 import aiohttp
 import yarl
 from aiohttp import hdrs, web
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.settings import Route
 
 from .errors import (
     BadRequest,
-    KeygateError,
     MethodNotAllowed,
     TooLarge,
     UpstreamBusy,
@@ -39,6 +39,9 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .headers import downstream_response_headers
+from .request_body import RequestBody, failure
+from .upstream import Headers, Origin, abort_client, exchange
+from .upstream_pool import UpstreamPool
 
 _WebSocket: TypeAlias = "web.WebSocketResponse | aiohttp.ClientWebSocketResponse"
 
@@ -68,13 +71,16 @@ class RouteGate:
     A WebSocket holds its slot for as long as it is open.
     """
 
-    __slots__ = ("_in_flight", "limit", "route", "timeout")
+    __slots__ = ("_in_flight", "base", "limit", "origin", "route", "timeout")
 
     def __init__(self, route: Route) -> None:
         self.route = route
         self.limit = route.max_connections
         # One object per route, not per request; covers connect, headers, body.
         self.timeout = aiohttp.ClientTimeout(total=route.timeout)
+        self.base = yarl.URL(route.upstream)
+        # None unless plain http: then forward() uses the pooled client.
+        self.origin = Origin.of(self.base)
         self._in_flight = 0
 
     @property
@@ -90,6 +96,21 @@ class RouteGate:
         self._in_flight -= 1
 
 
+class _PooledConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, carrying the pool of the lean http client beside its own.
+
+    The two live and close together: closing the session closes both.
+    """
+
+    def __init__(self, *, keepalive_timeout: float) -> None:
+        super().__init__(limit=0, keepalive_timeout=keepalive_timeout)
+        self.upstream_pool = UpstreamPool(idle_timeout=keepalive_timeout)
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        await self.upstream_pool.close()
+        await super().close(abort_ssl=abort_ssl)
+
+
 def upstream_session(*, keepalive_timeout: float = 15.0) -> aiohttp.ClientSession:
     """A ClientSession fit for :func:`forward`; create it inside a cleanup_ctx.
 
@@ -98,9 +119,11 @@ def upstream_session(*, keepalive_timeout: float = 15.0) -> aiohttp.ClientSessio
     can hold is set here: a cookie jar that keeps nothing (upstream cookies
     belong to each client, never to the gateway), no connection limit (the
     route gates bound concurrency), no default timeout, no proxy environment.
+    Its connector also holds the keep-alive pool of plain-http upstreams
+    (:mod:`gateway.upstream_pool`), closed with the session.
     """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive_timeout),
+        connector=_PooledConnector(keepalive_timeout=keepalive_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=_SKIP_AUTO_HEADERS,
@@ -115,17 +138,19 @@ async def forward(
     session: aiohttp.ClientSession,
     route: Route,
     gate: RouteGate,
-    url: yarl.URL,
-    headers: CIMultiDict[str],
+    url: yarl.URL | str,
+    headers: Headers,
     body_idle_timeout: float,
 ) -> web.StreamResponse:
     """Relay ``request`` to ``url`` and the upstream's answer back to the client.
 
     ``url`` (upstream base + normalised path + raw query) and ``headers``
-    (from :func:`~gateway.headers.upstream_request_headers`) are used as
-    given. ``session`` must keep no cookies: use :func:`upstream_session`.
-    Headers wanted on every response (X-Request-Id) belong in an
-    ``on_response_prepare`` signal: the response is prepared here.
+    (from :func:`~gateway.headers.upstream_request_headers`, or the same
+    pairs as a list) are used as given. A str ``url`` is the encoded request
+    target (path and query) on the origin of ``route.upstream``, whose path
+    the caller has already prefixed. ``session`` must come from
+    :func:`upstream_session`. Headers wanted on every response (X-Request-Id)
+    belong in an ``on_response_prepare`` signal: the response is prepared here.
     """
     if request.method == hdrs.METH_CONNECT:
         # RFC 9110 §9.3.6: CONNECT asks for a tunnel, which a reverse proxy
@@ -133,16 +158,34 @@ async def forward(
         raise MethodNotAllowed()
     if _is_websocket(request):
         with gate:
-            return await _forward_websocket(request, session, gate, url, headers)
+            return await _forward_websocket(
+                request, session, gate, _absolute(gate, url), CIMultiDict(headers)
+            )
 
     limit = route.max_body_bytes
     declared = request.content_length
     if limit is not None and declared is not None and declared > limit:
         raise TooLarge()
+    pool = getattr(session.connector, "upstream_pool", None)
+    if isinstance(url, str):
+        origin, target = gate.origin, url
+    else:
+        origin, target = Origin.of(url), url.raw_path_qs
     with gate:
         body = (
-            _RequestBody(request.content, limit, body_idle_timeout) if request.body_exists else None
+            RequestBody(request.content, limit, body_idle_timeout) if request.body_exists else None
         )
+        if origin is not None and pool is not None:
+            return await exchange(
+                request,
+                pool=pool,
+                origin=origin,
+                target=target,
+                headers=headers,
+                body=body,
+                route_timeout=route.timeout,
+            )
+        url = _absolute(gate, url)
         try:
             upstream = await session.request(
                 request.method,
@@ -156,64 +199,32 @@ async def forward(
                 timeout=gate.timeout,
             )
         except TimeoutError as exc:
-            raise _failure(body, UpstreamTimeout()) from exc
+            raise failure(body, UpstreamTimeout()) from exc
         except (aiohttp.ClientError, OSError) as exc:
             # Refused, DNS, reset, malformed status line or headers: all 502.
-            raise _failure(body, UpstreamUnavailable()) from exc
+            raise failure(body, UpstreamUnavailable()) from exc
         return await _relay_response(request, upstream, body)
 
 
-class _RequestBody:
-    """The client's request body as the async iterator the client session sends.
-
-    Failures are kept in ``error``: aiohttp wraps whatever the iterator raises
-    into a generic connection error on the upstream response, and the client
-    deserves the real reason (413, stalled or broken body) instead of a 502.
-    """
-
-    __slots__ = ("_content", "_idle", "_limit", "_received", "error")
-
-    def __init__(self, content: StreamReader, limit: int | None, idle: float) -> None:
-        self._content = content
-        self._limit = limit
-        self._idle = idle
-        self._received = 0
-        self.error: KeygateError | None = None
-
-    def __aiter__(self) -> _RequestBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            # Bounds the wait between chunks, not the whole upload.
-            async with asyncio.timeout(self._idle):
-                chunk = await self._content.readany()
-        except Exception as exc:  # stalled, client gone, or malformed chunked body
-            error: KeygateError = (
-                BadRequest("The request body stalled.", code="body_timeout")
-                if isinstance(exc, TimeoutError)
-                else BadRequest("The request body could not be read.")
-            )
-            self.error = error
-            raise error from exc
-        if not chunk:
-            raise StopAsyncIteration
-        self._received += len(chunk)
-        if self._limit is not None and self._received > self._limit:
-            # A chunked body has no declared size: the limit is found here.
-            self.error = error = TooLarge()
-            raise error
-        return chunk
-
-
-def _failure(body: _RequestBody | None, default: KeygateError) -> KeygateError:
-    if body is not None and body.error is not None:
-        return body.error
-    return default
+def _absolute(gate: RouteGate, url: yarl.URL | str) -> yarl.URL:
+    """``url`` itself, or a request target made absolute on the route's upstream."""
+    if isinstance(url, yarl.URL):
+        return url
+    base = gate.base
+    path, _, query = url.partition("?")
+    # Built, never joined: a path like "//host/x" must not name another host.
+    return yarl.URL.build(
+        scheme=base.scheme,
+        host=base.raw_host or "",
+        port=base.explicit_port,
+        path=path,
+        query_string=query,
+        encoded=True,
+    )
 
 
 async def _relay_response(
-    request: web.Request, upstream: aiohttp.ClientResponse, body: _RequestBody | None
+    request: web.Request, upstream: aiohttp.ClientResponse, body: RequestBody | None
 ) -> web.StreamResponse:
     complete = False
     try:
@@ -232,11 +243,11 @@ async def _relay_response(
             try:
                 chunk = await content.readany()
             except TimeoutError as exc:
-                _abort(request)
+                abort_client(request)
                 raise UpstreamTimeout() from exc
             except (aiohttp.ClientError, OSError) as exc:
-                _abort(request)
-                raise _failure(body, UpstreamUnavailable()) from exc
+                abort_client(request)
+                raise failure(body, UpstreamUnavailable()) from exc
             if not chunk:
                 break
             try:
@@ -252,15 +263,6 @@ async def _relay_response(
     finally:
         if not complete:
             upstream.close()  # partially read: the connection cannot be reused
-
-
-def _abort(request: web.Request) -> None:
-    """Cut the client connection mid-response (no final chunk, short of length)."""
-    transport = request.transport
-    if transport is not None:
-        # abort(), not close(): a stalled client must not keep the socket open
-        # while the rest of a response that is already broken drains.
-        transport.abort()
 
 
 def _is_websocket(request: web.Request) -> bool:

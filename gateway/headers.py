@@ -3,7 +3,8 @@
 Requests going upstream lose the hop-by-hop headers (RFC 9110 §7.6.1), the
 header that carried the keygate credential and anything a client could use to
 impersonate keygate (``X-Keygate-*``, the ``X-Forwarded-*`` family,
-``X-Request-Id``); keygate then adds its own identity and forwarded headers.
+``Forwarded``, ``X-Real-IP`` and kin, ``X-Original-URL``, ``X-Request-Id``);
+keygate then adds its own identity and forwarded headers.
 Responses coming back lose only the hop-by-hop headers; everything else,
 repeated fields such as ``Set-Cookie`` included, passes in order.
 """
@@ -47,24 +48,50 @@ _KEYGATE_PREFIX: Final = "x-keygate-"
 _IDENTITY: Final = frozenset(
     h.lower() for h in (X_KEYGATE_KEY_ID, X_KEYGATE_KEY_NAME, X_KEYGATE_USER, X_KEYGATE_GROUPS)
 )
-# Names keygate sets itself. A client may neither forge them nor make keygate
-# drop them by listing them in Connection.
-_FORWARDED: Final = frozenset(
-    h.lower()
-    for h in (
-        hdrs.X_FORWARDED_FOR,
-        hdrs.X_FORWARDED_PROTO,
-        hdrs.X_FORWARDED_HOST,
-        hdrs.X_REQUEST_ID,
+# SECURITY (OWASP API8): names that common frameworks read as the client's
+# address, scheme, host, port or path prefix, or as the request path itself
+# (RFC 7239 Forwarded; Werkzeug ProxyFix, Rack, Spring; IIS/Symfony
+# X-Original-URL and X-Rewrite-URL). keygate is the front proxy: a client's
+# copy would be believed behind it, and a path override would bypass the
+# path rules keygate checked. keygate speaks only X-Forwarded-*.
+_SPOOFABLE: Final = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+# Names only keygate may say: the ones it sets itself and the spoofable ones.
+# A client may neither forge them (any "_" spelling included) nor make keygate
+# drop its own by listing them in Connection.
+_FORWARDED: Final = (
+    frozenset(
+        h.lower()
+        for h in (
+            hdrs.X_FORWARDED_FOR,
+            hdrs.X_FORWARDED_PROTO,
+            hdrs.X_FORWARDED_HOST,
+            hdrs.X_REQUEST_ID,
+        )
     )
+    | _SPOOFABLE
 )
 _XFF: Final = hdrs.X_FORWARDED_FOR.lower()
 # Always removed from requests besides HOP_BY_HOP:
 # - Host: the client session derives it from the upstream URL;
-# - Expect: aiohttp's default expect_handler answered "100-continue" to the
-#   client before the handler ran (RFC 9110 §10.1.1), so the body is coming
-#   anyway and asking the upstream again would only add a round trip;
-# - the forwarded names other than X-Forwarded-For, which keygate replaces.
+# - Expect: the proxy answered "100-continue" to the client itself once the
+#   request was allowed (RFC 9110 §10.1.1), so the body is coming anyway and
+#   asking the upstream again would only add a round trip;
+# - the forwarded names other than X-Forwarded-For, which keygate replaces
+#   (or, for the spoofable ones, leaves out).
 _REQUEST_REMOVED: Final = (
     HOP_BY_HOP | {hdrs.HOST.lower(), hdrs.EXPECT.lower()} | (_FORWARDED - {_XFF})
 )

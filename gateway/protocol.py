@@ -4,20 +4,33 @@ aiohttp answers parser errors (bad framing, oversized heads) with a text/plain
 body that quotes the offending input and logs a traceback. A quoted header may
 be a credential, so we answer with SPEC's JSON error, a fixed message, and log
 one line naming only the kind of error.
+
+:class:`KeygateRunner` also fixes two runner defaults wherever it is used
+(``keygate serve``, tests, embedding): keygate's access log format, because
+aiohttp's prints the query string and a query may carry a key; and handler
+cancellation, so a client that goes away mid-request releases its upstream
+connection and its route slot at once instead of after the route timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from .accesslog import AccessLogger
 from .errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
 
 log = logging.getLogger("keygate.protocol")
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [":" port]; empty is allowed.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 class UriTooLong(KeygateError):
@@ -26,11 +39,27 @@ class UriTooLong(KeygateError):
     default_message = "The request line is too long."
 
 
-def error_for(status: int, exc: BaseException | None) -> KeygateError:
+def error_for(
+    status: int,
+    exc: BaseException | None,
+    *,
+    line_limit: int | None = None,
+    field_limit: int | None = None,
+) -> KeygateError:
     if isinstance(exc, LineTooLong):
         # RFC 9110 §15.5.15 / RFC 6585 §5: a long request line is 414, a long
-        # header 431.
-        if "status line" in str(exc).lower() or "request line" in str(exc).lower():
+        # header 431. aiohttp's C parser words both alike; they differ in the
+        # limit they report (max_line_size or max_field_size) and, when the two
+        # are equal, in the buffer type it quotes (the target's is a bytearray).
+        text = str(exc).lower()
+        if "status line" in text or "request line" in text:
+            return UriTooLong()
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if (
+            line_limit is not None
+            and limit == line_limit
+            and (limit != field_limit or isinstance(exc.args[0], bytearray))
+        ):
             return UriTooLong()
         return HeadersTooLarge()
     if exc is not None and "too many headers" in str(exc).lower():
@@ -42,8 +71,45 @@ def error_for(status: int, exc: BaseException | None) -> KeygateError:
     return KeygateError()
 
 
+def check_framing(request: web.BaseRequest) -> None:
+    """Refuse what aiohttp's parser lets through but a proxy must not relay.
+
+    - Only HTTP/1.0 and 1.1: a request line without a version parses as
+      HTTP/0.9, which has no header block, yet the headers after it are kept.
+    - Exactly one valid Host (HTTP/1.0 may go without).
+    - Transfer-Encoding must be exactly ``chunked`` (RFC 9112 §6.1): the
+      parser removes the chunked coding and ignores any other, and hop-by-hop
+      removal would drop the header, so ``gzip, chunked`` would reach the
+      upstream as a plain body. HTTP/1.0 has no transfer codings at all: such
+      framing is faulty (RFC 9112 §6.1).
+    """
+    if request.version not in (HttpVersion10, HttpVersion11):
+        raise BadRequest("The request is not valid HTTP.")
+    # RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two
+    # Host lines or an invalid one, is a 400: keygate sends Host on as
+    # X-Forwarded-Host, which upstreams use to build links.
+    hosts = request.headers.getall(hdrs.HOST, ())
+    if (
+        len(hosts) > 1
+        or (not hosts and request.version == HttpVersion11)
+        or (hosts and not _HOST.fullmatch(hosts[0]))
+    ):
+        raise BadRequest("The request needs exactly one valid Host header.")
+    codings = request.headers.getall(hdrs.TRANSFER_ENCODING, ())
+    if codings:
+        tokens = [t.strip().lower() for v in codings for t in v.split(",")]
+        if request.version == HttpVersion10 or tokens != ["chunked"]:
+            raise BadRequest("The request is not valid HTTP.")
+
+
 class KeygateRequestHandler(RequestHandler):
-    __slots__ = ()
+    __slots__ = ("_field_limit", "_line_limit")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aiohttp's own defaults when the app sets none.
+        self._line_limit: int = kwargs.get("max_line_size", 8190)
+        self._field_limit: int = kwargs.get("max_field_size", 8190)
 
     def handle_error(
         self,
@@ -54,7 +120,7 @@ class KeygateRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already; the connection is dropped.")
-        error = error_for(status, exc)
+        error = error_for(status, exc, line_limit=self._line_limit, field_limit=self._field_limit)
         if error.status >= 500:
             log.error("internal error", exc_info=exc)
         elif not isinstance(exc, BadHttpMethod):
@@ -78,6 +144,16 @@ class KeygateServer(web.Server):
 
 class KeygateRunner(web.AppRunner):
     """An AppRunner whose connections use :class:`KeygateRequestHandler`."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        # SECURITY: aiohttp's default access log prints the request line,
+        # query string included (a "query:<name>" source puts the key there).
+        kwargs.setdefault("access_log_class", AccessLogger)
+        # A proxy drops the upstream exchange when its client leaves (nginx's
+        # proxy_ignore_client_abort off); otherwise an abandoned request holds
+        # an upstream connection and a max_connections slot until the timeout.
+        kwargs.setdefault("handler_cancellation", True)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

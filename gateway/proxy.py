@@ -2,17 +2,72 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import ClassVar
+
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .clientip import peer_ip
-from .credentials import find_credential, strip_query_param
-from .errors import BadPath, BadRequest, Forbidden, NotFound
+from .credentials import find_credential, query_values, stray_credentials, strip_query_param
+from .errors import (
+    BadPath,
+    BadRequest,
+    Forbidden,
+    KeygateError,
+    NotFound,
+    TooLarge,
+    UpstreamBusy,
+)
 from .forward import forward
-from .headers import upstream_request_headers
 from .pathnorm import is_under, normalise_path
 from .policy import upstream_path
 from .state import gateway_key, key_id_key, request_id_key, route_key
+from .upstream_head import upstream_header_pairs
+
+
+class ExpectationFailed(KeygateError):
+    status: ClassVar[int] = 417
+    default_code: ClassVar[str] = "expectation_failed"
+    default_message: ClassVar[str] = "The only expectation supported is 100-continue."
+
+
+async def invite_body(request: web.Request, limit: int | None, busy: bool) -> None:
+    """Answer ``Expect: 100-continue`` once the request may go ahead (RFC 9110 §10.1.1).
+
+    Called after authentication and authorisation, so a refused client never
+    sends its body; a declared body over the route's limit, or a full route,
+    is refused before the client is invited to send it either.
+    """
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is None:
+        return
+    if expect.strip().lower() != "100-continue":
+        raise ExpectationFailed()
+    declared = request.content_length
+    if limit is not None and declared is not None and declared > limit:
+        raise TooLarge()
+    if busy:
+        raise UpstreamBusy()
+    if request.version >= HttpVersion11 and not request.content.is_eof():
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Interim bytes do not count as the response having started.
+        request.writer.output_size = 0
+
+
+# SECURITY (OWASP API5): frameworks that honour these (Express method-override,
+# Rails/Laravel/Symfony "_method", IIS) run the named method instead of the one
+# on the request line. The key must be allowed that method too.
+_METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+
+
+def override_methods(headers: CIMultiDictProxy[str], raw_query: str) -> list[str]:
+    """Every method a request asks its upstream to run instead of its own."""
+    found = [v.strip().upper() for name in _METHOD_OVERRIDES for v in headers.getall(name, ())]
+    if "_method" in raw_query:
+        found += [v.strip().upper() for v in query_values(raw_query, "_method")]
+    return found
 
 
 def split_target(raw_target: str) -> tuple[str, str]:
@@ -51,30 +106,34 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     request[route_key] = route.name
     identity = None
     drop: tuple[str, ...] = ()
-    if not route.public:
+    if route.public:
+        stray = stray_credentials(request.headers, query, gw.sources, gw.verifier.prefix)
+        if stray is not None:
+            drop = stray.drop_headers
+            if stray.drop_query is not None:
+                query = strip_query_param(query, stray.drop_query)
+    else:
         credential = find_credential(request.headers, query, gw.sources, gw.verifier.prefix)
         verifier = gw.verifier
         digest = verifier.digest_of(credential.token)
         principal = verifier.check_cached(digest)
         if principal is None:
-            principal = await verifier.load(digest)
+            principal = await verifier.load(digest, credential.token)
         request[key_id_key] = principal.key_id
-        if not gw.policy.allows(principal.groups, route.name, request.method, path):
-            raise Forbidden("The API key may not do this.")
+        for method in (request.method, *override_methods(request.headers, query)):
+            if not gw.policy.allows(principal.groups, route.name, method, path):
+                raise Forbidden("The API key may not do this.")
         identity = principal.identity
         drop = credential.drop_headers
         if credential.drop_query is not None:
             query = strip_query_param(query, credential.drop_query)
-    target = gw.upstream_base[route.name]
-    url = URL.build(
-        scheme=target.scheme,
-        host=target.raw_host or "",
-        port=target.explicit_port,
-        path=target.raw_path.rstrip("/") + upstream_path(route, path),
-        query_string=query,
-        encoded=True,
-    )
-    headers = upstream_request_headers(
+    # The request target on the route's upstream, as forward() takes it: no
+    # URL object per request (SPEC §5: exactly the path that was checked).
+    target = gw.upstream_base[route.name].raw_path.rstrip("/") + upstream_path(route, path)
+    if query:
+        target += "?" + query
+    # upstream_request_headers' result as plain pairs, the cheaper form to send.
+    headers = upstream_header_pairs(
         request.headers,
         drop=drop,
         identity=identity,
@@ -84,12 +143,14 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         request_id=request[request_id_key],
     )
     assert gw.session is not None
+    gate = gw.gates[route.name]
+    await invite_body(request, route.max_body_bytes, gate.in_flight >= gate.limit)
     return await forward(
         request,
         session=gw.session,
         route=route,
-        gate=gw.gates[route.name],
-        url=url,
+        gate=gate,
+        url=target,
         headers=headers,
         body_idle_timeout=settings.server.body_idle_timeout,
     )

@@ -70,7 +70,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def _serve(settings: Settings, *, reuse_port: bool) -> None:
+async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) -> None:
     server = settings.server
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,6 +90,8 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
     try:
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
+        if announce_bound:
+            announce(settings)
         log.info("worker %d serving on %s", os.getpid(), server.listen)
         await stop.wait()
         log.info("worker %d stopping: draining in-flight requests", os.getpid())
@@ -99,13 +101,13 @@ async def _serve(settings: Settings, *, reuse_port: bool) -> None:
         await runner.cleanup()
 
 
-def serve_worker(settings: Settings, *, reuse_port: bool) -> int:
+def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False) -> int:
     """Serve until SIGTERM/SIGINT in this process; return the exit code."""
     # Until the event loop's handlers exist, a stop signal waits (see _serve).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     loop = new_loop()
     try:
-        loop.run_until_complete(_serve(settings, reuse_port=reuse_port))
+        loop.run_until_complete(_serve(settings, reuse_port=reuse_port, announce_bound=announce))
     except KeygateError as exc:
         print(f"keygate: {exc.message}", file=sys.stderr)
         return 1
@@ -148,6 +150,13 @@ def run(settings: Settings) -> int:
             "404 no_route; add [[routes]] to the config or use --upstream URL",
             file=sys.stderr,
         )
+    if settings.server.workers == 1:
+        return serve_worker(settings, reuse_port=False, announce=True)
+    return supervise(settings, settings.server.workers)
+
+
+def announce(settings: Settings) -> None:
+    """The start-up line, printed only once the port is bound."""
     workers = settings.server.workers
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes) or "none"
     print(
@@ -157,9 +166,6 @@ def run(settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
-    if workers == 1:
-        return serve_worker(settings, reuse_port=False)
-    return supervise(settings, workers)
 
 
 def supervise(settings: Settings, workers: int) -> int:
@@ -175,6 +181,7 @@ def supervise(settings: Settings, workers: int) -> int:
             file=sys.stderr,
         )
         return 1
+    announce(settings)
     stopping = False
     children: dict[int, float] = {}
     quick_crashes = 0

@@ -45,6 +45,8 @@ class Gateway:
     async def apply_change(self, kind: str, ref: str) -> None:
         """Evict what a change affects; a group change also recompiles the policy."""
         self.cache.apply(kind, ref)
+        if kind == "key-created" and self.verifier.key_ids is not None:
+            self.verifier.key_ids.add(ref)
         if kind == "group":
             await self.reload_policy()
 

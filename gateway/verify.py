@@ -6,18 +6,25 @@ awaits the store, and its answer is cached (positive or negative).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from . import keyformat
 from .cache import KeyCache, Principal, principal_from
 from .errors import StoreUnavailable, Unauthorized, key_disabled, key_expired
+from .keyids import KeyIdSet
 from .store.base import Store
 from .usage import UsageRecorder
 
 log = logging.getLogger("keygate.verify")
 # While the store is down, say so at most this often (seconds).
 OUTAGE_LOG_INTERVAL = 10.0
+# A key id missing from the in-memory set triggers a change-feed check, unless
+# one started this recently before the request: under a flood of forged ids the
+# store sees at most ~50 trivial queries a second, not one per request.
+CATCH_UP_WINDOW = 0.02
 
 
 
@@ -43,6 +50,11 @@ class Verifier:
         self.prefix = key_prefix
         self.lookups = 0  # store lookups performed (tests count them)
         self._outage_logged = 0.0
+        # Known key ids and how to catch up with the change feed; set by the app.
+        self.key_ids: KeyIdSet | None = None
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
+        self._catching_up: asyncio.Future[None] | None = None
+        self._caught_up_at = float("-inf")
 
     def digest_of(self, token: str) -> bytes:
         """Format and checksum first: a typo never reaches cache or store."""
@@ -60,9 +72,20 @@ class Verifier:
         self.usage.touch(principal.key_id)
         return principal
 
-    async def load(self, digest: bytes) -> Principal:
-        """The miss path: one store lookup, then the same checks as a hit."""
+    async def load(self, digest: bytes, token: str | None = None) -> Principal:
+        """The miss path: one store lookup, then the same checks as a hit.
+
+        With ``token``, a key id that no key has is refused from memory.
+        """
         generation = self.cache.generation
+        if token is not None and self.key_ids is not None:
+            start = len(self.prefix) + 1
+            key_id = token[start : start + keyformat.KEY_ID_LEN]
+            if key_id not in self.key_ids:
+                await self._catch_up(time.monotonic())
+                if key_id not in self.key_ids:
+                    self.cache.remember_unknown(digest, generation)
+                    raise Unauthorized("The API key is not valid.", code="invalid_api_key")
         self.lookups += 1
         try:
             record = await self.store.auth_lookup(digest)
@@ -89,5 +112,24 @@ class Verifier:
         digest = self.digest_of(token)
         principal = self.check_cached(digest)
         if principal is None:
-            principal = await self.load(digest)
+            principal = await self.load(digest, token)
         return principal
+
+    async def _catch_up(self, arrived: float) -> None:
+        """Apply pending change notices (a key created a moment ago elsewhere).
+
+        One check at a time; concurrent misses share it when it started at most
+        CATCH_UP_WINDOW before they arrived.
+        """
+        if self.catch_up is None:
+            return
+        while self._caught_up_at < arrived - CATCH_UP_WINDOW:
+            if self._catching_up is None:
+                self._caught_up_at = time.monotonic()
+                self._catching_up = asyncio.ensure_future(self.catch_up())
+                try:
+                    await asyncio.shield(self._catching_up)
+                finally:
+                    self._catching_up = None
+            else:
+                await asyncio.shield(self._catching_up)

@@ -109,8 +109,11 @@ async def test_verify_unknown_key_is_negatively_cached(
     counted: tuple[Keygate, CountingStore],
 ) -> None:
     kg, st = counted
+    token = await kg.make_key(["default"])
     await settle(st)
-    unknown, _ = keyformat.generate("kg")
+    # A real key id with a wrong secret: one lookup, then the negative cache.
+    key_id = keyformat.parse(token, "kg").key_id
+    unknown, _ = keyformat.generate("kg", key_id)
     assert await call(kg, unknown) == (401, "invalid_api_key")
     assert st.auth_lookups == 1
     for _ in range(3):
@@ -118,12 +121,45 @@ async def test_verify_unknown_key_is_negatively_cached(
     assert st.auth_lookups == 1
 
 
+async def test_verify_forged_key_ids_cost_no_store_lookup(
+    counted: tuple[Keygate, CountingStore],
+) -> None:
+    kg, st = counted
+    await settle(st)
+    for _ in range(20):
+        forged, _ = keyformat.generate("kg")  # valid checksum, random key id
+        assert await call(kg, forged) == (401, "invalid_api_key")
+    assert st.auth_lookups == 0
+
+
+async def test_verify_key_created_by_another_connection_works_at_once(
+    counted: tuple[Keygate, CountingStore],
+) -> None:
+    kg, st = counted
+    await settle(st)
+    # As the CLI or another worker would: a second store on the same file.
+    other = open_store(kg.settings.store.url)
+    await other.open()
+    try:
+        user = await other.get_user("admin")
+        assert user is not None
+        ctx = ServiceContext(other, kg.settings.auth)
+        actor = Actor(user.id, user.username, None, ("admin",), "test")
+        issued = await Services.build(ctx).keys.create(actor, {"groups": ["default"]})
+    finally:
+        await other.close()
+    # No waiting for the poll loop: a miss catches up with the change feed first.
+    assert await call(kg, issued.token) == (200, None)
+
+
 async def test_verify_negative_entry_expires_after_its_ttl(
     counting_keygate_factory: CountingFactory, upstream: TestServer
 ) -> None:
     kg, st = await counting_keygate_factory(default_route(upstream), negative_cache_ttl=0.2)
+    token = await kg.make_key(["default"])
     await settle(st)
-    unknown, _ = keyformat.generate("kg")
+    # A real key id with a wrong secret reaches the store (a forged id does not).
+    unknown, _ = keyformat.generate("kg", keyformat.parse(token, "kg").key_id)
     assert await call(kg, unknown) == (401, "invalid_api_key")
     assert st.auth_lookups == 1
 

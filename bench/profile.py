@@ -1,0 +1,116 @@
+"""Profile keygate under wrk load with py-spy and print the top frames.
+
+    python bench/profile.py [--scenario valid|bad-checksum|flood-random-id] [--seconds 15]
+
+Starts the origin (nginx) and one keygate worker like ``run.py`` does, drives
+it with 50 wrk connections, samples it with ``py-spy record`` (pip install
+py-spy) and prints the frames with the most samples: "self" (the frame was
+running) and "total" (the frame was on the stack), in percent of all samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/profile.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import procs, seed, systems, wrkrun
+
+
+def top_frames(collapsed: Path, limit: int) -> tuple[list[str], list[str], float]:
+    """(self, total, other-threads %) from py-spy's collapsed ("raw") output.
+
+    Only the event-loop (main) thread counts: aiosqlite's worker threads spend
+    their life blocked in ``queue.get``, which py-spy does not see as idle.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    main = other = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if not frames[0].startswith("_run_module_as_main"):
+            other += n
+            continue
+        main += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+
+    def fmt(counter: collections.Counter[str]) -> list[str]:
+        return [f"{100 * n / main:5.1f}%  {f}" for f, n in counter.most_common(limit)]
+
+    return fmt(own), fmt(total), 100 * other / max(1, main + other)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/profile.py", description=__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--scenario", default="valid",
+                   choices=["valid", "bad-checksum", "flood-random-id"])
+    p.add_argument("--seconds", type=float, default=15.0, help="sampling time")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--top", type=int, default=25, help="frames to print")
+    p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    args = p.parse_args(argv)
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        print("bench: py-spy not found; pip install py-spy", file=sys.stderr)
+        return 2
+    sut, load = procs.cpu_sets(0, 1)
+    started: list[procs.Proc] = []
+    with tempfile.TemporaryDirectory(prefix="keygate-profile-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o711)
+        try:
+            small = seed.seed_small(work / "small.db")
+            arg, shape = small.token, "static"
+            if args.scenario == "bad-checksum":
+                arg = seed.bad_checksum(small.token)
+            elif args.scenario == "flood-random-id":
+                arg = str(seed.write_lines(work / "flood.txt", seed.random_tokens(200_000)))
+                shape = "cycle"
+            lay = systems.Layout(work, procs.free_port(), work / "none", work / "none",
+                                 small.small_db, None, sut, load, 60.0)
+            started.append(systems.start_origin(lay).proc)
+            keygate = systems.start("keygate", lay)
+            started.append(keygate.proc)
+            scripts = wrkrun.write_scripts(work)
+            seconds = args.seconds + 3
+            w = wrkrun.start(wrkrun.Load(shape, arg, args.connections), keygate.port, seconds,
+                             scripts, work / "wrk.log", load)
+            started.append(w)
+            raw = work / "profile.txt"
+            subprocess.run(
+                [pyspy, "record", "--pid", str(keygate.proc.pid), "--duration",
+                 f"{args.seconds:.0f}", "--rate", "200", "--format", "raw",
+                 "--output", str(raw)],
+                capture_output=True, timeout=args.seconds + 60, check=True,
+            )
+            result = wrkrun.finish(w, seconds)
+            own, total, other = top_frames(raw, args.top)
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
+        finally:
+            for proc in reversed(started):
+                procs.stop(proc)
+    print(f"keygate, {args.scenario}, {args.connections} connections: {result.rps:,.0f} req/s "
+          f"while sampled, p99 {result.p99_ms:.1f} ms\n")
+    print(f"event-loop thread only ({other:.0f}% of samples were in other threads, mostly "
+          "aiosqlite workers waiting on their queue)\n")
+    print("self (frame running):", *own, "", "total (frame on the stack):", *total, sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

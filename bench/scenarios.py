@@ -1,0 +1,55 @@
+"""Scenarios: what wrk sends, and to which systems (keygate and its references)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .wrkrun import Load
+
+PROXIES = ["direct", "nginx", "nginx-map", "bare"]
+CHECKERS = ["nginx-map", "bare"]  # references that check a key as well
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    loads: tuple[Load, ...]  # two loads run concurrently (the mixed scenario)
+    systems: tuple[str, ...]  # references first
+    subject: str = "keygate"  # the keygate every other row is compared with
+    parts: tuple[str, ...] = ("",)  # one label per load
+
+
+@dataclass(frozen=True)
+class Tokens:
+    valid: str  # the small store's key
+    bad_checksum: str
+    flood_ids: Path  # well-formed tokens with random key ids
+    flood_secrets: Path  # the valid key's id with wrong secrets
+    zipf_sample: Path  # tokens of the large store, rank order
+
+
+def build(t: Tokens, conns: int) -> list[Scenario]:
+    half = max(1, conns // 2)
+    return [
+        Scenario("valid-c1", "valid cached key, 1 connection",
+                 (Load("static", t.valid, 1),), (*PROXIES, "hello", "keygate")),
+        Scenario(f"valid-c{conns}", f"valid cached key, {conns} connections",
+                 (Load("static", t.valid, conns),),
+                 (*PROXIES, "hello", "keygate", "keygate-nolog", "keygate-w2")),
+        Scenario("bad-checksum", "flood: one token with a wrong checksum",
+                 (Load("static", t.bad_checksum, conns),), (*CHECKERS, "keygate")),
+        Scenario("flood-random-id", "flood: valid checksums, random key ids (store misses)",
+                 (Load("cycle", str(t.flood_ids), conns),), (*CHECKERS, "keygate")),
+        Scenario("flood-wrong-secret", "flood: the real key id, wrong secrets",
+                 (Load("cycle", str(t.flood_secrets), conns),), (*CHECKERS, "keygate")),
+        Scenario("mixed", f"{half} valid + {half} random-id flood connections at once",
+                 (Load("static", t.valid, half), Load("cycle", str(t.flood_ids), half)),
+                 (*CHECKERS, "keygate"), parts=("valid", "flood")),
+        Scenario("zipf-1m", "1,000,000 keys, cache 100,000, Zipf(s=1) over 200,000 keys",
+                 (Load("zipf", str(t.zipf_sample), conns),), (*CHECKERS, "keygate-1m"),
+                 subject="keygate-1m"),
+        Scenario("stream-1mib", "valid key, 1 MiB streamed response, 10 connections",
+                 (Load("static", t.valid, 10, path="/big"),), (*PROXIES, "keygate")),
+    ]

@@ -1,0 +1,117 @@
+"""The systems under test and how each is started (all on 127.0.0.1, free ports).
+
+``origin`` (nginx ``return 200 "hello"``, ``/big`` = 1 MiB) runs on the load
+core next to wrk; every other system runs on the system-under-test core.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import nginx, seed
+from .procs import Proc, free_port, spawn, wait_http
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+DESCRIPTIONS = {
+    "direct": "wrk → origin (no proxy)",
+    "hello": "aiohttp + uvloop hello world (no forwarding)",
+    "nginx": "nginx proxy_pass, upstream keep-alive, 1 worker",
+    "nginx-map": "nginx + `map $http_x_api_key` key check",
+    "bare": "bench/bare_forwarder.py (aiohttp, sha256 → dict)",
+    "keygate": "keygate, 1 worker",
+    "keygate-nolog": "keygate, 1 worker, `server.access_log = false`",
+    "keygate-w2": "keygate, `server.workers = 2` (both cores)",
+    "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
+}
+
+
+@dataclass
+class System:
+    name: str
+    port: int
+    proc: Proc  # whose process tree is measured
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.name]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are and which CPUs to use; filled in by ``run.py``."""
+
+    work: Path
+    origin_port: int
+    map_file: Path
+    digests_file: Path
+    small_db: Path
+    large_db: Path | None
+    sut_cpus: set[int] | None
+    load_cpus: set[int] | None
+    ready_timeout: float
+
+
+def start_origin(lay: Layout) -> System:
+    www = lay.work / "www"
+    nginx.write_big_file(www)
+    conf = nginx.origin_conf(lay.work / "nginx-origin", lay.origin_port, www)
+    proc = nginx.start("origin", conf, lay.load_cpus)
+    wait_http(proc, lay.origin_port, "/", lay.ready_timeout)
+    return System("direct", lay.origin_port, proc)
+
+
+def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> Path:
+    conf = lay.work / f"{name}.toml"
+    access_log = "false" if name == "keygate-nolog" else "true"
+    conf.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
+        f"access_log = {access_log}\n\n"
+        f'[store]\nurl = "sqlite:///{db}"\n\n'
+        "[auth]\ncache_size = 100000\n\n"
+        '[[routes]]\nname = "default"\nprefix = "/"\n'
+        f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
+    )
+    return conf
+
+
+def start(name: str, lay: Layout) -> System:
+    """Start system ``name`` (not ``direct``) and wait until it answers."""
+    port = free_port()
+    log = lay.work / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    health = "/"
+    if name in ("nginx", "nginx-map"):
+        map_file = lay.map_file if name == "nginx-map" else None
+        conf = nginx.proxy_conf(lay.work / f"nginx-{name}", port, lay.origin_port, map_file)
+        proc = nginx.start(name, conf, lay.sut_cpus)
+    elif name == "hello":
+        argv = [sys.executable, str(BENCH / "hello.py"), str(port)]
+        proc = spawn(name, argv, log, cpus=lay.sut_cpus, env=env)
+    elif name == "bare":
+        origin = f"http://127.0.0.1:{lay.origin_port}"
+        argv = [sys.executable, str(BENCH / "bare_forwarder.py"), str(port), origin,
+                str(lay.digests_file)]
+        proc = spawn(name, argv, log, cpus=lay.sut_cpus, env=env)
+    elif name.startswith("keygate"):
+        workers = 2 if name == "keygate-w2" else 1
+        if name == "keygate-1m":
+            assert lay.large_db is not None
+            db = lay.large_db
+        else:
+            db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")  # each its own store
+        conf = _keygate_conf(lay, name, port, db, workers)
+        # Two workers on a 2-core machine: give them both cores (shared with wrk).
+        both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())
+        cpus = both if workers > 1 else lay.sut_cpus
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
+        proc = spawn(name, argv, log, cpus=cpus, env=env, cwd=ROOT)
+        health = "/_keygate/health"
+    else:
+        raise ValueError(f"unknown system {name!r}")
+    wait_http(proc, port, health, lay.ready_timeout)
+    return System(name, port, proc)
