@@ -69,13 +69,22 @@ async def test_workers_sigterm_drains_flushes_and_exits_zero(
         await store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'kg.db'}"
+
+
 async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
-    tmp_path: Path, upstream: TestServer
+    tmp_path: Path, upstream: TestServer, either_store: str
 ) -> None:
     import aiohttp
 
-    db = tmp_path / "kg.db"
-    env = env_for(f"sqlite:///{db}", KEYGATE_AUTH_MAX_KEYS_PER_USER="100000")
+    from gateway.store import open_store
+
+    url = either_store
+    env = env_for(url, KEYGATE_AUTH_MAX_KEYS_PER_USER="100000")
     node = await start_node(tmp_path, env, str(upstream.make_url("/")), workers=1)
     assert node.admin_token is not None
     acknowledged: list[str] = []
@@ -102,7 +111,7 @@ async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
     node.stop(signal.SIGKILL)
     await asyncio.wait_for(task, timeout=20)
     assert len(acknowledged) >= 25
-    store = SQLiteStore(db)
+    store = open_store(url)
     await store.open()
     try:
         for key_id in acknowledged:
