@@ -15,6 +15,10 @@ CREATE_FIELDS = frozenset({"name", "description", "rules"})
 PATCH_FIELDS = frozenset({"description", "rules"})
 
 
+# Aliases: inside the class, ``list`` names the method.
+Rules = list[dict[str, Any]]
+
+
 class GroupService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -82,7 +86,7 @@ class GroupService:
         # keys and reloading the policy covers them.
         await self.ctx.notify("group", name)
 
-    def _rules(self, raw: Any, errors: v.Errors) -> list[dict[str, Any]]:
+    def _rules(self, raw: Any, errors: v.Errors) -> Rules:
         rules, problems = validate_rules(raw, self.ctx.route_names)
         errors.update(problems)
         return rules

@@ -42,6 +42,10 @@ LIST_STATUSES = ("active", "disabled", "revoked", "expired")
 MAX_LIMIT = 500
 
 
+# Aliases: inside the class, ``list`` names the method.
+Names = list[str]
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedKey:
     key: KeyRecord
@@ -277,7 +281,7 @@ class KeyService:
         return owner
 
     async def _check_grants(
-        self, actor: Actor, owner: UserRecord, groups: list[str], errors: v.Errors
+        self, actor: Actor, owner: UserRecord, groups: Names, errors: v.Errors
     ) -> None:
         """Groups must exist and the owner must be allowed them. A self-service
         caller is always the owner, so it can grant only what it may hold."""

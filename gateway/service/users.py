@@ -21,6 +21,10 @@ def new_user_id() -> str:
     return "u_" + secrets.token_hex(8)
 
 
+# Aliases: inside the class, ``list`` names the method.
+Names = list[str]
+
+
 class UserService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -60,7 +64,7 @@ class UserService:
         return await self.create_unchecked(actor, str(username), str(role), groups)
 
     async def create_unchecked(
-        self, actor: Actor | None, username: str, role: str, groups: list[str]
+        self, actor: Actor | None, username: str, role: str, groups: Names
     ) -> UserRecord:
         """Insert a validated user (also used by ``init`` before any admin exists)."""
         now = utcnow()
@@ -104,7 +108,7 @@ class UserService:
         await self.ctx.notify("user", updated.id)
         return updated
 
-    async def delete(self, actor: Actor, username: str) -> list[str]:
+    async def delete(self, actor: Actor, username: str) -> Names:
         user = await self.get(actor, username)
         if user.role == "admin" and user.status == "active":
             await self._keep_an_admin(user)
@@ -116,7 +120,7 @@ class UserService:
             await self.ctx.notify("key", key_id)
         return revoked
 
-    async def _check_groups(self, role: str, groups: list[str], errors: v.Errors) -> None:
+    async def _check_groups(self, role: str, groups: Names, errors: v.Errors) -> None:
         if role == "member" and ADMIN_GROUP in groups:
             errors["groups"] = "the admin group is never a member's; make the user an admin"
             return
