@@ -103,7 +103,7 @@ class Tree:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import groups, keys, lifecycle, users
+    from . import audit, groups, keys, lifecycle, users
 
     root = argparse.ArgumentParser(
         prog=PROG,
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register(tree, sub)
     users.register(tree, sub)
     groups.register(tree, sub)
+    audit.register(tree, sub)
     return root
 
 

@@ -312,3 +312,19 @@ def test_cli_output_cell_strips_terminal_control_characters() -> None:
     assert cell("a\x1b[31mb\nc") == "a [31mb c"
     assert cell(None) == "-" and cell([]) == "-" and cell(["a", "b"]) == "a,b"
     assert cell("abcdef", width=4) == "abc…"
+
+
+def test_cli_audit_list_shows_cli_changes_newest_first_and_pages(
+    run: Run, admin: dict
+) -> None:
+    ok(run, "users", "create", "alice")
+    ok(run, "users", "update", "alice", "--status", "disabled")
+    first = ok(run, "audit", "list", "--limit", "2")
+    assert [a["action"] for a in first["items"]] == ["user.update", "user.create"]
+    assert first["items"][0]["actor"]["username"].startswith("cli:")
+    assert first["items"][0]["target"] == {"type": "user", "id": "alice"}
+    rest = ok(run, "audit", "list", "--cursor", first["next_cursor"])
+    assert rest["items"] and rest["items"][0]["id"] < first["items"][-1]["id"]
+    code, out, _ = run("audit", "list")
+    assert code == 0 and "user.update" in out and "TOKEN" not in out
+    refused(run, "audit", "list", "--cursor", "bogus", code="invalid")

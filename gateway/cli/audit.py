@@ -1,0 +1,63 @@
+"""``keygate audit …``: the trail of every admin change, newest first."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import output as out
+from .output import Result
+from .parser import Tree, positive_int
+from .runner import Env
+
+EPILOG = """\
+examples:
+  keygate audit list
+  keygate audit list --limit 20 --json
+
+Every change made through the admin API or the CLI is recorded in the same
+transaction as the change: who (user and key id, or cli:<os user>), what,
+which record, which fields, when and from which address. Tokens never are.
+"""
+
+
+async def list_audit(args: argparse.Namespace, env: Env) -> Result:
+    records, cursor = await env.services.audit.list(
+        env.actor, limit=args.limit, cursor=args.cursor
+    )
+    items = [r.as_json() for r in records]
+    note = f"more records: add --cursor {cursor} for the next page" if cursor else None
+    return Result({"items": items, "next_cursor": cursor}, audit_table(items), note)
+
+
+def audit_table(items: Sequence[Mapping[str, Any]]) -> str:
+    if not items:
+        return "No audit records."
+    rows = (
+        [
+            out.short_time(a["at"]),
+            out.cell(a["actor"]["username"]),
+            out.cell(a["actor"]["key_id"]),
+            out.cell(a["action"]),
+            out.cell(f"{a['target']['type']}:{a['target']['id']}", width=40),
+            out.cell(a["client_addr"]),
+            out.cell(a["changes"], width=60),
+        ]
+        for a in items
+    )
+    headers = ("AT", "ACTOR", "KEY", "ACTION", "TARGET", "FROM", "CHANGES")
+    return out.table(headers, rows)
+
+
+def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
+    audit = tree.group(sub, "audit", "read the audit trail", EPILOG)
+    p = tree.command(
+        audit,
+        "list",
+        "list audit records, newest first",
+        handler=list_audit,
+        epilog="examples:\n  keygate audit list\n  keygate audit list --limit 100 --json\n",
+    )
+    p.add_argument("--limit", type=positive_int, default=50, metavar="N", help="default 50")
+    p.add_argument("--cursor", help="next_cursor of the previous page")
