@@ -11,6 +11,8 @@ repeated fields such as ``Set-Cookie`` included, passes in order.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import secrets
 from collections.abc import Collection, Iterable, Mapping
@@ -114,11 +116,26 @@ def identity_headers(
     }
 
 
+# A request id must be unique, not secret: a random per-process prefix and a
+# counter cost no system call per request (secrets.token_hex costs one).
+_id_source: list[tuple[str, itertools.count[int]]] = []
+
+
+def _reseed() -> None:
+    # Each process (forked workers included) draws its own prefix.
+    _id_source[:] = [(secrets.token_hex(8), itertools.count(1))]
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
+
+
 def request_id_or_new(value: str | None) -> str:
     """The client's X-Request-Id if it is 1–200 safe characters, else a new one."""
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
-    return secrets.token_hex(16)
+    prefix, counter = _id_source[0]
+    return f"{prefix}{next(counter):016x}"
 
 
 def upstream_request_headers(

@@ -334,3 +334,22 @@ def test_upstream_request_headers_properties(
     assert out["X-Forwarded-For"].endswith("10.0.0.9")
     assert out["X-Request-Id"] == "rid"
     assert all("\r" not in v and "\n" not in v and "\x00" not in v for v in out.values())
+
+
+def test_request_id_new_ids_differ_across_forked_processes() -> None:
+    import os
+
+    from gateway.headers import request_id_or_new
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its first id
+        os.write(write, request_id_or_new(None).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    parent_ids = {request_id_or_new(None) for _ in range(3)}
+    assert child_id and child_id not in parent_ids
+    assert child_id[:16] != next(iter(parent_ids))[:16]
