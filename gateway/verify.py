@@ -58,7 +58,7 @@ class Verifier:
 
     def digest_of(self, token: str) -> bytes:
         """Format and checksum first: a typo never reaches cache or store."""
-        keyformat.parse(token, self.prefix)
+        keyformat.check_format(token, self.prefix)
         return keyformat.digest(token)
 
     def check_cached(self, digest: bytes) -> Principal | None:
