@@ -40,6 +40,8 @@ class Principal:
     grace_until: float | None
     identity: dict[str, str]
     deadline: float  # monotonic time after which the entry must be re-read
+    # Active key, active owner, no grace period: only expiry remains to check.
+    usable: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -85,6 +87,12 @@ def principal_from(record: AuthRecord, ttl: float) -> Principal:
         grace_until=record.grace_until,
         identity=identity,
         deadline=time.monotonic() + ttl,
+        usable=(
+            record.key_status == "active"
+            and username is not None
+            and record.owner_status == "active"
+            and record.grace_until is None
+        ),
     )
 
 
@@ -127,8 +135,10 @@ class KeyCache:
 
     def get(self, digest: bytes) -> Principal | None:
         """The cached principal, or None when absent or older than ``cache_ttl``."""
-        principal = self._entries.get(digest)
-        if principal is None:
+        try:
+            # Subscript, not get(): Cache.get tests membership and then subscripts.
+            principal = self._entries[digest]
+        except KeyError:
             self.misses += 1
             return None
         if principal.deadline <= time.monotonic():

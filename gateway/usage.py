@@ -26,8 +26,8 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
 
-    def touch(self, key_id: str) -> None:
-        self._pending[key_id] = time.time()
+    def touch(self, key_id: str, now: float | None = None) -> None:
+        self._pending[key_id] = time.time() if now is None else now
 
     @property
     def pending(self) -> int:

@@ -68,8 +68,11 @@ class Verifier:
             if self.cache.is_known_unknown(digest):
                 raise Unauthorized("The API key is not valid.", code="invalid_api_key")
             return None
-        check_status(principal, time.time())
-        self.usage.touch(principal.key_id)
+        now = time.time()
+        expires = principal.expires_at
+        if not principal.usable or (expires is not None and expires <= now):
+            check_status(principal, now)  # raises the precise 401
+        self.usage.touch(principal.key_id, now)
         return principal
 
     async def load(self, digest: bytes, token: str | None = None) -> Principal:
