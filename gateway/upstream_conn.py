@@ -23,6 +23,11 @@ OriginKey: TypeAlias = tuple[str, int]
 
 # Reading pauses while this much response body waits for a slow client.
 HIGH_WATER: Final = 256 * 1024
+# An upstream's response head is bounded like a client's request head: one
+# header line, the whole head, and the number of header lines (502 beyond).
+MAX_HEADER_LINE: Final = 16384
+MAX_HEAD_BYTES: Final = 65536
+MAX_HEADERS: Final = 256
 
 
 class UpstreamError(Exception):
@@ -43,6 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_drain",
+        "_head_bytes",
         "_head_request",
         "_informational",
         "_loop",
@@ -90,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _reset(self, head_request: bool) -> None:
         self._head_request = head_request
+        self._head_bytes = 0
         self._informational = False
         self.status = 0
         self.reason = b""
@@ -207,6 +214,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._drop_after_response()
             return
         self.received = True
+        head_done = self.head_done
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -216,6 +224,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self._drop_after_response()
             else:
                 self.fail(UpstreamError(f"malformed response: {exc}"))
+        if not head_done and not self.head_done and self.error is None:
+            # Everything fed so far belongs to the head, which the parser holds
+            # in memory until it ends: bound it before it grows further.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.fail(UpstreamError("response head too large"))
         if self._head_request and self.complete:
             # A HEAD response has no body whatever its framing headers say, and
             # the parser cannot be told: the next exchange gets a fresh one.
@@ -262,6 +276,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_HEADER_LINE or len(self.headers) >= MAX_HEADERS:
+            raise UpstreamError("response header too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -273,6 +289,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.headers = []
             self.reason = b""
             return
+        if status == 101:
+            # Never asked for: Upgrade is hop-by-hop and not forwarded here
+            # (WebSocket upgrades take the aiohttp path).
+            raise UpstreamError("the upstream switched protocols unasked")
         self.status = status
         self.head_done = True
         if self._head_request:
