@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import logging.handlers
 import os
 import signal
 import socket
@@ -27,6 +26,7 @@ from config.settings import Settings
 from .accesslog import AccessLogger
 from .app import build_app
 from .errors import KeygateError
+from .logsetup import configure_logging, flush_access_log, flush_access_log_periodically
 from .protocol import KeygateRunner
 from .service import ServiceContext
 from .service.bootstrap import create_first_admin
@@ -94,7 +94,7 @@ async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) 
         if announce_bound:
             announce(settings)
         log.info("worker %d serving on %s", os.getpid(), server.listen)
-        flusher = asyncio.create_task(_flush_access_log_periodically())
+        flusher = asyncio.create_task(flush_access_log_periodically())
         await stop.wait()
         flusher.cancel()
         log.info("worker %d stopping: draining in-flight requests", os.getpid())
@@ -122,45 +122,6 @@ def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False
     finally:
         loop.close()
     return 0
-
-
-ACCESS_LOG_BUFFER = 256  # lines
-ACCESS_LOG_FLUSH_INTERVAL = 0.5  # seconds
-
-
-def configure_logging() -> None:
-    """Structured lines on stderr; one access line per request at info.
-
-    Access lines are buffered and written in batches (every 256 lines, every
-    half second, and at stop): a write and flush per request cost ~15% of a
-    proxied request's CPU. Everything else is written at once.
-    """
-    logging.basicConfig(
-        level=os.environ.get("KEYGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
-        stream=sys.stderr,
-    )
-    access = logging.getLogger("keygate.access")
-    if not any(isinstance(h, logging.handlers.MemoryHandler) for h in access.handlers):
-        access.addHandler(
-            logging.handlers.MemoryHandler(
-                ACCESS_LOG_BUFFER,
-                flushLevel=logging.WARNING,
-                target=logging.getLogger().handlers[0],
-            )
-        )
-        access.propagate = False
-
-
-def flush_access_log() -> None:
-    for handler in logging.getLogger("keygate.access").handlers:
-        handler.flush()
-
-
-async def _flush_access_log_periodically() -> None:
-    while True:
-        await asyncio.sleep(ACCESS_LOG_FLUSH_INTERVAL)
-        flush_access_log()
 
 
 def run(settings: Settings) -> int:
