@@ -127,12 +127,10 @@ class Verifier:
         if self.catch_up is None:
             return
         while self._caught_up_at < arrived - CATCH_UP_WINDOW:
-            if self._catching_up is None:
+            task = self._catching_up
+            if task is None or task.done():
+                # Never await a finished future here: it would not yield, and
+                # the loop would spin with the event loop blocked.
                 self._caught_up_at = time.monotonic()
-                self._catching_up = asyncio.ensure_future(self.catch_up())
-                try:
-                    await asyncio.shield(self._catching_up)
-                finally:
-                    self._catching_up = None
-            else:
-                await asyncio.shield(self._catching_up)
+                task = self._catching_up = asyncio.ensure_future(self.catch_up())
+            await asyncio.shield(task)

@@ -386,3 +386,20 @@ async def test_verify_lost_notice_is_bounded_by_cache_ttl(
         return await call(kg, token) == (401, "key_disabled")
 
     await wait_for(refused, within=2.0, what="cache_ttl expiry")
+
+
+async def test_verify_concurrent_forged_ids_share_catch_ups_and_never_block(
+    counted: tuple[Keygate, CountingStore],
+) -> None:
+    import asyncio
+
+    kg, st = counted
+    token = await kg.make_key(["default"])
+    await settle(st)
+    forged = [keyformat.generate("kg")[0] for _ in range(300)]
+    # Concurrent misses that find a finished catch-up must not spin (a finished
+    # future never yields): every request is answered, and quickly.
+    results = await asyncio.wait_for(asyncio.gather(*(call(kg, f) for f in forged)), 20)
+    assert set(results) == {(401, "invalid_api_key")}
+    assert st.auth_lookups == 0
+    assert await call(kg, token) == (200, None)
