@@ -138,6 +138,72 @@ def request_id_or_new(value: str | None) -> str:
     return f"{prefix}{next(counter):016x}"
 
 
+# The identity names as keygate spells them, checked before lower-casing.
+_IDENTITY_NAMES: Final = frozenset(
+    (X_KEYGATE_KEY_ID, X_KEYGATE_KEY_NAME, X_KEYGATE_USER, X_KEYGATE_GROUPS)
+)
+_CONNECTION: Final = hdrs.CONNECTION.lower()
+_CONTENT_LENGTH: Final = hdrs.CONTENT_LENGTH.lower()
+Pairs: TypeAlias = list[tuple[str, str]]
+
+
+def upstream_header_pairs(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    *,
+    drop: Collection[str],
+    identity: Mapping[str, str] | None,
+    client_ip: str,
+    proto: str,
+    host: str | None,
+    request_id: str,
+) -> Pairs:
+    """The headers sent upstream as (name, value) pairs: the one implementation of
+    the rules, which :func:`upstream_request_headers` wraps in a multidict."""
+    # Most requests name nothing in Connection and are not transfer-coded:
+    # then only the fixed table and the credential's header(s) are removed.
+    named: Collection[str] = ()
+    if _CONNECTION in headers:
+        named = _connection_tokens(headers) - _FORWARDED
+    if hdrs.TRANSFER_ENCODING in headers:
+        named = {*named, _CONTENT_LENGTH}
+    dropped = [name.lower() for name in drop]
+    out: Pairs = []
+    forwarded_for: list[str] = []
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _REQUEST_REMOVED or low in dropped or (named and low in named):
+            continue
+        if "_" in low:
+            # WSGI-style servers treat "_" and "-" alike: X_Keygate_User would
+            # reach the upstream as X-Keygate-User.
+            low = low.replace("_", "-")
+            if low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
+                continue
+        elif low.startswith(_KEYGATE_PREFIX):
+            continue
+        elif low == _XFF:
+            value = value.strip()
+            if value:
+                forwarded_for.append(value)
+            continue
+        out.append((name, value))
+
+    # Every value below but the client's own X-Forwarded-For goes through
+    # _safe, which changes only values that are not printable.
+    forwarded_for.append(client_ip if client_ip.isprintable() else _safe(client_ip))
+    if identity is not None:
+        for name, value in identity.items():
+            if name not in _IDENTITY_NAMES and name.lower() not in _IDENTITY:
+                raise ValueError(f"not a keygate identity header: {name!r}")
+            out.append((name, value if value.isprintable() else _safe(value)))
+    out.append((hdrs.X_FORWARDED_FOR, ", ".join(forwarded_for)))
+    out.append((hdrs.X_FORWARDED_PROTO, proto if proto.isprintable() else _safe(proto)))
+    if host:
+        out.append((hdrs.X_FORWARDED_HOST, host if host.isprintable() else _safe(host)))
+    out.append((hdrs.X_REQUEST_ID, request_id if request_id.isprintable() else _safe(request_id)))
+    return out
+
+
 def upstream_request_headers(
     headers: Headers,
     *,
@@ -157,46 +223,17 @@ def upstream_request_headers(
     Content-Length is kept as the client sent it unless the request was also
     transfer-coded (RFC 9112 §6.3: Transfer-Encoding overrides it).
     """
-    # A set (left operand) so drop names can be added.
-    removed = (_connection_tokens(headers) - _FORWARDED) | _REQUEST_REMOVED
-    removed.update(name.lower() for name in drop)
-    if hdrs.TRANSFER_ENCODING in headers:
-        removed.add(hdrs.CONTENT_LENGTH.lower())
-
-    out: CIMultiDict[str] = CIMultiDict()
-    forwarded_for: list[str] = []
-    for name, value in headers.items():
-        low = name.lower()
-        if low in removed:
-            continue
-        if "_" in low:
-            # WSGI-style servers treat "_" and "-" alike: X_Keygate_User would
-            # reach the upstream as X-Keygate-User.
-            low = low.replace("_", "-")
-            if low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
-                continue
-        elif low.startswith(_KEYGATE_PREFIX):
-            continue
-        elif low == _XFF:
-            value = value.strip()
-            if value:
-                forwarded_for.append(value)
-            continue
-        out.add(name, value)
-
-    if identity is not None:
-        for name, value in identity.items():
-            if name.lower() not in _IDENTITY:
-                raise ValueError(f"not a keygate identity header: {name!r}")
-            out[name] = _safe(value)
-    # De facto X-Forwarded-* semantics: each proxy appends the address it saw.
-    forwarded_for.append(_safe(client_ip))
-    out[hdrs.X_FORWARDED_FOR] = ", ".join(forwarded_for)
-    out[hdrs.X_FORWARDED_PROTO] = _safe(proto)
-    if host:
-        out[hdrs.X_FORWARDED_HOST] = _safe(host)
-    out[hdrs.X_REQUEST_ID] = _safe(request_id)
-    return out
+    return CIMultiDict(
+        upstream_header_pairs(
+            headers,
+            drop=drop,
+            identity=identity,
+            client_ip=client_ip,
+            proto=proto,
+            host=host,
+            request_id=request_id,
+        )
+    )
 
 
 def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:

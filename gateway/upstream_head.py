@@ -1,38 +1,22 @@
 """The request head keygate sends upstream, built for the hot path — pure functions.
 
-:func:`upstream_header_pairs` is :func:`gateway.headers.upstream_request_headers`
-returning plain (name, value) pairs instead of a multidict: the same names, values
-and order, from the same rule tables (tests/gateway/test_upstream.py checks the
-two against each other on generated input). :func:`request_head` frames them
-with the request line as aiohttp's client would, as bytes.
+:func:`request_head` frames the header pairs of
+:func:`gateway.headers.upstream_header_pairs` (re-exported here) with the
+request line as aiohttp's client would, as bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable
 from typing import Final
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .headers import (
-    _FORWARDED,
-    _IDENTITY,
-    _KEYGATE_PREFIX,
-    _REQUEST_REMOVED,
-    _XFF,
-    X_KEYGATE_GROUPS,
-    X_KEYGATE_KEY_ID,
-    X_KEYGATE_KEY_NAME,
-    X_KEYGATE_USER,
-    _connection_tokens,
-    _safe,
-)
+from .headers import Pairs, upstream_header_pairs
 
-Pairs = list[tuple[str, str]]
 HeaderSource = CIMultiDict[str] | CIMultiDictProxy[str] | Iterable[tuple[str, str]]
 
-_CONNECTION: Final = hdrs.CONNECTION.lower()
 _CONTENT_LENGTH: Final = hdrs.CONTENT_LENGTH.lower()
 # Methods aiohttp's client sends without "Content-Length: 0" when bodiless.
 _BODILESS_METHODS: Final = frozenset(
@@ -41,65 +25,6 @@ _BODILESS_METHODS: Final = frozenset(
 # RFC 9110 §5.5: HTAB, SP, visible ASCII and obs-text; no other control.
 _FIELD_BYTES: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _CRLF: Final = b"\r\n"
-# The identity names as keygate spells them, checked before lower-casing.
-_IDENTITY_NAMES: Final = frozenset(
-    (X_KEYGATE_KEY_ID, X_KEYGATE_KEY_NAME, X_KEYGATE_USER, X_KEYGATE_GROUPS)
-)
-
-
-def upstream_header_pairs(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str],
-    *,
-    drop: Collection[str],
-    identity: Mapping[str, str] | None,
-    client_ip: str,
-    proto: str,
-    host: str | None,
-    request_id: str,
-) -> Pairs:
-    """What :func:`~gateway.headers.upstream_request_headers` returns, as a list."""
-    # Most requests name nothing in Connection and are not transfer-coded:
-    # then only the fixed table and the credential's header(s) are removed.
-    named: Collection[str] = ()
-    if _CONNECTION in headers:
-        named = _connection_tokens(headers) - _FORWARDED
-    if hdrs.TRANSFER_ENCODING in headers:
-        named = {*named, _CONTENT_LENGTH}
-    dropped = [name.lower() for name in drop]
-    out: Pairs = []
-    forwarded_for: list[str] = []
-    for name, value in headers.items():
-        low = name.lower()
-        if low in _REQUEST_REMOVED or low in dropped or (named and low in named):
-            continue
-        if "_" in low:
-            # WSGI-style servers treat "_" and "-" alike (see gateway.headers).
-            low = low.replace("_", "-")
-            if low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
-                continue
-        elif low.startswith(_KEYGATE_PREFIX):
-            continue
-        elif low == _XFF:
-            value = value.strip()
-            if value:
-                forwarded_for.append(value)
-            continue
-        out.append((name, value))
-
-    # Every value below but the client's own X-Forwarded-For goes through
-    # _safe, which changes only values that are not printable.
-    forwarded_for.append(client_ip if client_ip.isprintable() else _safe(client_ip))
-    if identity is not None:
-        for name, value in identity.items():
-            if name not in _IDENTITY_NAMES and name.lower() not in _IDENTITY:
-                raise ValueError(f"not a keygate identity header: {name!r}")
-            out.append((name, value if value.isprintable() else _safe(value)))
-    out.append((hdrs.X_FORWARDED_FOR, ", ".join(forwarded_for)))
-    out.append((hdrs.X_FORWARDED_PROTO, proto if proto.isprintable() else _safe(proto)))
-    if host:
-        out.append((hdrs.X_FORWARDED_HOST, host if host.isprintable() else _safe(host)))
-    out.append((hdrs.X_REQUEST_ID, request_id if request_id.isprintable() else _safe(request_id)))
-    return out
 
 
 def request_head(
@@ -136,3 +61,6 @@ def request_head(
     if head.translate(None, _FIELD_BYTES) != _CRLF * (lines + 2):
         raise ValueError("control character in the request head")
     return head, chunked
+
+
+__all__ = ["Pairs", "request_head", "upstream_header_pairs"]
