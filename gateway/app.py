@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from config.settings import Settings
@@ -16,7 +17,7 @@ from .changes import ChangeWatcher
 from .credentials import Sources
 from .errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
 from .forward import RouteGate, upstream_session
-from .headers import request_id_or_new
+from .headers import RequestIds, request_id_or_new
 from .keyids import KeyIdSet
 from .policy import RouteTable
 from .protocol import check_framing
@@ -62,30 +63,35 @@ def _from_http_exception(exc: web.HTTPException) -> KeygateError:
     return error
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Render every refusal as SPEC's JSON error; never leak a traceback."""
-    request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID))
-    if not request.rel_url.raw_path and request.match_info.http_exception is not None:
-        # An absolute-form target with an empty path ("GET http://h HTTP/1.1")
-        # means "/" (RFC 9110 §4.2.3), but aiohttp's router matches no route for it.
-        handler = proxy_handler
-    try:
-        check_framing(request)
-        return await handler(request)
-    except KeygateError as exc:
-        return _refusal(request, exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+def error_middleware(ids: RequestIds) -> Middleware:
+    """Render every refusal as SPEC's JSON error, never a traceback; give every
+    request its X-Request-Id (the client's, or a new one from ``ids``)."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID), ids)
+        if not request.rel_url.raw_path and request.match_info.http_exception is not None:
+            # An absolute-form target with an empty path ("GET http://h HTTP/1.1")
+            # means "/" (RFC 9110 §4.2.3), but aiohttp's router matches no route for it.
+            handler = proxy_handler
+        try:
+            check_framing(request)
+            return await handler(request)
+        except KeygateError as exc:
+            return _refusal(request, exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _refusal(request, _from_http_exception(exc))
+        except (asyncio.CancelledError, ConnectionResetError):
             raise
-        return _refusal(request, _from_http_exception(exc))
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path[:200])
-        return error_response(KeygateError())
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path[:200])
+            return error_response(KeygateError())
+
+    return middleware
 
 
 async def _expect_later(request: web.Request) -> None:
@@ -107,7 +113,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     from admin.app import build_admin_app  # the one place gateway mounts admin
 
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware(RequestIds())],
         handler_args={
             # aiohttp arms this timer at connection start and re-arms it after
             # each response; partial data does not reset it, so it is also the

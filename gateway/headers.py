@@ -12,7 +12,6 @@ repeated fields such as ``Set-Cookie`` included, passes in order.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import secrets
 from collections.abc import Collection, Iterable, Mapping
@@ -116,26 +115,29 @@ def identity_headers(
     }
 
 
-# A request id must be unique, not secret: a random per-process prefix and a
-# counter cost no system call per request (secrets.token_hex costs one).
-_id_source: list[tuple[str, itertools.count[int]]] = []
+class RequestIds:
+    """New request ids: a random prefix drawn once, then a counter.
+
+    A request id must be unique, not secret: this costs no system call per
+    request (``secrets.token_hex`` costs one). The app makes one in each worker
+    process, so workers never share a prefix.
+    """
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
 
 
-def _reseed() -> None:
-    # Each process (forked workers included) draws its own prefix.
-    _id_source[:] = [(secrets.token_hex(8), itertools.count(1))]
-
-
-_reseed()
-os.register_at_fork(after_in_child=_reseed)
-
-
-def request_id_or_new(value: str | None) -> str:
+def request_id_or_new(value: str | None, ids: RequestIds) -> str:
     """The client's X-Request-Id if it is 1–200 safe characters, else a new one."""
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
-    prefix, counter = _id_source[0]
-    return f"{prefix}{next(counter):016x}"
+    return ids.new()
 
 
 # The identity names as keygate spells them, checked before lower-casing.

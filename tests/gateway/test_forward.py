@@ -29,7 +29,12 @@ from multidict import CIMultiDict
 from config.settings import Route
 from gateway.errors import KeygateError, MethodNotAllowed
 from gateway.forward import RouteGate, forward, upstream_session
-from gateway.headers import identity_headers, request_id_or_new, upstream_request_headers
+from gateway.headers import (
+    RequestIds,
+    identity_headers,
+    request_id_or_new,
+    upstream_request_headers,
+)
 
 MIB = 1 << 20
 BLOCK = random.Random(0).randbytes(MIB)
@@ -234,7 +239,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         client_ip=request.remote or "",
         proto=request.scheme,
         host=request.headers.get(hdrs.HOST),
-        request_id=request_id_or_new(request.headers.get(hdrs.X_REQUEST_ID)),
+        request_id=request_id_or_new(request.headers.get(hdrs.X_REQUEST_ID), RequestIds()),
     )
     assert gw.session is not None
     try:

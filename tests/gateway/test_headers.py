@@ -12,6 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.headers import (
     HOP_BY_HOP,
+    RequestIds,
     downstream_response_headers,
     identity_headers,
     request_id_or_new,
@@ -264,7 +265,7 @@ def test_downstream_response_headers_table(pairs: Pairs, expected: Pairs) -> Non
     "value", ["a", "req-1.2:3@host/x+y=z_Z", "A" * 200, "0123456789abcdef0123456789abcdef"]
 )
 def test_request_id_or_new_valid_kept(value: str) -> None:
-    assert request_id_or_new(value) == value
+    assert request_id_or_new(value, RequestIds()) == value
 
 
 @pytest.mark.parametrize(
@@ -272,9 +273,10 @@ def test_request_id_or_new_valid_kept(value: str) -> None:
     [None, "", "A" * 201, "has space", "line\nbreak", "tab\t", "ünicode", "a,b", "a;b", "x\r\n"],
 )
 def test_request_id_or_new_invalid_replaced(value: str | None) -> None:
-    new = request_id_or_new(value)
+    ids = RequestIds()
+    new = request_id_or_new(value, ids)
     assert re.fullmatch(r"[0-9a-f]{32}", new)
-    assert new != request_id_or_new(value)
+    assert new != request_id_or_new(value, ids)
 
 
 def test_identity_headers_groups_sorted_comma_separated() -> None:
@@ -336,20 +338,9 @@ def test_upstream_request_headers_properties(
     assert all("\r" not in v and "\n" not in v and "\x00" not in v for v in out.values())
 
 
-def test_request_id_new_ids_differ_across_forked_processes() -> None:
-    import os
-
-    from gateway.headers import request_id_or_new
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report its first id
-        os.write(write, request_id_or_new(None).encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    child_id = os.read(read, 100).decode()
-    os.close(read)
-    parent_ids = {request_id_or_new(None) for _ in range(3)}
-    assert child_id and child_id not in parent_ids
-    assert child_id[:16] != next(iter(parent_ids))[:16]
+def test_request_id_sources_never_share_ids() -> None:
+    # One source per app, made in each worker process after the fork.
+    first, second = RequestIds(), RequestIds()
+    ids = {first.new() for _ in range(1000)} | {second.new() for _ in range(1000)}
+    assert len(ids) == 2000
+    assert first.new()[:16] != second.new()[:16]
