@@ -16,7 +16,6 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from yarl import URL
@@ -311,14 +310,6 @@ def _resolve(tp: str) -> Any:
     from . import settings
 
     return eval(tp, vars(settings))  # noqa: S307 - dataclass annotations we wrote ourselves
-
-
-def default_data_dir(settings: Settings) -> Path | None:
-    """The directory of a SQLite store, or None for other stores."""
-    url = settings.store.url
-    if not url.startswith("sqlite://"):
-        return None
-    return Path(sqlite_path(url)).parent
 
 
 def sqlite_path(url: str) -> str:

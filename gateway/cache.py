@@ -16,12 +16,8 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
-from .store.records import ADMIN_GROUP, SELF_SERVICE_GROUP, AuthRecord
-
-KEY_ID_HEADER = "X-Keygate-Key-Id"
-KEY_NAME_HEADER = "X-Keygate-Key-Name"
-USER_HEADER = "X-Keygate-User"
-GROUPS_HEADER = "X-Keygate-Groups"
+from .headers import identity_headers
+from .store.records import ADMIN_GROUP, AuthRecord
 
 
 @dataclass(slots=True, eq=False)
@@ -43,14 +39,6 @@ class Principal:
     # Active key, active owner, no grace period: only expiry remains to check.
     usable: bool = False
 
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN_GROUP in self.groups
-
-    @property
-    def is_self_service(self) -> bool:
-        return SELF_SERVICE_GROUP in self.groups
-
 
 def effective_groups(record: AuthRecord) -> tuple[str, ...]:
     """Key groups ∩ groups the owner may hold now (SPEC §3)."""
@@ -68,12 +56,12 @@ def effective_groups(record: AuthRecord) -> tuple[str, ...]:
 def principal_from(record: AuthRecord, ttl: float) -> Principal:
     groups = effective_groups(record)
     username = record.owner_username
-    identity = {
-        KEY_ID_HEADER: record.key_id,
-        KEY_NAME_HEADER: _header_safe(record.key_name),
-        USER_HEADER: _header_safe(username or ""),
-        GROUPS_HEADER: ",".join(groups),
-    }
+    identity = identity_headers(
+        key_id=record.key_id,
+        key_name=_header_safe(record.key_name),
+        user=_header_safe(username or ""),
+        groups=groups,
+    )
     return Principal(
         key_id=record.key_id,
         key_name=record.key_name,

@@ -189,10 +189,3 @@ def query_text(value: str | None, field: str, errors: Errors, *, max_len: int = 
         errors[field] = f"must be at most {max_len} characters"
     elif not value.isprintable():
         errors[field] = "must not contain control characters"
-
-
-def boolean(value: Any, field: str, errors: Errors) -> bool | None:
-    if not isinstance(value, bool):
-        errors[field] = "must be true or false"
-        return None
-    return value
