@@ -26,6 +26,9 @@ class ServerSettings:
     # Seconds a graceful stop waits for in-flight requests.
     shutdown_timeout: float = 30.0
     access_log: bool = True
+    # Serve plain proxied requests with keygate's own HTTP protocol (gateway.edge);
+    # off, aiohttp's server handles every request.
+    fast_path: bool = True
 
     @property
     def host(self) -> str:

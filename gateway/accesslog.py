@@ -24,18 +24,43 @@ def _safe(value: str) -> str:
     return "".join(c if c.isprintable() and c not in ' "' else f"%{ord(c):02X}" for c in value)
 
 
+_FORMAT = "method=%s path=%s status=%d duration_ms=%.2f key_id=%s route=%s request_id=%s"
+
+
+def log_request(
+    logger: logging.Logger,
+    method: str,
+    raw_target: str,
+    status: int,
+    seconds: float,
+    key_id: str | None,
+    route: str | None,
+    request_id: str | None,
+) -> None:
+    """The access line, for aiohttp's requests and the edge protocol's alike."""
+    logger.info(
+        _FORMAT,
+        _safe(method),
+        _safe(raw_target.partition("?")[0]),
+        status,
+        seconds * 1000.0,
+        key_id or "-",
+        route or "-",
+        request_id or "-",
+    )
+
+
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        path = request.raw_path.partition("?")[0]
-        self.logger.info(
-            "method=%s path=%s status=%d duration_ms=%.2f key_id=%s route=%s request_id=%s",
-            _safe(request.method),
-            _safe(path),
+        log_request(
+            self.logger,
+            request.method,
+            request.raw_path,
             response.status,
-            time * 1000.0,
-            request.get(key_id_key, "-"),
-            request.get(route_key, "-"),
-            request.get(request_id_key, "-"),
+            time,
+            request.get(key_id_key),
+            request.get(route_key),
+            request.get(request_id_key),
         )
 
     @property

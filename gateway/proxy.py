@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from config.settings import Route
+
+from .cache import Principal
 from .clientip import peer_ip
-from .credentials import find_credential, query_values, stray_credentials, strip_query_param
+from .credentials import (
+    Credential,
+    find_credential,
+    query_values,
+    stray_credentials,
+    strip_query_param,
+)
 from .errors import (
     BadPath,
     BadRequest,
@@ -25,6 +35,9 @@ from .pathnorm import is_under, normalise_path
 from .policy import upstream_path
 from .state import gateway_key, key_id_key, request_id_key, route_key
 from .upstream_head import upstream_header_pairs
+
+if TYPE_CHECKING:
+    from .state import Gateway
 
 
 class ExpectationFailed(KeygateError):
@@ -88,6 +101,65 @@ def split_target(raw_target: str) -> tuple[str, str]:
     return path, query
 
 
+@dataclass(slots=True)
+class Resolved:
+    """A request's route and credential, before the key is verified (SPEC §5 steps 2–3)."""
+
+    route: Route
+    path: str
+    query: str
+    # None on a public route; then ``drop`` names stray keygate tokens to remove.
+    credential: Credential | None
+    drop: tuple[str, ...]
+
+
+def resolve(gw: Gateway, headers: CIMultiDictProxy[str], path: str, query: str) -> Resolved:
+    """The route for normalised ``path`` and the request's credential, or raise."""
+    route = gw.routes.match(path)
+    if route is None:
+        raise NotFound("No route matches the request path.", code="no_route")
+    if route.public:
+        drop: tuple[str, ...] = ()
+        stray = stray_credentials(headers, query, gw.sources, gw.verifier.prefix)
+        if stray is not None:
+            drop = stray.drop_headers
+            if stray.drop_query is not None:
+                query = strip_query_param(query, stray.drop_query)
+        return Resolved(route, path, query, None, drop)
+    credential = find_credential(headers, query, gw.sources, gw.verifier.prefix)
+    if credential.drop_query is not None:
+        query = strip_query_param(query, credential.drop_query)
+    return Resolved(route, path, query, credential, credential.drop_headers)
+
+
+def authorise(
+    gw: Gateway,
+    resolved: Resolved,
+    principal: Principal,
+    method: str,
+    headers: CIMultiDictProxy[str],
+    raw_query: str,
+) -> None:
+    """Raise 403 unless the key may run ``method`` (and every override it asks for)."""
+    route_name = resolved.route.name
+    path = resolved.path
+    policy = gw.policy
+    if not policy.allows(principal.groups, route_name, method, path):
+        raise Forbidden("The API key may not do this.")
+    for override in override_methods(headers, raw_query):
+        if not policy.allows(principal.groups, route_name, override, path):
+            raise Forbidden("The API key may not do this.")
+
+
+def upstream_target(gw: Gateway, resolved: Resolved) -> str:
+    """The request target on the route's upstream (SPEC §5: exactly the path checked)."""
+    route = resolved.route
+    target = gw.upstream_base[route.name].raw_path.rstrip("/") + upstream_path(
+        route, resolved.path
+    )
+    return target + "?" + resolved.query if resolved.query else target
+
+
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     gw = request.app[gateway_key]
     settings = gw.settings
@@ -100,42 +172,23 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         if path == raw_path:
             raise NotFound("No such admin endpoint.")
         raise BadPath
-    route = gw.routes.match(path)
-    if route is None:
-        raise NotFound("No route matches the request path.", code="no_route")
+    resolved = resolve(gw, request.headers, path, query)
+    route = resolved.route
     request[route_key] = route.name
     identity = None
-    drop: tuple[str, ...] = ()
-    if route.public:
-        stray = stray_credentials(request.headers, query, gw.sources, gw.verifier.prefix)
-        if stray is not None:
-            drop = stray.drop_headers
-            if stray.drop_query is not None:
-                query = strip_query_param(query, stray.drop_query)
-    else:
-        credential = find_credential(request.headers, query, gw.sources, gw.verifier.prefix)
+    if resolved.credential is not None:
         verifier = gw.verifier
-        digest = verifier.digest_of(credential.token)
+        digest = verifier.digest_of(resolved.credential.token)
         principal = verifier.check_cached(digest)
         if principal is None:
-            principal = await verifier.load(digest, credential.token)
+            principal = await verifier.load(digest, resolved.credential.token)
         request[key_id_key] = principal.key_id
-        for method in (request.method, *override_methods(request.headers, query)):
-            if not gw.policy.allows(principal.groups, route.name, method, path):
-                raise Forbidden("The API key may not do this.")
+        authorise(gw, resolved, principal, request.method, request.headers, query)
         identity = principal.identity
-        drop = credential.drop_headers
-        if credential.drop_query is not None:
-            query = strip_query_param(query, credential.drop_query)
-    # The request target on the route's upstream, as forward() takes it: no
-    # URL object per request (SPEC §5: exactly the path that was checked).
-    target = gw.upstream_base[route.name].raw_path.rstrip("/") + upstream_path(route, path)
-    if query:
-        target += "?" + query
     # upstream_request_headers' result as plain pairs, the cheaper form to send.
     headers = upstream_header_pairs(
         request.headers,
-        drop=drop,
+        drop=resolved.drop,
         identity=identity,
         client_ip=peer_ip(request),
         proto=request.scheme,
@@ -150,7 +203,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         session=gw.session,
         route=route,
         gate=gate,
-        url=target,
+        url=upstream_target(gw, resolved),
         headers=headers,
         body_idle_timeout=settings.server.body_idle_timeout,
     )

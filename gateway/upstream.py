@@ -142,6 +142,82 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, st
     return out, length
 
 
+async def open_exchange(
+    pool: UpstreamPool,
+    origin: Origin,
+    method: str,
+    head: bytes,
+    body: RequestBody | None,
+    chunked: bool,
+    deadline: float,
+) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
+    """Send a request head (and start its body) and wait for the response head.
+
+    Returns the connection, its response head read, and the task still
+    sending the body, if any. Raises UpstreamError, OSError or TimeoutError;
+    the caller maps them to 502/504 and must end the connection (``finish``
+    or ``abort``) and the task. Both the aiohttp handler and the edge
+    protocol (:mod:`gateway.edge`) take this one road upstream.
+    """
+    conn: UpstreamConnection | None = None
+    sender: asyncio.Task[None] | None = None
+    idempotent = method in _IDEMPOTENT
+    retried = False
+    try:
+        while True:
+            # A retry takes a new connection: the next idle one may be as stale.
+            conn = None if retried else pool.take(origin.key)
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.connect(origin.key, deadline)
+            conn.start(head, deadline, method == hdrs.METH_HEAD)
+            if body is not None:
+                sender = asyncio.create_task(_send_body(conn, body, chunked))
+            try:
+                while not conn.head_done:
+                    await conn.wait()
+                return conn, sender
+            except UpstreamError as exc:
+                # The keep-alive race (RFC 9112 §9.3.1): the upstream closed
+                # an idle connection as we wrote. Nothing was answered, so an
+                # idempotent request whose body is still whole goes again.
+                if retried or not (reused and idempotent and exc.stale):
+                    raise
+                if body is not None and body.consumed:
+                    raise
+                retried = True
+                conn.abort()
+                if sender is not None:
+                    sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
+                    sender = None
+    except BaseException:
+        if conn is not None and conn.active:
+            conn.abort()
+        if sender is not None and not sender.done():
+            sender.cancel()
+        raise
+
+
+def is_bodiless(method: str, status: int) -> bool:
+    """RFC 9110 §6.4.1: no content, whatever the framing headers say."""
+    return method == hdrs.METH_HEAD or status == 204 or status == 304
+
+
+async def read_small(conn: UpstreamConnection, bodiless: bool, length: int | None) -> bytes | None:
+    """The whole body when it is short enough to answer in one piece, else None.
+
+    ``b""`` for a bodiless response; None means "stream it".
+    """
+    if bodiless:
+        return b""
+    if length is None or length > SMALL_BODY:
+        return None
+    while not conn.complete:
+        await conn.wait()
+    return conn.take_body()
+
+
 async def exchange(
     request: web.Request,
     *,
@@ -161,49 +237,23 @@ async def exchange(
     deadline = pool.loop.time() + route_timeout
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
-    idempotent = method in _IDEMPOTENT
-    retried = False
     try:
         try:
-            while True:
-                # A retry takes a new connection: the next idle one may be as stale.
-                conn = None if retried else pool.take(origin.key)
-                reused = conn is not None
-                if conn is None:
-                    conn = await pool.connect(origin.key, deadline)
-                conn.start(head, deadline, method == hdrs.METH_HEAD)
-                if body is not None:
-                    sender = asyncio.create_task(_send_body(conn, body, chunked))
-                try:
-                    while not conn.head_done:
-                        await conn.wait()
-                    break
-                except UpstreamError as exc:
-                    # The keep-alive race (RFC 9112 §9.3.1): the upstream closed
-                    # an idle connection as we wrote. Nothing was answered, so an
-                    # idempotent request whose body is still whole goes again.
-                    if retried or not (reused and idempotent and exc.stale):
-                        raise
-                    if body is not None and body.consumed:
-                        raise
-                    retried = True
-                    conn.abort()
-                    if sender is not None:
-                        sender.cancel()
-                        await asyncio.gather(sender, return_exceptions=True)
-                        sender = None
+            conn, sender = await open_exchange(pool, origin, method, head, body, chunked, deadline)
             status = conn.status
             out_headers, length = response_headers(conn.headers)
             reason = conn.reason.decode("utf-8", "surrogateescape") or None
-            bodiless = method == hdrs.METH_HEAD or status == 204 or status == 304
-            if bodiless or (length is not None and length <= SMALL_BODY):
-                if not bodiless:
-                    while not conn.complete:
-                        await conn.wait()
-                data = None if bodiless else conn.take_body()
+            bodiless = is_bodiless(method, status)
+            data = await read_small(conn, bodiless, length)
+            if data is not None:
                 conn.finish(reuse=body is None or body.sent)
                 conn = None
-                return web.Response(status=status, reason=reason, headers=out_headers, body=data)
+                return web.Response(
+                    status=status,
+                    reason=reason,
+                    headers=out_headers,
+                    body=None if bodiless else data,
+                )
         except TimeoutError as exc:
             raise failure(body, UpstreamTimeout()) from exc
         except (UpstreamError, OSError) as exc:
