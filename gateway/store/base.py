@@ -18,6 +18,7 @@ from .records import (
     AuthRecord,
     Change,
     GroupRecord,
+    KeyAuth,
     KeyQuery,
     KeyRecord,
     Page,
@@ -57,6 +58,16 @@ class Store(abc.ABC):
     # --- verification -------------------------------------------------
     @abc.abstractmethod
     async def auth_lookup(self, digest: bytes) -> AuthRecord | None: ...
+
+    @abc.abstractmethod
+    async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
+        """``auth_lookup(digest)`` for a token whose key id is ``key_id``, plus every
+        digest stored for that key id, in one round trip.
+
+        A token's digest can only ever be stored under the key id written in the
+        token (create and roll both keep it), so ``record`` equals what
+        ``auth_lookup(digest)`` returns.
+        """
 
     @abc.abstractmethod
     async def key_ids(self) -> list[str]:

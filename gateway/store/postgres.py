@@ -39,13 +39,21 @@ from .records import (
     AuthRecord,
     Change,
     GroupRecord,
+    KeyAuth,
     KeyQuery,
     KeyRecord,
     Page,
     UserRecord,
     utcnow,
 )
-from .sqlite import AUDIT_COLUMNS, GROUP_COLUMNS, KEY_COLUMNS, USER_COLUMNS, like_pattern
+from .sqlite import (
+    AUDIT_COLUMNS,
+    GROUP_COLUMNS,
+    KEY_COLUMNS,
+    USER_COLUMNS,
+    like_pattern,
+    match_key_rows,
+)
 
 T = TypeVar("T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no type hints)
@@ -134,6 +142,10 @@ def group_from_row(row: Any) -> GroupRecord:
 
 
 def auth_from_row(row: Any) -> AuthRecord:
+    return auth_with_grace(row, row[10])
+
+
+def auth_with_grace(row: Any, until: datetime | None) -> AuthRecord:
     return AuthRecord(
         key_id=row[0],
         key_name=row[1],
@@ -145,7 +157,7 @@ def auth_from_row(row: Any) -> AuthRecord:
         owner_role=row[7],
         owner_status=row[8],
         owner_groups=tuple(row[9]) if row[9] is not None else (),
-        grace_until=_epoch(row[10]),
+        grace_until=_epoch(until),
     )
 
 
@@ -360,6 +372,16 @@ class PostgresStore(Store):
             digest,
         )
         return auth_from_row(row) if row is not None else None
+
+    async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
+        # As in the SQLite store: one row per retired digest, or one with NULLs.
+        rows = await self._fetch(
+            f"SELECT {AUTH_SELECT}, r.until, k.digest, r.digest FROM keys k "
+            "LEFT JOIN users u ON u.id = k.owner_id "
+            "LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id = $1",
+            key_id,
+        )
+        return match_key_rows(rows, digest, auth_with_grace)
 
     async def key_ids(self) -> list[str]:
         rows = await self._fetch("SELECT id FROM keys WHERE status != 'revoked'")

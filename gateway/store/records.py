@@ -146,6 +146,18 @@ class AuthRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyAuth:
+    """One key id's answer to a presented token: the token's record, and every
+    digest the store holds for that key id, so the next wrong secret for it can
+    be refused from memory."""
+
+    record: AuthRecord | None  # what ``auth_lookup`` returns for the presented digest
+    # The current digest and any rolled-away one (in its grace or past it): a
+    # digest outside this set is unknown to the store. Empty: no key has this id.
+    digests: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """An audit record to be written in the same transaction as its change."""
 

@@ -31,6 +31,7 @@ from .records import (
     AuthRecord,
     Change,
     GroupRecord,
+    KeyAuth,
     KeyQuery,
     KeyRecord,
     Page,
@@ -126,6 +127,29 @@ def auth_from_row(row: Any, grace_until: float | None = None) -> AuthRecord:
         owner_groups=tuple(orjson.loads(row[9])) if row[9] is not None else (),
         grace_until=grace_until,
     )
+
+
+def match_key_rows(
+    rows: list[Any], digest: bytes, make: Callable[[Any, Any], AuthRecord]
+) -> KeyAuth:
+    """``auth_lookup_key``'s answer from rows of (AUTH columns, until, current
+    digest, retired digest); ``make(row, until)`` builds the record.
+
+    The current digest wins over a retired one, as in ``auth_lookup``.
+    """
+    if not rows:
+        return KeyAuth(None, frozenset())
+    current = bytes(rows[0][11])
+    retired = [(bytes(row[12]), row) for row in rows if row[12] is not None]
+    record = None
+    if digest == current:
+        record = make(rows[0], None)
+    else:
+        for old, row in retired:
+            if digest == old:
+                record = make(row, row[10])
+                break
+    return KeyAuth(record, frozenset([current, *(old for old, _ in retired)]))
 
 
 def _lower(value: str | None) -> str | None:
@@ -308,6 +332,17 @@ class SQLiteStore(Store):
             (digest,),
         )
         return auth_from_row(row, grace_until=row[10]) if row is not None else None
+
+    async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
+        # One row per retired digest (at most one: a roll drops earlier ones), or
+        # one row with NULLs when the key has none; no row when no key has the id.
+        rows = await self._read_all(
+            f"SELECT {AUTH_COLUMNS}, r.until, k.digest, r.digest FROM keys k "
+            "LEFT JOIN users u ON u.id = k.owner_id "
+            "LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id = ?",
+            (key_id,),
+        )
+        return match_key_rows(rows, digest, auth_from_row)
 
     async def key_ids(self) -> list[str]:
         rows = await self._read_all("SELECT id FROM keys WHERE status != 'revoked'", ())

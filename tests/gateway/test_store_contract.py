@@ -18,6 +18,7 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.records import (
     AuditEntry,
     GroupRecord,
+    KeyAuth,
     KeyQuery,
     KeyRecord,
     UserRecord,
@@ -234,6 +235,75 @@ async def test_auth_lookup_current_digest_returns_key_and_owner(store: Store) ->
     assert (rec.owner_id, rec.owner_username, rec.owner_role) == (alice.id, "alice", "member")
     assert (rec.owner_status, rec.owner_groups, rec.grace_until) == ("active", ("default",), None)
     assert await store.auth_lookup(new_digest()) is None
+
+
+async def agrees_with_auth_lookup(store: Store, key_id: str, issued: list[bytes]) -> set[bytes]:
+    """auth_lookup_key(key_id, d) gives auth_lookup(d)'s record for every digest
+    ever issued to the key (and for an unknown one), and its digest set is
+    exactly the digests auth_lookup still finds. Returns that set."""
+    known = {d for d in issued if await store.auth_lookup(d) is not None}
+    for digest in [*issued, new_digest()]:
+        found = await store.auth_lookup_key(key_id, digest)
+        assert found.record == await store.auth_lookup(digest)
+        assert found.digests == known
+    return known
+
+
+async def test_auth_lookup_key_agrees_with_auth_lookup_through_rolls(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    issued = [new_digest()]
+    key = await make_key(store, alice, digest=issued[0])
+    assert await agrees_with_auth_lookup(store, key.id, issued) == {issued[0]}
+    until = utcnow() + timedelta(minutes=5)
+    # Roll with a grace: the old digest stays known, carrying its grace_until.
+    issued.append(new_digest())
+    await store.roll_key(key.id, issued[1], "1111", grace_until=until, audit=audit("key.roll"))
+    assert await agrees_with_auth_lookup(store, key.id, issued) == set(issued[:2])
+    graced = (await store.auth_lookup_key(key.id, issued[0])).record
+    assert graced is not None and graced.grace_until is not None
+    current = (await store.auth_lookup_key(key.id, issued[1])).record
+    assert current is not None and current.grace_until is None
+    # A second roll ends the first grace; a roll without grace keeps one digest.
+    issued.append(new_digest())
+    await store.roll_key(key.id, issued[2], "2222", grace_until=until, audit=audit("key.roll"))
+    assert await agrees_with_auth_lookup(store, key.id, issued) == set(issued[1:3])
+    issued.append(new_digest())
+    await store.roll_key(key.id, issued[3], "3333", grace_until=None, audit=audit("key.roll"))
+    assert await agrees_with_auth_lookup(store, key.id, issued) == {issued[3]}
+
+
+async def test_auth_lookup_key_agrees_through_disable_revoke_delete(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    issued = [new_digest(), new_digest()]
+    key = await make_key(store, alice, digest=issued[0])
+    until = utcnow() + timedelta(minutes=5)
+    await store.roll_key(key.id, issued[1], "1111", grace_until=until, audit=audit("key.roll"))
+    # Status never changes which digests a key has; the record carries it.
+    await store.update_key(key.id, {"status": "disabled"}, audit=audit("key.disable"))
+    assert await agrees_with_auth_lookup(store, key.id, issued) == set(issued)
+    disabled = (await store.auth_lookup_key(key.id, issued[1])).record
+    assert disabled is not None and disabled.key_status == "disabled"
+    # Revoking drops the grace digest; the revoked current one is still found.
+    await store.update_key(key.id, {"status": "revoked"}, audit=audit("key.revoke"))
+    assert await agrees_with_auth_lookup(store, key.id, issued) == {issued[1]}
+    other_digest = new_digest()
+    other = await make_key(store, alice, digest=other_digest)
+    await store.delete_key(other.id, audit=audit("key.delete"))
+    assert await agrees_with_auth_lookup(store, other.id, [other_digest]) == set()
+    assert await store.auth_lookup_key(new_id(), other_digest) == KeyAuth(None, frozenset())
+
+
+async def test_auth_lookup_key_owner_deleted_keys_revoked_without_grace(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    issued = [new_digest(), new_digest()]
+    key = await make_key(store, alice, digest=issued[0])
+    until = utcnow() + timedelta(minutes=5)
+    await store.roll_key(key.id, issued[1], "1111", grace_until=until, audit=audit("key.roll"))
+    await store.delete_user("alice", audit=audit("user.delete", "user", alice.id))
+    assert await agrees_with_auth_lookup(store, key.id, issued) == {issued[1]}
+    record = (await store.auth_lookup_key(key.id, issued[1])).record
+    assert record is not None and record.owner_username is None
+    assert record.key_status == "revoked"
 
 
 async def test_key_ids_not_revoked_only(store: Store) -> None:
