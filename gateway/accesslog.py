@@ -24,11 +24,7 @@ def _safe(value: str) -> str:
     return "".join(c if c.isprintable() and c not in ' "' else f"%{ord(c):02X}" for c in value)
 
 
-_FORMAT = "method=%s path=%s status=%d duration_ms=%.2f key_id=%s route=%s request_id=%s"
-
-
-def log_request(
-    logger: logging.Logger,
+def access_message(
     method: str,
     raw_target: str,
     status: int,
@@ -36,24 +32,18 @@ def log_request(
     key_id: str | None,
     route: str | None,
     request_id: str | None,
-) -> None:
-    """The access line, for aiohttp's requests and the edge protocol's alike."""
-    logger.info(
-        _FORMAT,
-        _safe(method),
-        _safe(raw_target.partition("?")[0]),
-        status,
-        seconds * 1000.0,
-        key_id or "-",
-        route or "-",
-        request_id or "-",
+) -> str:
+    """The access line's message, for aiohttp's requests and the edge protocol's alike."""
+    return (
+        f"method={_safe(method)} path={_safe(raw_target.partition('?')[0])} status={status} "
+        f"duration_ms={seconds * 1000.0:.2f} key_id={key_id or '-'} route={route or '-'} "
+        f"request_id={request_id or '-'}"
     )
 
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        log_request(
-            self.logger,
+        message = access_message(
             request.method,
             request.raw_path,
             response.status,
@@ -62,6 +52,7 @@ class AccessLogger(AbstractAccessLogger):
             request.get(route_key),
             request.get(request_id_key),
         )
+        self.logger.info("%s", message)
 
     @property
     def enabled(self) -> bool:

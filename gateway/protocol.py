@@ -14,6 +14,7 @@ connection and its route slot at once instead of after the route timeout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -21,11 +22,14 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
+from aiohttp.log import access_logger
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .accesslog import AccessLogger
+from .edge import Edge, EdgeProtocol
 from .errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
+from .state import gateway_key
 
 log = logging.getLogger("keygate.protocol")
 
@@ -138,12 +142,39 @@ class KeygateRequestHandler(RequestHandler):
 
 
 class KeygateServer(web.Server):
-    def __call__(self) -> RequestHandler:
+    """aiohttp's server whose connections start on the edge protocol when it is on.
+
+    ``edge`` is set by :class:`KeygateRunner` once the app has started (the
+    gateway state exists then); until then, and with ``server.fast_path``
+    off, every connection is aiohttp's from the start.
+    """
+
+    edge: Edge | None = None
+
+    def new_handler(self) -> RequestHandler:
         return KeygateRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        edge = self.edge
+        if edge is None or edge.closing:
+            return self.new_handler()
+        return EdgeProtocol(edge)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        if self.edge is not None:
+            self.edge.pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's
+        if self.edge is None:
+            await super().shutdown(timeout)
+            return
+        await asyncio.gather(super().shutdown(timeout), self.edge.shutdown(timeout))
 
 
 class KeygateRunner(web.AppRunner):
-    """An AppRunner whose connections use :class:`KeygateRequestHandler`."""
+    """An AppRunner whose connections use :class:`KeygateRequestHandler`, and the
+    edge protocol (:mod:`gateway.edge`) for plain proxied requests."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         # SECURITY: aiohttp's default access log prints the request line,
@@ -156,8 +187,15 @@ class KeygateRunner(web.AppRunner):
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # aiohttp builds the Server itself; ours differs only in the handler
-        # class it instantiates, and web.Server has no __slots__.
+        server = await super()._make_server()  # runs the app's startup: the gateway exists
+        # aiohttp builds the Server itself; ours differs only in the protocol it
+        # instantiates, and web.Server has no __slots__.
         server.__class__ = KeygateServer
+        assert isinstance(server, KeygateServer)
+        gw = self.app.get(gateway_key)
+        if gw is not None and gw.settings.server.fast_path and gw.session is not None:
+            pool = getattr(gw.session.connector, "upstream_pool", None)
+            if pool is not None:
+                access = self._kwargs.get("access_log", access_logger)
+                server.edge = Edge(gw, pool, server.new_handler, access)
         return server

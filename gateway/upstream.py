@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -142,6 +143,21 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, st
     return out, length
 
 
+@contextlib.contextmanager
+def mapped_errors(body: RequestBody | None) -> Iterator[None]:
+    """Upstream failures as the client's error: a timeout 504, anything else 502.
+
+    Refused, DNS, reset, malformed status line or headers: all 502; a failed
+    request body keeps its own error (see :func:`~gateway.request_body.failure`).
+    """
+    try:
+        yield
+    except TimeoutError as exc:
+        raise failure(body, UpstreamTimeout()) from exc
+    except (UpstreamError, OSError) as exc:
+        raise failure(body, UpstreamUnavailable()) from exc
+
+
 async def open_exchange(
     pool: UpstreamPool,
     origin: Origin,
@@ -238,7 +254,7 @@ async def exchange(
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
     try:
-        try:
+        with mapped_errors(body):
             conn, sender = await open_exchange(pool, origin, method, head, body, chunked, deadline)
             status = conn.status
             out_headers, length = response_headers(conn.headers)
@@ -254,11 +270,6 @@ async def exchange(
                     headers=out_headers,
                     body=None if bodiless else data,
                 )
-        except TimeoutError as exc:
-            raise failure(body, UpstreamTimeout()) from exc
-        except (UpstreamError, OSError) as exc:
-            # Refused, DNS, reset, malformed status line or headers: all 502.
-            raise failure(body, UpstreamUnavailable()) from exc
         return await _stream(request, conn, status, reason, out_headers, body)
     finally:
         if conn is not None and conn.active:

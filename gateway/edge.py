@@ -1,0 +1,600 @@
+"""The edge: keygate's own HTTP/1.1 server protocol for plain proxied requests.
+
+aiohttp's server builds, per request, a message, a header multidict, a
+``Request``, a ``StreamResponse``, a payload writer, middleware and handler
+coroutines and a task, and that costs more CPU than the whole proxy exchange
+around it. The edge parses a request head with httptools, answers refusals
+from bytes it builds itself, and relays the upstream's answer through the same
+keep-alive client (:mod:`gateway.upstream`) — one task per forwarded request,
+none for a refusal answered from memory.
+
+It serves only what it can serve exactly as the aiohttp handler would: a
+whole head, within the limits, in clean HTTP/1.0 or 1.1 framing, without a
+body, ``Expect`` or ``Upgrade``, with an origin-form target outside the admin
+prefix and one valid Host, for a plain-http route. Anything else — and
+everything after it on that connection — is handed to aiohttp's
+``RequestHandler`` with the bytes received so far, as if aiohttp had accepted
+the connection itself: request bodies, partial heads (slowloris), malformed
+framing, WebSocket, ``https://`` upstreams and the admin API are aiohttp's, as
+before. Both front ends share the proxy steps (:mod:`gateway.proxy`), the
+header rules, the access line and the error bodies; :mod:`gateway.wire`
+frames responses as aiohttp does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, cast
+from urllib.parse import unquote
+
+import httptools
+from aiohttp.tcp_helpers import tcp_keepalive
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .accesslog import access_message
+from .cache import Principal
+from .errors import BadPath, KeygateError, UpstreamBusy
+from .headers import RequestIds, request_id_or_new, upstream_header_pairs
+from .logsetup import info_line_writer
+from .pathnorm import is_under, normalise_path
+from .proxy import Resolved, authorise, resolve, upstream_target
+from .upstream import (
+    is_bodiless,
+    mapped_errors,
+    open_exchange,
+    read_small,
+    response_headers,
+)
+from .upstream_conn import UpstreamConnection
+from .upstream_head import request_head
+from .upstream_pool import UpstreamPool
+from .wire import error_response, response_head
+
+if TYPE_CHECKING:
+    from .state import Gateway
+
+log = logging.getLogger("keygate.edge")
+
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_VERSIONS: Final = frozenset({"1.0", "1.1"})
+# Request-target bytes the edge takes itself: visible ASCII (RFC 9112 §3.2);
+# anything else is aiohttp's to judge.
+_TARGET_BYTES: Final = bytes(range(0x21, 0x7F))
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [":" port], as gateway.protocol checks it.
+_HOST: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# Names that send a request to aiohttp: its body, its framing or its protocol
+# is something only the full server handles.
+_AIOHTTP_ONLY: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
+# Pipelined bytes buffered while a request is in flight before reading pauses.
+_PIPELINE_LIMIT: Final = 64 * 1024
+_CRLFCRLF: Final = b"\r\n\r\n"
+
+
+# What _start did with a request.
+_HAND_OFF: Final = object()  # nothing: the connection goes to aiohttp with it
+_ANSWERED: Final = object()  # refused at once; the connection stays open
+_CLOSED: Final = object()  # refused at once; the connection closes
+_FORWARDING: Final = object()  # a task forwards it
+
+
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    """The request facts a forwarding task needs."""
+
+    method: str
+    target: str
+    query: str
+    version: str
+    headers: CIMultiDictProxy[str]
+    keep_alive: bool
+    request_id: str
+
+
+class Edge:
+    """Per-server state of the edge: the gateway, limits, and its open connections."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        pool: UpstreamPool,
+        new_handler: Callable[[], RequestHandler],
+        access_log: logging.Logger | None,
+    ) -> None:
+        server = gw.settings.server
+        self.gw = gw
+        self.pool = pool
+        self.new_handler = new_handler
+        self.access_log = access_log
+        # Straight into the batch when `keygate serve` set the logger up.
+        self.access_line = info_line_writer(access_log) if access_log is not None else None
+        self.loop = asyncio.get_running_loop()
+        self.ids = RequestIds()
+        self.admin_prefix = server.admin_prefix
+        # A head longer than either limit may break one: aiohttp judges it (414/431).
+        self.max_head = min(server.max_line_bytes, server.max_header_bytes)
+        self.max_headers = server.max_header_count
+        self.idle_timeout = server.header_timeout
+        self.connections: set[EdgeProtocol] = set()
+        self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def opened(self, conn: EdgeProtocol) -> None:
+        self.connections.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    @property
+    def _tick(self) -> float:
+        return min(1.0, max(0.05, self.idle_timeout / 4))
+
+    def _sweep(self) -> None:
+        """Close connections idle past ``header_timeout`` (aiohttp's keep-alive timeout)."""
+        self._sweeper = None
+        oldest = self.loop.time() - self.idle_timeout
+        for conn in [c for c in self.connections if c.idle_since <= oldest and c.idle]:
+            conn.close()
+        if self.connections:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def pre_shutdown(self) -> None:
+        """Stop serving: close idle connections; busy ones close after their answer."""
+        self.closing = True
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+
+    async def shutdown(self, timeout: float | None) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        """Wait up to ``timeout`` for requests in flight, then cut what is left."""
+        tasks = [c.task for c in self.connections if c.task is not None]
+        if tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in list(self.connections):
+            if conn.task is not None:
+                conn.abort()  # still busy past the shutdown timeout
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """One client connection, served by the edge until it hands it to aiohttp."""
+
+    __slots__ = (
+        "_buffer",
+        "_complete",
+        "_drain",
+        "_edge",
+        "_header_pairs",
+        "_keep_alive",
+        "_parser",
+        "_peer",
+        "_proto",
+        "_reading_paused",
+        "_transport",
+        "_url",
+        "_write_paused",
+        "idle_since",
+        "task",
+    )
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._header_pairs: list[tuple[bytes, bytes]] = []
+        self._complete = False
+        self._keep_alive = False
+        self._peer = "unknown"
+        self._proto = "http"
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.idle_since = edge.loop.time()
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        tcp_keepalive(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._peer = str(peer[0])
+        if transport.get_extra_info("sslcontext") is not None:
+            self._proto = "https"
+        self._edge.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        if self.task is not None:
+            # Pipelined: served in order once the answer in flight is out.
+            if len(self._buffer) > _PIPELINE_LIMIT and not self._reading_paused:
+                self._reading_paused = True
+                self._transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self._serve()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._edge.connections.discard(self)
+        task = self.task
+        if task is not None and not task.done():
+            # The client left: drop the upstream exchange now (nginx's
+            # proxy_ignore_client_abort off), not at the route timeout.
+            task.cancel()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_pairs.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # Read now: once the message completes the parser is reset for the next.
+        self._keep_alive = self._parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- serving -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _serve(self) -> None:
+        """Answer the requests buffered, in order, until one needs a task or aiohttp."""
+        edge = self._edge
+        while self._buffer and self.task is None and not edge.closing:
+            buffer = self._buffer
+            end = buffer.find(_CRLFCRLF, 0, edge.max_head)
+            parsed = self._parse(buffer[: end + 4]) if end >= 0 else None
+            if parsed is None:
+                return self._hand_off()
+            outcome = self._start(*parsed)
+            if outcome is _HAND_OFF:
+                return self._hand_off()
+            self._buffer = buffer[end + 4 :]
+            if outcome is _CLOSED:
+                return None
+        if edge.closing and self.task is None:
+            self.close()
+        return None
+
+    def _parse(
+        self, head: bytes
+    ) -> tuple[str, str, str, CIMultiDictProxy[str], bool] | None:
+        """(method, target, version, headers, keep-alive) of a head the edge may take."""
+        lines = head.count(b"\r\n")
+        if (
+            head.count(b"\n") != lines
+            or head.count(b"\r") != lines
+            or lines - 2 > self._edge.max_headers
+            or b"\x00" in head
+            or b"\n " in head
+            or b"\n\t" in head
+        ):
+            return None  # bare CR or LF, NUL, obs-fold, too many fields: aiohttp's call
+        self._url = b""
+        self._header_pairs = []
+        self._complete = False
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None
+        if not self._complete:
+            return None  # a body follows
+        url = self._url
+        if not url.startswith(b"/") or url.translate(None, _TARGET_BYTES) or b"#" in url:
+            return None
+        version = parser.get_http_version()
+        method = parser.get_method().decode("ascii", "replace")
+        if version not in _VERSIONS or method not in _METHODS:
+            return None
+        pairs: list[tuple[str, str]] = []
+        hosts = 0
+        for raw_name, raw_value in self._header_pairs:
+            name = raw_name.decode("utf-8", "surrogateescape")
+            value = raw_value.decode("utf-8", "surrogateescape")
+            low = name.lower()
+            if low == "host":
+                hosts += 1
+                if not _HOST.fullmatch(value):
+                    return None
+            elif low == "content-length":
+                if value != "0":
+                    return None
+            elif low in _AIOHTTP_ONLY:
+                return None
+            pairs.append((name, value))
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return None
+        headers = CIMultiDictProxy(CIMultiDict(pairs))
+        if len(headers.getall("Content-Length", ())) > 1:
+            return None
+        return method, url.decode("ascii"), version, headers, self._keep_alive
+
+    def _hand_off(self) -> None:
+        """From now on this connection is aiohttp's, starting with the bytes buffered."""
+        transport = self._transport
+        assert transport is not None
+        self._edge.connections.discard(self)
+        handler = self._edge.new_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        data, self._buffer = self._buffer, b""
+        if data:
+            handler.data_received(data)
+
+    def _start(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: CIMultiDictProxy[str],
+        keep_alive: bool,
+    ) -> object:
+        """Serve one request: answered at once, forwarded by a task, or aiohttp's."""
+        edge = self._edge
+        gw = edge.gw
+        raw_path, _, query = target.partition("?")
+        prefix = edge.admin_prefix
+        try:
+            path = normalise_path(raw_path)
+        except BadPath:
+            return _HAND_OFF  # aiohttp routes it first (it may be an admin path)
+        if (
+            is_under(path, prefix)
+            or is_under(raw_path, prefix)
+            or ("%" in raw_path and is_under(unquote(raw_path), prefix))
+        ):
+            # The admin app's, and so are tricks aimed into its prefix: aiohttp's
+            # router decodes escapes (but %2F) before matching the sub-app.
+            return _HAND_OFF
+        started = edge.loop.time()
+        request_id = request_id_or_new(headers.get("X-Request-Id"), edge.ids)
+        resolved: Resolved | None = None
+        principal: Principal | None = None
+        digest = b""
+        try:
+            resolved = resolve(gw, headers, path, query)
+            gate = gw.gates[resolved.route.name]
+            if gate.origin is None:
+                return _HAND_OFF  # an https upstream: aiohttp's client speaks TLS
+            if resolved.credential is not None:
+                token = resolved.credential.token
+                verifier = gw.verifier
+                digest = verifier.digest_of(token)
+                principal = verifier.check_cached(digest)
+                if principal is not None:
+                    authorise(gw, resolved, principal, method, headers, query)
+                    if gate.in_flight >= gate.limit:
+                        raise UpstreamBusy()
+        except KeygateError as exc:
+            key_id = principal.key_id if principal is not None else None
+            route = resolved.route.name if resolved is not None else None
+            keep_alive = self._refuse(exc, method, version, keep_alive, request_id)
+            self._log(method, target, exc.status, started, key_id, route, request_id)
+            return _ANSWERED if keep_alive else _CLOSED
+        self.task = edge.loop.create_task(
+            self._forward(
+                _Exchange(method, target, query, version, headers, keep_alive, request_id),
+                resolved,
+                principal,
+                digest,
+                started,
+            )
+        )
+        return _FORWARDING
+
+    async def _forward(
+        self,
+        request: _Exchange,
+        resolved: Resolved,
+        principal: Principal | None,
+        digest: bytes,
+        started: float,
+    ) -> None:
+        method, target, version = request.method, request.target, request.version
+        headers, keep_alive, request_id = request.headers, request.keep_alive, request.request_id
+        edge = self._edge
+        gw = edge.gw
+        route = resolved.route
+        status = 500
+        key_id: str | None = None
+        sent = False  # any byte of the answer written
+        conn: UpstreamConnection | None = None
+        try:
+            try:
+                if resolved.credential is not None:
+                    if principal is None:
+                        principal = await gw.verifier.load(digest, resolved.credential.token)
+                        key_id = principal.key_id
+                        authorise(gw, resolved, principal, method, headers, request.query)
+                    key_id = principal.key_id
+                pairs = upstream_header_pairs(
+                    headers,
+                    drop=resolved.drop,
+                    identity=principal.identity if principal is not None else None,
+                    client_ip=self._peer,
+                    proto=self._proto,
+                    host=headers.get("Host"),
+                    request_id=request_id,
+                )
+                gate = gw.gates[route.name]
+                origin = gate.origin
+                assert origin is not None
+                with gate:
+                    head, _ = request_head(
+                        method, upstream_target(gw, resolved), origin.host, pairs, False
+                    )
+                    deadline = edge.loop.time() + route.timeout
+                    with mapped_errors(None):
+                        conn, _ = await open_exchange(
+                            edge.pool, origin, method, head, None, False, deadline
+                        )
+                        status = conn.status
+                        out_headers, length = response_headers(conn.headers)
+                        reason = conn.reason.decode("utf-8", "surrogateescape") or None
+                        bodiless = is_bodiless(method, status)
+                        data = await read_small(conn, bodiless, length)
+                    if data is not None:
+                        conn.finish(reuse=True)
+                        conn = None
+                        answer, _, keep_alive = response_head(
+                            version, status, reason, out_headers,
+                            method=method, body_length=len(data), keep_alive=keep_alive,
+                            request_id=request_id,
+                        )
+                        self._write(answer + data if data and not bodiless else answer)
+                        return
+                    answer, chunked, keep_alive = response_head(
+                        version, status, reason, out_headers,
+                        method=method, body_length=None, keep_alive=keep_alive,
+                        request_id=request_id,
+                    )
+                    sent = True
+                    self._write(answer)
+                    keep_alive = await self._stream(conn, chunked) and keep_alive
+                    conn = None
+            except KeygateError as exc:
+                status = exc.status
+                if sent:
+                    # Mid-answer: cut the connection, so the message ends short
+                    # of its length or final chunk instead of looking complete.
+                    keep_alive = False
+                    self.abort()
+                    raise
+                keep_alive = self._refuse(exc, method, version, keep_alive, request_id)
+        except asyncio.CancelledError:
+            keep_alive = False  # the client left
+            raise
+        except KeygateError:
+            pass  # logged below; the connection is cut already
+        except Exception:
+            log.exception("internal error on %s %s", method, target.partition("?")[0][:200])
+            keep_alive = False
+            if not sent:
+                self._refuse(KeygateError(), method, version, False, request_id)
+            else:
+                self.abort()
+        finally:
+            if conn is not None and conn.active:
+                conn.abort()  # not read to its end: never reused
+            self._log(method, target, status, started, key_id, route.name, request_id)
+            self.task = None
+            self._done(keep_alive)
+
+    async def _stream(self, conn: UpstreamConnection, chunked: bool) -> bool:
+        """Relay the rest of the body; whether the connection may be reused."""
+        transport = self._transport
+        assert transport is not None
+        while True:
+            with mapped_errors(None):
+                chunk = await conn.read_body()
+            if not chunk:
+                break
+            if transport.is_closing():
+                return False  # the client is gone; the caller drops the upstream
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if self._write_paused:
+                await self._drained()
+        conn.finish(reuse=True)
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        return True
+
+    async def _drained(self) -> None:
+        if self._write_paused and self._transport is not None and not self._transport.is_closing():
+            drain = self._drain = self._edge.loop.create_future()
+            try:
+                await drain
+            finally:
+                self._drain = None
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _refuse(
+        self,
+        exc: KeygateError,
+        method: str,
+        version: str,
+        keep_alive: bool,
+        request_id: str,
+    ) -> bool:
+        answer, keep_alive = error_response(
+            exc, version=version, method=method, keep_alive=keep_alive, request_id=request_id
+        )
+        self._write(answer)
+        if not keep_alive:
+            self.close()
+        return keep_alive
+
+    def _done(self, keep_alive: bool) -> None:
+        """The answer is out: next request, or close."""
+        self.idle_since = self._edge.loop.time()
+        if not keep_alive or self._edge.closing:
+            self.close()
+            return
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        if self._buffer:
+            self._serve()
+
+    def _log(
+        self,
+        method: str,
+        target: str,
+        status: int,
+        started: float,
+        key_id: str | None,
+        route: str | None,
+        request_id: str,
+    ) -> None:
+        edge = self._edge
+        logger = edge.access_log
+        if logger is None:
+            return
+        write = edge.access_line
+        if write is None and not logger.isEnabledFor(logging.INFO):
+            return
+        elapsed = edge.loop.time() - started
+        message = access_message(method, target, status, elapsed, key_id, route, request_id)
+        if write is not None:
+            write(message)
+        else:
+            logger.info("%s", message)
