@@ -27,8 +27,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import unquote
 
@@ -40,18 +39,22 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .accesslog import access_message
 from .cache import Principal
 from .errors import BadPath, KeygateError, UpstreamBusy
+from .forward import RouteGate
 from .headers import RequestIds, request_id_or_new, upstream_header_pairs
 from .logsetup import info_line_writer
 from .pathnorm import is_under, normalise_path
 from .proxy import Resolved, authorise, resolve, upstream_target
 from .upstream import (
+    IDEMPOTENT,
+    SMALL_BODY,
+    client_error,
     is_bodiless,
     mapped_errors,
     open_exchange,
     read_small,
     response_headers,
 )
-from .upstream_conn import UpstreamConnection
+from .upstream_conn import UpstreamConnection, UpstreamError
 from .upstream_head import request_head
 from .upstream_pool import UpstreamPool
 from .wire import error_response, response_head
@@ -83,17 +86,69 @@ _CLOSED: Final = object()  # refused at once; the connection closes
 _FORWARDING: Final = object()  # a task forwards it
 
 
-@dataclass(frozen=True, slots=True)
 class _Exchange:
-    """The request facts a forwarding task needs."""
+    """One request on the edge, from its head to the end of its answer."""
 
-    method: str
-    target: str
-    query: str
-    version: str
-    headers: CIMultiDictProxy[str]
-    keep_alive: bool
-    request_id: str
+    __slots__ = (
+        "abandoned",
+        "bodiless",
+        "conn",
+        "digest",
+        "gate",
+        "gated",
+        "headers",
+        "keep_alive",
+        "key_id",
+        "length",
+        "method",
+        "out_headers",
+        "principal",
+        "query",
+        "reason",
+        "request_id",
+        "resolved",
+        "route",
+        "sent",
+        "started",
+        "status",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        query: str,
+        version: str,
+        headers: CIMultiDictProxy[str],
+        keep_alive: bool,
+        request_id: str,
+        started: float,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.request_id = request_id
+        self.started = started
+        self.resolved: Resolved | None = None
+        self.route: str | None = None
+        self.gate: RouteGate | None = None
+        self.gated = False  # counted in the gate's in_flight
+        self.digest = b""
+        self.principal: Principal | None = None
+        self.key_id: str | None = None
+        self.conn: UpstreamConnection | None = None
+        self.status = 500
+        self.reason: str | None = None
+        self.out_headers: list[tuple[str, str]] | None = None
+        self.length: int | None = None
+        self.bodiless = False
+        self.sent = False  # any byte of the answer written
+        self.abandoned = False  # the client left before the answer
 
 
 class Edge:
@@ -121,7 +176,9 @@ class Edge:
         self.max_headers = server.max_header_count
         self.idle_timeout = server.header_timeout
         self.connections: set[EdgeProtocol] = set()
+        self.busy = 0  # requests in flight
         self.closing = False
+        self._drained: asyncio.Future[None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
     def opened(self, conn: EdgeProtocol) -> None:
@@ -149,16 +206,22 @@ class Edge:
             if conn.idle:
                 conn.close()
 
+    def drained(self) -> None:
+        """The last request in flight ended while closing (called by connections)."""
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
     async def shutdown(self, timeout: float | None) -> None:  # noqa: ASYNC109 - aiohttp's signature
         """Wait up to ``timeout`` for requests in flight, then cut what is left."""
-        tasks = [c.task for c in self.connections if c.task is not None]
-        if tasks:
+        if self.busy:
+            self._drained = self.loop.create_future()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await asyncio.gather(*tasks, return_exceptions=True)
+                    await self._drained
         for conn in list(self.connections):
-            if conn.task is not None:
-                conn.abort()  # still busy past the shutdown timeout
+            if not conn.idle:
+                conn.abandon()  # still busy past the shutdown timeout
+                conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -170,6 +233,7 @@ class EdgeProtocol(asyncio.Protocol):
     __slots__ = (
         "_buffer",
         "_complete",
+        "_current",
         "_drain",
         "_edge",
         "_header_pairs",
@@ -199,12 +263,15 @@ class EdgeProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        # The request in flight (at most one: pipelined ones wait in _buffer),
+        # and the task forwarding it unless upstream callbacks drive it.
+        self._current: _Exchange | None = None
         self.task: asyncio.Task[None] | None = None
         self.idle_since = edge.loop.time()
 
     @property
     def idle(self) -> bool:
-        return self.task is None
+        return self._current is None
 
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -219,7 +286,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
-        if self.task is not None:
+        if self._current is not None:
             # Pipelined: served in order once the answer in flight is out.
             if len(self._buffer) > _PIPELINE_LIMIT and not self._reading_paused:
                 self._reading_paused = True
@@ -229,13 +296,27 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._edge.connections.discard(self)
-        task = self.task
-        if task is not None and not task.done():
-            # The client left: drop the upstream exchange now (nginx's
-            # proxy_ignore_client_abort off), not at the route timeout.
-            task.cancel()
+        self.abandon()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+
+    def abandon(self) -> None:
+        """Drop the request in flight: its client is gone (or the server stops).
+
+        The upstream exchange goes at once (nginx's proxy_ignore_client_abort
+        off), not at the route timeout, with its route slot.
+        """
+        x = self._current
+        if x is None:
+            return
+        x.abandoned = True
+        x.keep_alive = False
+        task = self.task
+        if task is not None:
+            if not task.done():
+                task.cancel()  # its finally ends the exchange
+        else:
+            self._finish(x)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -271,7 +352,7 @@ class EdgeProtocol(asyncio.Protocol):
     def _serve(self) -> None:
         """Answer the requests buffered, in order, until one needs a task or aiohttp."""
         edge = self._edge
-        while self._buffer and self.task is None and not edge.closing:
+        while self._buffer and self._current is None and not edge.closing:
             buffer = self._buffer
             end = buffer.find(_CRLFCRLF, 0, edge.max_head)
             parsed = self._parse(buffer[: end + 4]) if end >= 0 else None
@@ -283,7 +364,7 @@ class EdgeProtocol(asyncio.Protocol):
             self._buffer = buffer[end + 4 :]
             if outcome is _CLOSED:
                 return None
-        if edge.closing and self.task is None:
+        if edge.closing and self._current is None:
             self.close()
         return None
 
@@ -381,158 +462,266 @@ class EdgeProtocol(asyncio.Protocol):
             # The admin app's, and so are tricks aimed into its prefix: aiohttp's
             # router decodes escapes (but %2F) before matching the sub-app.
             return _HAND_OFF
-        started = edge.loop.time()
-        request_id = request_id_or_new(headers.get("X-Request-Id"), edge.ids)
-        resolved: Resolved | None = None
-        principal: Principal | None = None
-        digest = b""
+        x = _Exchange(
+            method,
+            target,
+            query,
+            version,
+            headers,
+            keep_alive,
+            request_id_or_new(headers.get("X-Request-Id"), edge.ids),
+            edge.loop.time(),
+        )
         try:
-            resolved = resolve(gw, headers, path, query)
-            gate = gw.gates[resolved.route.name]
+            x.resolved = resolved = resolve(gw, headers, path, query)
+            x.route = resolved.route.name
+            gate = x.gate = gw.gates[x.route]
             if gate.origin is None:
                 return _HAND_OFF  # an https upstream: aiohttp's client speaks TLS
             if resolved.credential is not None:
-                token = resolved.credential.token
                 verifier = gw.verifier
-                digest = verifier.digest_of(token)
-                principal = verifier.check_cached(digest)
+                token = resolved.credential.token
+                x.digest = digest = verifier.digest_of(token)
+                principal = verifier.check_cached(digest, token)
                 if principal is not None:
+                    x.principal = principal
+                    x.key_id = principal.key_id
                     authorise(gw, resolved, principal, method, headers, query)
-                    if gate.in_flight >= gate.limit:
-                        raise UpstreamBusy()
+            # A miss is checked after its lookup, as the aiohttp handler does.
+            if (x.principal is not None or resolved.credential is None) and (
+                gate.in_flight >= gate.limit
+            ):
+                raise UpstreamBusy()
         except KeygateError as exc:
-            key_id = principal.key_id if principal is not None else None
-            route = resolved.route.name if resolved is not None else None
-            keep_alive = self._refuse(exc, method, version, keep_alive, request_id)
-            self._log(method, target, exc.status, started, key_id, route, request_id)
+            x.status = exc.status
+            keep_alive = self._refuse(exc, x)
+            self._log(x)
             return _ANSWERED if keep_alive else _CLOSED
-        self.task = edge.loop.create_task(
-            self._forward(
-                _Exchange(method, target, query, version, headers, keep_alive, request_id),
-                resolved,
-                principal,
-                digest,
-                started,
-            )
-        )
+        self._current = x
+        edge.busy += 1
+        if x.principal is not None or resolved.credential is None:
+            conn = edge.pool.take(gate.origin.key)
+            if conn is not None and self._send(x, conn):
+                return _FORWARDING
+        self.task = edge.loop.create_task(self._run(x, self._forward(x)))
         return _FORWARDING
 
-    async def _forward(
-        self,
-        request: _Exchange,
-        resolved: Resolved,
-        principal: Principal | None,
-        digest: bytes,
-        started: float,
-    ) -> None:
-        method, target, version = request.method, request.target, request.version
-        headers, keep_alive, request_id = request.headers, request.keep_alive, request.request_id
-        edge = self._edge
-        gw = edge.gw
-        route = resolved.route
-        status = 500
-        key_id: str | None = None
-        sent = False  # any byte of the answer written
-        conn: UpstreamConnection | None = None
+    # -- forwarding ----------------------------------------------------------------
+    def _upstream_head(self, x: _Exchange) -> bytes:
+        gw = self._edge.gw
+        resolved = x.resolved
+        assert resolved is not None and x.gate is not None and x.gate.origin is not None
+        pairs = upstream_header_pairs(
+            x.headers,
+            drop=resolved.drop,
+            identity=x.principal.identity if x.principal is not None else None,
+            client_ip=self._peer,
+            proto=self._proto,
+            host=x.headers.get("Host"),
+            request_id=x.request_id,
+        )
+        target = upstream_target(gw, resolved)
+        return request_head(x.method, target, x.gate.origin.host, pairs, False)[0]
+
+    def _send(self, x: _Exchange, conn: UpstreamConnection) -> bool:
+        """Forward on an idle pooled connection, driven by its callbacks (no task).
+
+        False when the connection turned out dead before a byte went out; the
+        caller then takes the task's road.
+        """
+        assert x.gate is not None and x.resolved is not None
+        head = self._upstream_head(x)
+        x.gate.__enter__()
+        x.gated = True
+        x.conn = conn
+        deadline = self._edge.loop.time() + x.resolved.route.timeout
+        try:
+            conn.start(head, deadline, x.method == "HEAD", self._on_upstream)
+        except UpstreamError:
+            conn.abort()
+            x.conn = None
+            x.gate.__exit__()
+            x.gated = False
+            return False
+        return True
+
+    def _on_upstream(self) -> None:
+        """Progress on the upstream exchange of a callback-driven request."""
+        x = self._current
+        if x is None or x.conn is None:
+            return
+        conn = x.conn
+        try:
+            if conn.error is not None:
+                error = conn.error
+                conn.abort()
+                x.conn = None
+                if (
+                    isinstance(error, UpstreamError)
+                    and error.stale
+                    and x.method in IDEMPOTENT
+                ):
+                    # The keep-alive race (RFC 9112 §9.3.1): once more, on a
+                    # fresh connection, by the task's road.
+                    assert x.gate is not None
+                    x.gate.__exit__()
+                    x.gated = False
+                    self.task = self._edge.loop.create_task(
+                        self._run(x, self._forward(x, fresh=True))
+                    )
+                    return
+                self._failed(x, client_error(error))
+                self._finish(x)
+                return
+            if not conn.head_done:
+                return
+            if x.out_headers is None:
+                self._response_of(x, conn)
+            length = x.length
+            if not x.bodiless and (length is None or length > SMALL_BODY):
+                conn.listener = None
+                self.task = self._edge.loop.create_task(self._run(x, self._relay(x)))
+                return
+            if not x.bodiless and not conn.complete:
+                return
+            self._answer_whole(x, b"" if x.bodiless else conn.take_body())
+        except KeygateError as exc:
+            self._failed(x, exc)
+        except Exception:
+            log.exception("internal error on %s %s", x.method, x.target.partition("?")[0][:200])
+            self._failed(x, KeygateError())
+        self._finish(x)
+
+    def _response_of(self, x: _Exchange, conn: UpstreamConnection) -> None:
+        x.status = conn.status
+        x.out_headers, x.length = response_headers(conn.headers)
+        x.reason = conn.reason.decode("utf-8", "surrogateescape") or None
+        x.bodiless = is_bodiless(x.method, x.status)
+
+    def _answer_whole(self, x: _Exchange, data: bytes) -> None:
+        conn = x.conn
+        assert conn is not None and x.out_headers is not None
+        conn.finish(reuse=True)
+        x.conn = None
+        answer, _, x.keep_alive = response_head(
+            x.version,
+            x.status,
+            x.reason,
+            x.out_headers,
+            method=x.method,
+            body_length=len(data),
+            keep_alive=x.keep_alive,
+            request_id=x.request_id,
+        )
+        self._write(answer + data if data and not x.bodiless else answer)
+
+    async def _run(self, x: _Exchange, work: Coroutine[None, None, None]) -> None:
+        """Run a forwarding step as this connection's task; every ending is answered."""
         try:
             try:
-                if resolved.credential is not None:
-                    if principal is None:
-                        principal = await gw.verifier.load(digest, resolved.credential.token)
-                        key_id = principal.key_id
-                        authorise(gw, resolved, principal, method, headers, request.query)
-                    key_id = principal.key_id
-                pairs = upstream_header_pairs(
-                    headers,
-                    drop=resolved.drop,
-                    identity=principal.identity if principal is not None else None,
-                    client_ip=self._peer,
-                    proto=self._proto,
-                    host=headers.get("Host"),
-                    request_id=request_id,
-                )
-                gate = gw.gates[route.name]
-                origin = gate.origin
-                assert origin is not None
-                with gate:
-                    head, _ = request_head(
-                        method, upstream_target(gw, resolved), origin.host, pairs, False
-                    )
-                    deadline = edge.loop.time() + route.timeout
-                    with mapped_errors(None):
-                        conn, _ = await open_exchange(
-                            edge.pool, origin, method, head, None, False, deadline
-                        )
-                        status = conn.status
-                        out_headers, length = response_headers(conn.headers)
-                        reason = conn.reason.decode("utf-8", "surrogateescape") or None
-                        bodiless = is_bodiless(method, status)
-                        data = await read_small(conn, bodiless, length)
-                    if data is not None:
-                        conn.finish(reuse=True)
-                        conn = None
-                        answer, _, keep_alive = response_head(
-                            version, status, reason, out_headers,
-                            method=method, body_length=len(data), keep_alive=keep_alive,
-                            request_id=request_id,
-                        )
-                        self._write(answer + data if data and not bodiless else answer)
-                        return
-                    answer, chunked, keep_alive = response_head(
-                        version, status, reason, out_headers,
-                        method=method, body_length=None, keep_alive=keep_alive,
-                        request_id=request_id,
-                    )
-                    sent = True
-                    self._write(answer)
-                    keep_alive = await self._stream(conn, chunked) and keep_alive
-                    conn = None
+                await work
             except KeygateError as exc:
-                status = exc.status
-                if sent:
-                    # Mid-answer: cut the connection, so the message ends short
-                    # of its length or final chunk instead of looking complete.
-                    keep_alive = False
-                    self.abort()
-                    raise
-                keep_alive = self._refuse(exc, method, version, keep_alive, request_id)
+                self._failed(x, exc)
         except asyncio.CancelledError:
-            keep_alive = False  # the client left
+            x.keep_alive = False  # the client left
             raise
-        except KeygateError:
-            pass  # logged below; the connection is cut already
         except Exception:
-            log.exception("internal error on %s %s", method, target.partition("?")[0][:200])
-            keep_alive = False
-            if not sent:
-                self._refuse(KeygateError(), method, version, False, request_id)
-            else:
-                self.abort()
+            log.exception("internal error on %s %s", x.method, x.target.partition("?")[0][:200])
+            self._failed(x, KeygateError())
         finally:
-            if conn is not None and conn.active:
-                conn.abort()  # not read to its end: never reused
-            self._log(method, target, status, started, key_id, route.name, request_id)
+            work.close()  # never started if cancelled at once
             self.task = None
-            self._done(keep_alive)
+            self._finish(x)
 
-    async def _stream(self, conn: UpstreamConnection, chunked: bool) -> bool:
-        """Relay the rest of the body; whether the connection may be reused."""
+    async def _forward(self, x: _Exchange, *, fresh: bool = False) -> None:
+        """The task's road: a cache miss, a new upstream connection, or a retry."""
+        edge = self._edge
+        gw = edge.gw
+        resolved = x.resolved
+        assert resolved is not None and x.gate is not None and x.gate.origin is not None
+        if resolved.credential is not None and x.principal is None:
+            x.principal = principal = await gw.verifier.load(x.digest, resolved.credential.token)
+            x.key_id = principal.key_id
+            authorise(gw, resolved, principal, x.method, x.headers, x.query)
+        head = self._upstream_head(x)
+        x.gate.__enter__()
+        x.gated = True
+        deadline = edge.loop.time() + resolved.route.timeout
+        with mapped_errors(None):
+            x.conn, _ = await open_exchange(
+                edge.pool, x.gate.origin, x.method, head, None, False, deadline, fresh=fresh
+            )
+            self._response_of(x, x.conn)
+            data = await read_small(x.conn, x.bodiless, x.length)
+        if data is not None:
+            self._answer_whole(x, data)
+            return
+        await self._relay(x)
+
+    async def _relay(self, x: _Exchange) -> None:
+        """Stream the answer: the head now, the body as it comes."""
+        conn = x.conn
         transport = self._transport
-        assert transport is not None
+        assert conn is not None and transport is not None and x.out_headers is not None
+        answer, chunked, x.keep_alive = response_head(
+            x.version,
+            x.status,
+            x.reason,
+            x.out_headers,
+            method=x.method,
+            body_length=None,
+            keep_alive=x.keep_alive,
+            request_id=x.request_id,
+        )
+        x.sent = True
+        self._write(answer)
         while True:
             with mapped_errors(None):
                 chunk = await conn.read_body()
             if not chunk:
                 break
             if transport.is_closing():
-                return False  # the client is gone; the caller drops the upstream
+                x.keep_alive = False
+                return  # the client is gone; _finish drops the upstream
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             if self._write_paused:
                 await self._drained()
         conn.finish(reuse=True)
+        x.conn = None
         if chunked:
-            transport.write(b"0\r\n\r\n")
-        return True
+            self._write(b"0\r\n\r\n")
+
+    def _failed(self, x: _Exchange, exc: KeygateError) -> None:
+        x.status = exc.status
+        if x.sent:
+            # Mid-answer: cut the connection, so the message ends short of its
+            # length or final chunk instead of looking complete.
+            x.keep_alive = False
+            self.abort()
+        else:
+            x.keep_alive = self._refuse(exc, x)
+
+    def _finish(self, x: _Exchange) -> None:
+        """The exchange ended, however: release what it held, log it, go on."""
+        if self._current is not x:
+            return  # finished already (the client left)
+        self._current = None
+        conn = x.conn
+        if conn is not None:
+            x.conn = None
+            if conn.active:
+                conn.abort()  # not read to its end: never reused
+        if x.gated:
+            x.gated = False
+            assert x.gate is not None
+            x.gate.__exit__()
+        edge = self._edge
+        edge.busy -= 1
+        if not x.abandoned:
+            self._log(x)
+        if edge.closing and edge.busy == 0:
+            edge.drained()
+        self._done(x.keep_alive)
 
     async def _drained(self) -> None:
         if self._write_paused and self._transport is not None and not self._transport.is_closing():
@@ -547,16 +736,13 @@ class EdgeProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def _refuse(
-        self,
-        exc: KeygateError,
-        method: str,
-        version: str,
-        keep_alive: bool,
-        request_id: str,
-    ) -> bool:
+    def _refuse(self, exc: KeygateError, x: _Exchange) -> bool:
         answer, keep_alive = error_response(
-            exc, version=version, method=method, keep_alive=keep_alive, request_id=request_id
+            exc,
+            version=x.version,
+            method=x.method,
+            keep_alive=x.keep_alive,
+            request_id=x.request_id,
         )
         self._write(answer)
         if not keep_alive:
@@ -575,16 +761,7 @@ class EdgeProtocol(asyncio.Protocol):
         if self._buffer:
             self._serve()
 
-    def _log(
-        self,
-        method: str,
-        target: str,
-        status: int,
-        started: float,
-        key_id: str | None,
-        route: str | None,
-        request_id: str,
-    ) -> None:
+    def _log(self, x: _Exchange) -> None:
         edge = self._edge
         logger = edge.access_log
         if logger is None:
@@ -592,8 +769,10 @@ class EdgeProtocol(asyncio.Protocol):
         write = edge.access_line
         if write is None and not logger.isEnabledFor(logging.INFO):
             return
-        elapsed = edge.loop.time() - started
-        message = access_message(method, target, status, elapsed, key_id, route, request_id)
+        elapsed = edge.loop.time() - x.started
+        message = access_message(
+            x.method, x.target, x.status, elapsed, x.key_id, x.route, x.request_id
+        )
         if write is not None:
             write(message)
         else:

@@ -40,7 +40,7 @@ from .upstream_pool import UpstreamPool
 SMALL_BODY: Final = 64 * 1024
 
 # RFC 9110 §9.2.2: only these may be retried on a fresh connection.
-_IDEMPOTENT: Final = frozenset(
+IDEMPOTENT: Final = frozenset(
     {
         hdrs.METH_GET,
         hdrs.METH_HEAD,
@@ -152,10 +152,14 @@ def mapped_errors(body: RequestBody | None) -> Iterator[None]:
     """
     try:
         yield
-    except TimeoutError as exc:
-        raise failure(body, UpstreamTimeout()) from exc
-    except (UpstreamError, OSError) as exc:
-        raise failure(body, UpstreamUnavailable()) from exc
+    except (TimeoutError, UpstreamError, OSError) as exc:
+        raise failure(body, client_error(exc)) from exc
+
+
+def client_error(exc: TimeoutError | UpstreamError | OSError) -> KeygateError:
+    """What the client is told of an upstream failure."""
+    # TimeoutError is an OSError: test it first.
+    return UpstreamTimeout() if isinstance(exc, TimeoutError) else UpstreamUnavailable()
 
 
 async def open_exchange(
@@ -166,6 +170,8 @@ async def open_exchange(
     body: RequestBody | None,
     chunked: bool,
     deadline: float,
+    *,
+    fresh: bool = False,
 ) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
     """Send a request head (and start its body) and wait for the response head.
 
@@ -173,12 +179,14 @@ async def open_exchange(
     sending the body, if any. Raises UpstreamError, OSError or TimeoutError;
     the caller maps them to 502/504 and must end the connection (``finish``
     or ``abort``) and the task. Both the aiohttp handler and the edge
-    protocol (:mod:`gateway.edge`) take this one road upstream.
+    protocol (:mod:`gateway.edge`) take this one road upstream. ``fresh``: a
+    retry already (the edge's first try failed stale): a new connection, no
+    further retry.
     """
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
-    idempotent = method in _IDEMPOTENT
-    retried = False
+    idempotent = method in IDEMPOTENT
+    retried = fresh
     try:
         while True:
             # A retry takes a new connection: the next idle one may be as stale.

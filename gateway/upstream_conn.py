@@ -12,6 +12,7 @@ close — ends the connection, so a request is never written behind another one
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
 import httptools
@@ -69,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "keep_alive",
         "key",
+        "listener",
         "lost",
         "reason",
         "received",
@@ -92,6 +94,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False
         self.active = False
+        # Called on progress instead of (or as well as) waking a waiter: the
+        # edge protocol drives small exchanges from callbacks, with no task.
+        self.listener: Callable[[], None] | None = None
         self._reset(False)
 
     def _reset(self, head_request: bool) -> None:
@@ -111,9 +116,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.error: BaseException | None = None
 
     # -- driving an exchange (called by gateway.upstream) ------------------------
-    def start(self, head: bytes, deadline: float, head_request: bool) -> None:
+    def start(
+        self,
+        head: bytes,
+        deadline: float,
+        head_request: bool,
+        listener: Callable[[], None] | None = None,
+    ) -> None:
         """Begin an exchange: write the request head, arm the route's deadline."""
         self._reset(head_request)
+        self.listener = listener
         self.active = True
         self.deadline = deadline
         self._pool.busy(self)
@@ -155,6 +167,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self, reuse: bool) -> None:
         """End the exchange: back to the pool if it may be reused, else closed."""
+        self.listener = None
         if reuse and self.complete and self.keep_alive and self.error is None and not self.lost:
             self.active = False
             self._pool.release(self)
@@ -163,6 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection now (broken, unfinished or expired): never reused."""
+        self.listener = None
         if self.active:
             self.active = False
             self._pool.idle(self)
@@ -186,6 +200,9 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        listener = self.listener
+        if listener is not None:
+            listener()
 
     def fail(self, error: BaseException) -> None:
         """Break the exchange with ``error`` (raised to the reader) and drop the connection."""
