@@ -5,6 +5,13 @@ identity headers), so a hit costs one dict lookup and no await. Entries are
 indexed by key id, owner id and group, so a change notice evicts exactly what
 it affects. ``generation`` closes the fill race: a lookup that started before
 an eviction must not re-insert what it read.
+
+Beside the verified keys, a second bounded LRU remembers, per key id, every
+digest the store holds for it (current and rolled-away): a token whose key id
+is real but whose digest is not among them is refused without a store query,
+however many distinct wrong secrets arrive. Only a change to that key (a roll,
+a revoke, a delete: all announced as ``key`` notices) changes the set; owner and
+group changes never do.
 """
 
 from __future__ import annotations
@@ -114,7 +121,12 @@ class KeyCache:
         self._by_key: dict[str, set[bytes]] = {}
         self._by_owner: dict[str, set[bytes]] = {}
         self._by_group: dict[str, set[bytes]] = {}
+        # key id -> (its digests, monotonic deadline); sized like the cache.
+        self._digests: LRUCache[str, tuple[frozenset[bytes], float]] = LRUCache(size)
         self.generation = 0
+        # Bumped only by what can change a key's digests (key notices, clear):
+        # an owner or group notice must not discard a digest fill.
+        self.key_generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -143,6 +155,25 @@ class KeyCache:
         if generation == self.generation:
             self._negative[digest] = True
 
+    def key_digests(self, key_id: str) -> frozenset[bytes] | None:
+        """Every digest the store holds for ``key_id``, or None when not known here."""
+        try:
+            digests, deadline = self._digests[key_id]
+        except KeyError:
+            return None
+        if deadline <= time.monotonic():
+            del self._digests[key_id]
+            return None
+        return digests
+
+    def put_key_digests(
+        self, key_id: str, digests: frozenset[bytes], key_generation: int
+    ) -> None:
+        """Remember ``key_id``'s digests unless a key notice arrived since the lookup
+        began (``key_generation`` as it was then)."""
+        if key_generation == self.key_generation:
+            self._digests[key_id] = (digests, time.monotonic() + self.ttl)
+
     def put(self, digest: bytes, principal: Principal, generation: int) -> None:
         """Insert unless a change notice arrived since the lookup began."""
         if generation != self.generation:
@@ -156,6 +187,8 @@ class KeyCache:
 
     # --- eviction ---------------------------------------------------------
     def evict_key(self, key_id: str) -> None:
+        self.key_generation += 1
+        self._digests.pop(key_id, None)
         self._evict(self._by_key.get(key_id, ()))
 
     def evict_owner(self, owner_id: str) -> None:
@@ -168,7 +201,9 @@ class KeyCache:
         """Apply one change notice (kind: key | key-created | user | group | all)."""
         if kind == "key-created":
             # Nothing can be cached for a key that did not exist (its token is
-            # new and random): evicting here would only drop a fresh entry.
+            # new and random): evicting here would only drop a fresh entry. Nor
+            # can its id have a digest set: ids are random and never reused, and
+            # this notice comes back as an echo after the key's first lookup.
             return
         if kind == "key":
             self.evict_key(ref)
@@ -181,8 +216,10 @@ class KeyCache:
 
     def clear(self) -> None:
         self.generation += 1
+        self.key_generation += 1
         self._entries.clear()
         self._negative.clear()
+        self._digests.clear()
         self._by_key.clear()
         self._by_owner.clear()
         self._by_group.clear()

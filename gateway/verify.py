@@ -2,6 +2,13 @@
 
 ``check_cached`` is the hot path: pure, synchronous, no store. Only a miss
 awaits the store, and its answer is cached (positive or negative).
+
+Refusals cost no store query once memory knows enough: a key id that no key
+has (``KeyIdSet``), or a real key id whose digests are all known and do not
+include the token's (``KeyCache.key_digests``). Memory can lag the store by
+the time a change notice takes to arrive, so such a refusal also needs a
+change-feed catch-up that started at most ``catch_up_window`` before the
+request: a key created or rolled elsewhere before that is already applied.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from . import keyformat
 from .cache import KeyCache, Principal, principal_from
@@ -18,22 +26,28 @@ from .keyids import KeyIdSet
 from .store.base import Store
 from .usage import UsageRecorder
 
+T = TypeVar("T")
+
 log = logging.getLogger("keygate.verify")
 # While the store is down, say so at most this often (seconds).
 OUTAGE_LOG_INTERVAL = 10.0
-# A key id missing from the in-memory set triggers a change-feed check, unless
-# one started this recently before the request: under a flood of forged ids the
-# store sees at most ~50 trivial queries a second, not one per request.
+# A refusal from memory (a key id missing from the in-memory set, or a digest
+# its key does not have) needs a change-feed check that started at most this
+# long before the request: under a flood of forged tokens the store sees at most
+# ~50 trivial queries a second, not one per request.
 CATCH_UP_WINDOW = 0.02
 
+
+def _invalid() -> Unauthorized:
+    return Unauthorized("The API key is not valid.", code="invalid_api_key")
 
 
 def check_status(principal: Principal, now: float) -> None:
     """Raise the 401 of SPEC §5.3 unless the key may authenticate at ``now``."""
     if principal.key_status == "revoked" or not principal.owner_active:
-        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+        raise _invalid()
     if principal.grace_until is not None and principal.grace_until <= now:
-        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+        raise _invalid()
     if principal.key_status == "disabled":
         raise key_disabled()
     if principal.expires_at is not None and principal.expires_at <= now:
@@ -48,25 +62,45 @@ class Verifier:
         self.cache = cache
         self.usage = usage
         self.prefix = key_prefix
-        self.lookups = 0  # store lookups performed (tests count them)
+        self.lookups = 0  # store queries for verification, by digest or key id (tests count them)
         self._outage_logged = 0.0
         # Known key ids and how to catch up with the change feed; set by the app.
         self.key_ids: KeyIdSet | None = None
         self.catch_up: Callable[[], Awaitable[None]] | None = None
+        # Instance settings so tests can drive the coverage rule deterministically.
+        self.catch_up_window = CATCH_UP_WINDOW
+        self.clock: Callable[[], float] = time.monotonic
+        self._key_id_at = len(key_prefix) + 1
         self._catching_up: asyncio.Future[None] | None = None
-        self._caught_up_at = float("-inf")
+        self._caught_up_at = float("-inf")  # when the newest catch-up started
+        # When the newest catch-up that completed started: every notice committed
+        # before then has been applied to memory.
+        self._covered_since = float("-inf")
 
     def digest_of(self, token: str) -> bytes:
         """Format and checksum first: a typo never reaches cache or store."""
         keyformat.check_format(token, self.prefix)
         return keyformat.digest(token)
 
-    def check_cached(self, digest: bytes) -> Principal | None:
-        """The verified principal on a cache hit (raises on a refused key), else None."""
+    def key_id_of(self, token: str) -> str:
+        """The key id of a token that passed ``digest_of``."""
+        return token[self._key_id_at : self._key_id_at + keyformat.KEY_ID_LEN]
+
+    def check_cached(self, digest: bytes, token: str | None = None) -> Principal | None:
+        """The verified principal on a cache hit (raises on a refused key), else None.
+
+        With ``token``, a miss that memory alone proves unknown to the store is
+        refused here too; None means "ask ``load``", never "valid".
+        """
         principal = self.cache.get(digest)
         if principal is None:
             if self.cache.is_known_unknown(digest):
-                raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+                raise _invalid()
+            if token is not None and self._unknown_in_memory(digest, token):
+                # Not remembered as unknown: the refusal is only as fresh as the
+                # last catch-up, and a token rolled elsewhere inside that window
+                # must work on the next try, not after negative_cache_ttl.
+                raise _invalid()
             return None
         now = time.time()
         expires = principal.expires_at
@@ -75,23 +109,73 @@ class Verifier:
         self.usage.touch(principal.key_id, now)
         return principal
 
+    def _unknown_in_memory(self, digest: bytes, token: str) -> bool:
+        key_id = self.key_id_of(token)
+        key_ids = self.key_ids
+        if key_ids is None or key_id in key_ids:
+            digests = self.cache.key_digests(key_id)
+            if digests is None or digest in digests:
+                return False
+        return self._covered(self.clock())
+
+    def _covered(self, arrived: float) -> bool:
+        """Whether memory holds every change committed up to ``catch_up_window``
+        before ``arrived`` (with no change feed, memory is all there is)."""
+        return self.catch_up is None or self._covered_since >= arrived - self.catch_up_window
+
     async def load(self, digest: bytes, token: str | None = None) -> Principal:
         """The miss path: one store lookup, then the same checks as a hit.
 
-        With ``token``, a key id that no key has is refused from memory.
+        With ``token``, a key id that no key has, or a digest that the key's
+        known digests do not include, is refused from memory after a catch-up.
         """
-        generation = self.cache.generation
-        if token is not None and self.key_ids is not None:
-            start = len(self.prefix) + 1
-            key_id = token[start : start + keyformat.KEY_ID_LEN]
-            if key_id not in self.key_ids:
-                await self._catch_up(time.monotonic())
-                if key_id not in self.key_ids:
-                    self.cache.remember_unknown(digest, generation)
-                    raise Unauthorized("The API key is not valid.", code="invalid_api_key")
-        self.lookups += 1
+        if token is None:
+            generation = self.cache.generation
+            self.lookups += 1
+            record = await self._query(self.store.auth_lookup(digest))
+        else:
+            key_id = self.key_id_of(token)
+            await self._refuse_from_memory(digest, key_id)
+            # Taken after the catch-up: what it applied is older than the read
+            # below, so only a notice arriving during the read discards the fill.
+            generation = self.cache.generation
+            key_generation = self.cache.key_generation
+            self.lookups += 1
+            found = await self._query(self.store.auth_lookup_key(key_id, digest))
+            self.cache.put_key_digests(key_id, found.digests, key_generation)
+            record = found.record
+        if record is None:
+            self.cache.remember_unknown(digest, generation)
+            raise _invalid()
+        principal = principal_from(record, self.cache.ttl)
+        self.cache.put(digest, principal, generation)
+        check_status(principal, time.time())
+        self.usage.touch(principal.key_id)
+        return principal
+
+    async def _refuse_from_memory(self, digest: bytes, key_id: str) -> None:
+        """Raise when memory, caught up with the change feed, knows the store
+        would not find ``digest``; return when only the store can tell."""
+        arrived = self.clock()
+        key_ids = self.key_ids
+        if key_ids is not None and key_id not in key_ids:
+            await self._catch_up(arrived)
+            if key_id not in key_ids:
+                # Decided on memory as it is now, after the catch-up.
+                self.cache.remember_unknown(digest, self.cache.generation)
+                raise _invalid()
+        digests = self.cache.key_digests(key_id)
+        if digests is not None and digest not in digests:
+            # A roll elsewhere may not be applied yet; the catch-up evicts the
+            # set if so, and the store is asked below.
+            await self._catch_up(arrived)
+            digests = self.cache.key_digests(key_id)
+            if digests is not None and digest not in digests:
+                raise _invalid()  # not remembered: see check_cached
+
+    async def _query(self, query: Awaitable[T]) -> T:
         try:
-            record = await self.store.auth_lookup(digest)
+            return await query
         except StoreUnavailable:
             now = time.monotonic()
             if now - self._outage_logged >= OUTAGE_LOG_INTERVAL:
@@ -102,35 +186,38 @@ class Verifier:
                     len(self.cache),
                 )
             raise
-        if record is None:
-            self.cache.remember_unknown(digest, generation)
-            raise Unauthorized("The API key is not valid.", code="invalid_api_key")
-        principal = principal_from(record, self.cache.ttl)
-        self.cache.put(digest, principal, generation)
-        check_status(principal, time.time())
-        self.usage.touch(principal.key_id)
-        return principal
 
     async def verify(self, token: str) -> Principal:
         digest = self.digest_of(token)
-        principal = self.check_cached(digest)
+        principal = self.check_cached(digest, token)
         if principal is None:
             principal = await self.load(digest, token)
         return principal
 
     async def _catch_up(self, arrived: float) -> None:
-        """Apply pending change notices (a key created a moment ago elsewhere).
+        """Apply pending change notices (a key created or rolled a moment ago elsewhere).
 
         One check at a time; concurrent misses share it when it started at most
-        CATCH_UP_WINDOW before they arrived.
+        ``catch_up_window`` before they arrived, and wait for it to finish.
         """
         if self.catch_up is None:
             return
-        while self._caught_up_at < arrived - CATCH_UP_WINDOW:
+        while True:
             task = self._catching_up
+            if self._caught_up_at >= arrived - self.catch_up_window:
+                # Started late enough to cover this request: its result counts
+                # only once it is in memory.
+                if task is not None and not task.done():
+                    await asyncio.shield(task)
+                return
             if task is None or task.done():
                 # Never await a finished future here: it would not yield, and
                 # the loop would spin with the event loop blocked.
-                self._caught_up_at = time.monotonic()
-                task = self._catching_up = asyncio.ensure_future(self.catch_up())
+                started = self._caught_up_at = self.clock()
+                task = self._catching_up = asyncio.ensure_future(self._run_catch_up(started))
             await asyncio.shield(task)
+
+    async def _run_catch_up(self, started: float) -> None:
+        assert self.catch_up is not None
+        await self.catch_up()
+        self._covered_since = max(self._covered_since, started)

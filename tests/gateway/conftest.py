@@ -27,7 +27,7 @@ from gateway.app import build_app
 from gateway.service import ServiceContext
 from gateway.service.bootstrap import create_first_admin
 from gateway.state import gateway_key
-from gateway.store.records import AuthRecord, Change
+from gateway.store.records import AuthRecord, Change, KeyAuth
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Keygate, KeygateTestServer, make_settings
 
@@ -146,7 +146,7 @@ class CountingStore(SQLiteStore):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
-        self.auth_lookups = 0
+        self.auth_lookups = 0  # verification queries: by digest or by key id
         self.touch_batches: list[dict[str, float]] = []
         self.changes_reads = 0
         self.version_probes = 0
@@ -154,6 +154,11 @@ class CountingStore(SQLiteStore):
     async def auth_lookup(self, digest: bytes) -> AuthRecord | None:
         self.auth_lookups += 1
         return await super().auth_lookup(digest)
+
+    async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
+        # The same verification query, by key id: counted with auth_lookup.
+        self.auth_lookups += 1
+        return await super().auth_lookup_key(key_id, digest)
 
     async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
         self.touch_batches.append(dict(stamps))
