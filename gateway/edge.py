@@ -28,17 +28,19 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import unquote
 
 import httptools
+from aiohttp import hdrs
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from .accesslog import access_message
 from .cache import Principal
-from .errors import BadPath, KeygateError, UpstreamBusy
+from .errors import BadPath, KeygateError, TooLarge, UpstreamBusy
 from .forward import RouteGate
 from .headers import RequestIds, request_id_or_new, upstream_header_pairs
 from .logsetup import info_line_writer
@@ -74,6 +76,29 @@ _HOST: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)
 # Names that send a request to aiohttp: its body, its framing or its protocol
 # is something only the full server handles.
 _AIOHTTP_ONLY: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
+# The largest request body the edge forwards itself (whole, from its buffer).
+MAX_BODY: Final = 64 * 1024
+# aiohttp's parser names every field it knows by its hdrs constant (see
+# aiohttp/_http_parser.pyx find_header); the edge hands on the same names.
+_CANONICAL: Final = {
+    str(v).lower().encode(): str(v) for v in vars(hdrs).values() if isinstance(v, istr)
+}
+# Fields aiohttp's request parser refuses to see twice (RFC 9110 singletons).
+_SINGLETONS: Final = frozenset(
+    name.lower().encode()
+    for name in (
+        hdrs.CONTENT_LENGTH,
+        hdrs.CONTENT_LOCATION,
+        hdrs.CONTENT_RANGE,
+        hdrs.CONTENT_TYPE,
+        hdrs.ETAG,
+        hdrs.HOST,
+        hdrs.MAX_FORWARDS,
+        hdrs.SERVER,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.USER_AGENT,
+    )
+)
 # Pipelined bytes buffered while a request is in flight before reading pauses.
 _PIPELINE_LIMIT: Final = 64 * 1024
 _CRLFCRLF: Final = b"\r\n\r\n"
@@ -86,12 +111,26 @@ _CLOSED: Final = object()  # refused at once; the connection closes
 _FORWARDING: Final = object()  # a task forwards it
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A request as parsed from the buffer; ``size`` bytes of it, body included."""
+
+    method: str
+    target: str
+    version: str
+    headers: CIMultiDictProxy[str]
+    keep_alive: bool
+    body: bytes
+    size: int
+
+
 class _Exchange:
     """One request on the edge, from its head to the end of its answer."""
 
     __slots__ = (
         "abandoned",
         "bodiless",
+        "body",
         "conn",
         "digest",
         "gate",
@@ -115,23 +154,14 @@ class _Exchange:
         "version",
     )
 
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        query: str,
-        version: str,
-        headers: CIMultiDictProxy[str],
-        keep_alive: bool,
-        request_id: str,
-        started: float,
-    ) -> None:
-        self.method = method
-        self.target = target
+    def __init__(self, request: _Request, query: str, request_id: str, started: float) -> None:
+        self.method = request.method
+        self.target = request.target
         self.query = query
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
+        self.version = request.version
+        self.headers = request.headers
+        self.keep_alive = request.keep_alive
+        self.body = request.body
         self.request_id = request_id
         self.started = started
         self.resolved: Resolved | None = None
@@ -354,29 +384,32 @@ class EdgeProtocol(asyncio.Protocol):
         edge = self._edge
         while self._buffer and self._current is None and not edge.closing:
             buffer = self._buffer
-            end = buffer.find(_CRLFCRLF, 0, edge.max_head)
-            parsed = self._parse(buffer[: end + 4]) if end >= 0 else None
+            parsed = self._parse(buffer)
             if parsed is None:
                 return self._hand_off()
-            outcome = self._start(*parsed)
+            outcome = self._start(parsed)
             if outcome is _HAND_OFF:
                 return self._hand_off()
-            self._buffer = buffer[end + 4 :]
+            self._buffer = buffer[parsed.size :]
             if outcome is _CLOSED:
                 return None
         if edge.closing and self._current is None:
             self.close()
         return None
 
-    def _parse(
-        self, head: bytes
-    ) -> tuple[str, str, str, CIMultiDictProxy[str], bool] | None:
-        """(method, target, version, headers, keep-alive) of a head the edge may take."""
+    def _parse(self, buffer: bytes) -> _Request | None:
+        """The first request in ``buffer`` if the edge may take it, else None."""
+        edge = self._edge
+        end = buffer.find(_CRLFCRLF, 0, edge.max_head)
+        if end < 0:
+            return None  # a partial head: aiohttp bounds its time and size
+        size = end + 4
+        head = buffer[:size]
         lines = head.count(b"\r\n")
         if (
             head.count(b"\n") != lines
             or head.count(b"\r") != lines
-            or lines - 2 > self._edge.max_headers
+            or lines - 2 > edge.max_headers
             or b"\x00" in head
             or b"\n " in head
             or b"\n\t" in head
@@ -390,8 +423,6 @@ class EdgeProtocol(asyncio.Protocol):
             parser.feed_data(head)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return None
-        if not self._complete:
-            return None  # a body follows
         url = self._url
         if not url.startswith(b"/") or url.translate(None, _TARGET_BYTES) or b"#" in url:
             return None
@@ -401,26 +432,52 @@ class EdgeProtocol(asyncio.Protocol):
             return None
         pairs: list[tuple[str, str]] = []
         hosts = 0
+        length = -1
+        singletons: set[bytes] | None = None
         for raw_name, raw_value in self._header_pairs:
-            name = raw_name.decode("utf-8", "surrogateescape")
-            value = raw_value.decode("utf-8", "surrogateescape")
+            low_bytes = raw_name.lower()
+            # As aiohttp's parser reads a field: a known name in its canonical
+            # spelling, the value without trailing whitespace (llhttp strips
+            # only the leading OWS).
+            name = _CANONICAL.get(low_bytes) or raw_name.decode("utf-8", "surrogateescape")
+            value = raw_value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+            if low_bytes in _SINGLETONS:
+                if singletons is None:
+                    singletons = {low_bytes}
+                elif low_bytes in singletons:
+                    return None  # a repeated singleton field: aiohttp's 400
+                else:
+                    singletons.add(low_bytes)
             low = name.lower()
             if low == "host":
                 hosts += 1
                 if not _HOST.fullmatch(value):
                     return None
             elif low == "content-length":
-                if value != "0":
-                    return None
+                if length >= 0 or not (value.isascii() and value.isdigit()) or len(value) > 9:
+                    return None  # repeated or odd: aiohttp's parser judges it
+                length = int(value)
             elif low in _AIOHTTP_ONLY:
                 return None
             pairs.append((name, value))
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             return None
+        body = b""
+        if not self._complete:
+            # A body: the edge takes it only whole, small and here already;
+            # a larger or slower one streams through aiohttp.
+            if length <= 0 or length > MAX_BODY or len(buffer) < size + length:
+                return None
+            body = buffer[size : size + length]
+            try:
+                parser.feed_data(body)
+            except httptools.HttpParserError:
+                return None
+            if not self._complete:
+                return None
+            size += length
         headers = CIMultiDictProxy(CIMultiDict(pairs))
-        if len(headers.getall("Content-Length", ())) > 1:
-            return None
-        return method, url.decode("ascii"), version, headers, self._keep_alive
+        return _Request(method, url.decode("ascii"), version, headers, self._keep_alive, body, size)
 
     def _hand_off(self) -> None:
         """From now on this connection is aiohttp's, starting with the bytes buffered."""
@@ -437,17 +494,11 @@ class EdgeProtocol(asyncio.Protocol):
         if data:
             handler.data_received(data)
 
-    def _start(
-        self,
-        method: str,
-        target: str,
-        version: str,
-        headers: CIMultiDictProxy[str],
-        keep_alive: bool,
-    ) -> object:
+    def _start(self, request: _Request) -> object:
         """Serve one request: answered at once, forwarded by a task, or aiohttp's."""
         edge = self._edge
         gw = edge.gw
+        method, target, headers = request.method, request.target, request.headers
         raw_path, _, query = target.partition("?")
         prefix = edge.admin_prefix
         try:
@@ -462,22 +513,17 @@ class EdgeProtocol(asyncio.Protocol):
             # The admin app's, and so are tricks aimed into its prefix: aiohttp's
             # router decodes escapes (but %2F) before matching the sub-app.
             return _HAND_OFF
-        x = _Exchange(
-            method,
-            target,
-            query,
-            version,
-            headers,
-            keep_alive,
-            request_id_or_new(headers.get("X-Request-Id"), edge.ids),
-            edge.loop.time(),
-        )
+        request_id = request_id_or_new(headers.get("X-Request-Id"), edge.ids)
+        x = _Exchange(request, query, request_id, edge.loop.time())
         try:
             x.resolved = resolved = resolve(gw, headers, path, query)
             x.route = resolved.route.name
             gate = x.gate = gw.gates[x.route]
             if gate.origin is None:
                 return _HAND_OFF  # an https upstream: aiohttp's client speaks TLS
+            limit = resolved.route.max_body_bytes
+            if limit is not None and len(request.body) > limit:
+                raise TooLarge()
             if resolved.credential is not None:
                 verifier = gw.verifier
                 token = resolved.credential.token
@@ -521,7 +567,10 @@ class EdgeProtocol(asyncio.Protocol):
             request_id=x.request_id,
         )
         target = upstream_target(gw, resolved)
-        return request_head(x.method, target, x.gate.origin.host, pairs, False)[0]
+        # The client's Content-Length goes on with the pairs; the body follows
+        # the head in the same write.
+        head = request_head(x.method, target, x.gate.origin.host, pairs, False)[0]
+        return head + x.body if x.body else head
 
     def _send(self, x: _Exchange, conn: UpstreamConnection) -> bool:
         """Forward on an idle pooled connection, driven by its callbacks (no task).

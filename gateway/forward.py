@@ -40,7 +40,7 @@ from .errors import (
 )
 from .headers import downstream_response_headers
 from .request_body import RequestBody, failure
-from .upstream import Headers, Origin, abort_client, exchange
+from .upstream import Headers, Origin, abort_client, close_if_unframed, exchange
 from .upstream_pool import UpstreamPool
 
 _WebSocket: TypeAlias = "web.WebSocketResponse | aiohttp.ClientWebSocketResponse"
@@ -236,6 +236,7 @@ async def _relay_response(
             reason=upstream.reason,
             headers=downstream_response_headers(upstream.headers),
         )
+        close_if_unframed(request, response)
         # HEAD, 204 and 304 carry no body; aiohttp knows, the loop below ends at once.
         await response.prepare(request)
         content = upstream.content

@@ -27,6 +27,7 @@ from typing import Final
 
 import yarl
 from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from .errors import KeygateError, UpstreamTimeout, UpstreamUnavailable
 from .headers import HOP_BY_HOP
@@ -286,6 +287,16 @@ async def exchange(
             sender.cancel()
 
 
+def close_if_unframed(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An HTTP/1.0 answer of unknown length ends with the connection (RFC 9112 §6.3).
+
+    aiohttp sends no chunks to HTTP/1.0 but keeps a keep-alive connection open
+    after such a body, so the client could never tell where it ends.
+    """
+    if request.version < HttpVersion11 and hdrs.CONTENT_LENGTH not in response.headers:
+        response.force_close()
+
+
 async def _stream(
     request: web.Request,
     conn: UpstreamConnection,
@@ -295,6 +306,7 @@ async def _stream(
     body: RequestBody | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=status, reason=reason, headers=headers)
+    close_if_unframed(request, response)
     await response.prepare(request)
     while True:
         try:

@@ -54,10 +54,17 @@ def response_head(
     connection on HTTP/1.0. ``keep_alive`` is the request's wish; the result
     says whether the connection stays open.
     """
-    lead, chunked, keep_alive = _head(
-        version, status, reason, headers, method, body_length, keep_alive, rfc822_formatted_time()
+    return _head(
+        version,
+        status,
+        reason,
+        headers,
+        method,
+        body_length,
+        keep_alive,
+        rfc822_formatted_time(),
+        request_id,
     )
-    return b"%sX-Request-Id: %s\r\n\r\n" % (lead, _encode(request_id)), chunked, keep_alive
 
 
 def _encode(text: str) -> bytes:
@@ -73,8 +80,14 @@ def _head(
     body_length: int | None,
     keep_alive: bool,
     date: str,
+    request_id: str | None,
 ) -> tuple[bytes, bool, bool]:
-    """The head up to X-Request-Id, which keygate adds last."""
+    """The head; without ``request_id``, all of it up to X-Request-Id, for the caller to end.
+
+    keygate's X-Request-Id replaces the first one in ``headers`` where it
+    stands (aiohttp's ``headers[name] = value``), or comes last.
+    """
+    id_line = None if request_id is None else f"X-Request-Id: {request_id}\r\n"
     must_be_empty = status in _EMPTY_STATUSES or method == "HEAD"
     out: list[str] = [f"HTTP/{version} {status} {reason_of(status, reason)}\r\n"]
     length: int | None = None
@@ -102,7 +115,10 @@ def _head(
             else:
                 have_connection = True
         elif low == _X_REQUEST_ID:
-            continue  # replaced by keygate's own
+            if id_line is not None:
+                out.append(id_line)  # keygate's own, once, in the first one's place
+                id_line = ""
+            continue
         out += (name, ": ", value, "\r\n")
     chunked = False
     if body_length is not None:
@@ -129,6 +145,8 @@ def _head(
                 out.append("Connection: keep-alive\r\n")
         elif version == "1.1":
             out.append("Connection: close\r\n")
+    if id_line is not None:
+        out += (id_line, "\r\n")
     return _encode("".join(out)), chunked, keep_alive
 
 
@@ -165,5 +183,6 @@ def _error_head(
         length,
         keep_alive,
         date,
+        None,
     )
     return lead, keep_alive
