@@ -50,6 +50,8 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
         Scenario("zipf-1m", "1,000,000 keys, cache 100,000, Zipf(s=1) over 200,000 keys",
                  (Load("zipf", str(t.zipf_sample), conns),), (*CHECKERS, "keygate-1m"),
                  subject="keygate-1m"),
+        Scenario(f"post-c{conns}", f"valid cached key, 1 KiB JSON POST, {conns} connections",
+                 (Load("static", t.valid, conns, body=1024),), (*PROXIES, "keygate")),
         Scenario("stream-1mib", "valid key, 1 MiB streamed response, 10 connections",
                  (Load("static", t.valid, 10, path="/big"),), (*PROXIES, "keygate")),
     ]

@@ -1,6 +1,7 @@
 """Run wrk with a generated Lua script and read its result as one JSON line.
 
-Request shapes: ``static`` (one header value, wrk's fast path), ``cycle``
+Request shapes: ``static`` (one header value, wrk's fast path; optionally a
+POSTed JSON body of ``Load.body`` bytes), ``cycle``
 (tokens from a file, in order from a random start) and ``zipf`` (tokens from a
 file, rank k chosen with probability proportional to 1/k^s). Every script ends
 with the same ``done()`` that prints ``BENCHJSON {...}``.
@@ -32,6 +33,13 @@ _STATIC = r"""
 function init(args)
   if args[1] ~= "" then wrk.headers["X-API-Key"] = args[1] end
   wrk.path = args[2]
+  local size = tonumber(args[4]) or 0
+  if size > 0 then
+    -- A JSON document of exactly `size` bytes, as an API client would POST.
+    wrk.method = "POST"
+    wrk.headers["Content-Type"] = "application/json"
+    wrk.body = '{"data":"' .. string.rep("x", size - 11) .. '"}'
+  end
 end
 """
 
@@ -98,6 +106,7 @@ class Load:
     connections: int
     path: str = "/"
     zipf_s: float = 1.0
+    body: int = 0  # static only: POST a JSON body of this many bytes
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,7 @@ def start(
     argv = [
         WRK, "-t1", f"-c{load.connections}", f"-d{seconds:g}s", "--timeout", "10s",
         "-s", str(scripts[load.shape]), f"http://127.0.0.1:{port}",
-        "--", load.arg, load.path, str(load.zipf_s),
+        "--", load.arg, load.path, str(load.zipf_s), str(load.body),
     ]
     return spawn(f"wrk:{port}", argv, log, cpus=cpus)
 
