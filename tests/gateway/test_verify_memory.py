@@ -9,6 +9,7 @@ fake clock on the verifier, so nothing here depends on how fast the machine is.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -546,3 +547,34 @@ async def test_memory_notices_applied_by_the_catch_up_keep_the_fill(bare_store: 
     assert verifier.check_cached(digest, admin.token) is not None
     assert cache.key_digests(admin.key.id) == {digest}
     assert verifier.lookups == 1
+
+
+async def test_memory_request_during_a_covering_catch_up_waits_for_it(bare_store: Store) -> None:
+    admin = await create_first_admin(ServiceContext(bare_store, AuthSettings()))
+    cache = KeyCache(100, 60, 5)
+    verifier = Verifier(bare_store, cache, UsageRecorder(bare_store, 3600.0), "kg")
+    verifier.clock = FakeClock()
+    verifier.key_ids = KeyIdSet()  # the admin key looks created after the snapshot
+    key_ids = verifier.key_ids
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def catch_up() -> None:
+        started.set()
+        await release.wait()
+        key_ids.add(admin.key.id)  # the notice this catch-up brings
+
+    verifier.catch_up = catch_up
+    forged_token = forged()
+    first = asyncio.create_task(verifier.load(keyformat.digest(forged_token), forged_token))
+    await asyncio.wait_for(started.wait(), 2.0)
+    # Arrives inside the running catch-up's window: not refused before it ends.
+    digest = keyformat.digest(admin.token)
+    assert verifier.check_cached(digest, admin.token) is None
+    second = asyncio.create_task(verifier.load(digest, admin.token))
+    await asyncio.sleep(0)  # let it reach the catch-up (one loop turn, not a delay)
+    assert not second.done()
+    release.set()
+    assert (await asyncio.wait_for(second, 2.0)).key_id == admin.key.id
+    with pytest.raises(Unauthorized):
+        await first
