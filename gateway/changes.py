@@ -31,6 +31,7 @@ class ChangeWatcher:
         self._failing = False
         self._probe = getattr(store, "data_version", None)
         self._last_version: int | None = None
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._seq = await self._store.change_seq()
@@ -45,6 +46,10 @@ class ChangeWatcher:
 
     async def poll(self) -> int:
         """Apply every notice newer than the last one seen; return how many."""
+        async with self._lock:
+            return await self._poll()
+
+    async def _poll(self) -> int:
         changes = await self._store.changes_since(self._seq)
         for change in changes:
             await self._apply(change.kind, change.ref)
@@ -52,13 +57,19 @@ class ChangeWatcher:
         return len(changes)
 
     async def tick(self) -> None:
-        """One check: read notices only when the cheap probe says something moved."""
-        if self._probe is not None:
-            version = await self._probe()
-            if version == self._last_version:
-                return
-            self._last_version = version
-        await self.poll()
+        """One check: read notices only when the cheap probe says something moved.
+
+        One at a time: a tick that saw the probe move owns the notices until
+        they are applied, so a concurrent one (a verifier's catch-up beside
+        the poll loop) must not return "nothing new" before that.
+        """
+        async with self._lock:
+            if self._probe is not None:
+                version = await self._probe()
+                if version == self._last_version:
+                    return
+                self._last_version = version
+            await self._poll()
 
     async def _run(self) -> None:
         while True:

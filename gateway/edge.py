@@ -28,8 +28,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, NamedTuple, cast
 from urllib.parse import unquote
 
 import httptools
@@ -75,7 +74,7 @@ _TARGET_BYTES: Final = bytes(range(0x21, 0x7F))
 _HOST: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 # Names that send a request to aiohttp: its body, its framing or its protocol
 # is something only the full server handles.
-_AIOHTTP_ONLY: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
+_AIOHTTP_ONLY: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 # The largest request body the edge forwards itself (whole, from its buffer).
 MAX_BODY: Final = 64 * 1024
 # aiohttp's parser names every field it knows by its hdrs constant (see
@@ -111,8 +110,7 @@ _CLOSED: Final = object()  # refused at once; the connection closes
 _FORWARDING: Final = object()  # a task forwards it
 
 
-@dataclass(frozen=True, slots=True)
-class _Request:
+class _Request(NamedTuple):
     """A request as parsed from the buffer; ``size`` bytes of it, body included."""
 
     method: str
@@ -448,16 +446,15 @@ class EdgeProtocol(asyncio.Protocol):
                     return None  # a repeated singleton field: aiohttp's 400
                 else:
                     singletons.add(low_bytes)
-            low = name.lower()
-            if low == "host":
+            if low_bytes == b"host":
                 hosts += 1
                 if not _HOST.fullmatch(value):
                     return None
-            elif low == "content-length":
+            elif low_bytes == b"content-length":
                 if length >= 0 or not (value.isascii() and value.isdigit()) or len(value) > 9:
                     return None  # repeated or odd: aiohttp's parser judges it
                 length = int(value)
-            elif low in _AIOHTTP_ONLY:
+            elif low_bytes in _AIOHTTP_ONLY:
                 return None
             pairs.append((name, value))
         if hosts > 1 or (hosts == 0 and version == "1.1"):

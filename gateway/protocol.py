@@ -29,7 +29,10 @@ from aiohttp.web_request import BaseRequest
 from .accesslog import AccessLogger
 from .edge import Edge, EdgeProtocol
 from .errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
+from .headers import RequestIds
 from .state import gateway_key
+
+X_REQUEST_ID = "X-Request-Id"
 
 log = logging.getLogger("keygate.protocol")
 
@@ -137,6 +140,11 @@ class KeygateRequestHandler(RequestHandler):
         response = web.Response(
             status=error.status, body=error.body(), content_type="application/json"
         )
+        ids = getattr(self._manager, "ids", None)
+        if ids is not None:
+            # SPEC §5: an X-Request-Id on every response, even one to a
+            # request too malformed to have had its own read.
+            response.headers[X_REQUEST_ID] = ids.new()
         response.force_close()
         return response
 
@@ -150,6 +158,8 @@ class KeygateServer(web.Server):
     """
 
     edge: Edge | None = None
+    # Request ids for the answers to requests aiohttp's parser refused.
+    ids: RequestIds | None = None
 
     def new_handler(self) -> RequestHandler:
         return KeygateRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -192,6 +202,7 @@ class KeygateRunner(web.AppRunner):
         # instantiates, and web.Server has no __slots__.
         server.__class__ = KeygateServer
         assert isinstance(server, KeygateServer)
+        server.ids = RequestIds()
         gw = self.app.get(gateway_key)
         if gw is not None and gw.settings.server.fast_path and gw.session is not None:
             pool = getattr(gw.session.connector, "upstream_pool", None)

@@ -293,6 +293,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            # A trailer field (after the last chunk): never merged into the
+            # header section already relayed (RFC 9110 §6.5.1); dropped.
+            return
         if len(name) + len(value) > MAX_HEADER_LINE or len(self.headers) >= MAX_HEADERS:
             raise UpstreamError("response header too large")
         self.headers.append((name, value))
