@@ -524,8 +524,7 @@ class EdgeProtocol(asyncio.Protocol):
             if resolved.credential is not None:
                 verifier = gw.verifier
                 token = resolved.credential.token
-                x.digest = digest = verifier.digest_of(token)
-                principal = verifier.check_cached(digest, token)
+                x.digest, principal = verifier.cached(token)
                 if principal is not None:
                     x.principal = principal
                     x.key_id = principal.key_id
@@ -535,7 +534,11 @@ class EdgeProtocol(asyncio.Protocol):
                 gate.in_flight >= gate.limit
             ):
                 raise UpstreamBusy()
-        except KeygateError as exc:
+        except Exception as exc:
+            if not isinstance(exc, KeygateError):
+                # A bug, never a traceback to the client: the 500 of SPEC §5.
+                log.exception("internal error on %s %s", method, raw_path[:200])
+                exc = KeygateError()
             x.status = exc.status
             keep_alive = self._refuse(exc, x)
             self._log(x)

@@ -178,8 +178,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     identity = None
     if resolved.credential is not None:
         verifier = gw.verifier
-        digest = verifier.digest_of(resolved.credential.token)
-        principal = verifier.check_cached(digest, resolved.credential.token)
+        digest, principal = verifier.cached(resolved.credential.token)
         if principal is None:
             principal = await verifier.load(digest, resolved.credential.token)
         request[key_id_key] = principal.key_id

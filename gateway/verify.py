@@ -1,6 +1,6 @@
 """Token → Principal: format check, digest, cache, store, status rules (SPEC §5.3).
 
-``check_cached`` is the hot path: pure, synchronous, no store. Only a miss
+``cached`` (and ``check_cached``) is the hot path: pure, synchronous, no store. Only a miss
 awaits the store, and its answer is cached (positive or negative).
 
 Refusals cost no store query once memory knows enough: a key id that no key
@@ -86,6 +86,22 @@ class Verifier:
         """The key id of a token that passed ``digest_of``."""
         return token[self._key_id_at : self._key_id_at + keyformat.KEY_ID_LEN]
 
+    def cached(self, token: str) -> tuple[bytes, Principal | None]:
+        """(digest, the verified principal on a cache hit), raising on a refused key.
+
+        The hot path of both front ends. The format check runs only on a miss:
+        a digest found in the cache is a token that passed it when it was
+        loaded, and a typo still never reaches the store.
+        """
+        if not token.isascii():
+            keyformat.check_format(token, self.prefix)  # raises: no digest of it
+        digest = keyformat.digest(token)
+        principal = self.cache.get(digest)
+        if principal is None:
+            keyformat.check_format(token, self.prefix)
+            return digest, self.check_cached(digest, token)
+        return digest, self._admit(principal)
+
     def check_cached(self, digest: bytes, token: str | None = None) -> Principal | None:
         """The verified principal on a cache hit (raises on a refused key), else None.
 
@@ -102,10 +118,14 @@ class Verifier:
                 # must work on the next try, not after negative_cache_ttl.
                 raise _invalid()
             return None
+        return self._admit(principal)
+
+    def _admit(self, principal: Principal) -> Principal:
+        """A cached principal that may authenticate now (else the precise 401)."""
         now = time.time()
         expires = principal.expires_at
         if not principal.usable or (expires is not None and expires <= now):
-            check_status(principal, now)  # raises the precise 401
+            check_status(principal, now)
         self.usage.touch(principal.key_id, now)
         return principal
 
@@ -188,8 +208,7 @@ class Verifier:
             raise
 
     async def verify(self, token: str) -> Principal:
-        digest = self.digest_of(token)
-        principal = self.check_cached(digest, token)
+        digest, principal = self.cached(token)
         if principal is None:
             principal = await self.load(digest, token)
         return principal

