@@ -5,20 +5,24 @@ aiohttp's server builds, per request, a message, a header multidict, a
 coroutines and a task, and that costs more CPU than the whole proxy exchange
 around it. The edge parses a request head with httptools, answers refusals
 from bytes it builds itself, and relays the upstream's answer through the same
-keep-alive client (:mod:`gateway.upstream`) — one task per forwarded request,
-none for a refusal answered from memory.
+keep-alive client (:mod:`gateway.upstream`). A cached key on an idle pooled
+upstream connection is forwarded from the two protocols' callbacks alone, with
+no task; a cache miss, a new upstream connection, a retry or a streamed answer
+takes one task.
 
 It serves only what it can serve exactly as the aiohttp handler would: a
-whole head, within the limits, in clean HTTP/1.0 or 1.1 framing, without a
-body, ``Expect`` or ``Upgrade``, with an origin-form target outside the admin
-prefix and one valid Host, for a plain-http route. Anything else — and
-everything after it on that connection — is handed to aiohttp's
+whole head, within the limits, in clean HTTP/1.0 or 1.1 framing, without
+``Transfer-Encoding``, ``Expect`` or ``Upgrade``, with no body or a small
+``Content-Length`` one that arrived with it, an origin-form target outside
+the admin prefix and one valid Host, for a plain-http route. Anything else —
+and everything after it on that connection — is handed to aiohttp's
 ``RequestHandler`` with the bytes received so far, as if aiohttp had accepted
-the connection itself: request bodies, partial heads (slowloris), malformed
-framing, WebSocket, ``https://`` upstreams and the admin API are aiohttp's, as
-before. Both front ends share the proxy steps (:mod:`gateway.proxy`), the
-header rules, the access line and the error bodies; :mod:`gateway.wire`
-frames responses as aiohttp does.
+the connection itself: streamed or chunked uploads, partial heads
+(slowloris), any framing question, WebSocket, ``https://`` upstreams and the
+admin API are aiohttp's, as before. Both front ends share the proxy steps
+(:mod:`gateway.proxy`), the header rules, the access line and the error
+bodies; :mod:`gateway.wire` frames responses as aiohttp does, and
+``tests/gateway/test_edge_parity.py`` holds the two to the same answers.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Final, NamedTuple, cast
 from urllib.parse import unquote
@@ -41,7 +44,7 @@ from .accesslog import access_message
 from .cache import Principal
 from .errors import BadPath, KeygateError, TooLarge, UpstreamBusy
 from .forward import RouteGate
-from .headers import RequestIds, request_id_or_new, upstream_header_pairs
+from .headers import HOST_FIELD, RequestIds, request_id_or_new, upstream_header_pairs
 from .logsetup import info_line_writer
 from .pathnorm import is_under, normalise_path
 from .proxy import Resolved, authorise, resolve, upstream_target
@@ -70,8 +73,6 @@ _VERSIONS: Final = frozenset({"1.0", "1.1"})
 # Request-target bytes the edge takes itself: visible ASCII (RFC 9112 §3.2);
 # anything else is aiohttp's to judge.
 _TARGET_BYTES: Final = bytes(range(0x21, 0x7F))
-# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [":" port], as gateway.protocol checks it.
-_HOST: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 # Names that send a request to aiohttp: its body, its framing or its protocol
 # is something only the full server handles.
 _AIOHTTP_ONLY: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
@@ -448,7 +449,7 @@ class EdgeProtocol(asyncio.Protocol):
                     singletons.add(low_bytes)
             if low_bytes == b"host":
                 hosts += 1
-                if not _HOST.fullmatch(value):
+                if not HOST_FIELD.fullmatch(value):
                     return None
             elif low_bytes == b"content-length":
                 if length >= 0 or not (value.isascii() and value.isdigit()) or len(value) > 9:

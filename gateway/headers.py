@@ -101,6 +101,8 @@ _REQUEST_REMOVED: Final = (
 # controls are unsafe; HTAB is the only control a field value may carry.
 _CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: a Host field is uri-host [":" port]; empty is allowed.
+HOST_FIELD: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 def identity_headers(

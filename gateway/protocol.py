@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -29,15 +28,13 @@ from aiohttp.web_request import BaseRequest
 from .accesslog import AccessLogger
 from .edge import Edge, EdgeProtocol
 from .errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
-from .headers import RequestIds
+from .headers import HOST_FIELD, RequestIds
 from .state import gateway_key
 
 X_REQUEST_ID = "X-Request-Id"
 
 log = logging.getLogger("keygate.protocol")
 
-# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [":" port]; empty is allowed.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 class UriTooLong(KeygateError):
@@ -99,7 +96,7 @@ def check_framing(request: web.BaseRequest) -> None:
     if (
         len(hosts) > 1
         or (not hosts and request.version == HttpVersion11)
-        or (hosts and not _HOST.fullmatch(hosts[0]))
+        or (hosts and not HOST_FIELD.fullmatch(hosts[0]))
     ):
         raise BadRequest("The request needs exactly one valid Host header.")
     codings = request.headers.getall(hdrs.TRANSFER_ENCODING, ())
