@@ -208,7 +208,36 @@ class Edge:
         self.busy = 0  # requests in flight
         self.closing = False
         self._drained: asyncio.Future[None] | None = None
+        # Connections with answers waiting for the end of the loop pass.
+        self._out: list[EdgeProtocol] = []
+        self._upstream_out: list[tuple[UpstreamConnection, bytes]] = []
+        self._flusher: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def queue(self, conn: EdgeProtocol) -> None:
+        """``conn`` has output to send at the end of this loop pass."""
+        self._out.append(conn)
+        if self._flusher is None:
+            self._flusher = self.loop.call_soon(self._flush)
+
+    def queue_upstream(self, conn: UpstreamConnection, data: bytes) -> None:
+        """A request head for ``conn``, sent with this loop pass's other writes."""
+        self._upstream_out.append((conn, data))
+        if self._flusher is None:
+            self._flusher = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flusher = None
+        upstream, self._upstream_out = self._upstream_out, []
+        for upstream_conn, data in upstream:
+            if upstream_conn.active:  # not dropped meanwhile (its client left)
+                try:
+                    upstream_conn.write(data)
+                except UpstreamError as exc:
+                    upstream_conn.fail(exc)  # stale: the exchange retries
+        out, self._out = self._out, []
+        for conn in out:
+            conn.flush()
 
     def opened(self, conn: EdgeProtocol) -> None:
         self.connections.add(conn)
@@ -267,6 +296,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_edge",
         "_header_pairs",
         "_keep_alive",
+        "_out",
         "_parser",
         "_peer",
         "_proto",
@@ -282,6 +312,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._edge = edge
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
+        self._out = b""  # answers not yet written (see _write)
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._header_pairs: list[tuple[bytes, bytes]] = []
@@ -371,12 +402,23 @@ class EdgeProtocol(asyncio.Protocol):
 
     # -- serving -------------------------------------------------------------------------
     def close(self) -> None:
+        self.flush()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
     def abort(self) -> None:
+        self._out = b""
         if self._transport is not None:
             self._transport.abort()
+
+    def flush(self) -> None:
+        """Send what :meth:`_write` held back (called once per loop pass by the edge)."""
+        data = self._out
+        if data:
+            self._out = b""
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
 
     def _serve(self) -> None:
         """Answer the requests buffered, in order, until one needs a task or aiohttp."""
@@ -481,6 +523,7 @@ class EdgeProtocol(asyncio.Protocol):
         """From now on this connection is aiohttp's, starting with the bytes buffered."""
         transport = self._transport
         assert transport is not None
+        self.flush()  # answers already given come first
         self._edge.connections.discard(self)
         handler = self._edge.new_handler()
         transport.set_protocol(handler)
@@ -576,8 +619,8 @@ class EdgeProtocol(asyncio.Protocol):
     def _send(self, x: _Exchange, conn: UpstreamConnection) -> bool:
         """Forward on an idle pooled connection, driven by its callbacks (no task).
 
-        False when the connection turned out dead before a byte went out; the
-        caller then takes the task's road.
+        The head goes out with the loop pass's other writes; a connection
+        that died meanwhile fails stale, and the request is retried.
         """
         assert x.gate is not None and x.resolved is not None
         head = self._upstream_head(x)
@@ -585,14 +628,8 @@ class EdgeProtocol(asyncio.Protocol):
         x.gated = True
         x.conn = conn
         deadline = self._edge.loop.time() + x.resolved.route.timeout
-        try:
-            conn.start(head, deadline, x.method == "HEAD", self._on_upstream)
-        except UpstreamError:
-            conn.abort()
-            x.conn = None
-            x.gate.__exit__()
-            x.gated = False
-            return False
+        conn.start(head, deadline, x.method == "HEAD", self._on_upstream, send=False)
+        self._edge.queue_upstream(conn, head)
         return True
 
     def _on_upstream(self) -> None:
@@ -725,6 +762,7 @@ class EdgeProtocol(asyncio.Protocol):
         )
         x.sent = True
         self._write(answer)
+        self.flush()  # the body follows straight on the transport
         while True:
             with mapped_errors(None):
                 chunk = await conn.read_body()
@@ -782,9 +820,15 @@ class EdgeProtocol(asyncio.Protocol):
                 self._drain = None
 
     def _write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        """Queue ``data``; the edge sends every connection's answers at the end of
+        the loop pass: one wake-up of a client on another core for the batch
+        instead of one per answer (on loopback that wake-up, not the copy, is
+        most of a write's cost)."""
+        if self._out:
+            self._out += data
+        else:
+            self._out = data
+            self._edge.queue(self)
 
     def _refuse(self, exc: KeygateError, x: _Exchange) -> bool:
         answer, keep_alive = error_response(

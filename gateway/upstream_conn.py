@@ -122,14 +122,21 @@ class UpstreamConnection(asyncio.Protocol):
         deadline: float,
         head_request: bool,
         listener: Callable[[], None] | None = None,
+        *,
+        send: bool = True,
     ) -> None:
-        """Begin an exchange: write the request head, arm the route's deadline."""
+        """Begin an exchange: write the request head, arm the route's deadline.
+
+        ``send=False``: the caller writes ``head`` itself, soon (the edge
+        batches its writes per loop pass); until then nothing can arrive.
+        """
         self._reset(head_request)
         self.listener = listener
         self.active = True
         self.deadline = deadline
         self._pool.busy(self)
-        self.write(head)
+        if send:
+            self.write(head)
 
     def write(self, data: bytes) -> None:
         if self.lost or self.transport is None:

@@ -923,3 +923,66 @@ async def test_edge_admin_prefix_is_aiohttp_and_never_proxied(
             assert answer.status != 502
             assert (answer.header("Content-Type") or "").startswith("application/json"), target
     assert recorder.received == []
+
+
+# --- the keep-alive race on a pooled connection (RFC 9112 §9.3.1) ------------------------------
+@dataclass
+class RaceCounts:
+    requests: int = 0
+    connections: int = 0
+
+
+def racing_upstream(counts: RaceCounts) -> RawHandler:
+    """Answers every request but the second, which it reads and drops the connection on:
+    an upstream closing an idle keep-alive connection just as keygate reuses it."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counts.connections += 1
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            counts.requests += 1
+            fields = head.lower().split(b"\r\n")
+            length = next(
+                (int(f.split(b":")[1]) for f in fields if f.startswith(b"content-length:")), 0
+            )
+            if length:
+                await reader.readexactly(length)
+            if counts.requests == 2:
+                writer.transport.abort()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")
+            await writer.drain()
+
+    return handle
+
+
+async def test_edge_stale_pooled_connection_get_is_retried_once(
+    keygate_factory: GatewayFactory,
+) -> None:
+    counts = RaceCounts()
+    async with raw_upstream(racing_upstream(counts)) as url:
+        kg = await keygate_factory(default_route(url))
+        token = await kg.make_key(["default"])
+        async with connection(kg) as conn:
+            for path in ("/a", "/b"):  # /b goes out on the pooled connection first
+                await conn.send(request("GET", path, token))
+                got = await conn.answer()
+                assert (got.status, got.body) == (200, b"fine")
+    assert (counts.requests, counts.connections) == (3, 2)
+
+
+async def test_edge_stale_pooled_connection_post_is_502_not_repeated(
+    keygate_factory: GatewayFactory,
+) -> None:
+    counts = RaceCounts()
+    async with raw_upstream(racing_upstream(counts)) as url:
+        kg = await keygate_factory(default_route(url))
+        token = await kg.make_key(["default"])
+        async with connection(kg) as conn:
+            await conn.send(request("GET", "/a", token))
+            assert (await conn.answer()).status == 200
+            await conn.send(request("POST", "/b", token, body=b"once"))
+            got = await conn.answer()
+    assert got.status == 502
+    assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
+    assert counts.requests == 2  # a POST is never sent twice
