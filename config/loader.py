@@ -240,6 +240,8 @@ def _validate_section(source: str, section: str, value: Any) -> None:
                 fail(name, "must be greater than 0")
         if value.max_keys_per_user < 1:
             fail("max_keys_per_user", "must be at least 1")
+        if not 0 <= value.refusal_delay <= 10:
+            fail("refusal_delay", "must be from 0 (off) to 10 seconds")
 
 
 def _type_name(tp: Any) -> str:

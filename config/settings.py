@@ -57,6 +57,11 @@ class AuthSettings:
     negative_cache_ttl: float = 5.0
     last_used_flush_interval: float = 1.0
     max_keys_per_user: int = 10
+    # While authenticated requests are in flight, a connection whose request
+    # was refused for its key (401) has its next request read only this many
+    # seconds later: a client failing to authenticate cannot take the CPU
+    # from clients that succeed. 0 turns it off.
+    refusal_delay: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)

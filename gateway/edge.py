@@ -204,6 +204,7 @@ class Edge:
         self.max_head = min(server.max_line_bytes, server.max_header_bytes)
         self.max_headers = server.max_header_count
         self.idle_timeout = server.header_timeout
+        self.refusal_delay = gw.settings.auth.refusal_delay
         self.connections: set[EdgeProtocol] = set()
         self.busy = 0  # requests in flight
         self.closing = False
@@ -295,6 +296,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_drain",
         "_edge",
         "_header_pairs",
+        "_held",
         "_keep_alive",
         "_out",
         "_parser",
@@ -321,6 +323,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._peer = "unknown"
         self._proto = "http"
         self._reading_paused = False
+        # Set while a refused client waits for its next request to be read.
+        self._held: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         # The request in flight (at most one: pipelined ones wait in _buffer),
@@ -346,7 +350,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
-        if self._current is not None:
+        if self._current is not None or self._held is not None:
             # Pipelined: served in order once the answer in flight is out.
             if len(self._buffer) > _PIPELINE_LIMIT and not self._reading_paused:
                 self._reading_paused = True
@@ -356,6 +360,9 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._edge.connections.discard(self)
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         self.abandon()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
@@ -423,7 +430,7 @@ class EdgeProtocol(asyncio.Protocol):
     def _serve(self) -> None:
         """Answer the requests buffered, in order, until one needs a task or aiohttp."""
         edge = self._edge
-        while self._buffer and self._current is None and not edge.closing:
+        while self._buffer and self._current is None and self._held is None and not edge.closing:
             buffer = self._buffer
             parsed = self._parse(buffer)
             if parsed is None:
@@ -841,7 +848,30 @@ class EdgeProtocol(asyncio.Protocol):
         self._write(answer)
         if not keep_alive:
             self.close()
+        elif exc.status == 401:
+            self._hold()
         return keep_alive
+
+    def _hold(self) -> None:
+        """After a 401, read this client's next request only after
+        ``auth.refusal_delay``, if authenticated requests are in flight: a client
+        failing to authenticate (a brute force, a flood of forged keys) then
+        cannot crowd out the clients that succeed. With nothing else to do,
+        refusals are answered at full speed."""
+        edge = self._edge
+        others = edge.busy - (self._current is not None)
+        if edge.refusal_delay <= 0 or others <= 0 or self._held is not None:
+            return
+        self._held = edge.loop.call_later(edge.refusal_delay, self._release)
+        if not self._reading_paused and self._transport is not None:
+            self._transport.pause_reading()
+
+    def _release(self) -> None:
+        self._held = None
+        if not self._reading_paused and self._transport is not None:
+            self._transport.resume_reading()
+        if self._current is None:
+            self._serve()
 
     def _done(self, keep_alive: bool) -> None:
         """The answer is out: next request, or close."""
@@ -849,6 +879,8 @@ class EdgeProtocol(asyncio.Protocol):
         if not keep_alive or self._edge.closing:
             self.close()
             return
+        if self._held is not None:
+            return  # _release goes on
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()

@@ -986,3 +986,65 @@ async def test_edge_stale_pooled_connection_post_is_502_not_repeated(
     assert got.status == 502
     assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
     assert counts.requests == 2  # a POST is never sent twice
+
+
+# --- refusal back-off (auth.refusal_delay) --------------------------------------------------------
+BAD_KEY = "kg_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" + "zzzzzz"
+
+
+async def _two_refusals_timed(kg: Keygate) -> float:
+    """Seconds between the answers to two refused requests pipelined on one connection."""
+    loop = asyncio.get_running_loop()
+    async with connection(kg) as conn:
+        await conn.send(request("GET", "/x", BAD_KEY) * 2)
+        first = await conn.answer()
+        at = loop.time()
+        second = await conn.answer(within=IO_TIMEOUT + 5)
+        gap = loop.time() - at
+    assert (first.status, second.status) == (401, 401)
+    return gap
+
+
+async def test_edge_refused_client_waits_while_authenticated_work_is_in_flight(
+    keygate_factory: GatewayFactory, holding: HoldingUpstream
+) -> None:
+    kg = await keygate_factory(default_route(holding.url), refusal_delay=0.4)
+    token = await kg.make_key(["default"])
+    async with connection(kg) as busy:
+        await busy.send(request("GET", "/hold", token))
+        async with asyncio.timeout(IO_TIMEOUT):
+            await holding.arrived.wait()
+        assert edge_of(kg).busy == 1
+        gap = await _two_refusals_timed(kg)
+        holding.release.set()
+        assert (await busy.answer()).status == 200
+    assert gap >= 0.35  # the second request was read only after the delay
+
+
+async def test_edge_refusals_at_full_speed_when_nothing_else_waits(
+    keygate_factory: GatewayFactory, recorder: Upstream
+) -> None:
+    # A delay far beyond the test's patience: were it applied, the answer would time out.
+    kg = await keygate_factory(default_route(recorder.url), refusal_delay=9.0)
+    assert edge_of(kg).busy == 0
+    async with connection(kg) as conn:
+        await conn.send(request("GET", "/x", BAD_KEY) * 2)
+        for _ in range(2):
+            assert (await conn.answer(within=3.0)).status == 401
+
+
+async def test_edge_refusal_delay_off(
+    keygate_factory: GatewayFactory, holding: HoldingUpstream
+) -> None:
+    kg = await keygate_factory(default_route(holding.url), refusal_delay=0.0)
+    token = await kg.make_key(["default"])
+    async with connection(kg) as busy:
+        await busy.send(request("GET", "/hold", token))
+        async with asyncio.timeout(IO_TIMEOUT):
+            await holding.arrived.wait()
+        async with connection(kg) as conn:
+            await conn.send(request("GET", "/x", BAD_KEY) * 2)
+            for _ in range(2):
+                assert (await conn.answer(within=3.0)).status == 401
+        holding.release.set()
+        assert (await busy.answer()).status == 200
