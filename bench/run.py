@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description=__doc__,
         epilog="scenarios: valid-c1, valid-c50, bad-checksum, flood-random-id, "
-        "flood-wrong-secret, mixed, zipf-1m, post-c50, stream-1mib. See bench/README.md.",
+        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib. "
+        "See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")

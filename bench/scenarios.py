@@ -44,6 +44,8 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
                  (Load("cycle", str(t.flood_ids), conns),), (*CHECKERS, "keygate")),
         Scenario("flood-wrong-secret", "flood: the real key id, wrong secrets",
                  (Load("cycle", str(t.flood_secrets), conns),), (*CHECKERS, "keygate")),
+        Scenario(f"valid-c{half}", f"valid key alone, {half} connections (mixed's valid load)",
+                 (Load("static", t.valid, half),), ("bare", "keygate")),
         Scenario("mixed", f"{half} valid + {half} random-id flood connections at once",
                  (Load("static", t.valid, half), Load("cycle", str(t.flood_ids), half)),
                  (*CHECKERS, "keygate"), parts=("valid", "flood")),
