@@ -163,7 +163,8 @@ class Bench:
             done.touch()
             say(f"seeded in {time.monotonic() - t0:.0f} s")
         else:
-            seed.write_lines(zipf, [small.token])
+            # Not zipf_sample.txt: a kept --workdir's big store keeps its sample.
+            zipf = seed.write_lines(self.work / "zipf_unused.txt", [small.token])
         accepted = [small.token, *sample]
         nginx.write_map_file(self.work / "keys.map", accepted)
         seed.write_digests(self.work / "keys.sha256", accepted)

@@ -207,6 +207,7 @@ class Edge:
         self.refusal_delay = gw.settings.auth.refusal_delay
         self.connections: set[EdgeProtocol] = set()
         self.busy = 0  # requests in flight
+        self.authorised = 0  # of which past authentication, holding a route slot
         self.closing = False
         self._drained: asyncio.Future[None] | None = None
         # Connections with answers waiting for the end of the loop pass.
@@ -631,8 +632,7 @@ class EdgeProtocol(asyncio.Protocol):
         """
         assert x.gate is not None and x.resolved is not None
         head = self._upstream_head(x)
-        x.gate.__enter__()
-        x.gated = True
+        self._gate_in(x)
         x.conn = conn
         deadline = self._edge.loop.time() + x.resolved.route.timeout
         conn.start(head, deadline, x.method == "HEAD", self._on_upstream, send=False)
@@ -658,8 +658,7 @@ class EdgeProtocol(asyncio.Protocol):
                     # The keep-alive race (RFC 9112 §9.3.1): once more, on a
                     # fresh connection, by the task's road.
                     assert x.gate is not None
-                    x.gate.__exit__()
-                    x.gated = False
+                    self._gate_out(x)
                     self.task = self._edge.loop.create_task(
                         self._run(x, self._forward(x, fresh=True))
                     )
@@ -738,8 +737,7 @@ class EdgeProtocol(asyncio.Protocol):
             x.key_id = principal.key_id
             authorise(gw, resolved, principal, x.method, x.headers, x.query)
         head = self._upstream_head(x)
-        x.gate.__enter__()
-        x.gated = True
+        self._gate_in(x)
         deadline = edge.loop.time() + resolved.route.timeout
         with mapped_errors(None):
             x.conn, _ = await open_exchange(
@@ -786,6 +784,20 @@ class EdgeProtocol(asyncio.Protocol):
         if chunked:
             self._write(b"0\r\n\r\n")
 
+    def _gate_in(self, x: _Exchange) -> None:
+        """Take the route slot (UpstreamBusy when full): the request is authorised."""
+        assert x.gate is not None
+        x.gate.__enter__()
+        x.gated = True
+        self._edge.authorised += 1
+
+    def _gate_out(self, x: _Exchange) -> None:
+        if x.gated:
+            assert x.gate is not None
+            x.gated = False
+            x.gate.__exit__()
+            self._edge.authorised -= 1
+
     def _failed(self, x: _Exchange, exc: KeygateError) -> None:
         x.status = exc.status
         if x.sent:
@@ -806,10 +818,7 @@ class EdgeProtocol(asyncio.Protocol):
             x.conn = None
             if conn.active:
                 conn.abort()  # not read to its end: never reused
-        if x.gated:
-            x.gated = False
-            assert x.gate is not None
-            x.gate.__exit__()
+        self._gate_out(x)
         edge = self._edge
         edge.busy -= 1
         if not x.abandoned:
@@ -859,8 +868,9 @@ class EdgeProtocol(asyncio.Protocol):
         cannot crowd out the clients that succeed. With nothing else to do,
         refusals are answered at full speed."""
         edge = self._edge
-        others = edge.busy - (self._current is not None)
-        if edge.refusal_delay <= 0 or others <= 0 or self._held is not None:
+        # Only authorised work counts: a refusal still waiting for its own
+        # lookup must not slow a pure flood down (nothing else to protect).
+        if edge.refusal_delay <= 0 or edge.authorised <= 0 or self._held is not None:
             return
         self._held = edge.loop.call_later(edge.refusal_delay, self._release)
         if not self._reading_paused and self._transport is not None:
