@@ -36,6 +36,8 @@ log = logging.getLogger("keygate")
 
 # A worker that dies sooner than this after its start counts towards a crash loop.
 CRASH_WINDOW = 5.0
+# Seconds a thread may hold the GIL while another waits (see serve_worker).
+SWITCH_INTERVAL = 0.0005
 MAX_QUICK_CRASHES = 5
 
 
@@ -109,6 +111,10 @@ def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False
     """Serve until SIGTERM/SIGINT in this process; return the exit code."""
     # Until the event loop's handlers exist, a stop signal waits (see _serve).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # The SQLite store answers from a thread that needs the GIL to hand its
+    # result back. A busy event loop keeps the GIL for the whole switch
+    # interval (5 ms by default), so every cache miss would wait that long.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     loop = new_loop()
     try:
         loop.run_until_complete(_serve(settings, reuse_port=reuse_port, announce_bound=announce))
