@@ -136,7 +136,29 @@ class Verifier:
             digests = self.cache.key_digests(key_id)
             if digests is None or digest in digests:
                 return False
-        return self._covered(self.clock())
+        now = self.clock()
+        if not self._covered(now):
+            return False
+        self._refresh_early(now)
+        return True
+
+    def _refresh_early(self, now: float) -> None:
+        """Under a stream of refusals from memory (a flood of forged keys), start
+        the next catch-up in the background once the last covering one is half
+        a window old, so coverage never lapses and refusals stay synchronous:
+        at most two cheap change-feed checks a window, however many requests."""
+        if self.catch_up is None or self._covered_since >= now - self.catch_up_window / 2:
+            return
+        task = self._catching_up
+        if task is not None and not task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop (tools, tests)
+            return
+        self._caught_up_at = now
+        task = self._catching_up = loop.create_task(self._run_catch_up(now))
+        task.add_done_callback(_retrieve)
 
     def _covered(self, arrived: float) -> bool:
         """Whether memory holds every change committed up to ``catch_up_window``
@@ -240,3 +262,9 @@ class Verifier:
         assert self.catch_up is not None
         await self.catch_up()
         self._covered_since = max(self._covered_since, started)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A background catch-up that failed covers nothing; the next miss tries again."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("change-feed catch-up failed: %s", type(task.exception()).__name__)
