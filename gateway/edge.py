@@ -43,6 +43,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from .accesslog import access_message
 from .cache import Principal
 from .errors import BadPath, KeygateError, TooLarge, UpstreamBusy
+from .flow import WriteFlow
 from .forward import RouteGate
 from .headers import HOST_FIELD, RequestIds, request_id_or_new, upstream_header_pairs
 from .logsetup import info_line_writer
@@ -287,7 +288,7 @@ class Edge:
             self._sweeper = None
 
 
-class EdgeProtocol(asyncio.Protocol):
+class EdgeProtocol(WriteFlow, asyncio.Protocol):
     """One client connection, served by the edge until it hands it to aiohttp."""
 
     __slots__ = (
@@ -365,8 +366,7 @@ class EdgeProtocol(asyncio.Protocol):
             self._held.cancel()
             self._held = None
         self.abandon()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._wake_drain()
 
     def abandon(self) -> None:
         """Drop the request in flight: its client is gone (or the server stops).
@@ -386,13 +386,6 @@ class EdgeProtocol(asyncio.Protocol):
         else:
             self._finish(x)
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_url(self, url: bytes) -> None:

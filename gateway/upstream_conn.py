@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
 import httptools
 
+from .flow import WriteFlow
+
 if TYPE_CHECKING:
     from .upstream_pool import UpstreamPool
 
@@ -44,7 +46,7 @@ class UpstreamError(Exception):
         self.stale = stale
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(WriteFlow, asyncio.Protocol):
     """One upstream connection and the state of its current exchange."""
 
     __slots__ = (
@@ -280,16 +282,8 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
         self._wake()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._wake_drain()
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     # -- httptools callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:
