@@ -190,6 +190,7 @@ class Edge:
         pool: UpstreamPool,
         new_handler: Callable[[], RequestHandler],
         access_log: logging.Logger | None,
+        ids: RequestIds,
     ) -> None:
         server = gw.settings.server
         self.gw = gw
@@ -199,7 +200,7 @@ class Edge:
         # Straight into the batch when `keygate serve` set the logger up.
         self.access_line = info_line_writer(access_log) if access_log is not None else None
         self.loop = asyncio.get_running_loop()
-        self.ids = RequestIds()
+        self.ids = ids
         self.admin_prefix = server.admin_prefix
         # A head longer than either limit may break one: aiohttp judges it (414/431).
         self.max_head = min(server.max_line_bytes, server.max_header_bytes)
@@ -689,17 +690,24 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
         assert conn is not None and x.out_headers is not None
         conn.finish(reuse=True)
         x.conn = None
-        answer, _, x.keep_alive = response_head(
+        answer, _ = self._answer_head(x, len(data))
+        self._write(answer + data if data and not x.bodiless else answer)
+
+    def _answer_head(self, x: _Exchange, body_length: int | None) -> tuple[bytes, bool]:
+        """The upstream's answer head for the client, and whether it goes chunked;
+        ``x.keep_alive`` becomes whether the connection stays open after it."""
+        assert x.out_headers is not None
+        head, chunked, x.keep_alive = response_head(
             x.version,
             x.status,
             x.reason,
             x.out_headers,
             method=x.method,
-            body_length=len(data),
+            body_length=body_length,
             keep_alive=x.keep_alive,
             request_id=x.request_id,
         )
-        self._write(answer + data if data and not x.bodiless else answer)
+        return head, chunked
 
     async def _run(self, x: _Exchange, work: Coroutine[None, None, None]) -> None:
         """Run a forwarding step as this connection's task; every ending is answered."""
@@ -748,16 +756,7 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
         conn = x.conn
         transport = self._transport
         assert conn is not None and transport is not None and x.out_headers is not None
-        answer, chunked, x.keep_alive = response_head(
-            x.version,
-            x.status,
-            x.reason,
-            x.out_headers,
-            method=x.method,
-            body_length=None,
-            keep_alive=x.keep_alive,
-            request_id=x.request_id,
-        )
+        answer, chunked = self._answer_head(x, None)
         x.sent = True
         self._write(answer)
         self.flush()  # the body follows straight on the transport

@@ -31,8 +31,6 @@ from .errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
 from .headers import HOST_FIELD, RequestIds
 from .state import gateway_key
 
-X_REQUEST_ID = "X-Request-Id"
-
 log = logging.getLogger("keygate.protocol")
 
 
@@ -141,7 +139,7 @@ class KeygateRequestHandler(RequestHandler):
         if ids is not None:
             # SPEC §5: an X-Request-Id on every response, even one to a
             # request too malformed to have had its own read.
-            response.headers[X_REQUEST_ID] = ids.new()
+            response.headers[hdrs.X_REQUEST_ID] = ids.new()
         response.force_close()
         return response
 
@@ -155,7 +153,8 @@ class KeygateServer(web.Server):
     """
 
     edge: Edge | None = None
-    # Request ids for the answers to requests aiohttp's parser refused.
+    # Request ids for the edge's answers and for those to requests aiohttp's
+    # parser refused (the app's middleware has its own: one per app).
     ids: RequestIds | None = None
 
     def new_handler(self) -> RequestHandler:
@@ -205,5 +204,5 @@ class KeygateRunner(web.AppRunner):
             pool = getattr(gw.session.connector, "upstream_pool", None)
             if pool is not None:
                 access = self._kwargs.get("access_log", access_logger)
-                server.edge = Edge(gw, pool, server.new_handler, access)
+                server.edge = Edge(gw, pool, server.new_handler, access, server.ids)
         return server

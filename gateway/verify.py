@@ -99,7 +99,8 @@ class Verifier:
         principal = self.cache.get(digest)
         if principal is None:
             keyformat.check_format(token, self.prefix)
-            return digest, self.check_cached(digest, token)
+            self._check_miss(digest, token)
+            return digest, None
         return digest, self._admit(principal)
 
     def check_cached(self, digest: bytes, token: str | None = None) -> Principal | None:
@@ -110,15 +111,19 @@ class Verifier:
         """
         principal = self.cache.get(digest)
         if principal is None:
-            if self.cache.is_known_unknown(digest):
-                raise _invalid()
-            if token is not None and self._unknown_in_memory(digest, token):
-                # Not remembered as unknown: the refusal is only as fresh as the
-                # last catch-up, and a token rolled elsewhere inside that window
-                # must work on the next try, not after negative_cache_ttl.
-                raise _invalid()
+            self._check_miss(digest, token)
             return None
         return self._admit(principal)
+
+    def _check_miss(self, digest: bytes, token: str | None) -> None:
+        """Raise on a cache miss that memory alone can refuse; return to ask the store."""
+        if self.cache.is_known_unknown(digest):
+            raise _invalid()
+        if token is not None and self._unknown_in_memory(digest, token):
+            # Not remembered as unknown: the refusal is only as fresh as the
+            # last catch-up, and a token rolled elsewhere inside that window
+            # must work on the next try, not after negative_cache_ttl.
+            raise _invalid()
 
     def _admit(self, principal: Principal) -> Principal:
         """A cached principal that may authenticate now (else the precise 401)."""
