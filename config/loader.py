@@ -30,6 +30,7 @@ SECTIONS: dict[str, type] = {
 }
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
+METHOD_OVERRIDE_MODES = ("check", "ignore")
 SOURCE_RE = re.compile(r"^(authorization|x-api-key|basic|query:[A-Za-z0-9_.-]{1,64})$")
 
 
@@ -150,6 +151,8 @@ def _route(source: str, index: int, raw: Any) -> Route:
         raise ConfigError(f"{source}: {where}.max_body_bytes: must be 0 or more")
     if route.max_connections < 1:
         raise ConfigError(f"{source}: {where}.max_connections: must be at least 1")
+    if route.method_override not in METHOD_OVERRIDE_MODES:
+        raise ConfigError(f"{source}: {where}.method_override: must be \"check\" or \"ignore\"")
     return route
 
 

@@ -76,6 +76,13 @@ class Route:
     max_body_bytes: int | None = None
     # Concurrent upstream exchanges; beyond it a fast 503 upstream_busy.
     max_connections: int = 1000
+    # "check": a method override (header, query or form field) must name a
+    # method the key may use too; "ignore": overrides are not looked at
+    # (docs/security.md says when that is safe).
+    method_override: str = "check"
+    # Remove the headers frameworks read as "serve this path instead"
+    # (X-Original-URL and kin, gateway.headers.REROUTING).
+    strip_rerouting_headers: bool = True
 
 
 @dataclass(frozen=True, slots=True)

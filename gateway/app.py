@@ -15,7 +15,7 @@ from config.settings import Settings
 from .cache import KeyCache
 from .changes import ChangeWatcher
 from .credentials import Sources
-from .errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
+from .errors import BadFraming, KeygateError, MethodNotAllowed, NotFound, TooLarge
 from .forward import RouteGate, upstream_session
 from .headers import RequestIds, request_id_or_new
 from .keyids import KeyIdSet
@@ -43,10 +43,11 @@ def error_response(exc: KeygateError) -> web.Response:
 
 def _refusal(request: web.Request, exc: KeygateError) -> web.Response:
     response = error_response(exc)
-    if not request.content.is_eof():
+    if isinstance(exc, BadFraming) or not request.content.is_eof():
         # The body of a refused request is still on its way (or, after an
         # "Expect: 100-continue" we did not answer, never coming): close
-        # instead of draining it or guessing where the next request starts.
+        # instead of draining it or guessing where the next request starts;
+        # after a framing refusal that is in doubt whatever the body did.
         response.force_close()
     return response
 
@@ -200,5 +201,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app.add_subapp(settings.server.admin_prefix, build_admin_app())
     # No 100 Continue before the handler: proxy_handler invites the body once
     # the request is authenticated and allowed (RFC 9110 §10.1.1).
-    app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=_expect_later)
+    # [\s\S], not ".": a decoded path may hold a line feed, and the proxy
+    # handler, not the router, refuses it (a 400 bad_path, as the edge answers).
+    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy_handler, expect_handler=_expect_later)
     return app

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Final, NamedTuple, cast
 from urllib.parse import unquote
@@ -42,13 +43,13 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from .accesslog import access_message
 from .cache import Principal
-from .errors import BadPath, KeygateError, TooLarge, UpstreamBusy
+from .errors import BadFraming, BadPath, KeygateError, TooLarge, UpstreamBusy
 from .flow import WriteFlow
 from .forward import RouteGate
-from .headers import HOST_FIELD, RequestIds, request_id_or_new, upstream_header_pairs
+from .headers import HOST_FIELD, RequestIds, request_id_or_new
 from .logsetup import info_line_writer
 from .pathnorm import is_under, normalise_path
-from .proxy import Resolved, authorise, resolve, upstream_target
+from .proxy import Resolved, authorise, resolve, upstream_pairs, upstream_target
 from .upstream import (
     IDEMPOTENT,
     SMALL_BODY,
@@ -100,6 +101,8 @@ _SINGLETONS: Final = frozenset(
         hdrs.USER_AGENT,
     )
 )
+# A Connection value that may name a framing field: aiohttp's to refuse.
+_NOMINATED_FRAMING: Final = re.compile(rb"(?i)content-length|transfer-encoding")
 # Pipelined bytes buffered while a request is in flight before reading pauses.
 _PIPELINE_LIMIT: Final = 64 * 1024
 _CRLFCRLF: Final = b"\r\n\r\n"
@@ -501,6 +504,8 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
                 length = int(value)
             elif low_bytes in _AIOHTTP_ONLY:
                 return None
+            elif low_bytes == b"connection" and _NOMINATED_FRAMING.search(raw_value):
+                return None  # a framing refusal: aiohttp's check_framing answers it
             pairs.append((name, value))
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             return None
@@ -559,7 +564,7 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
         request_id = request_id_or_new(headers.get("X-Request-Id"), edge.ids)
         x = _Exchange(request, query, request_id, edge.loop.time())
         try:
-            x.resolved = resolved = resolve(gw, headers, path, query)
+            x.resolved = resolved = resolve(gw, headers, path, query, self._proto)
             x.route = resolved.route.name
             gate = x.gate = gw.gates[x.route]
             if gate.origin is None:
@@ -574,7 +579,10 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
                 if principal is not None:
                     x.principal = principal
                     x.key_id = principal.key_id
-                    authorise(gw, resolved, principal, method, headers, query)
+                    body = request.body
+                    check = authorise(gw, resolved, principal, method, headers, query, bool(body))
+                    if check is not None:
+                        check.whole(body)  # the whole body is here: before anything is sent
             # A miss is checked after its lookup, as the aiohttp handler does.
             if (x.principal is not None or resolved.credential is None) and (
                 gate.in_flight >= gate.limit
@@ -603,20 +611,20 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
         gw = self._edge.gw
         resolved = x.resolved
         assert resolved is not None and x.gate is not None and x.gate.origin is not None
-        pairs = upstream_header_pairs(
+        pairs = upstream_pairs(
+            gw,
+            resolved,
             x.headers,
-            drop=resolved.drop,
-            identity=x.principal.identity if x.principal is not None else None,
+            x.principal.identity if x.principal is not None else None,
             client_ip=self._peer,
             proto=self._proto,
-            host=x.headers.get("Host"),
             request_id=x.request_id,
         )
         target = upstream_target(gw, resolved)
-        # The client's Content-Length goes on with the pairs; the body follows
-        # the head in the same write.
-        head = request_head(x.method, target, x.gate.origin.host, pairs, False)[0]
-        return head + x.body if x.body else head
+        # The head frames exactly the body that follows it, in the same write.
+        body = x.body
+        head = request_head(x.method, target, x.gate.origin.host, pairs, len(body) or None)
+        return head + body if body else head
 
     def _send(self, x: _Exchange, conn: UpstreamConnection) -> bool:
         """Forward on an idle pooled connection, driven by its callbacks (no task).
@@ -736,13 +744,15 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
         if resolved.credential is not None and x.principal is None:
             x.principal = principal = await gw.verifier.load(x.digest, resolved.credential.token)
             x.key_id = principal.key_id
-            authorise(gw, resolved, principal, x.method, x.headers, x.query)
+            check = authorise(gw, resolved, principal, x.method, x.headers, x.query, bool(x.body))
+            if check is not None:
+                check.whole(x.body)
         head = self._upstream_head(x)
         self._gate_in(x)
         deadline = edge.loop.time() + resolved.route.timeout
         with mapped_errors(None):
             x.conn, _ = await open_exchange(
-                edge.pool, x.gate.origin, x.method, head, None, False, deadline, fresh=fresh
+                edge.pool, x.gate.origin, x.method, head, None, None, deadline, fresh=fresh
             )
             self._response_of(x, x.conn)
             data = await read_small(x.conn, x.bodiless, x.length)
@@ -843,7 +853,7 @@ class EdgeProtocol(WriteFlow, asyncio.Protocol):
             exc,
             version=x.version,
             method=x.method,
-            keep_alive=x.keep_alive,
+            keep_alive=x.keep_alive and not isinstance(exc, BadFraming),
             request_id=x.request_id,
         )
         self._write(answer)

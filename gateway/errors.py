@@ -4,6 +4,7 @@ Hierarchy (status, default code)::
 
     KeygateError                      500 internal_error
     ├── BadRequest                    400 bad_request
+    │   ├── BadFraming                400 bad_request (closes the connection)
     │   ├── BadPath                   400 bad_path
     │   └── AmbiguousApiKey           400 ambiguous_api_key
     ├── Unauthorized                  401 (missing_api_key | invalid_api_key |
@@ -66,6 +67,13 @@ class BadRequest(KeygateError):
 class BadPath(BadRequest):
     default_code = "bad_path"
     default_message = "The request path is not allowed."
+
+
+class BadFraming(BadRequest):
+    """A request whose framing keygate will not guess at: the connection closes
+    after the answer, since where the next request starts is in doubt too."""
+
+    default_message = "The request is not valid HTTP."
 
 
 class AmbiguousApiKey(BadRequest):

@@ -1,4 +1,4 @@
-"""The streaming forwarder: one client request, one upstream exchange (SPEC §5).
+"""The streaming forwarder: one client request, one upstream exchange.
 
 Bodies are relayed chunk by chunk both ways, never buffered whole; WebSocket
 upgrades are relayed message by message. Plain ``http://`` upstreams are spoken
@@ -39,8 +39,17 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .headers import downstream_response_headers
-from .request_body import RequestBody, failure
-from .upstream import Headers, Origin, abort_client, close_if_unframed, exchange
+from .request_body import BodyCheck, RequestBody, failure
+from .upstream import (
+    SMALL_BODY,
+    Headers,
+    Origin,
+    abort_client,
+    body_length,
+    close_if_unframed,
+    exchange,
+)
+from .upstream_head import CHUNKED
 from .upstream_pool import UpstreamPool
 
 _WebSocket: TypeAlias = "web.WebSocketResponse | aiohttp.ClientWebSocketResponse"
@@ -141,6 +150,7 @@ async def forward(
     url: yarl.URL | str,
     headers: Headers,
     body_idle_timeout: float,
+    check: BodyCheck | None = None,
 ) -> web.StreamResponse:
     """Relay ``request`` to ``url`` and the upstream's answer back to the client.
 
@@ -151,6 +161,9 @@ async def forward(
     the caller has already prefixed. ``session`` must come from
     :func:`upstream_session`. Headers wanted on every response (X-Request-Id)
     belong in an ``on_response_prepare`` signal: the response is prepared here.
+    ``check`` is the method-override check the body's form fields must pass:
+    a small body is read and checked before anything is sent, a larger one as
+    it streams (see :class:`~gateway.request_body.RequestBody`).
     """
     if request.method == hdrs.METH_CONNECT:
         # RFC 9110 §9.3.6: CONNECT asks for a tunnel, which a reverse proxy
@@ -173,8 +186,13 @@ async def forward(
         origin, target = Origin.of(url), url.raw_path_qs
     with gate:
         body = (
-            RequestBody(request.content, limit, body_idle_timeout) if request.body_exists else None
+            RequestBody(request.content, limit, body_idle_timeout, check)
+            if request.body_exists
+            else None
         )
+        small = declared is not None and declared <= SMALL_BODY
+        if body is not None and check is not None and small:
+            await body.prefetch()  # checked whole before anything is sent
         if origin is not None and pool is not None:
             return await exchange(
                 request,
@@ -186,6 +204,11 @@ async def forward(
                 route_timeout=route.timeout,
             )
         url = _absolute(gate, url)
+        if body is not None and (length := body_length(request)) != CHUNKED:
+            # Framing is keygate's own (the pairs never carry the client's):
+            # aiohttp's client sends a declared length instead of chunks.
+            pairs = headers.items() if isinstance(headers, CIMultiDict) else headers
+            headers = [*pairs, (hdrs.CONTENT_LENGTH, str(length))]
         try:
             upstream = await session.request(
                 request.method,

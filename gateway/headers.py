@@ -1,10 +1,12 @@
-"""Header rewriting for the proxy (SPEC §5) — pure functions, no I/O.
+"""Header rewriting for the proxy — pure functions, no I/O.
 
 Requests going upstream lose the hop-by-hop headers (RFC 9110 §7.6.1), the
 header that carried the keygate credential and anything a client could use to
 impersonate keygate (``X-Keygate-*``, the ``X-Forwarded-*`` family,
-``Forwarded``, ``X-Real-IP`` and kin, ``X-Original-URL``, ``X-Request-Id``);
-keygate then adds its own identity and forwarded headers.
+``Forwarded``, ``X-Real-IP`` and kin, ``X-Request-Id``), the re-routing
+headers (``X-Original-URL`` and kin, unless a route keeps them) and the
+framing (keygate frames what it sends itself); keygate then adds its own
+identity and forwarded headers.
 Responses coming back lose only the hop-by-hop headers; everything else,
 repeated fields such as ``Set-Cookie`` included, passes in order.
 """
@@ -66,8 +68,23 @@ _SPOOFABLE: Final = frozenset(
         "x-forwarded-server",
         "x-forwarded-scheme",
         "x-forwarded-ssl",
+    }
+)
+# SECURITY: names that frameworks and proxies read as the path to serve instead
+# of the request line's (IIS/Symfony X-Original-URL and X-Rewrite-URL, nginx
+# X-Original-URI, Traefik/Caddy X-Forwarded-Uri, X-Forwarded-Path, Envoy's
+# X-Envoy-Original-Path, X-HTTP-Path-Override). keygate checked the request
+# line's path; honouring one of these behind it would serve another. Removed
+# unless a route sets ``strip_rerouting_headers = false`` (docs/security.md).
+REROUTING: Final = frozenset(
+    {
         "x-original-url",
+        "x-original-uri",
         "x-rewrite-url",
+        "x-forwarded-uri",
+        "x-forwarded-path",
+        "x-envoy-original-path",
+        "x-http-path-override",
     }
 )
 # Names only keygate may say: the ones it sets itself and the spoofable ones.
@@ -86,7 +103,21 @@ _FORWARDED: Final = (
     | _SPOOFABLE
 )
 _XFF: Final = hdrs.X_FORWARDED_FOR.lower()
+# SECURITY: framing is keygate's own. The head sent upstream frames exactly
+# the body keygate forwards (see gateway/upstream_head.py), so the client's
+# Content-Length and Transfer-Encoding never travel in the header pairs; a
+# client-controlled header list deciding the upstream framing is how
+# "Connection: Content-Length" once smuggled a second request past the checks.
+FRAMING: Final = frozenset({hdrs.CONTENT_LENGTH.lower(), hdrs.TRANSFER_ENCODING.lower()})
+# Names a Connection header may never remove (RFC 9110 §7.6.1 lets a sender
+# nominate hop-by-hop fields; these are not the client's to nominate):
+# - framing (refused outright, see connection_nominates_framing);
+# - Host, which keygate always writes itself (the nomination is moot);
+# - every field keygate sets itself, whose client copies are dropped anyway:
+#   a nomination must not remove keygate's own.
+_NOT_NOMINABLE: Final = FRAMING | {hdrs.HOST.lower()} | _FORWARDED
 # Always removed from requests besides HOP_BY_HOP:
+# - Content-Length and Transfer-Encoding: framing is keygate's own (above);
 # - Host: the client session derives it from the upstream URL;
 # - Expect: the proxy answered "100-continue" to the client itself once the
 #   request was allowed (RFC 9110 §10.1.1), so the body is coming anyway and
@@ -94,8 +125,9 @@ _XFF: Final = hdrs.X_FORWARDED_FOR.lower()
 # - the forwarded names other than X-Forwarded-For, which keygate replaces
 #   (or, for the spoofable ones, leaves out).
 _REQUEST_REMOVED: Final = (
-    HOP_BY_HOP | {hdrs.HOST.lower(), hdrs.EXPECT.lower()} | (_FORWARDED - {_XFF})
+    HOP_BY_HOP | FRAMING | {hdrs.HOST.lower(), hdrs.EXPECT.lower()} | (_FORWARDED - {_XFF})
 )
+_REQUEST_REMOVED_REROUTING: Final = _REQUEST_REMOVED | REROUTING
 
 # RFC 9110 §5.5: CR, LF and NUL are never allowed in a field value, other
 # controls are unsafe; HTAB is the only control a field value may carry.
@@ -147,7 +179,6 @@ _IDENTITY_NAMES: Final = frozenset(
     (X_KEYGATE_KEY_ID, X_KEYGATE_KEY_NAME, X_KEYGATE_USER, X_KEYGATE_GROUPS)
 )
 _CONNECTION: Final = hdrs.CONNECTION.lower()
-_CONTENT_LENGTH: Final = hdrs.CONTENT_LENGTH.lower()
 Pairs: TypeAlias = list[tuple[str, str]]
 
 
@@ -160,28 +191,32 @@ def upstream_header_pairs(
     proto: str,
     host: str | None,
     request_id: str,
+    strip_rerouting: bool = True,
 ) -> Pairs:
     """The headers sent upstream as (name, value) pairs: the one implementation of
-    the rules, which :func:`upstream_request_headers` wraps in a multidict."""
-    # Most requests name nothing in Connection and are not transfer-coded:
-    # then only the fixed table and the credential's header(s) are removed.
+    the rules, which :func:`upstream_request_headers` wraps in a multidict.
+
+    ``strip_rerouting`` removes the :data:`REROUTING` names (a route's
+    ``strip_rerouting_headers``)."""
+    # Most requests name nothing in Connection: then only the fixed table and
+    # the credential's header(s) are removed.
     named: Collection[str] = ()
     if _CONNECTION in headers:
-        named = _connection_tokens(headers) - _FORWARDED
-    if hdrs.TRANSFER_ENCODING in headers:
-        named = {*named, _CONTENT_LENGTH}
+        named = _connection_tokens(headers) - _NOT_NOMINABLE
+    removed = _REQUEST_REMOVED_REROUTING if strip_rerouting else _REQUEST_REMOVED
     dropped = [name.lower() for name in drop]
     out: Pairs = []
     forwarded_for: list[str] = []
     for name, value in headers.items():
         low = name.lower()
-        if low in _REQUEST_REMOVED or low in dropped or (named and low in named):
+        if low in removed or low in dropped or (named and low in named):
             continue
         if "_" in low:
             # WSGI-style servers treat "_" and "-" alike: X_Keygate_User would
-            # reach the upstream as X-Keygate-User.
+            # reach the upstream as X-Keygate-User, Transfer_Encoding might be
+            # taken for framing.
             low = low.replace("_", "-")
-            if low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
+            if low in removed or low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
                 continue
         elif low.startswith(_KEYGATE_PREFIX):
             continue
@@ -217,6 +252,7 @@ def upstream_request_headers(
     proto: str,
     host: str | None,
     request_id: str,
+    strip_rerouting: bool = True,
 ) -> CIMultiDict[str]:
     """Headers to send upstream for a client request with ``headers``.
 
@@ -224,8 +260,8 @@ def upstream_request_headers(
     instance is removed. ``identity`` maps the four ``X-Keygate-*`` names (see
     :func:`identity_headers`) to values, or is None on a public route.
     ``host`` is the client's Host header, sent on as X-Forwarded-Host.
-    Content-Length is kept as the client sent it unless the request was also
-    transfer-coded (RFC 9112 §6.3: Transfer-Encoding overrides it).
+    Content-Length and Transfer-Encoding are never among them: the request
+    head frames the body keygate sends (:func:`gateway.upstream_head.request_head`).
     """
     return CIMultiDict(
         upstream_header_pairs(
@@ -236,6 +272,7 @@ def upstream_request_headers(
             proto=proto,
             host=host,
             request_id=request_id,
+            strip_rerouting=strip_rerouting,
         )
     )
 
@@ -260,6 +297,17 @@ def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
         if name.lower() not in removed:
             out.add(name, value)
     return out
+
+
+def connection_nominates_framing(headers: Headers) -> bool:
+    """Whether a Connection header names Content-Length or Transfer-Encoding.
+
+    Refused (400, connection closed) rather than ignored: framing is for every
+    recipient of a message, never a connection option (RFC 9110 §7.6.1), so a
+    client that nominates it is probing how intermediaries disagree about
+    where its body ends — the one question a front proxy must never leave open.
+    """
+    return _CONNECTION in headers and not FRAMING.isdisjoint(_connection_tokens(headers))
 
 
 def _connection_tokens(headers: Headers) -> set[str]:

@@ -27,8 +27,10 @@ _NOT_PCHAR = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/]")
 _TOKEN = re.compile(r"%([0-9A-Fa-f]{2})|(%)|([^A-Za-z0-9\-._~!$&'()*+,;=:@/])")
 
 # Escapes refused anywhere: "/" and "\" would let a segment be split differently
-# upstream (SPEC §5.2); NUL truncates paths in C-based servers.
-_REFUSED_ESCAPES = frozenset({0x2F, 0x5C, 0x00})
+# upstream; NUL truncates paths in C-based servers; the other controls (CR and
+# LF above all) split log lines and headers of upstreams that decode the path
+# and echo it, and routers disagree about them (aiohttp's own "." stops at LF).
+_REFUSED_ESCAPES = frozenset({0x2F, 0x5C, 0x7F, *range(0x20)})
 
 # "." or ".." followed by path parameters: Tomcat and others strip ";params"
 # before resolving dot segments, so "/..;/admin" climbs there but not here.

@@ -262,6 +262,16 @@ class Policy:
         matcher = by_method.get(method, any_method)
         return matcher is not None and matcher(path) is not None
 
+    def allows_every_method(self, groups: Iterable[str], route: str, path: str) -> bool:
+        """True when a rule allowing every method (``["*"]``) matches route and path:
+        then no method a request could ask for is refused there."""
+        key = (groups if isinstance(groups, tuple | frozenset) else tuple(groups), route)
+        entry = self._memo.get(key)
+        if entry is None:
+            entry = self._build(key)
+        any_method = entry[1]
+        return any_method is not None and any_method(path) is not None
+
     def _build(self, key: tuple[Collection[str], str]) -> _Entry:
         # One alternation per method: a request costs one dict lookup and one
         # regex run, however many rules and groups apply.

@@ -27,8 +27,8 @@ from aiohttp.web_request import BaseRequest
 
 from .accesslog import AccessLogger
 from .edge import Edge, EdgeProtocol
-from .errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
-from .headers import HOST_FIELD, RequestIds
+from .errors import BadFraming, BadRequest, HeadersTooLarge, KeygateError, TooLarge
+from .headers import HOST_FIELD, RequestIds, connection_nominates_framing
 from .state import gateway_key
 
 log = logging.getLogger("keygate.protocol")
@@ -84,9 +84,13 @@ def check_framing(request: web.BaseRequest) -> None:
       removal would drop the header, so ``gzip, chunked`` would reach the
       upstream as a plain body. HTTP/1.0 has no transfer codings at all: such
       framing is faulty (RFC 9112 §6.1).
+    - No Connection header may name Content-Length or Transfer-Encoding
+      (:func:`gateway.headers.connection_nominates_framing`).
+
+    Each refusal is a :class:`BadFraming`: the connection closes after it.
     """
     if request.version not in (HttpVersion10, HttpVersion11):
-        raise BadRequest("The request is not valid HTTP.")
+        raise BadFraming()
     # RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two
     # Host lines or an invalid one, is a 400: keygate sends Host on as
     # X-Forwarded-Host, which upstreams use to build links.
@@ -96,12 +100,14 @@ def check_framing(request: web.BaseRequest) -> None:
         or (not hosts and request.version == HttpVersion11)
         or (hosts and not HOST_FIELD.fullmatch(hosts[0]))
     ):
-        raise BadRequest("The request needs exactly one valid Host header.")
+        raise BadFraming("The request needs exactly one valid Host header.")
     codings = request.headers.getall(hdrs.TRANSFER_ENCODING, ())
     if codings:
         tokens = [t.strip().lower() for v in codings for t in v.split(",")]
         if request.version == HttpVersion10 or tokens != ["chunked"]:
-            raise BadRequest("The request is not valid HTTP.")
+            raise BadFraming()
+    if connection_nominates_framing(request.headers):
+        raise BadFraming()
 
 
 class KeygateRequestHandler(RequestHandler):

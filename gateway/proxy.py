@@ -1,7 +1,8 @@
-"""The proxy handler: SPEC §5 steps 1–5 for every request outside the admin prefix."""
+"""The proxy steps (route, credential, rules, upstream target) and the aiohttp handler."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -14,13 +15,8 @@ from config.settings import Route
 
 from .cache import Principal
 from .clientip import peer_ip
-from .credentials import (
-    Credential,
-    find_credential,
-    query_values,
-    stray_credentials,
-    strip_query_param,
-)
+from .credentials import Credential, find_credential, stray_credentials, strip_query_param
+from .destination import BadDestination, destination_path
 from .errors import (
     BadPath,
     BadRequest,
@@ -31,10 +27,12 @@ from .errors import (
     UpstreamBusy,
 )
 from .forward import forward
+from .headers import Pairs, upstream_header_pairs
+from .overrides import form_scanner, header_overrides, query_overrides
 from .pathnorm import is_under, normalise_path
 from .policy import upstream_path
+from .request_body import BodyCheck
 from .state import gateway_key, key_id_key, request_id_key, route_key
-from .upstream_head import upstream_header_pairs
 
 if TYPE_CHECKING:
     from .state import Gateway
@@ -69,20 +67,6 @@ async def invite_body(request: web.Request, limit: int | None, busy: bool) -> No
         request.writer.output_size = 0
 
 
-# SECURITY (OWASP API5): frameworks that honour these (Express method-override,
-# Rails/Laravel/Symfony "_method", IIS) run the named method instead of the one
-# on the request line. The key must be allowed that method too.
-_METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
-
-
-def override_methods(headers: CIMultiDictProxy[str], raw_query: str) -> list[str]:
-    """Every method a request asks its upstream to run instead of its own."""
-    found = [v.strip().upper() for name in _METHOD_OVERRIDES for v in headers.getall(name, ())]
-    if "_method" in raw_query:
-        found += [v.strip().upper() for v in query_values(raw_query, "_method")]
-    return found
-
-
 def split_target(raw_target: str) -> tuple[str, str]:
     """(raw path, raw query) of the request target, as the client sent them.
 
@@ -101,9 +85,17 @@ def split_target(raw_target: str) -> tuple[str, str]:
     return path, query
 
 
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A WebDAV Destination (RFC 4918 §10.3) on the request's route, normalised."""
+
+    path: str
+    absolute: bool  # given as an absolute URI (sent on as one)
+
+
 @dataclass(slots=True)
 class Resolved:
-    """A request's route and credential, before the key is verified (SPEC §5 steps 2–3)."""
+    """A request's route and credential, before the key is verified."""
 
     route: Route
     path: str
@@ -111,13 +103,19 @@ class Resolved:
     # None on a public route; then ``drop`` names stray keygate tokens to remove.
     credential: Credential | None
     drop: tuple[str, ...]
+    destination: Destination | None = None
 
 
-def resolve(gw: Gateway, headers: CIMultiDictProxy[str], path: str, query: str) -> Resolved:
+def resolve(
+    gw: Gateway, headers: CIMultiDictProxy[str], path: str, query: str, scheme: str
+) -> Resolved:
     """The route for normalised ``path`` and the request's credential, or raise."""
     route = gw.routes.match(path)
     if route is None:
         raise NotFound("No route matches the request path.", code="no_route")
+    destination = (
+        _destination(gw, route, headers, scheme) if _DESTINATION in headers else None
+    )
     if route.public:
         drop: tuple[str, ...] = ()
         stray = stray_credentials(headers, query, gw.sources, gw.verifier.prefix)
@@ -125,11 +123,28 @@ def resolve(gw: Gateway, headers: CIMultiDictProxy[str], path: str, query: str) 
             drop = stray.drop_headers
             if stray.drop_query is not None:
                 query = strip_query_param(query, stray.drop_query)
-        return Resolved(route, path, query, None, drop)
+        return Resolved(route, path, query, None, drop, destination)
     credential = find_credential(headers, query, gw.sources, gw.verifier.prefix)
     if credential.drop_query is not None:
         query = strip_query_param(query, credential.drop_query)
-    return Resolved(route, path, query, credential, credential.drop_headers)
+    return Resolved(route, path, query, credential, credential.drop_headers, destination)
+
+
+_DESTINATION = "Destination"
+
+
+def _destination(
+    gw: Gateway, route: Route, headers: CIMultiDictProxy[str], scheme: str
+) -> Destination:
+    values = headers.getall(_DESTINATION)
+    if len(values) > 1:
+        raise BadDestination("The request carries more than one Destination header.")
+    path, absolute = destination_path(values[0], headers.get(hdrs.HOST), scheme)
+    if gw.routes.match(path) is not route:
+        # Another route may be another upstream or another prefix rule: the
+        # upstream could not resolve it as the path that was checked.
+        raise BadDestination("The Destination header must name a path on the same route.")
+    return Destination(path, absolute)
 
 
 def authorise(
@@ -139,25 +154,81 @@ def authorise(
     method: str,
     headers: CIMultiDictProxy[str],
     raw_query: str,
-) -> None:
-    """Raise 403 unless the key may run ``method`` (and every override it asks for)."""
-    route_name = resolved.route.name
+    has_body: bool,
+) -> BodyCheck | None:
+    """Raise 403 unless the key may run ``method`` here, on a WebDAV Destination
+    too, and every method an override asks for (docs/security.md).
+
+    Returns the check a form body must still pass as it streams, if any.
+    """
+    route = resolved.route
+    route_name = route.name
     path = resolved.path
     policy = gw.policy
-    if not policy.allows(principal.groups, route_name, method, path):
+    groups = principal.groups
+    destination = resolved.destination
+    if not policy.allows(groups, route_name, method, path):
         raise Forbidden("The API key may not do this.")
-    for override in override_methods(headers, raw_query):
-        if not policy.allows(principal.groups, route_name, override, path):
+    if destination is not None and not policy.allows(groups, route_name, method, destination.path):
+        raise Forbidden("The API key may not do this.")
+    paths = (path,) if destination is None else (path, destination.path)
+    if route.method_override != "check" or all(
+        policy.allows_every_method(groups, route_name, p) for p in paths
+    ):
+        return None  # no override could name a method refused here
+
+    def allowed(override: str) -> bool:
+        return all(policy.allows(groups, route_name, override, p) for p in paths)
+
+    for override in header_overrides(headers) + query_overrides(raw_query):
+        if not allowed(override):
             raise Forbidden("The API key may not do this.")
+    if not has_body:
+        return None
+    scanner = form_scanner(headers.get(hdrs.CONTENT_TYPE), headers.get(hdrs.CONTENT_ENCODING))
+    return None if scanner is None else BodyCheck(scanner, allowed)
 
 
 def upstream_target(gw: Gateway, resolved: Resolved) -> str:
-    """The request target on the route's upstream (SPEC §5: exactly the path checked)."""
+    """The request target on the route's upstream: exactly the path checked."""
     route = resolved.route
     target = gw.upstream_base[route.name].raw_path.rstrip("/") + upstream_path(
         route, resolved.path
     )
     return target + "?" + resolved.query if resolved.query else target
+
+
+def upstream_pairs(
+    gw: Gateway,
+    resolved: Resolved,
+    headers: CIMultiDictProxy[str],
+    identity: Mapping[str, str] | None,
+    *,
+    client_ip: str,
+    proto: str,
+    request_id: str,
+) -> Pairs:
+    """The header pairs sent upstream (:func:`gateway.headers.upstream_header_pairs`
+    with the route's choices), a WebDAV Destination rewritten to the checked path."""
+    pairs = upstream_header_pairs(
+        headers,
+        drop=resolved.drop,
+        identity=identity,
+        client_ip=client_ip,
+        proto=proto,
+        host=headers.get(hdrs.HOST),
+        request_id=request_id,
+        strip_rerouting=resolved.route.strip_rerouting_headers,
+    )
+    destination = resolved.destination
+    if destination is not None:
+        route = resolved.route
+        base = gw.upstream_base[route.name]
+        value = base.raw_path.rstrip("/") + upstream_path(route, destination.path)
+        if destination.absolute:
+            value = f"{base.scheme}://{base.raw_authority}{value}"
+        pairs = [(n, value if n.lower() == "destination" else v) for n, v in pairs]
+    return pairs
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -172,26 +243,28 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         if path == raw_path:
             raise NotFound("No such admin endpoint.")
         raise BadPath
-    resolved = resolve(gw, request.headers, path, query)
+    resolved = resolve(gw, request.headers, path, query, request.scheme)
     route = resolved.route
     request[route_key] = route.name
     identity = None
+    check = None
     if resolved.credential is not None:
         verifier = gw.verifier
         digest, principal = verifier.cached(resolved.credential.token)
         if principal is None:
             principal = await verifier.load(digest, resolved.credential.token)
         request[key_id_key] = principal.key_id
-        authorise(gw, resolved, principal, request.method, request.headers, query)
+        check = authorise(
+            gw, resolved, principal, request.method, request.headers, query, request.body_exists
+        )
         identity = principal.identity
-    # upstream_request_headers' result as plain pairs, the cheaper form to send.
-    headers = upstream_header_pairs(
+    headers = upstream_pairs(
+        gw,
+        resolved,
         request.headers,
-        drop=resolved.drop,
-        identity=identity,
+        identity,
         client_ip=peer_ip(request),
         proto=request.scheme,
-        host=request.headers.get("Host"),
         request_id=request[request_id_key],
     )
     assert gw.session is not None
@@ -205,4 +278,5 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         url=upstream_target(gw, resolved),
         headers=headers,
         body_idle_timeout=settings.server.body_idle_timeout,
+        check=check,
     )

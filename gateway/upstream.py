@@ -33,8 +33,8 @@ from .errors import KeygateError, UpstreamTimeout, UpstreamUnavailable
 from .headers import HOP_BY_HOP
 from .request_body import RequestBody, failure
 from .upstream_conn import OriginKey, UpstreamConnection, UpstreamError
+from .upstream_head import CHUNKED, request_head
 from .upstream_head import HeaderSource as Headers
-from .upstream_head import request_head
 from .upstream_pool import UpstreamPool
 
 # Fixed-length bodies up to this size are read whole and answered in one piece.
@@ -169,20 +169,21 @@ async def open_exchange(
     method: str,
     head: bytes,
     body: RequestBody | None,
-    chunked: bool,
+    length: int | None,
     deadline: float,
     *,
     fresh: bool = False,
 ) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
     """Send a request head (and start its body) and wait for the response head.
 
-    Returns the connection, its response head read, and the task still
-    sending the body, if any. Raises UpstreamError, OSError or TimeoutError;
-    the caller maps them to 502/504 and must end the connection (``finish``
-    or ``abort``) and the task. Both the aiohttp handler and the edge
-    protocol (:mod:`gateway.edge`) take this one road upstream. ``fresh``: a
-    retry already (the edge's first try failed stale): a new connection, no
-    further retry.
+    ``length`` is the framing ``head`` declares for ``body`` (see
+    :func:`~gateway.upstream_head.request_head`). Returns the connection, its
+    response head read, and the task still sending the body, if any. Raises
+    UpstreamError, OSError or TimeoutError; the caller maps them to 502/504
+    and must end the connection (``finish`` or ``abort``) and the task. Both
+    the aiohttp handler and the edge protocol (:mod:`gateway.edge`) take this
+    one road upstream. ``fresh``: a retry already (the edge's first try failed
+    stale): a new connection, no further retry.
     """
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
@@ -197,7 +198,7 @@ async def open_exchange(
                 conn = await pool.connect(origin.key, deadline)
             conn.start(head, deadline, method == hdrs.METH_HEAD)
             if body is not None:
-                sender = asyncio.create_task(_send_body(conn, body, chunked))
+                sender = asyncio.create_task(_send_body(conn, body, length))
             try:
                 while not conn.head_done:
                     await conn.wait()
@@ -258,13 +259,14 @@ async def exchange(
     ``route_timeout`` covers connecting, sending and the whole response.
     """
     method = request.method
-    head, chunked = request_head(method, target, origin.host, headers, body is not None)
+    length = body_length(request) if body is not None else None
+    head = request_head(method, target, origin.host, headers, length)
     deadline = pool.loop.time() + route_timeout
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
     try:
         with mapped_errors(body):
-            conn, sender = await open_exchange(pool, origin, method, head, body, chunked, deadline)
+            conn, sender = await open_exchange(pool, origin, method, head, body, length, deadline)
             status = conn.status
             out_headers, length = response_headers(conn.headers)
             reason = conn.reason.decode("utf-8", "surrogateescape") or None
@@ -330,14 +332,35 @@ async def _stream(
     return response
 
 
-async def _send_body(conn: UpstreamConnection, body: RequestBody, chunked: bool) -> None:
-    """Stream the client's body upstream; on failure, break the upstream exchange."""
+def body_length(request: web.BaseRequest) -> int:
+    """The framing of a request body as aiohttp's parser read it: its length, or
+    :data:`~gateway.upstream_head.CHUNKED` (the only coding the front ends admit)."""
+    length = request.content_length
+    if hdrs.TRANSFER_ENCODING in request.headers or length is None:
+        return CHUNKED
+    return length
+
+
+async def _send_body(conn: UpstreamConnection, body: RequestBody, length: int | None) -> None:
+    """Stream the client's body upstream; on failure, break the upstream exchange.
+
+    Exactly the bytes the head declared go out: with a Content-Length, a body
+    that would run longer or end shorter breaks the exchange instead (the
+    framing invariant holds here whatever the body source does).
+    """
+    chunked = length == CHUNKED
+    sent = 0
     try:
         async for chunk in body:
+            sent += len(chunk)
+            if not chunked and length is not None and sent > length:
+                raise UpstreamError("the request body ran past its declared length")
             conn.write(b"".join((b"%x\r\n" % len(chunk), chunk, b"\r\n")) if chunked else chunk)
             await conn.drain()
         if chunked:
             conn.write(b"0\r\n\r\n")
+        elif sent != (length or 0):
+            raise UpstreamError("the request body ended short of its declared length")
         body.sent = True
     except (KeygateError, UpstreamError, OSError) as exc:
         # The upstream must see a broken request, never a short one that looks whole.

@@ -174,8 +174,8 @@ def upstream(pairs: Pairs, **overrides: Any) -> Pairs:
         pytest.param(
             [("Content-Length", "12"), ("Content-Type", "text/plain")],
             {},
-            [("content-length", "12"), ("content-type", "text/plain"), *forwarded()],
-            id="content-length-kept",
+            [("content-type", "text/plain"), *forwarded()],
+            id="framing-never-forwarded",
         ),
         pytest.param(
             [("Content-Length", "12"), ("Transfer-Encoding", "chunked")],

@@ -34,7 +34,7 @@ from gateway.headers import (
     upstream_request_headers,
 )
 from gateway.upstream import SMALL_BODY, response_headers
-from gateway.upstream_head import request_head, upstream_header_pairs
+from gateway.upstream_head import CHUNKED, request_head, upstream_header_pairs
 from gateway.upstream_pool import UpstreamPool
 
 IDENTITY = identity_headers(key_id="3k9x2m0qzt7a", key_name="ci", user="alice", groups=["a"])
@@ -524,20 +524,51 @@ async def test_upstream_request_framing_follows_client(env: Env) -> None:
 
 def test_request_head_refuses_control_characters() -> None:
     with pytest.raises(ValueError, match="control character"):
-        request_head("GET", "/", "h", [("X-A", "1\r\nX-Injected: 1")], False)
+        request_head("GET", "/", "h", [("X-A", "1\r\nX-Injected: 1")], None)
     with pytest.raises(ValueError, match="control character"):
-        request_head("GET", "/", "h", [("X-A", "1\x00")], False)
-    head, chunked = request_head("POST", "/a?b", "h:1", [("X-A", "tab\tok")], True)
+        request_head("GET", "/", "h", [("X-A", "1\x00")], None)
+    head = request_head("POST", "/a?b", "h:1", [("X-A", "tab\tok")], CHUNKED)
     assert head == (
         b"POST /a?b HTTP/1.1\r\nHost: h:1\r\nX-A: tab\tok\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    assert chunked
 
 
 def test_request_head_non_utf8_bytes_sent_unchanged() -> None:
     value = b"caf\xe9".decode("utf-8", "surrogateescape")  # as aiohttp's parser hands it over
-    head, _ = request_head("GET", "/", "h", [("X-A", value)], False)
+    head = request_head("GET", "/", "h", [("X-A", value)], None)
     assert b"X-A: caf\xe9\r\n" in head
+
+
+@pytest.mark.parametrize(
+    ("method", "length", "framing"),
+    [
+        ("GET", None, b""),
+        ("HEAD", None, b""),
+        ("POST", None, b"Content-Length: 0\r\n"),
+        ("DELETE", None, b"Content-Length: 0\r\n"),
+        ("GET", 5, b"Content-Length: 5\r\n"),
+        ("POST", 0, b"Content-Length: 0\r\n"),
+        ("POST", CHUNKED, b"Transfer-Encoding: chunked\r\n"),
+    ],
+)
+def test_request_head_framing_from_length_only(
+    method: str, length: int | None, framing: bytes
+) -> None:
+    # Whatever framing the pairs carry (a client's, any case), the head
+    # declares exactly the body keygate says it sends.
+    pairs = [
+        ("Content-Length", "999"),
+        ("X-A", "1"),
+        ("transfer-encoding", "chunked"),
+        ("CONTENT-LENGTH", "0"),
+    ]
+    head = request_head(method, "/", "h", pairs, length)
+    assert head == b"%s / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n%s\r\n" % (method.encode(), framing)
+
+
+def test_request_head_refuses_a_negative_length() -> None:
+    with pytest.raises(ValueError, match="not a body length"):
+        request_head("POST", "/", "h", [], -5)
 
 
 # -- the header rules match gateway.headers --------------------------------------------------------
