@@ -16,7 +16,6 @@ so hypothesis drives plain blocking sockets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -229,21 +228,21 @@ def _chunked(body: bytes, sizes: tuple[int, ...]) -> bytes:
     return out + b"0\r\n\r\n"
 
 
+EXTRA_NAMES = [
+    "Transfer_Encoding", "Content_Length", "X-Keygate-User", "TE", "Trailer", "Expect",
+    "X-Forwarded-For",
+]  # fmt: skip
 CASES = st.builds(
     Case,
     front=st.sampled_from(["edge", "aiohttp"]),
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
     connection=st.lists(TOKENS, max_size=4).map(tuple),
     framing=st.sampled_from(
-        ["none", "length", "length", "chunked", "both", "two-lengths", "gzip-chunked",
-         "length-wrong"]
-    ),  # fmt: skip
+        ["none", "length", "chunked", "both", "two-lengths", "gzip-chunked", "length-wrong"]
+    ),
     extra=st.lists(
         st.tuples(
-            st.sampled_from(
-                ["Transfer_Encoding", "Content_Length", "X-Keygate-User", "TE", "Trailer",
-                 "Expect", "X-Forwarded-For"]
-            ),  # fmt: skip
+            st.sampled_from(EXTRA_NAMES),
             st.sampled_from(["chunked", "0", "5", "admin", "trailers", "100-continue", "1.2.3.4"]),
         ),
         max_size=2,
