@@ -127,6 +127,11 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
             "max_line_size": settings.server.max_line_bytes,
             "max_field_size": settings.server.max_header_bytes,
             "max_headers": settings.server.max_header_count,
+            # SECURITY: bodies are handed over as they arrived. A proxy relays a
+            # gzip upload byte for byte; decoding it here once sent the decoded
+            # bytes under the client's (compressed) length, and the upstream
+            # read the rest as a second request. The admin API decodes itself.
+            "auto_decompress": False,
         },
     )
     app.on_response_prepare.append(_add_request_id)

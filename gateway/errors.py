@@ -15,6 +15,7 @@ Hierarchy (status, default code)::
     ├── Conflict                      409 (name_taken | key_limit_reached |
     │                                      group_in_use | already_exists | ...)
     ├── TooLarge                      413 too_large
+    ├── UnsupportedMediaType          415 unsupported_media_type
     ├── Invalid                       422 invalid, with per-field ``details``
     ├── HeadersTooLarge               431 headers_too_large
     ├── UpstreamUnavailable           502 upstream_unavailable
@@ -133,6 +134,12 @@ class TooLarge(KeygateError):
     status = 413
     default_code = "too_large"
     default_message = "The request body is too large."
+
+
+class UnsupportedMediaType(KeygateError):
+    status = 415
+    default_code = "unsupported_media_type"
+    default_message = "The request body's encoding is not supported here."
 
 
 class Invalid(KeygateError):

@@ -37,7 +37,7 @@ from urllib.parse import unquote_to_bytes
 
 from multidict import CIMultiDictProxy
 
-from .errors import BadRequest, KeygateError, TooLarge
+from .errors import BadRequest, TooLarge, UnsupportedMediaType
 
 HEADER_NAMES: Final = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 _FIELD: Final = b"_method"
@@ -53,12 +53,6 @@ MAX_DECODED: Final = 16 * 1024 * 1024
 _LEADING_SPACES: Final = re.compile(rb"(?:\+| |%20)*")
 _SEPARATORS: Final = re.compile(rb"[&;]")
 _NAME_MAP: Final = bytes.maketrans(b" .[", b"___")
-
-
-class UnsupportedMediaType(KeygateError):
-    status = 415
-    default_code = "unsupported_media_type"
-    default_message = "The request body's encoding cannot be checked."
 
 
 def method_values(value: str) -> list[str]:
@@ -124,7 +118,7 @@ def form_scanner(content_type: str | None, content_encoding: str | None) -> Form
         return scanner
     if coding in ("gzip", "x-gzip", "deflate"):
         return _Inflating(scanner)
-    raise UnsupportedMediaType()
+    raise UnsupportedMediaType("A form body in this Content-Encoding cannot be checked.")
 
 
 def _boundary(params: str) -> bytes | None:
@@ -343,19 +337,19 @@ class _Inflating:
 
     def finish(self) -> list[str]:
         found: list[str] = []
-        try:
-            tail = self._inflater.flush()
-        except zlib.error as exc:
-            raise BadRequest("The request body could not be decoded.") from exc
-        if tail:
-            found += self._inner.feed(tail)
+        for chunk in self._inflate(b""):
+            found += self._inner.feed(chunk)
         return found + self._inner.finish()
 
     def _inflate(self, data: bytes) -> Iterable[bytes]:
+        """Decoded chunks of ``data``, at most 64 KiB each, until the input is used
+        up and nothing more comes out (``decompress`` with a bound may hold
+        output back: it is drained here, never by an unbounded ``flush``)."""
         inflater = self._inflater
-        while data:
+        step = 1 << 16
+        while not inflater.eof:
             try:
-                out = inflater.decompress(data, 1 << 16)
+                out = inflater.decompress(data, step)
             except zlib.error as exc:
                 raise BadRequest("The request body could not be decoded.") from exc
             self._decoded += len(out)
@@ -364,5 +358,5 @@ class _Inflating:
             if out:
                 yield out
             data = inflater.unconsumed_tail
-            if inflater.eof:
+            if not data and len(out) < step:
                 return

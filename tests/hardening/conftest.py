@@ -293,7 +293,10 @@ async def recorder(
 ) -> AsyncIterator[Recorder]:
     rec = Recorder()
     # No access log upstream: every captured aiohttp.access line is keygate's.
-    rec.server = await aiohttp_server(recorder_app(rec), host="127.0.0.1", access_log=None)
+    # Bodies as they arrived (no decoding): what the upstream was sent, byte for byte.
+    rec.server = await aiohttp_server(
+        recorder_app(rec), host="127.0.0.1", access_log=None, auto_decompress=False
+    )
     yield rec
     rec.release.set()
 

@@ -9,6 +9,9 @@ it receives: a smuggled request would show up as a second request it saw.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+
 import pytest
 
 from config.settings import Route
@@ -166,3 +169,23 @@ async def test_every_framing_refusal_closes_the_connection(
     finally:
         await conn.close()
     assert recorder.seen == []
+
+
+@FRONT_ENDS
+@pytest.mark.parametrize("size", [100, 200_000], ids=["small", "large"])
+async def test_a_compressed_body_is_relayed_as_it_came(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, size: int
+) -> None:
+    # aiohttp's server once decoded gzip uploads and the decoded bytes went
+    # upstream under the compressed length: the rest was a second request.
+    rig = await rig_factory(routes=_routes(recorder), server={"fast_path": fast_path})
+    payload = b"x" * size + SMUGGLED
+    body = gzip.compress(payload, mtime=0)
+    headers = [("Content-Encoding", "gzip"), ("Content-Length", str(len(body)))]
+    reply = await rig.exchange(http("POST", "/open/x", headers, body))
+    assert reply.status == 200
+    assert [s.path for s in recorder.seen] == ["/open/x"]
+    seen = recorder.last()
+    assert seen.values("Content-Encoding") == ["gzip"]
+    assert seen.values("Content-Length") == [str(len(body))]
+    assert (seen.body_len, seen.body_sha256) == (len(body), hashlib.sha256(body).hexdigest())
