@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,10 @@ FRONT_ENDS = pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "a
 POST_ONLY = [{"route": "*", "methods": ["GET", "POST"], "paths": ["/api/**"]}]
 
 
-async def _rig(rig_factory: RigFactory, recorder: Recorder, fast_path: bool, **route: object) -> Rig:
-    routes = (Route(name="default", prefix="/", upstream=recorder.url, **route),)  # type: ignore[arg-type]
+async def _rig(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, **route: Any
+) -> Rig:
+    routes = (Route(name="default", prefix="/", upstream=recorder.url, **route),)
     return await rig_factory(routes=routes, server={"fast_path": fast_path})
 
 
@@ -59,7 +62,13 @@ async def test_override_headers_need_the_method(
 @FRONT_ENDS
 @pytest.mark.parametrize(
     "query",
-    ["_method=DELETE", "%5Fmethod=DELETE", "_%6Dethod=DELETE", ".method=DELETE", "a=1;_method=delete"],
+    [
+        "_method=DELETE",
+        "%5Fmethod=DELETE",
+        "_%6Dethod=DELETE",
+        ".method=DELETE",
+        "a=1;_method=delete",
+    ],
 )
 async def test_override_query_parameters_need_the_method(
     rig_factory: RigFactory, recorder: Recorder, fast_path: bool, query: str
@@ -157,7 +166,8 @@ async def test_a_large_upload_with_a_forbidden_override_is_cut_before_it_complet
         ) + b"0\r\n\r\n"
     else:
         framing, wire = ("Content-Length", str(len(body))), body
-    reply = await rig.exchange(http("POST", "/api/upload", [bearer(token), MULTIPART, framing], wire))
+    headers = [bearer(token), MULTIPART, framing]
+    reply = await rig.exchange(http("POST", "/api/upload", headers, wire))
     assert (reply.status, reply.code) == (403, "forbidden")
     # The upstream started receiving (the body streams) but never a whole request.
     await wait_for(lambda: recorder.broken_bodies == 1, what="the upstream saw a broken body")
