@@ -466,10 +466,13 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
         actor = await edge.admin_actor()
         rule = {"route": "up", "methods": ["GET", "HEAD"], "paths": ["/up/small", "/up/head"]}
         await edge.services.groups.create(actor, {"name": "limited", "rules": [rule]})
+        rule = {"route": "raw", "methods": ["GET", "POST"], "paths": ["/raw/**"]}
+        await edge.services.groups.create(actor, {"name": "poster", "rules": [rule]})
         tokens = {
             "valid": await edge.make_key(["default"], name="parity"),
             "other": await edge.make_key(["default"], name="other"),
             "limited": await edge.make_key(["limited"], name="limited"),
+            "poster": await edge.make_key(["poster"], name="poster"),
             "disabled": await edge.make_key(["default"], name="disabled"),
         }
         disabled_id = tokens["disabled"].split("_")[1]
@@ -731,6 +734,118 @@ CASES += [
     ),
     Case("length with plus", "POST", "/raw/x", headers=(("Content-Length", "+2"),), body=b"ab"),
     Case("two content-types", "GET", "/raw/x", headers=(("Content-Type", "a/b"),) * 2),
+    # The security review's findings (docs/security.md): the same answer on both.
+    Case(
+        "connection names content-length",
+        "POST",
+        "/raw/x",
+        headers=(("Connection", "Content-Length"), ("Content-Length", "33")),
+        body=b"GET /raw/smuggled HTTP/1.1\r\n\r\n\r\n",
+    ),
+    Case(
+        "connection names transfer-encoding",
+        "GET",
+        "/raw/x",
+        headers=(("Connection", "keep-alive, transfer-encoding"),),
+    ),
+    Case(
+        "connection names keygate's fields",
+        "GET",
+        "/raw/x",
+        headers=(("Connection", "Host, X-Forwarded-For, X-Request-Id, X-Keygate-User"),),
+    ),
+    Case("encoded line feed", "GET", "/raw/a%0Ab"),
+    Case("encoded CR LF in a public path", "GET", "/pub/a%0D%0AX:%201", key=None),
+    Case("encoded DEL", "GET", "/raw/a%7F"),
+    Case(
+        "re-routing headers",
+        "GET",
+        "/raw/x",
+        headers=(
+            ("X-Original-URL", "/admin"),
+            ("X-Original-URI", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("X-Forwarded-Uri", "/admin"),
+            ("X_Forwarded_Path", "/admin"),
+            ("X-Envoy-Original-Path", "/admin"),
+            ("X-HTTP-Path-Override", "/admin"),
+        ),
+    ),
+    Case(
+        "override header underscores",
+        "GET",
+        "/up/small",
+        key="limited",
+        headers=(("X_HTTP_Method_Override", "DELETE"),),
+    ),
+    Case("override query encoded", "GET", "/up/small?%5Fmethod=DELETE", key="limited"),
+    Case("override query dot", "GET", "/raw/x?.method=DELETE", key="poster"),
+    Case("override allowed", "POST", "/raw/x?_method=get", key="poster"),
+    Case(
+        "override form field",
+        "POST",
+        "/raw/x",
+        key="poster",
+        headers=(("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "16")),
+        body=b"a=1&_method=PUT&",
+    ),
+    Case(
+        "form without override",
+        "POST",
+        "/raw/x",
+        key="poster",
+        headers=(("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "14")),
+        body=b"a=1&method=PUT",
+    ),
+    Case(
+        "override multipart field",
+        "POST",
+        "/raw/x",
+        key="poster",
+        headers=(("Content-Type", "multipart/form-data; boundary=zz"), ("Content-Length", "70")),
+        body=b'--zz\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--zz--',
+    ),
+    Case(
+        "override in a body without a type",
+        "POST",
+        "/raw/x",
+        key="poster",
+        headers=(("Content-Length", "14"),),
+        body=b"_method=DELETE",
+    ),
+    Case(
+        "form in an unknown coding",
+        "POST",
+        "/raw/x",
+        key="poster",
+        headers=(("Content-Encoding", "br"), ("Content-Length", "3")),
+        body=b"abc",
+    ),
+    Case("destination", "GET", "/raw/x", headers=(("Destination", "/raw/a/../b"),)),
+    Case(
+        "destination absolute",
+        "GET",
+        "/raw/x",
+        headers=(("Destination", "http://keygate.test/raw/c"),),
+    ),
+    Case("destination elsewhere", "GET", "/raw/x", headers=(("Destination", "http://evil/x"),)),
+    Case("destination other route", "GET", "/raw/x", headers=(("Destination", "/up/x"),)),
+    Case(
+        "destination forbidden",
+        "GET",
+        "/up/small",
+        key="limited",
+        headers=(("Destination", "/up/json"),),
+    ),
+    Case("destination move", "MOVE", "/raw/x", headers=(("Destination", "/raw/y"),)),
+    Case(
+        "identity, chunked",
+        "POST",
+        "/raw/x",
+        headers=(("Transfer-Encoding", "identity, chunked"),),
+        body=b"0\r\n\r\n",
+        versions=("11ka", "11close"),
+    ),
 ]
 
 
