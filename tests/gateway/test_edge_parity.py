@@ -980,9 +980,7 @@ PIPELINES: dict[str, list[tuple[Case, str]]] = {
 
 
 # A request that ends its connection, with more bytes behind it in the same
-# write: the one place the front ends differ on purpose. The edge answers it
-# and closes (RFC 9112 §9.6: the rest is never read); aiohttp's parser refuses
-# the whole read with a 400 instead of answering the valid request.
+# write: both answer it and close (RFC 9112 §9.6: the rest is never read).
 CLOSING_PIPELINES: dict[str, list[tuple[Case, str]]] = {
     "close ends the pipeline": [(_GET, "11close"), (_GET_RAW, "11ka")],
     "1.0 without keep-alive": [(_GET, "10"), (_GET_RAW, "10ka")],
@@ -990,15 +988,55 @@ CLOSING_PIPELINES: dict[str, list[tuple[Case, str]]] = {
 
 
 @pytest.mark.parametrize("name", list(CLOSING_PIPELINES))
-async def test_edge_answers_a_closing_request_and_reads_no_further(pair: Pair, name: str) -> None:
+async def test_a_closing_request_is_answered_and_nothing_further_read(
+    pair: Pair, name: str
+) -> None:
     steps = [(_expand(case, pair.tokens), mode) for case, mode in CLOSING_PIPELINES[name]]
     request = b"".join(case.request(mode, pair.tokens) for case, mode in steps)
     methods = [case.method for case, _ in steps]
-    answers, seen = await _run(pair, pair.edge, request, *methods)
-    first = answers[0]
-    assert isinstance(first, Answer) and first.status_line.endswith("200 OK"), answers
-    assert answers[1:] == [CLOSED], answers
-    assert len(seen) == 1, seen  # the upstream saw the first request only
+    edge_answers, edge_seen = await _run(pair, pair.edge, request, *methods)
+    plain_answers, plain_seen = await _run(pair, pair.plain, request, *methods)
+    assert _comparable(edge_answers, False) == _comparable(plain_answers, False), request
+    assert _seen_comparable(edge_seen, False) == _seen_comparable(plain_seen, False)
+    first = edge_answers[0]
+    assert isinstance(first, Answer) and first.status_line.endswith("200 OK"), edge_answers
+    assert edge_answers[1:] == [CLOSED], edge_answers
+    assert len(edge_seen) == 1, edge_seen  # the upstream saw the first request only
+
+
+# A complete request and then bytes that are not HTTP, in one write: both
+# answer the request, then refuse the rest with a 400 and close.
+GARBAGE = {
+    "not http": b"this is not http\r\n\r\n",
+    "bad method": b"G@T /raw/x HTTP/1.1\r\nHost: keygate.test\r\n\r\n",
+    "nul": b"\x00\x01\x02\r\n\r\n",
+    "bare lf": b"GET /raw/x HTTP/1.1\nHost: keygate.test\n\n",
+    "bad version": b"GET /raw/x HTTP/9.9\r\nHost: keygate.test\r\n\r\n",
+}
+GARBAGE_AFTER = {
+    "get": _GET,
+    "get raw": _GET_RAW,
+    "body": _BODY,
+    "refused": _REFUSED,
+    "head": _HEAD,
+}
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE))
+@pytest.mark.parametrize("first", list(GARBAGE_AFTER))
+async def test_a_request_followed_by_garbage_is_answered_then_refused(
+    pair: Pair, first: str, garbage: str
+) -> None:
+    case = _expand(GARBAGE_AFTER[first], pair.tokens)
+    request = case.request("11ka", pair.tokens) + GARBAGE[garbage]
+    edge_answers, edge_seen = await _run(pair, pair.edge, request, case.method, "GET")
+    plain_answers, plain_seen = await _run(pair, pair.plain, request, case.method, "GET")
+    assert _comparable(edge_answers, False) == _comparable(plain_answers, False), request
+    assert _seen_comparable(edge_seen, False) == _seen_comparable(plain_seen, False)
+    answered, refusal, *rest = edge_answers
+    assert isinstance(answered, Answer) and answered.status != 400, edge_answers
+    assert isinstance(refusal, Answer) and refusal.status == 400, edge_answers
+    assert rest == [CLOSED]
 
 
 @pytest.mark.parametrize("name", list(PIPELINES))
