@@ -22,6 +22,8 @@ rule check; a false negative is a bypass.
   (Rack reads a POST without one as a form). Fields separated by ``&`` or
   ``;``. Multipart delimiters may end lines with LF alone. A gzip or deflate
   body is scanned decoded (Express's body-parser inflates them).
+- JSON bodies (any ``/json`` or ``+json`` type): the string value of a
+  top-level ``_method`` key (Laravel reads its input from a JSON body).
 
 All functions are pure; :class:`FormScanner` takes a body chunk by chunk, so a
 multi-megabyte upload is scanned as it streams, in bounded memory.
@@ -35,6 +37,7 @@ from collections.abc import Iterable
 from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
+import orjson
 from multidict import CIMultiDictProxy
 
 from .errors import BadRequest, TooLarge, UnsupportedMediaType
@@ -111,6 +114,8 @@ def form_scanner(content_type: str | None, content_encoding: str | None) -> Form
         if boundary is None:
             return None  # no framework can split it into fields either
         scanner = _Multipart(boundary)
+    elif "/json" in media or "+json" in media:
+        scanner = _JsonObject()  # Laravel reads "_method" from a JSON body's top level
     else:
         return None
     coding = (content_encoding or "").strip().lower()
@@ -316,6 +321,137 @@ def _disposition_names_override(line: bytes) -> bool:
         if is_override_name(value.replace(b"+", b"%2B")) or is_override_name(value):
             return True
     return False
+
+
+# Where a JSON scanner is, at the top level of an object.
+(_START, _KEY_OR_END, _KEY, _COLON, _VALUE, _STRING, _NESTED, _NESTED_STRING, _NEXT, _DONE) = (
+    range(10)
+)
+_SPACE: Final = re.compile(rb"[ \t\r\n]*")
+_QUOTE_OR_ESCAPE: Final = re.compile(rb'["\\]')
+_NESTING: Final = re.compile(rb'["{}\[\]]')
+_SCALAR_END: Final = re.compile(rb"[,}\] \t\r\n]")
+
+
+class _JsonObject:
+    """A JSON body, streamed: the string values of its top-level ``_method``-like keys.
+
+    Only the top level is read (as Laravel reads it); nested values and
+    other strings are skipped with regular-expression scans, so a large
+    document costs little. Anything that is not an object, or stops being
+    valid JSON, ends the scan: a framework could not read a field from it
+    either.
+    """
+
+    __slots__ = ("_buffer", "_depth", "_is_override", "_raw", "_state")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._state = _START
+        self._raw = b""  # the current key, or an override's value, still JSON-escaped
+        self._is_override = False
+        self._depth = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        buffer = self._buffer + data if self._buffer else data
+        found: list[str] = []
+        pos = self._step(buffer, 0, found)
+        self._buffer = buffer[pos:] if self._state != _DONE else b""
+        return found
+
+    def finish(self) -> list[str]:
+        return []  # a value is only complete once its closing quote was seen
+
+    def _step(self, buffer: bytes, pos: int, found: list[str]) -> int:
+        end = len(buffer)
+        while pos < end:
+            state = self._state
+            if state in (_START, _KEY_OR_END, _COLON, _VALUE, _NEXT):
+                pos = _SPACE.match(buffer, pos).end()  # type: ignore[union-attr]
+                if pos >= end:
+                    return pos
+                char = buffer[pos : pos + 1]
+                pos += 1
+                if state == _START:
+                    self._state = _KEY_OR_END if char == b"{" else _DONE
+                elif state == _KEY_OR_END:
+                    if char == b'"':
+                        self._state, self._raw = _KEY, b""
+                    elif char != b",":
+                        self._state = _DONE
+                elif state == _COLON:
+                    self._state = _VALUE if char == b":" else _DONE
+                elif state == _VALUE:
+                    if char == b'"':
+                        self._state, self._raw = _STRING, b""
+                    elif char in (b"{", b"["):
+                        self._state, self._depth = _NESTED, 1
+                    else:
+                        scalar_end = _SCALAR_END.search(buffer, pos)
+                        if scalar_end is None:
+                            return pos - 1  # the scalar may go on in the next chunk
+                        self._state, pos = _NEXT, scalar_end.start()
+                else:  # _NEXT
+                    self._state = _KEY_OR_END if char == b"," else _DONE
+            elif state in (_KEY, _STRING, _NESTED_STRING):
+                stop = _QUOTE_OR_ESCAPE.search(buffer, pos)
+                if stop is None:
+                    self._collect(state, buffer[pos:])
+                    return end
+                at = stop.start()
+                if buffer[at : at + 1] == b"\\":
+                    if at + 1 >= end:
+                        self._collect(state, buffer[pos:at])
+                        return at  # the escaped byte comes in the next chunk
+                    self._collect(state, buffer[pos : at + 2])
+                    pos = at + 2
+                    continue
+                self._collect(state, buffer[pos:at])
+                pos = at + 1
+                if state == _KEY:
+                    self._is_override = _json_name_is_override(self._raw)
+                    self._state = _COLON
+                elif state == _STRING:
+                    if self._is_override:
+                        found += method_values(_json_string(self._raw))
+                    self._state = _NEXT
+                else:
+                    self._state = _NESTED
+            elif state == _NESTED:
+                mark = _NESTING.search(buffer, pos)
+                if mark is None:
+                    return end
+                pos = mark.end()
+                char = mark.group()
+                if char == b'"':
+                    self._state = _NESTED_STRING
+                elif char in (b"{", b"["):
+                    self._depth += 1
+                else:
+                    self._depth -= 1
+                    if self._depth == 0:
+                        self._state = _NEXT
+            else:  # _DONE
+                return end
+        return pos
+
+    def _collect(self, state: int, data: bytes) -> None:
+        wanted = state == _KEY or (state == _STRING and self._is_override)
+        if wanted and len(self._raw) < _MAX_VALUE * 6:
+            self._raw += data[: _MAX_VALUE * 6]
+
+
+def _json_string(raw: bytes) -> str:
+    try:
+        value = orjson.loads(b'"' + raw + b'"')
+    except orjson.JSONDecodeError:
+        return raw.decode("latin-1")  # cut short: checked as it stands
+    return value if isinstance(value, str) else ""
+
+
+def _json_name_is_override(raw: bytes) -> bool:
+    name = _json_string(raw).lstrip(" ")
+    return name.translate(str.maketrans(" .[", "___")).lower() == "_method"
 
 
 class _Inflating:

@@ -185,7 +185,8 @@ def test_multipart_big_file_then_override_in_bounded_memory() -> None:
         ("multipart/form-data; boundary=a", None, "multipart"),
         ("multipart/related; boundary=\"a b\"", None, "multipart"),
         ("multipart/form-data", None, None),
-        ("application/json", None, None),
+        ("application/json", None, "json"),
+        ("application/vnd.api+json; charset=utf-8", None, "json"),
         ("text/plain", "br", None),
     ],
 )
@@ -274,3 +275,40 @@ def test_multipart_streaming_finds_what_one_pass_finds(
             for method in method_values(content.decode("latin-1"))
         ]
         assert _scan(MULTIPART, body, cuts) == expected
+
+
+JSON = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        (b'{"_method":"DELETE"}', ["DELETE"]),
+        (b' {\n "a" : {"_method": "PUT"}, "_method" : "del\\u0045te" } ', ["DELETE"]),
+        (b'{"a":1,"_method":"PATCH","z":[1,{"b":"}]"}]}', ["PATCH"]),
+        (b'{"\\u005fmethod":"PUT"}', ["PUT"]),
+        (b'{"a":"x\\\\", "_method":"PUT"}', ["PUT"]),
+        (b'{"_method":"PUT","_method":"DELETE"}', ["PUT", "DELETE"]),
+        (b'{"b":"\\"_method\\":\\"DELETE"}', []),  # inside a string value
+        (b'{"a":{"_method":"DELETE"}}', []),  # not the top level
+        (b'[{"_method":"DELETE"}]', []),
+        (b'{"_method":123}', []),
+        (b'{"_method":"DELETE"', ["DELETE"]),  # unfinished document: still checked
+        (b"not json _method=DELETE", []),
+    ],
+)
+def test_json_top_level_override(body: bytes, found: list[str]) -> None:
+    for cuts in ([], list(range(len(body))), [3, 9, 17]):
+        assert _scan(JSON, body, cuts) == found, cuts
+
+
+def test_json_large_document_is_skipped_fast_and_bounded() -> None:
+    scanner = form_scanner(JSON, None)
+    assert scanner is not None
+    found = scanner.feed(b'{"data": [')
+    item = b'{"k": "v\\"}", "n": [1, 2, {"x": null}]}, ' * 1000
+    for _ in range(100):  # ~4 MB of nested values
+        found += scanner.feed(item)
+        assert len(scanner._buffer) < 64  # type: ignore[attr-defined]
+    found += scanner.feed(b'{}], "_method": "DELETE"}')
+    assert found + scanner.finish() == ["DELETE"]

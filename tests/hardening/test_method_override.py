@@ -108,8 +108,18 @@ MULTIPART = ("Content-Type", "multipart/form-data; boundary=b0undary")
         ([MULTIPART], _multipart([("a", b"1"), ("_method", b"DELETE")])),
         ([MULTIPART], _multipart([("_method", b"DELETE")]).replace(b"\r\n", b"\n")),
         ([URLENCODED, ("Content-Encoding", "gzip")], gzip.compress(b"a=1&_method=DELETE")),
+        ([("Content-Type", "application/json")], b'{"name": "x", "_method": "DELETE"}'),
     ],
-    ids=["form", "form-only", "no-type", "encoded-name", "multipart", "multipart-lf", "gzip"],
+    ids=[
+        "form",
+        "form-only",
+        "no-type",
+        "encoded-name",
+        "multipart",
+        "multipart-lf",
+        "gzip",
+        "json",
+    ],
 )
 async def test_small_form_overrides_are_refused_before_anything_is_sent(
     rig_factory: RigFactory,
@@ -136,7 +146,8 @@ async def test_small_forms_without_a_forbidden_override_pass_untouched(
         ([URLENCODED], b"name=x&method=DELETE&x_method=PUT"),
         ([URLENCODED], b"_method=POST&a=1"),
         ([MULTIPART], _multipart([("a", b"_method=DELETE"), ("_method", b"GET")])),
-        ([("Content-Type", "application/json")], b'{"_method": "DELETE"}'),
+        ([("Content-Type", "application/json")], b'{"a": {"_method": "DELETE"}}'),
+        ([("Content-Type", "text/plain")], b"_method=DELETE"),
     ):
         request_headers = [bearer(token), *headers, ("Content-Length", str(len(body)))]
         reply = await rig.exchange(http("POST", "/api/x", request_headers, body))
