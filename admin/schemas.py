@@ -81,6 +81,18 @@ DESCRIPTION: Schema = {"type": "string", "maxLength": 1000}
 USER_REF: Schema = obj(
     {"id": STRING, "username": STRING}, required=("id", "username"), closed=False
 )
+DISABLED_BY: Schema = nullable(
+    obj(
+        {
+            "id": nullable({"type": "string", "description": "null: the CLI."}),
+            "username": {"type": "string", "description": "cli:<os user> for the CLI."},
+        },
+        required=("id", "username"),
+        closed=False,
+        description="Who disabled the key; null while it is active. A key an admin "
+        "disabled is enabled again only by an admin.",
+    )
+)
 
 RULE: Schema = obj(
     {
@@ -142,6 +154,7 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at": nullable(TIME),
             "webhook_url": nullable(STRING),
             "metadata": METADATA,
+            "disabled_by": DISABLED_BY,
         },
         required=(
             "id",
@@ -158,6 +171,7 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at",
             "webhook_url",
             "metadata",
+            "disabled_by",
         ),
         closed=False,
     ),

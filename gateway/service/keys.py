@@ -9,6 +9,7 @@ from typing import Any
 from .. import keyformat
 from ..errors import Conflict, Forbidden, NotFound
 from ..store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
+from . import blocks
 from . import cursor as cursors
 from . import validation as v
 from .actor import Actor
@@ -153,6 +154,7 @@ class KeyService:
             expires_at=expires_at,
             webhook_url=webhook,
             metadata=meta or {},
+            expires_by_admin=blocks.expiry_set_by_admin(actor, expires_at),
         )
         audit = actor.audit(
             "key.create",
@@ -207,7 +209,10 @@ class KeyService:
         if set(fields) == {"status"}:
             action = "key.enable" if fields["status"] == "active" else "key.disable"
         updated = await self.ctx.store.update_key(
-            key_id, fields, audit=actor.audit(action, "key", key_id, changes)
+            key_id,
+            fields,
+            audit=actor.audit(action, "key", key_id, changes),
+            check=lambda current: blocks.key_change(actor, current, fields),
         )
         await self.ctx.notify("key", key_id)
         return updated
