@@ -230,17 +230,18 @@ class KeyService:
         await self.ctx.notify("key", key_id)
         return revoked
 
-    async def roll(self, actor: Actor, key_id: str, body: Any = None) -> IssuedKey:
+    async def roll(self, actor: Actor, key_id: str, body: Any) -> IssuedKey:
+        """``body`` is the request's object (``{}`` when none was sent): a JSON
+        null or any other non-object is 400, like every other body."""
         key = await self.get(actor, key_id)
-        body = {} if body is None else v.require_object(body)
+        body = v.require_object(body)
         errors = v.Errors()
         v.reject_unknown(body, frozenset({"grace_seconds"}), errors)
-        grace = body.get("grace_seconds", 0)
-        if isinstance(grace, bool) or not isinstance(grace, int) or not (
-            0 <= grace <= v.MAX_GRACE_SECONDS
-        ):
+        grace = v.integer(body.get("grace_seconds", 0))
+        if grace is None or not 0 <= grace <= v.MAX_GRACE_SECONDS:
             errors["grace_seconds"] = f"must be an integer from 0 to {v.MAX_GRACE_SECONDS}"
         errors.raise_if_any()
+        assert grace is not None
         if key.status == "revoked":
             raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
         token, _ = keyformat.generate(key.prefix, key_id)

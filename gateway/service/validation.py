@@ -125,13 +125,23 @@ def expiry(body: Mapping[str, Any], errors: Errors, now: datetime) -> tuple[bool
     return False, None
 
 
-def duration_seconds(raw: Any) -> int | None:
+def integer(raw: Any) -> int | None:
+    """A JSON integer. JSON has one number type (RFC 8259 §6), so ``5``, ``5.0``
+    and ``5e0`` are the same integer, as JSON Schema counts any number with a
+    zero fractional part; ``5.5``, booleans and strings are not."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return raw if raw > 0 else None
+        return raw
     if isinstance(raw, float) and raw.is_integer():
-        return int(raw) if raw > 0 else None
+        return int(raw)
+    return None
+
+
+def duration_seconds(raw: Any) -> int | None:
+    seconds = integer(raw)
+    if seconds is not None:
+        return seconds if seconds > 0 else None
     if isinstance(raw, str):
         match = DURATION_RE.match(raw.strip())
         if match:
