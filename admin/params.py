@@ -47,12 +47,10 @@ def search(query: MultiMapping[str], name: str = "search") -> str | None:
 
 
 def flag(query: MultiMapping[str], name: str) -> bool:
+    """``true`` or ``false``, as the OpenAPI document's boolean says."""
     raw = query.get(name)
     if raw is None:
         return False
-    lowered = raw.lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
+    if raw in ("true", "false"):
+        return raw == "true"
     raise Invalid({name: "must be true or false"})
