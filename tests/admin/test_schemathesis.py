@@ -30,7 +30,7 @@ from tests.conftest import GatewayFactory
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 MAX_KEYS = 100_000  # the fuzzer creates keys freely; key_limit_reached is tested elsewhere
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 25
 RUN_TIMEOUT = 120.0  # seconds; a run takes well under half of it
 PHASES = ("Examples", "Coverage", "Fuzzing", "Stateful")
 
