@@ -20,18 +20,31 @@ MAX_DEPTH = 64
 
 
 async def read_json(request: web.Request) -> Any:
-    """The decoded body, or ``None`` when the request has none.
+    """The decoded body, or ``None`` when the request has none (the services
+    refuse ``None`` where an object is required, as they refuse a JSON null).
 
     ``client_max_size`` limits only ``read()``, and a chunked body has no
     Content-Length to trust, so the stream is read with a running cap
     (STYLE: aiohttp traps).
     """
+    present, value = await _read_body(request)
+    return value if present else None
+
+
+async def read_optional_json(request: web.Request) -> Any:
+    """For an optional object body: no body at all reads as ``{}``; anything
+    sent, a JSON ``null`` included, is returned for the service to judge."""
+    present, value = await _read_body(request)
+    return value if present else {}
+
+
+async def _read_body(request: web.Request) -> tuple[bool, Any]:
     declared = request.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise TooLarge
     data = decoded(await _read_capped(request), request.headers.get(hdrs.CONTENT_ENCODING))
     if not data:
-        return None
+        return False, None
     if not is_json_type(request.content_type):
         raise BadRequest("The request body must be JSON (Content-Type: application/json).")
     try:
@@ -40,7 +53,7 @@ async def read_json(request: web.Request) -> Any:
         raise BadRequest("The request body is not valid JSON.") from None
     if too_deep(value, MAX_DEPTH):
         raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.")
-    return value
+    return True, value
 
 
 async def _read_capped(request: web.Request) -> bytes:

@@ -12,7 +12,7 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .schemas import SCHEMAS, Schema, ref
+from .schemas import GROUP_NAME, KEY_ID, QUERY_TEXT, SCHEMAS, USERNAME, Schema, ref
 
 if TYPE_CHECKING:  # admin.routes imports the docs handlers, which import this module
     from .routes import Endpoint
@@ -21,28 +21,46 @@ TITLE = "keygate admin API"
 VERSION = "1.0.0"
 
 PATH_PARAMETERS: dict[str, Schema] = {
-    "id": {"description": "The key id (12 characters [0-9a-z]).", "schema": {"type": "string"}},
-    "username": {"description": "The username.", "schema": {"type": "string"}},
-    "name": {"description": "The group name.", "schema": {"type": "string"}},
-    "asset": {"description": "A Swagger UI file name.", "schema": {"type": "string"}},
+    "id": {
+        "description": "The key id (12 characters [0-9a-z]); any other value is not found.",
+        "schema": {"type": "string", "pattern": KEY_ID},
+    },
+    "username": {"description": "The username.", "schema": {"type": "string", "pattern": USERNAME}},
+    "name": {"description": "The group name.", "schema": {"type": "string", "pattern": GROUP_NAME}},
+    "asset": {
+        "description": "A Swagger UI file name.",
+        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    },
 }
 
+# An empty value is 422 for every parameter but search (docs/admin-api.md).
 QUERY_PARAMETERS: dict[str, Schema] = {
     "search": {
-        "description": "Case-insensitive substring of name, description or key id.",
-        "schema": {"type": "string", "maxLength": 200},
+        "description": "Case-insensitive substring of name, description or key id; "
+        "empty: every key.",
+        "schema": {"type": "string", "maxLength": 200, "pattern": QUERY_TEXT},
     },
     "status": {
         "description": "Only keys in this status.",
         "schema": {"type": "string", "enum": ["active", "disabled", "revoked", "expired"]},
     },
-    "owner": {"description": "Only keys of this username.", "schema": {"type": "string"}},
-    "group": {"description": "Only keys holding this group.", "schema": {"type": "string"}},
+    "owner": {
+        "description": "Only keys of this username.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": QUERY_TEXT},
+    },
+    "group": {
+        "description": "Only keys holding this group.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": QUERY_TEXT},
+    },
     "limit": {
-        "description": "Page size.",
+        "description": "Page size (an integral decimal such as 50.0 is that integer).",
         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
     },
-    "cursor": {"description": "next_cursor of the previous page.", "schema": {"type": "string"}},
+    "cursor": {
+        "description": "next_cursor of the previous page of the same list (any other value "
+        "is 422).",
+        "schema": {"type": "string", "minLength": 1},
+    },
     "force": {
         "description": "Delete even when users or keys hold the group (it is removed from them).",
         "schema": {"type": "boolean", "default": False},
@@ -53,7 +71,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     400: (
         "BadRequest",
         "bad_request (not JSON, not an object, wrong Content-Type), bad_path "
-        "(a non-canonical path), or ambiguous_api_key.",
+        "(a non-canonical path), or ambiguous_api_key (two different keys).",
     ),
     401: ("Unauthorized", "missing_api_key, invalid_api_key, key_disabled or key_expired."),
     403: ("Forbidden", "forbidden: the key's effective groups do not allow this."),
@@ -62,6 +80,14 @@ ERRORS: dict[int, tuple[str, str]] = {
     413: ("TooLarge", "too_large: the body is over 64 KiB."),
     422: ("Invalid", "invalid: details name each refused field (unknown fields included)."),
     503: ("Unavailable", "store_unavailable."),
+}
+# RFC 9110 §11.6.1: every 401 carries a challenge.
+CHALLENGE: Schema = {
+    "WWW-Authenticate": {
+        "description": 'Bearer realm="keygate"',
+        "required": True,
+        "schema": {"type": "string"},
+    }
 }
 
 TAGS = [
@@ -97,11 +123,20 @@ def security_schemes(sources: Sequence[str]) -> dict[str, Schema]:
     return schemes
 
 
-def document(endpoints: Iterable[Endpoint], prefix: str, sources: Sequence[str]) -> Schema:
+def document(
+    endpoints: Iterable[Endpoint],
+    prefix: str,
+    sources: Sequence[str],
+    routes: Sequence[str] | None = None,
+) -> Schema:
+    """The document; ``routes``, when known, are the route names a rule may name."""
     schemes = security_schemes(sources)
     paths: dict[str, dict[str, Schema]] = {}
     for ep in endpoints:
         paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
+    schemas = copy.deepcopy(SCHEMAS)
+    if routes is not None:
+        schemas["Rule"]["properties"]["route"]["enum"] = ["*", *routes]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -116,13 +151,14 @@ def document(endpoints: Iterable[Endpoint], prefix: str, sources: Sequence[str])
         "security": [{name: []} for name in schemes],
         "paths": paths,
         "components": {
-            "schemas": copy.deepcopy(SCHEMAS),
+            "schemas": schemas,
             "responses": {
                 name: {
                     "description": text,
                     "content": {"application/json": {"schema": ref("Error")}},
+                    **({"headers": copy.deepcopy(CHALLENGE)} if status == 401 else {}),
                 }
-                for name, text in ERRORS.values()
+                for status, (name, text) in ERRORS.items()
             },
             "securitySchemes": schemes,
         },
@@ -149,31 +185,44 @@ def _operation(ep: Endpoint) -> Schema:
             "required": ep.body_required,
             "content": {"application/json": {"schema": ref(ep.body)}},
         }
-    statuses = [400]
     if ep.public:
         op["security"] = []
-    else:
-        statuses += [401, 403]
-    if ep.not_found:
-        statuses.append(404)
-    if ep.conflicts:
-        statuses.append(409)
-    if ep.body is not None:
-        statuses.append(413)
-    if ep.body is not None or ep.query:
-        statuses.append(422)
-    if not ep.public or ep.operation_id == "ready":
-        statuses.append(503)
-    for status in statuses:
+    for status in statuses(ep):
         name, _ = ERRORS[status]
         response: Schema = {"$ref": f"#/components/responses/{name}"}
         if status == 409:
-            response = {
-                "description": "Conflict: " + ", ".join(ep.conflicts) + ".",
-                "content": {"application/json": {"schema": ref("Error")}},
-            }
+            response = _error("Conflict: " + ", ".join(ep.conflicts) + ".")
+        elif status == 403 and (ep.admin_only or ep.forbidden):
+            reasons = ["the key's effective groups do not allow this"]
+            if ep.admin_only:
+                reasons = ["the key's effective groups lack admin (admin only)"]
+            if ep.forbidden:
+                reasons.append(ep.forbidden)
+            response = _error("forbidden: " + "; or ".join(reasons) + ".")
         op["responses"][str(status)] = response
     return op
+
+
+def statuses(ep: Endpoint) -> list[int]:
+    """Every error status the operation can answer (besides 405 for another method)."""
+    found = [400]  # bad_path on any path; bad_request and ambiguous_api_key below
+    if not ep.public:
+        found += [401, 403]
+    if ep.not_found:
+        found.append(404)
+    if ep.conflicts:
+        found.append(409)
+    if ep.body is not None:
+        found.append(413)
+    if ep.body is not None or ep.query:
+        found.append(422)
+    if not ep.public or ep.operation_id == "ready":
+        found.append(503)
+    return found
+
+
+def _error(description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
 
 
 def _success(ep: Endpoint) -> Schema:
@@ -225,6 +274,14 @@ def _walk(node: Any) -> None:
 
 
 def _schema_30(schema: Schema) -> None:
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+    for key in ("anyOf", "oneOf"):
+        # {"type": "null"} among alternatives: 3.0 says nullable instead.
+        options = schema.get(key)
+        if isinstance(options, list) and {"type": "null"} in options:
+            schema[key] = [o for o in options if o != {"type": "null"}]
+            schema["nullable"] = True
     types = schema.get("type")
     if isinstance(types, list):
         concrete = [t for t in types if t != "null"]

@@ -35,6 +35,7 @@ class Endpoint:
     query: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()  # 409 codes this endpoint can answer
     not_found: bool = False
+    forbidden: str = ""  # when 403 means more than "the key's groups do not allow this"
     admin_only: bool = False
     public: bool = False
     media: str = "application/json"  # of a public, non-JSON success body
@@ -128,6 +129,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response="IssuedKey",
         body="KeyCreate",
         conflicts=("name_taken", "key_limit_reached"),
+        forbidden="a self-service caller naming another owner",
     ),
     _key("GET", "/keys/{id}", keys.get_key, "getKey", "One key", response="Key", not_found=True),
     _key(
@@ -140,6 +142,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body="KeyPatch",
         not_found=True,
         conflicts=("name_taken", "key_revoked"),
+        forbidden="a self-service caller undoing an admin's block: enabling a key an admin "
+        "disabled, or removing or moving later an expiry an admin set",
     ),
     _key(
         "DELETE",
@@ -269,6 +273,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response="Group",
         body="GroupPatch",
         not_found=True,
+        forbidden="a built-in group",
     ),
     _admin(
         "DELETE",
@@ -281,6 +286,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         query=("force",),
         not_found=True,
         conflicts=("group_in_use",),
+        forbidden="a built-in group",
     ),
     # --- audit ------------------------------------------------------------------
     _admin(

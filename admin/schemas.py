@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.service.validation import (
+    MAX_EXPIRY,
+    MAX_GRACE_SECONDS,
+    REFUSED_CHARS,
+    REFUSED_IN_DESCRIPTION,
+    URI_PATTERN,
+)
+
 Schema = dict[str, Any]
 
 GROUP_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 KEY_ID = r"^[0-9a-z]{12}$"
+# What gateway.service.validation accepts, as patterns: one line of text without
+# leading or trailing white space; free text; a lifetime like "7d".
+ONE_LINE = rf"^[^\s{REFUSED_CHARS}](?:[^{REFUSED_CHARS}]*[^\s{REFUSED_CHARS}])?$"
+FREE_TEXT = rf"^[^{REFUSED_IN_DESCRIPTION}]*$"
+QUERY_TEXT = rf"^[^{REFUSED_CHARS}]*$"
+DURATION = r"^[1-9][0-9]{0,9}[smhdw]?$"
 
 
 def ref(name: str) -> Schema:
@@ -62,24 +76,48 @@ EXPIRES_AT: Schema = nullable(
     {
         "type": "string",
         "format": "date-time",
-        "description": "RFC 3339, in the future; null: never.",
+        "description": "RFC 3339 with a time zone, in the future, within 100 years; null: "
+        "never. An admin's expiry: its owner may only bring it forward.",
     }
 )
 EXPIRES_IN: Schema = {
-    "type": ["integer", "string", "null"],
-    "description": 'Seconds, or "7d", "12h", "30m"; null: never. Not with expires_at.',
+    "description": 'Seconds (an integral number), or "7d", "12h", "30m", "2w", within 100 '
+    "years; null: never. Not with expires_at.",
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": int(MAX_EXPIRY.total_seconds())},
+        {"type": "string", "pattern": DURATION},
+        {"type": "null"},
+    ],
     "examples": [86400, "7d"],
 }
-WEBHOOK: Schema = nullable({"type": "string", "format": "uri", "maxLength": 2048})
+# expires_at and expires_in name the same thing: one or the other (422 for both).
+ONE_EXPIRY: Schema = {"not": {"required": ["expires_at", "expires_in"]}}
+WEBHOOK: Schema = nullable(
+    {"type": "string", "format": "uri", "pattern": URI_PATTERN, "maxLength": 2048}
+)
 KEY_NAME: Schema = {
     "type": "string",
     "minLength": 1,
     "maxLength": 100,
-    "description": "Unique per owner, case-insensitive.",
+    "pattern": ONE_LINE,
+    "description": "Unique per owner, case-insensitive; one line, no leading or trailing "
+    "spaces, no control characters.",
 }
-DESCRIPTION: Schema = {"type": "string", "maxLength": 1000}
+DESCRIPTION: Schema = {"type": "string", "maxLength": 1000, "pattern": FREE_TEXT}
 USER_REF: Schema = obj(
     {"id": STRING, "username": STRING}, required=("id", "username"), closed=False
+)
+DISABLED_BY: Schema = nullable(
+    obj(
+        {
+            "id": nullable({"type": "string", "description": "null: the CLI."}),
+            "username": {"type": "string", "description": "cli:<os user> for the CLI."},
+        },
+        required=("id", "username"),
+        closed=False,
+        description="Who disabled the key; null while it is active. A key an admin "
+        "disabled is enabled again only by an admin.",
+    )
 )
 
 RULE: Schema = obj(
@@ -87,19 +125,23 @@ RULE: Schema = obj(
         "route": {"type": "string", "description": 'A route name, or "*".'},
         "methods": {
             "type": "array",
-            "items": STRING,
             "minItems": 1,
+            "anyOf": [
+                {"const": ["*"]},
+                {"items": {"type": "string", "pattern": "^[A-Z]{1,20}$"}},
+            ],
             "description": 'Upper-case methods, or ["*"]. HEAD is not implied by GET.',
         },
         "paths": {
             "type": "array",
-            "items": STRING,
+            "items": {"type": "string", "pattern": "^/", "maxLength": 1024},
             "minItems": 1,
             "description": "Globs on the whole normalised path: * one segment, ** zero or more.",
         },
     },
     required=("route", "methods", "paths"),
 )
+RULES: Schema = {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}, "maxItems": 100}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(
@@ -142,6 +184,7 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at": nullable(TIME),
             "webhook_url": nullable(STRING),
             "metadata": METADATA,
+            "disabled_by": DISABLED_BY,
         },
         required=(
             "id",
@@ -158,6 +201,7 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at",
             "webhook_url",
             "metadata",
+            "disabled_by",
         ),
         closed=False,
     ),
@@ -181,15 +225,20 @@ SCHEMAS: dict[str, Schema] = {
             "groups": GROUP_LIST,
             "expires_at": EXPIRES_AT,
             "expires_in": EXPIRES_IN,
-            "owner": {
-                "type": "string",
-                "description": "Username; admin only. Default: the caller.",
-            },
+            "owner": nullable(
+                {
+                    "type": "string",
+                    "pattern": USERNAME,
+                    "description": "Username; another user's: admin only. Absent or null: "
+                    "the caller.",
+                }
+            ),
             "webhook_url": WEBHOOK,
             "metadata": METADATA,
         },
         required=("groups",),
-    ),
+    )
+    | ONE_EXPIRY,
     "KeyPatch": obj(
         {
             "name": KEY_NAME,
@@ -202,16 +251,18 @@ SCHEMAS: dict[str, Schema] = {
             "status": {
                 "type": "string",
                 "enum": ["active", "disabled"],
-                "description": "Revoke with POST …/revoke.",
+                "description": "Revoke with POST …/revoke. A key an admin disabled is "
+                "enabled again only by an admin.",
             },
         },
-    ),
+    )
+    | ONE_EXPIRY,
     "RollRequest": obj(
         {
             "grace_seconds": {
                 "type": "integer",
                 "minimum": 0,
-                "maximum": 30 * 86400,
+                "maximum": MAX_GRACE_SECONDS,
                 "default": 0,
                 "description": "How long the old token keeps working.",
             }
@@ -272,13 +323,11 @@ SCHEMAS: dict[str, Schema] = {
         {
             "name": {"type": "string", "pattern": GROUP_NAME},
             "description": DESCRIPTION,
-            "rules": {"type": "array", "items": ref("Rule")},
+            "rules": RULES,
         },
         required=("name",),
     ),
-    "GroupPatch": obj(
-        {"description": DESCRIPTION, "rules": {"type": "array", "items": ref("Rule")}},
-    ),
+    "GroupPatch": obj({"description": DESCRIPTION, "rules": RULES}),
     "AuditRecord": obj(
         {
             "id": {"type": "integer"},
@@ -311,3 +360,24 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Me": obj({"user": ref("User"), "key": ref("Key")}, required=("user", "key"), closed=False),
 }
+
+# Request examples: shown by Swagger UI, and sent as they are by schemathesis's
+# examples phase (tests/admin/test_schemathesis.py), so each must be accepted.
+EXAMPLES: dict[str, list[dict[str, Any]]] = {
+    "KeyCreate": [{"name": "billing-sync", "groups": ["default"], "expires_in": "90d"}],
+    "KeyPatch": [{"description": "nightly billing export", "expires_in": "30d"}],
+    "RollRequest": [{"grace_seconds": 3600}],
+    "UserCreate": [{"username": "alice", "role": "member", "groups": ["self-service"]}],
+    "UserPatch": [{"groups": ["self-service", "default"]}],
+    "GroupCreate": [
+        {
+            "name": "billing-read",
+            "description": "Read invoices",
+            "rules": [{"route": "*", "methods": ["GET", "HEAD"], "paths": ["/billing/**"]}],
+        }
+    ],
+    "GroupPatch": [{"description": "Read and list invoices"}],
+}
+for _name, _examples in EXAMPLES.items():
+    SCHEMAS[_name]["examples"] = _examples
+

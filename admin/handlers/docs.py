@@ -64,16 +64,20 @@ def swagger_ui_major(path: Path = ASSET_DIR) -> int:
 
 @dataclass(eq=False)
 class ApiDocs:
-    """The route table, and its documents rendered once per (version, prefix, sources)."""
+    """The route table, and its documents rendered once per (version, prefix, sources, routes)."""
 
     endpoints: tuple[Endpoint, ...]
-    _rendered: dict[tuple[str, str, tuple[str, ...]], bytes] = field(default_factory=dict)
+    _rendered: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], bytes] = field(
+        default_factory=dict
+    )
 
-    def render(self, version: str, prefix: str, sources: Sequence[str]) -> bytes:
-        cache_key = (version, prefix, tuple(sources))
+    def render(
+        self, version: str, prefix: str, sources: Sequence[str], routes: Sequence[str]
+    ) -> bytes:
+        cache_key = (version, prefix, tuple(sources), tuple(routes))
         body = self._rendered.get(cache_key)
         if body is None:
-            doc = document(self.endpoints, prefix, sources)
+            doc = document(self.endpoints, prefix, sources, routes)
             if version == "3.0":
                 doc = as_openapi_30(doc)
             body = orjson.dumps(doc)
@@ -87,7 +91,10 @@ api_docs_key = web.AppKey("keygate_admin_docs", ApiDocs)
 def _document(request: web.Request, version: str) -> web.Response:
     settings = gateway(request).settings
     body = request.app[api_docs_key].render(
-        version, settings.server.admin_prefix, settings.auth.sources
+        version,
+        settings.server.admin_prefix,
+        settings.auth.sources,
+        [route.name for route in settings.routes],
     )
     return web.Response(body=body, content_type=JSON)
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from gateway.service import IssuedKey
 
 from .. import params
-from ..body import read_json
+from ..body import read_json, read_optional_json
 from ..context import actor, services
 from ..responses import json_response, no_content
 
@@ -21,7 +21,7 @@ async def list_keys(request: web.Request) -> web.Response:
     query = request.query
     items, cursor = await services(request).keys.list(
         actor(request),
-        search=params.text(query, "search"),
+        search=params.search(query),
         status=params.text(query, "status"),
         owner=params.text(query, "owner"),
         group=params.text(query, "group"),
@@ -54,7 +54,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def roll_key(request: web.Request) -> web.Response:
-    body = await read_json(request)  # optional: {"grace_seconds": n}
+    body = await read_optional_json(request)  # {"grace_seconds": n}; none at all is {}
     result = await services(request).keys.roll(actor(request), request.match_info["id"], body)
     return json_response(issued(result))
 

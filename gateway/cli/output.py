@@ -123,6 +123,7 @@ def key_table(keys: Sequence[Mapping[str, Any]]) -> str:
 
 def key_fields(k: Mapping[str, Any]) -> str:
     created_by = k["created_by"]["username"] if k.get("created_by") else None
+    disabled_by = k["disabled_by"]["username"] if k.get("disabled_by") else None
     return fields(
         [
             ("id", k["id"]),
@@ -130,6 +131,7 @@ def key_fields(k: Mapping[str, Any]) -> str:
             ("name", cell(k["name"])),
             ("description", cell(k["description"], "")),
             ("status", k["status"]),
+            ("disabled by", cell(disabled_by)),
             ("groups", cell(k["groups"])),
             ("owner", cell(k["owner"]["username"])),
             ("created by", cell(created_by)),

@@ -9,6 +9,7 @@ from typing import Any
 from .. import keyformat
 from ..errors import Conflict, Forbidden, NotFound
 from ..store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
+from . import blocks
 from . import cursor as cursors
 from . import validation as v
 from .actor import Actor
@@ -153,6 +154,7 @@ class KeyService:
             expires_at=expires_at,
             webhook_url=webhook,
             metadata=meta or {},
+            expires_by_admin=blocks.expiry_set_by_admin(actor, expires_at),
         )
         audit = actor.audit(
             "key.create",
@@ -207,7 +209,10 @@ class KeyService:
         if set(fields) == {"status"}:
             action = "key.enable" if fields["status"] == "active" else "key.disable"
         updated = await self.ctx.store.update_key(
-            key_id, fields, audit=actor.audit(action, "key", key_id, changes)
+            key_id,
+            fields,
+            audit=actor.audit(action, "key", key_id, changes),
+            check=lambda current: blocks.key_change(actor, current, fields),
         )
         await self.ctx.notify("key", key_id)
         return updated
@@ -225,17 +230,18 @@ class KeyService:
         await self.ctx.notify("key", key_id)
         return revoked
 
-    async def roll(self, actor: Actor, key_id: str, body: Any = None) -> IssuedKey:
+    async def roll(self, actor: Actor, key_id: str, body: Any) -> IssuedKey:
+        """``body`` is the request's object (``{}`` when none was sent): a JSON
+        null or any other non-object is 400, like every other body."""
         key = await self.get(actor, key_id)
-        body = {} if body is None else v.require_object(body)
+        body = v.require_object(body)
         errors = v.Errors()
         v.reject_unknown(body, frozenset({"grace_seconds"}), errors)
-        grace = body.get("grace_seconds", 0)
-        if isinstance(grace, bool) or not isinstance(grace, int) or not (
-            0 <= grace <= v.MAX_GRACE_SECONDS
-        ):
+        grace = v.integer(body.get("grace_seconds", 0))
+        if grace is None or not 0 <= grace <= v.MAX_GRACE_SECONDS:
             errors["grace_seconds"] = f"must be an integer from 0 to {v.MAX_GRACE_SECONDS}"
         errors.raise_if_any()
+        assert grace is not None
         if key.status == "revoked":
             raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
         token, _ = keyformat.generate(key.prefix, key_id)

@@ -14,11 +14,25 @@ from ..errors import BadRequest, Invalid
 
 GROUP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-DURATION_RE = re.compile(r"^([1-9][0-9]{0,9})([smhdw]?)$")
+DURATION_RE = re.compile(r"([1-9][0-9]{0,9})([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_EXPIRY = timedelta(days=365 * 100)
+# An http(s) URI of RFC 3986 characters only (§2: unreserved, reserved and
+# percent-encoded octets): no spaces, controls or raw non-ASCII.
+URI_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+$"
+URI_RE = re.compile(URI_PATTERN)
 MAX_METADATA_BYTES = 16384
 MAX_GRACE_SECONDS = 30 * 86400
+
+# Characters no text field may hold: C0 and C1 controls, the Unicode line and
+# paragraph separators, and the bidirectional overrides and isolates that make
+# text display in another order than it is stored (CVE-2021-42574, "Trojan
+# Source"). Descriptions may hold tabs and newlines. Written as regex escapes so
+# that admin/schemas.py states exactly the same sets as patterns.
+REFUSED_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+REFUSED_IN_DESCRIPTION = r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_REFUSED_RE = re.compile(f"[{REFUSED_CHARS}]")
+_REFUSED_IN_DESCRIPTION_RE = re.compile(f"[{REFUSED_IN_DESCRIPTION}]")
 
 
 class Errors(dict[str, str]):
@@ -50,7 +64,7 @@ def text(
     if not min_len <= len(value) <= max_len:
         errors[field] = f"must be {min_len}-{max_len} characters"
         return None
-    if any(not c.isprintable() for c in value if c not in "\n\t"):
+    if _REFUSED_IN_DESCRIPTION_RE.search(value):
         errors[field] = "must not contain control characters"
         return None
     return value
@@ -58,7 +72,7 @@ def text(
 
 def key_name(value: Any, errors: Errors, field: str = "name") -> str | None:
     name = text(value, field, errors, min_len=1, max_len=100)
-    if name is not None and ("\n" in name or "\t" in name or name != name.strip()):
+    if name is not None and (_REFUSED_RE.search(name) or name != name.strip()):
         errors[field] = "must be one line without leading or trailing spaces"
         return None
     return name
@@ -125,15 +139,25 @@ def expiry(body: Mapping[str, Any], errors: Errors, now: datetime) -> tuple[bool
     return False, None
 
 
-def duration_seconds(raw: Any) -> int | None:
+def integer(raw: Any) -> int | None:
+    """A JSON integer. JSON has one number type (RFC 8259 §6), so ``5``, ``5.0``
+    and ``5e0`` are the same integer, as JSON Schema counts any number with a
+    zero fractional part; ``5.5``, booleans and strings are not."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return raw if raw > 0 else None
+        return raw
     if isinstance(raw, float) and raw.is_integer():
-        return int(raw) if raw > 0 else None
+        return int(raw)
+    return None
+
+
+def duration_seconds(raw: Any) -> int | None:
+    seconds = integer(raw)
+    if seconds is not None:
+        return seconds if seconds > 0 else None
     if isinstance(raw, str):
-        match = DURATION_RE.match(raw.strip())
+        match = DURATION_RE.fullmatch(raw)
         if match:
             return int(match.group(1)) * _UNITS[match.group(2)]
     return None
@@ -142,7 +166,7 @@ def duration_seconds(raw: Any) -> int | None:
 def webhook_url(value: Any, errors: Errors) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 2048:
+    if not isinstance(value, str) or len(value) > 2048 or not URI_RE.fullmatch(value):
         errors["webhook_url"] = "must be an http(s) URL of at most 2048 characters, or null"
         return None
     try:
@@ -187,5 +211,5 @@ def query_text(value: str | None, field: str, errors: Errors, *, max_len: int = 
         return
     if len(value) > max_len:
         errors[field] = f"must be at most {max_len} characters"
-    elif not value.isprintable():
+    elif _REFUSED_RE.search(value):
         errors[field] = "must not contain control characters"

@@ -8,7 +8,7 @@ never missed by other workers or nodes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -27,8 +27,25 @@ from .records import (
 
 # Fields of a key that ``update_key`` may write: an allow-list, never a passthrough.
 KEY_WRITABLE = frozenset(
-    {"name", "description", "groups", "expires_at", "webhook_url", "metadata", "status"}
+    {
+        "name",
+        "description",
+        "groups",
+        "expires_at",
+        "webhook_url",
+        "metadata",
+        "status",
+        "disabled_by_id",
+        "disabled_by_username",
+        "disabled_by_admin",
+        "expires_by_admin",
+    }
 )
+# Called by ``update_key`` with the key as it stands inside the write's
+# transaction (row-locked in PostgreSQL, under the write lock in SQLite): it
+# raises to refuse the change, or returns more fields to write. Rules that
+# depend on the key's current state are decided here, never on an earlier read.
+KeyCheck = Callable[[KeyRecord], Mapping[str, Any]]
 USER_WRITABLE = frozenset({"role", "groups", "status"})
 GROUP_WRITABLE = frozenset({"description", "rules"})
 
@@ -88,10 +105,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_key(
-        self, key_id: str, fields: Mapping[str, Any], *, audit: AuditEntry
+        self,
+        key_id: str,
+        fields: Mapping[str, Any],
+        *,
+        audit: AuditEntry,
+        check: KeyCheck | None = None,
     ) -> KeyRecord:
-        """Write ``fields`` (a subset of KEY_WRITABLE). A revoked key is final:
-        Conflict ``key_revoked``. NotFound when absent."""
+        """Write ``fields`` (a subset of KEY_WRITABLE), plus what ``check`` adds.
+        A revoked key is final: Conflict ``key_revoked``. NotFound when absent.
+        Nothing is written (and no audit record kept) when ``check`` raises."""
 
     @abc.abstractmethod
     async def roll_key(

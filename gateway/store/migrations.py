@@ -96,4 +96,29 @@ SQLITE_V1 = [
     *_builtin_group_rows(),
 ]
 
-SQLITE_MIGRATIONS: list[tuple[int, list[str]]] = [(1, SQLITE_V1)]
+# Blocks (docs/admin-api.md): who disabled a key, and whether an admin did or
+# set its expiry. Keys from before this version are judged by the audit trail,
+# which has recorded every change since version 1: the latest change that
+# disabled the key (or set its expiry) decides; a change by anyone but the owner
+# (the CLI included) counts as an admin's, and so does a disabled key or an
+# expiry the trail says nothing about, so no block is lifted by the upgrade.
+SQLITE_V2 = [
+    "ALTER TABLE keys ADD COLUMN disabled_by_id TEXT",
+    "ALTER TABLE keys ADD COLUMN disabled_by_username TEXT",
+    "ALTER TABLE keys ADD COLUMN disabled_by_admin INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE keys ADD COLUMN expires_by_admin INTEGER NOT NULL DEFAULT 0",
+    """UPDATE keys SET (disabled_by_id, disabled_by_username) = (
+        SELECT a.actor_user_id, a.actor_username FROM audit a
+        WHERE a.target_type = 'key' AND a.target_id = keys.id
+        AND json_extract(a.changes, '$.status') = 'disabled' ORDER BY a.id DESC LIMIT 1)
+    WHERE status = 'disabled'""",
+    "UPDATE keys SET disabled_by_admin = 1 WHERE status = 'disabled' "
+    "AND (disabled_by_id IS NULL OR disabled_by_id != owner_id)",
+    """UPDATE keys SET expires_by_admin = 1 WHERE expires_at IS NOT NULL
+    AND coalesce((SELECT coalesce(a.actor_user_id, '') FROM audit a
+                  WHERE a.target_type = 'key' AND a.target_id = keys.id
+                  AND json_type(a.changes, '$.expires_at') IS NOT NULL
+                  ORDER BY a.id DESC LIMIT 1), '') != owner_id""",
+]
+
+SQLITE_MIGRATIONS: list[tuple[int, list[str]]] = [(1, SQLITE_V1), (2, SQLITE_V2)]

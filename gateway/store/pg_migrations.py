@@ -110,4 +110,27 @@ PG_V1 = [
     *_builtin_group_rows(),
 ]
 
-PG_MIGRATIONS: list[tuple[int, list[str]]] = [(1, PG_V1)]
+# Blocks (docs/admin-api.md): who disabled a key, and whether an admin did or
+# set its expiry. Keys from before this version are judged by the audit trail,
+# as in the SQLite migration (migrations.py, version 2): the latest change that
+# disabled the key (or set its expiry) decides; anyone but the owner (the CLI
+# included) counts as an admin, and so does a trail that says nothing.
+PG_V2 = [
+    "ALTER TABLE keys ADD COLUMN disabled_by_id text, "
+    "ADD COLUMN disabled_by_username text, "
+    "ADD COLUMN disabled_by_admin boolean NOT NULL DEFAULT false, "
+    "ADD COLUMN expires_by_admin boolean NOT NULL DEFAULT false",
+    """UPDATE keys SET disabled_by_id = d.actor_user_id, disabled_by_username = d.actor_username
+    FROM (SELECT DISTINCT ON (target_id) target_id, actor_user_id, actor_username FROM audit
+          WHERE target_type = 'key' AND changes->>'status' = 'disabled'
+          ORDER BY target_id, id DESC) d
+    WHERE keys.status = 'disabled' AND d.target_id = keys.id""",
+    "UPDATE keys SET disabled_by_admin = true WHERE status = 'disabled' "
+    "AND disabled_by_id IS DISTINCT FROM owner_id",
+    """UPDATE keys SET expires_by_admin = true WHERE expires_at IS NOT NULL
+    AND (SELECT a.actor_user_id FROM audit a WHERE a.target_type = 'key'
+         AND a.target_id = keys.id AND a.changes ? 'expires_at'
+         ORDER BY a.id DESC LIMIT 1) IS DISTINCT FROM owner_id""",
+]
+
+PG_MIGRATIONS: list[tuple[int, list[str]]] = [(1, PG_V1), (2, PG_V2)]

@@ -31,7 +31,7 @@ import orjson
 
 from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from ..pglisten import CHANNEL, CONNECTION_ERRORS, OnNotice, PgChangeListener
-from .base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, Store
+from .base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, KeyCheck, Store
 from .pg_migrations import MIGRATION_LOCK, PG_MIGRATIONS
 from .records import (
     AuditEntry,
@@ -115,6 +115,10 @@ def key_from_row(row: Any) -> KeyRecord:
         expires_at=row[15],
         webhook_url=row[16],
         metadata=row[17],
+        disabled_by_id=row[18],
+        disabled_by_username=row[19],
+        disabled_by_admin=row[20],
+        expires_by_admin=row[21],
     )
 
 
@@ -408,8 +412,10 @@ class PostgresStore(Store):
                     "INSERT INTO keys (id, digest, prefix, last4, name, name_key, description, "
                     "status, groups, owner_id, owner_username, created_by_id, "
                     "created_by_username, created_at, updated_at, last_used_at, expires_at, "
-                    "webhook_url, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-                    f"$11, $12, $13, $14, $15, NULL, $16, $17, $18) RETURNING {KEY_COLUMNS}",
+                    "webhook_url, metadata, disabled_by_id, disabled_by_username, "
+                    "disabled_by_admin, expires_by_admin) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+                    "$8, $9, $10, $11, $12, $13, $14, $15, NULL, $16, $17, $18, $19, $20, $21, "
+                    f"$22) RETURNING {KEY_COLUMNS}",
                     key.id,
                     digest,
                     key.prefix,
@@ -428,6 +434,10 @@ class PostgresStore(Store):
                     key.expires_at,
                     key.webhook_url,
                     key.metadata,
+                    key.disabled_by_id,
+                    key.disabled_by_username,
+                    key.disabled_by_admin,
+                    key.expires_by_admin,
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise _conflict(exc) from None
@@ -480,20 +490,30 @@ class PostgresStore(Store):
         return Page(items, next_cursor)
 
     async def update_key(
-        self, key_id: str, fields: Mapping[str, Any], *, audit: AuditEntry
+        self,
+        key_id: str,
+        fields: Mapping[str, Any],
+        *,
+        audit: AuditEntry,
+        check: KeyCheck | None = None,
     ) -> KeyRecord:
-        unknown = set(fields) - KEY_WRITABLE
-        if unknown:
-            raise ValueError(f"not writable: {sorted(unknown)}")
+        _writable(fields)
 
         async def tx(conn: Conn) -> KeyRecord:
-            # The row lock makes "revoked is final" hold against a concurrent revoke.
-            status = await conn.fetchval("SELECT status FROM keys WHERE id = $1 FOR UPDATE", key_id)
-            if status is None:
+            # The row lock makes "revoked is final" and ``check`` hold against a
+            # concurrent change of the same key.
+            row = await conn.fetchrow(
+                f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1 FOR UPDATE", key_id
+            )
+            if row is None:
                 raise NotFound("No such key.")
-            if status == "revoked":
+            current = key_from_row(row)
+            if current.status == "revoked":
                 raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
-            sets, args = _sets(fields, first=3)
+            writes = dict(fields)
+            if check is not None:
+                writes.update(_writable(check(current)))
+            sets, args = _sets(writes, first=3)
             try:
                 row = await conn.fetchrow(
                     f"UPDATE keys SET {sets}updated_at = $1 WHERE id = $2 RETURNING {KEY_COLUMNS}",
@@ -503,7 +523,7 @@ class PostgresStore(Store):
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise _conflict(exc) from None
-            if fields.get("status") == "revoked":
+            if writes.get("status") == "revoked":
                 await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
             await self._finish(conn, audit, [("key", key_id)])
             return key_from_row(row)
@@ -805,6 +825,13 @@ def _sets(fields: Mapping[str, Any], *, first: int) -> tuple[str, list[Any]]:
             args.append(value.casefold())
             sets.append(f"name_key = ${first + len(args) - 1}")
     return "".join(f"{s}, " for s in sets), args
+
+
+def _writable(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    unknown = set(fields) - KEY_WRITABLE
+    if unknown:
+        raise ValueError(f"not writable: {sorted(unknown)}")
+    return fields
 
 
 def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:

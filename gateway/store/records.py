@@ -93,6 +93,14 @@ class KeyRecord:
     webhook_url: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    # Who disabled the key (None while it is active; the CLI has no user id) and
+    # whether that caller was an admin: an admin's block is lifted only by an
+    # admin (docs/admin-api.md, "Blocks").
+    disabled_by_id: str | None = None
+    disabled_by_username: str | None = None
+    disabled_by_admin: bool = False
+    # expires_at was set by an admin: its owner may only bring it forward.
+    expires_by_admin: bool = False
 
     @property
     def display(self) -> str:
@@ -109,6 +117,9 @@ class KeyRecord:
         created_by = None
         if self.created_by_id is not None:
             created_by = {"id": self.created_by_id, "username": self.created_by_username}
+        disabled_by = None
+        if self.disabled_by_username is not None:
+            disabled_by = {"id": self.disabled_by_id, "username": self.disabled_by_username}
         return {
             "id": self.id,
             "display": self.display,
@@ -124,6 +135,7 @@ class KeyRecord:
             "expires_at": rfc3339(self.expires_at),
             "webhook_url": self.webhook_url,
             "metadata": self.metadata,
+            "disabled_by": disabled_by,
         }
 
 

@@ -23,7 +23,7 @@ import aiosqlite
 import orjson
 
 from ..errors import Conflict, NotFound, StoreUnavailable
-from .base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, Store
+from .base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, KeyCheck, Store
 from .migrations import SQLITE_MIGRATIONS
 from .records import (
     AuditEntry,
@@ -44,7 +44,8 @@ Tx = Callable[[aiosqlite.Connection], Awaitable[T]]
 KEY_COLUMNS = (
     "seq, id, prefix, last4, name, description, status, groups, owner_id, owner_username, "
     "created_by_id, created_by_username, created_at, updated_at, last_used_at, expires_at, "
-    "webhook_url, metadata"
+    "webhook_url, metadata, disabled_by_id, disabled_by_username, disabled_by_admin, "
+    "expires_by_admin"
 )
 AUTH_COLUMNS = (
     "k.id, k.name, k.status, k.groups, k.expires_at, k.owner_id, "
@@ -87,6 +88,10 @@ def key_from_row(row: Any) -> KeyRecord:
         expires_at=dt(row[15]),
         webhook_url=row[16],
         metadata=orjson.loads(row[17]),
+        disabled_by_id=row[18],
+        disabled_by_username=row[19],
+        disabled_by_admin=bool(row[20]),
+        expires_by_admin=bool(row[21]),
     )
 
 
@@ -368,7 +373,9 @@ class SQLiteStore(Store):
                     "INSERT INTO keys (id, digest, prefix, last4, name, name_key, description, "
                     "status, groups, owner_id, owner_username, created_by_id, "
                     "created_by_username, created_at, updated_at, last_used_at, expires_at, "
-                    "webhook_url, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "webhook_url, metadata, disabled_by_id, disabled_by_username, "
+                    "disabled_by_admin, expires_by_admin) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         key.id,
                         digest,
@@ -389,6 +396,10 @@ class SQLiteStore(Store):
                         ts(key.expires_at),
                         key.webhook_url,
                         _json(key.metadata),
+                        key.disabled_by_id,
+                        key.disabled_by_username,
+                        int(key.disabled_by_admin),
+                        int(key.expires_by_admin),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -445,11 +456,14 @@ class SQLiteStore(Store):
         return Page(items, next_cursor)
 
     async def update_key(
-        self, key_id: str, fields: Mapping[str, Any], *, audit: AuditEntry
+        self,
+        key_id: str,
+        fields: Mapping[str, Any],
+        *,
+        audit: AuditEntry,
+        check: KeyCheck | None = None,
     ) -> KeyRecord:
-        unknown = set(fields) - KEY_WRITABLE
-        if unknown:
-            raise ValueError(f"not writable: {sorted(unknown)}")
+        _writable(fields)
 
         async def tx(db: aiosqlite.Connection) -> KeyRecord:
             current = await self._key_in_tx(db, key_id)
@@ -457,7 +471,10 @@ class SQLiteStore(Store):
                 raise NotFound("No such key.")
             if current.status == "revoked":
                 raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
-            sets, args = _key_sets(fields)
+            writes = dict(fields)
+            if check is not None:
+                writes.update(_writable(check(current)))
+            sets, args = _key_sets(writes)
             try:
                 await db.execute(
                     f"UPDATE keys SET {sets}, updated_at = ? WHERE id = ?",
@@ -465,7 +482,7 @@ class SQLiteStore(Store):
                 )
             except sqlite3.IntegrityError as exc:
                 raise _conflict(exc) from None
-            if fields.get("status") == "revoked":
+            if writes.get("status") == "revoked":
                 await db.execute("DELETE FROM retired_digests WHERE key_id = ?", (key_id,))
             await self._audit(db, audit)
             await self._change(db, "key", key_id)
@@ -781,12 +798,21 @@ def _key_sets(fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
             value = _json(value)
         elif name == "expires_at":
             value = ts(value)
+        elif name in ("disabled_by_admin", "expires_by_admin"):
+            value = int(value)
         sets.append(f"{name} = ?")
         args.append(value)
         if name == "name":
             sets.append("name_key = ?")
             args.append(value.casefold())
     return ", ".join(sets), args
+
+
+def _writable(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    unknown = set(fields) - KEY_WRITABLE
+    if unknown:
+        raise ValueError(f"not writable: {sorted(unknown)}")
+    return fields
 
 
 def _conflict(exc: sqlite3.IntegrityError) -> Conflict:

@@ -200,6 +200,7 @@ async def poll_proxy_status(api: AdminApi, token: str, *, until: int, within: fl
 BOTH_STORES = frozenset(
     {
         "test_audit",
+        "test_blocks",
         "test_eviction",
         "test_fuzz",
         "test_groups",

@@ -177,3 +177,52 @@ async def test_deeply_nested_body_is_400(api: AdminApi) -> None:
 )
 def test_too_deep_counts_container_levels(value: object, limit: int, deep: bool) -> None:
     assert too_deep(value, limit) is deep
+
+
+# Every endpoint that takes a JSON object body, the optional one (roll) included.
+BODY_ENDPOINTS = [
+    ("POST", "/keys"),
+    ("PATCH", "/keys/{key}"),
+    ("POST", "/keys/{key}/roll"),
+    ("POST", "/users"),
+    ("PATCH", "/users/admin"),
+    ("POST", "/groups"),
+    ("PATCH", "/groups/{group}"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ENDPOINTS)
+@pytest.mark.parametrize("raw", [b"null", b"[]", b'"x"', b"1", b"true"])
+async def test_json_body_not_an_object_is_400_everywhere(
+    api: AdminApi, plain_token: str, method: str, path: str, raw: bytes
+) -> None:
+    rule = {"route": "*", "methods": ["GET"], "paths": ["/**"]}
+    assert (await api.post("/groups", api.admin, {"name": "g1", "rules": [rule]})).status == 201
+    target = path.format(key=plain_token.split("_")[1], group="g1")
+    before = (await api.get("/audit", api.admin)).json["items"]
+    reply = await api.call(
+        method, target, api.admin, headers={"Content-Type": "application/json"}, data=raw
+    )
+    assert reply.status == 400, reply.raw
+    assert reply.code == "bad_request"
+    assert (await api.get("/audit", api.admin)).json["items"] == before
+    assert (await api.proxy(plain_token)).status == 200  # roll did not happen
+
+
+async def test_roll_json_null_body_is_400_and_token_unchanged(
+    api: AdminApi, plain_token: str
+) -> None:
+    kid = plain_token.split("_")[1]
+    reply = await api.call(
+        "POST", f"/keys/{kid}/roll", api.admin,
+        headers={"Content-Type": "application/json"}, data=b"null",
+    )
+    assert reply.status == 400
+    assert reply.code == "bad_request"
+    assert "token" not in reply.raw.decode()
+    assert (await api.proxy(plain_token)).status == 200
+
+
+async def test_roll_empty_object_body_is_allowed(api: AdminApi, plain_token: str) -> None:
+    reply = await api.post(f"/keys/{plain_token.split('_')[1]}/roll", api.admin, {})
+    assert reply.status == 200

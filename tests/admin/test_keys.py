@@ -25,6 +25,7 @@ KEY_FIELDS = {
     "expires_at",
     "webhook_url",
     "metadata",
+    "disabled_by",
 }
 
 

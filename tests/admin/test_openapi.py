@@ -16,7 +16,7 @@ from referencing.jsonschema import DRAFT202012
 from admin.handlers.docs import swagger_ui_major
 from admin.openapi import as_openapi_30, document, security_schemes
 from admin.routes import ENDPOINTS
-from tests.admin.conftest import PREFIX, AdminApi, Member
+from tests.admin.conftest import PREFIX, AdminApi, Member, raw_request
 from tests.conftest import Keygate
 
 DOC_URN = "urn:keygate-admin"
@@ -236,3 +236,85 @@ async def test_docs_static_unlisted_file_is_404(api: AdminApi, name: str) -> Non
     reply = await api.call("GET", f"{PREFIX}/docs/static/{name}")
     assert reply.status == 404
     assert reply.code == "not_found"
+
+
+# --- every status an operation can answer is documented ---------------------------
+def documented(doc: dict[str, Any], method: str, path: str) -> set[int]:
+    return {int(s) for s in doc["paths"][path][method.lower()]["responses"]}
+
+
+async def test_openapi_statuses_follow_the_rules_for_each_operation(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    for ep in ENDPOINTS:
+        codes = documented(doc, ep.method, ep.path)
+        assert ep.ok in codes and 400 in codes, ep.operation_id
+        if not ep.public:
+            assert {401, 403, 503} <= codes, ep.operation_id
+        if ep.body is not None:
+            assert {400, 413, 422} <= codes, ep.operation_id
+        if ep.query:
+            assert 422 in codes, ep.operation_id
+        if "{" in ep.path:
+            assert 404 in codes, ep.operation_id
+        if ep.admin_only:
+            op = doc["paths"][ep.path][ep.method.lower()]
+            assert "admin only" in op["responses"]["403"]["description"]
+
+
+async def test_openapi_401_declares_its_challenge_header(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    unauthorized = doc["components"]["responses"]["Unauthorized"]
+    assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
+    reply = await api.get("/me", "nonsense")
+    assert reply.status == 401
+    assert reply.headers["WWW-Authenticate"]
+
+
+async def test_openapi_update_key_403_names_the_block_rules(api: AdminApi) -> None:
+    doc = await fetch_doc(api)
+    text = doc["paths"]["/api/v1/keys/{id}"]["patch"]["responses"]["403"]["description"]
+    assert "admin disabled" in text and "expiry an admin set" in text
+    disabled_by = doc["components"]["schemas"]["Key"]["properties"]["disabled_by"]
+    assert disabled_by["type"] == ["object", "null"]
+    assert "disabled_by" in doc["components"]["schemas"]["Key"]["required"]
+
+
+def sample_path(path: str, key_id: str) -> str:
+    values = {"id": key_id, "username": "admin", "name": "default", "asset": "swagger-ui.css"}
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+async def test_openapi_documents_the_statuses_operations_really_answer(
+    api: AdminApi, keygate: Keygate, plain_token: str
+) -> None:
+    """Drive every operation into each error it can meet; the answer must be documented."""
+    doc = await fetch_doc(api)
+    key_id = plain_token.split("_")[1]
+    big = b'{"description": "' + b"x" * 70000 + b'"}'
+    for ep in ENDPOINTS:
+        codes = documented(doc, ep.method, ep.path)
+        path = PREFIX + sample_path(ep.path, key_id)
+        answers: list[int] = []
+        if not ep.public:
+            answers.append((await api.call(ep.method, path)).status)  # no key
+            answers.append((await api.call(ep.method, path, plain_token)).status)  # no role
+            two = {"X-API-Key": plain_token}
+            answers.append((await api.call(ep.method, path, api.admin, headers=two)).status)
+        dotted = PREFIX + "/." + path[len(PREFIX) :]
+        status, _ = await raw_request(
+            keygate, f"{ep.method} {dotted} HTTP/1.1\nHost: t\nConnection: close\n\n"
+        )
+        assert status == 400, (ep.operation_id, status)  # bad_path
+        answers.append(status)
+        if ep.body is not None:
+            json_type = {"Content-Type": "application/json"}
+            for data in (big, b"{", b"null", b'{"unknown_field": 1}'):
+                reply = await api.call(ep.method, path, api.admin, headers=json_type, data=data)
+                answers.append(reply.status)
+        if ep.query:
+            reply = await api.call(ep.method, path, api.admin, params={ep.query[0]: ""})
+            answers.append(reply.status)
+        for status in answers:
+            assert status in codes, (ep.operation_id, status, sorted(codes))

@@ -187,7 +187,7 @@ async def _update_key(s: Services, a: Actor) -> set[tuple[str, str]]:
 
 async def _roll_key(s: Services, a: Actor) -> set[tuple[str, str]]:
     key_id = (await s.keys.create(a, {"groups": ["default"]})).key.id
-    await s.keys.roll(a, key_id)
+    await s.keys.roll(a, key_id, {})
     return {("key", key_id)}
 
 

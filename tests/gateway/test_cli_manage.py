@@ -328,3 +328,19 @@ def test_cli_audit_list_shows_cli_changes_newest_first_and_pages(
     code, out, _ = run("audit", "list")
     assert code == 0 and "user.update" in out and "TOKEN" not in out
     refused(run, "audit", "list", "--cursor", "bogus", code="invalid")
+
+
+# --- blocks -----------------------------------------------------------------------
+def test_keys_disable_records_the_cli_as_disabled_by(run: Run, admin: dict[str, Any]) -> None:
+    kid = admin["key"]["id"]
+    assert ok(run, "keys", "show", kid)["disabled_by"] is None
+    disabled = ok(run, "keys", "disable", kid)
+    assert disabled["disabled_by"]["id"] is None
+    assert disabled["disabled_by"]["username"].startswith("cli:")
+    code, out, _ = run("keys", "show", kid)
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("disabled by"))
+    assert line.split()[-1] == disabled["disabled_by"]["username"]
+    assert ok(run, "keys", "enable", kid)["disabled_by"] is None
+    code, out, _ = run("keys", "show", kid)
+    assert next(x for x in out.splitlines() if x.startswith("disabled by")).split()[-1] == "-"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, Forbidden, NotFound
 from gateway.store.base import Store
 from gateway.store.postgres import PostgresStore
 from gateway.store.records import (
@@ -148,7 +148,7 @@ async def test_open_builtin_groups_seeded(store: Store) -> None:
 
 
 async def test_migrate_after_open_applies_nothing(store: Store) -> None:
-    assert store.applied_on_open == (1,)
+    assert store.applied_on_open == (1, 2)
     assert await store.migrate() == []
 
 
@@ -458,6 +458,72 @@ async def test_update_key_field_outside_allow_list_refused(store: Store, field: 
         await store.update_key(key.id, {field: "x"}, audit=audit("key.update"))
     assert await store.get_key(key.id) == key
     assert await audit_count(store) == before
+
+
+async def test_update_key_block_fields_round_trip(store: Store) -> None:
+    alice = await make_user(store, "alice")
+    key = await make_key(store, alice, expires_at=utcnow() + timedelta(days=1))
+    assert (key.disabled_by_id, key.disabled_by_username, key.disabled_by_admin) == (
+        None,
+        None,
+        False,
+    )
+    assert key.expires_by_admin is False
+    fields = {
+        "status": "disabled",
+        "disabled_by_id": None,
+        "disabled_by_username": "cli:root",
+        "disabled_by_admin": True,
+        "expires_by_admin": True,
+    }
+    updated = await store.update_key(key.id, fields, audit=audit("key.disable"))
+    assert (updated.disabled_by_id, updated.disabled_by_username) == (None, "cli:root")
+    assert updated.disabled_by_admin is True and updated.expires_by_admin is True
+    assert updated == await store.get_key(key.id)
+    assert updated.as_json()["disabled_by"] == {"id": None, "username": "cli:root"}
+
+
+async def test_update_key_check_sees_current_key_and_adds_fields(store: Store) -> None:
+    alice = await make_user(store, "alice")
+    key = await make_key(store, alice)
+    await store.update_key(key.id, {"status": "disabled"}, audit=audit("key.disable"))
+    seen: list[KeyRecord] = []
+
+    def check(current: KeyRecord) -> dict[str, Any]:
+        seen.append(current)
+        return {"disabled_by_id": alice.id, "disabled_by_username": "alice"}
+
+    updated = await store.update_key(
+        key.id, {"description": "x"}, audit=audit("key.update"), check=check
+    )
+    assert [k.status for k in seen] == ["disabled"]
+    assert (updated.description, updated.disabled_by_username) == ("x", "alice")
+
+
+async def test_update_key_check_refusal_writes_nothing(store: Store) -> None:
+    alice = await make_user(store, "alice")
+    key = await make_key(store, alice)
+    before = await audit_count(store)
+    seq = await store.change_seq()
+
+    def refuse(current: KeyRecord) -> dict[str, Any]:
+        raise Forbidden("no")
+
+    with pytest.raises(Forbidden):
+        await store.update_key(key.id, {"name": "n"}, audit=audit("key.update"), check=refuse)
+    assert await store.get_key(key.id) == key
+    assert await audit_count(store) == before
+    assert await store.change_seq() == seq
+
+
+async def test_update_key_check_may_not_write_outside_allow_list(store: Store) -> None:
+    alice = await make_user(store, "alice")
+    key = await make_key(store, alice)
+    with pytest.raises(ValueError):
+        await store.update_key(
+            key.id, {"name": "n"}, audit=audit("key.update"), check=lambda k: {"owner_id": "x"}
+        )
+    assert await store.get_key(key.id) == key
 
 
 async def test_update_key_missing_not_found(store: Store) -> None:

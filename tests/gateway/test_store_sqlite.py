@@ -255,7 +255,7 @@ async def test_store_migrations_apply_once_and_are_idempotent(tmp_path: Path) ->
     path = tmp_path / "m.db"
     first = SQLiteStore(path)
     await first.open()
-    assert first.applied_on_open == (1,)
+    assert first.applied_on_open == (1, 2)
     assert await first.migrate() == []
     await first.close()
     again = SQLiteStore(path)
@@ -269,7 +269,7 @@ async def test_store_migrations_apply_once_and_are_idempotent(tmp_path: Path) ->
         await again.close()
     async with aiosqlite.connect(path) as db:
         cur = await db.execute("SELECT version FROM schema_version")
-        assert list(await cur.fetchall()) == [(1,)]
+        assert list(await cur.fetchall()) == [(1,), (2,)]
 
 
 async def test_store_every_connection_is_wal_and_synchronous_full(store: SQLiteStore) -> None:

@@ -221,7 +221,7 @@ async def test_verify_deleted_key_is_401_invalid(keygate: Keygate) -> None:
 async def test_verify_rolled_key_old_token_fails_at_once(keygate: Keygate) -> None:
     token = await keygate.make_key(["default"])
     assert await call(keygate, token) == (200, None)
-    issued = await keygate.services.keys.roll(await keygate.admin_actor(), key_id_of(token))
+    issued = await keygate.services.keys.roll(await keygate.admin_actor(), key_id_of(token), {})
     assert await call(keygate, token) == (401, "invalid_api_key")
     assert await call(keygate, issued.token) == (200, None)
 

@@ -384,7 +384,7 @@ async def test_memory_roll_with_grace_old_and_new_work_then_old_refused(rig: Rig
 async def test_memory_roll_without_grace_old_token_refused_at_once(rig: Rig) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
-    issued = await rig.kg.services.keys.roll(await rig.admin(), key_id_of(token))
+    issued = await rig.kg.services.keys.roll(await rig.admin(), key_id_of(token), {})
     await rig.settle()
     assert await rig.call(token) == (401, "invalid_api_key")
     assert await rig.call(issued.token) == (200, None)

@@ -1,0 +1,189 @@
+"""Upgrading a store in place: a version-1 store (written as version 1 wrote it)
+opened by this keygate keeps every key and learns who disabled it and whose
+expiry it carries from the audit trail (docs/admin-api.md, "Blocks")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+import pytest
+
+from gateway.store.base import Store
+from gateway.store.migrations import SQLITE_V1
+from gateway.store.pg_migrations import PG_V1
+from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import SQLiteStore
+from tests.pg import pg_database_fixture, reset_schema  # noqa: F401 - a fixture
+
+OWNER, ADMIN = "u-alice", "u-admin"
+FUTURE = time.time() + 86400
+
+# (key id, status, expires_at): the keys of the version-1 store.
+KEYS = [
+    ("ownerdisabld", "disabled", None),
+    ("admindisabld", "disabled", None),
+    ("clidisabled0", "disabled", None),
+    ("untrackeddis", "disabled", None),
+    ("reenabled000", "active", None),
+    ("ownerexpires", "active", FUTURE),
+    ("adminexpires", "active", FUTURE),
+    ("adminthenown", "active", FUTURE),
+    ("untrackedexp", "active", FUTURE),
+]
+# (target key id, actor user id, actor username, changes), oldest first.
+AUDIT = [
+    ("ownerdisabld", OWNER, "alice", {"status": "disabled"}),
+    ("admindisabld", ADMIN, "root", {"status": "disabled"}),
+    ("clidisabled0", None, "cli:ops", {"status": "disabled"}),
+    ("reenabled000", ADMIN, "root", {"status": "disabled"}),
+    ("reenabled000", ADMIN, "root", {"status": "active"}),
+    ("ownerexpires", OWNER, "alice", {"name": "k", "expires_at": "2099-01-01T00:00:00+00:00"}),
+    ("adminexpires", ADMIN, "root", {"name": "k", "expires_at": "2099-01-01T00:00:00+00:00"}),
+    ("adminthenown", OWNER, "alice", {"expires_at": None}),
+    ("adminthenown", ADMIN, "root", {"expires_at": "2099-01-01T00:00:00+00:00"}),
+]
+
+
+def key_row(key_id: str, status: str, expires: float | None) -> tuple[Any, ...]:
+    digest = key_id.encode().ljust(32, b"\0")
+    now = time.time()
+    return (key_id, digest, "kg", "ab12", key_id, key_id, "", status, '["default"]',
+            OWNER, "alice", ADMIN, "root", now, now, None, expires, None, "{}")
+
+
+KEY_INSERT = (
+    "INSERT INTO keys (id, digest, prefix, last4, name, name_key, description, status, groups, "
+    "owner_id, owner_username, created_by_id, created_by_username, created_at, updated_at, "
+    "last_used_at, expires_at, webhook_url, metadata) VALUES ({})"
+)
+AUDIT_INSERT = (
+    "INSERT INTO audit (at, action, target_type, target_id, actor_user_id, actor_username, "
+    "changes) VALUES ({})"
+)
+
+
+async def write_sqlite_v1(path: Path) -> None:
+    async with aiosqlite.connect(path) as db:
+        for stmt in SQLITE_V1:
+            await db.execute(stmt)
+        await db.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        await db.execute("INSERT INTO schema_version VALUES (1, ?)", (time.time(),))
+        for key in KEYS:
+            await db.execute(KEY_INSERT.format(",".join("?" * 19)), key_row(*key))
+        for target, actor_id, actor_name, changes in AUDIT:
+            await db.execute(
+                AUDIT_INSERT.format(",".join("?" * 7)),
+                (time.time(), "key.update", "key", target, actor_id, actor_name,
+                 orjson.dumps(changes).decode()),
+            )
+        await db.commit()
+
+
+async def write_pg_v1(url: str) -> None:
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        async with conn.transaction():
+            for stmt in PG_V1:
+                await conn.execute(stmt)
+            await conn.execute(
+                "CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            placeholders = ", ".join(f"${i}" for i in range(1, 20))
+            for key in KEYS:
+                row = list(key_row(*key))
+                for i in (13, 14, 16):  # timestamptz columns
+                    row[i] = None if row[i] is None else datetime.fromtimestamp(row[i], UTC)
+                await conn.execute(
+                    KEY_INSERT.format(placeholders).replace("$9,", "$9::jsonb,")
+                    .replace("$19)", "$19::jsonb)"),
+                    *row,
+                )
+            for target, actor_id, actor_name, changes in AUDIT:
+                await conn.execute(
+                    AUDIT_INSERT.format("now(), $1, $2, $3, $4, $5, $6::jsonb"),
+                    "key.update", "key", target, actor_id, actor_name,
+                    orjson.dumps(changes).decode(),
+                )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def upgraded(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A version-1 store, opened (and so migrated) by this keygate."""
+    store: Store
+    if request.param == "postgres":
+        url = str(request.getfixturevalue("pg_database"))
+        await reset_schema(url)
+        await write_pg_v1(url)
+        store = PostgresStore(url, pool_size=2)
+    else:
+        await write_sqlite_v1(tmp_path / "v1.db")
+        store = SQLiteStore(tmp_path / "v1.db")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_upgrade_applies_only_the_new_version(upgraded: Store) -> None:
+    assert upgraded.applied_on_open == (2,)
+    assert await upgraded.migrate() == []
+
+
+@pytest.mark.parametrize(
+    ("key_id", "disabled_by", "by_admin"),
+    [
+        ("ownerdisabld", {"id": OWNER, "username": "alice"}, False),
+        ("admindisabld", {"id": ADMIN, "username": "root"}, True),
+        ("clidisabled0", {"id": None, "username": "cli:ops"}, True),
+        # Nobody on record: the block is kept as an admin's.
+        ("untrackeddis", None, True),
+        ("reenabled000", None, False),
+    ],
+)
+async def test_upgrade_disabled_keys_learn_who_disabled_them(
+    upgraded: Store, key_id: str, disabled_by: dict[str, Any] | None, by_admin: bool
+) -> None:
+    key = await upgraded.get_key(key_id)
+    assert key is not None
+    assert key.as_json()["disabled_by"] == disabled_by
+    assert key.disabled_by_admin is by_admin
+
+
+@pytest.mark.parametrize(
+    ("key_id", "by_admin"),
+    [
+        ("ownerexpires", False),
+        ("adminexpires", True),
+        ("adminthenown", True),  # the latest change to the expiry decides
+        ("untrackedexp", True),
+        ("reenabled000", False),  # no expiry, nothing to cap
+    ],
+)
+async def test_upgrade_expiry_learns_who_set_it(
+    upgraded: Store, key_id: str, by_admin: bool
+) -> None:
+    key = await upgraded.get_key(key_id)
+    assert key is not None
+    assert key.expires_by_admin is by_admin
+
+
+async def test_upgrade_keeps_every_key_and_its_fields(upgraded: Store) -> None:
+    for key_id, status, expires in KEYS:
+        key = await upgraded.get_key(key_id)
+        assert key is not None
+        assert (key.status, key.owner_username, key.groups) == (status, "alice", ("default",))
+        assert (key.expires_at is None) == (expires is None)
