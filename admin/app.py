@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from .auth import admin_middleware
-from .handlers.docs import ApiDocs, api_docs_key
-from .routes import ENDPOINTS, public_matcher, register
+from keygate.admin.auth import admin_middleware
+from keygate.admin.handlers.docs import ApiDocs, api_docs_key
+from keygate.admin.routes import ENDPOINTS, public_matcher, register
 
 
 def build_admin_app() -> web.Application:

@@ -6,17 +6,15 @@ from collections.abc import Callable
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
-
-from gateway.clientip import client_ip
-from gateway.credentials import find_credential
-from gateway.errors import BadPath, MethodNotAllowed
-from gateway.pathnorm import normalise_path
-from gateway.proxy import split_target
-from gateway.service import Actor
-from gateway.state import Gateway, key_id_key
-
-from .context import actor_key, gateway
-from .responses import no_store
+from keygate.admin.context import actor_key, gateway
+from keygate.admin.responses import no_store
+from keygate.gateway.auth.credentials import find_credential
+from keygate.gateway.errors import BadPath, MethodNotAllowed
+from keygate.gateway.http.clientip import client_ip
+from keygate.gateway.pipeline import split_target
+from keygate.gateway.request.pathnorm import normalise_path
+from keygate.gateway.service import Actor
+from keygate.gateway.state import Gateway, key_id_key
 
 
 def admin_middleware(*, is_public: Callable[[str], bool]) -> Middleware:

@@ -8,10 +8,8 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
-
-from gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
-
-from .context import gateway
+from keygate.admin.context import gateway
+from keygate.gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
 
 MAX_BODY_BYTES = 64 * 1024
 # Deeper documents are refused here: orjson serialises at most 254 levels, and

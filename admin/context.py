@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from gateway.service import Actor, Services
-from gateway.state import Gateway, gateway_key
+from keygate.gateway.service import Actor, Services
+from keygate.gateway.state import Gateway, gateway_key
 
 # Set by the auth middleware on every non-public request (admin.auth).
 actor_key = web.RequestKey("keygate_admin_actor", Actor)

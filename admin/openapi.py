@@ -12,10 +12,10 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .schemas import GROUP_NAME, KEY_ID, QUERY_TEXT, SCHEMAS, USERNAME, Schema, ref
+from keygate.admin.schemas import GROUP_NAME, KEY_ID, QUERY_TEXT, SCHEMAS, USERNAME, Schema, ref
 
 if TYPE_CHECKING:  # admin.routes imports the docs handlers, which import this module
-    from .routes import Endpoint
+    from keygate.admin.routes import Endpoint
 
 TITLE = "keygate admin API"
 VERSION = "1.0.0"

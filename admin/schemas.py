@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.service.validation import (
+from keygate.gateway.service.validation import (
     MAX_EXPIRY,
     MAX_GRACE_SECONDS,
     REFUSED_CHARS,

@@ -23,20 +23,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/hotpath.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from keygate.config.settings import AuthSettings
+from keygate.gateway.auth import keyformat
+from keygate.gateway.auth.cache import KeyCache
+from keygate.gateway.auth.credentials import Sources, find_credential
+from keygate.gateway.auth.policy import Policy
+from keygate.gateway.auth.usage import UsageRecorder
+from keygate.gateway.auth.verify import Verifier
+from keygate.gateway.request.pathnorm import normalise_path
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.records import BUILTIN_GROUPS
+from keygate.gateway.store.sqlite.store import SQLiteStore
 from multidict import CIMultiDict, CIMultiDictProxy
-
-from config.settings import AuthSettings
-from gateway import keyformat
-from gateway.cache import KeyCache
-from gateway.credentials import Sources, find_credential
-from gateway.pathnorm import normalise_path
-from gateway.policy import Policy
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store.records import BUILTIN_GROUPS
-from gateway.store.sqlite import SQLiteStore
-from gateway.usage import UsageRecorder
-from gateway.verify import Verifier
 
 PREFIX = AuthSettings().key_prefix
 PATH = "/v1/items/42"

@@ -35,7 +35,7 @@ def start_alt(root: Path, lay: systems.Layout) -> systems.System:
     db.write_bytes(lay.small_db.read_bytes())
     conf = systems._keygate_conf(lay, "alt", port, db, 1)
     env = {**os.environ, "PYTHONPATH": str(root.resolve())}
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
+    argv = [sys.executable, "-m", "keygate", "serve", "--config", str(conf)]
     proc = procs.spawn("alt", argv, lay.work / "alt.log", cpus=lay.sut_cpus, env=env, cwd=root)
     procs.wait_http(proc, port, "/_keygate/health", lay.ready_timeout)
     return systems.System("keygate", port, proc)

@@ -64,7 +64,7 @@ async def start(store_url: str, upstream: str, workers: int, tmp: Path) -> Node:
     err = tmp / f"keygate-{port}.err"
     with err.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--upstream", upstream,
+            [sys.executable, "-m", "keygate", "serve", "--upstream", upstream,
              "--listen", f"127.0.0.1:{port}", "--workers", str(workers)],
             env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=fh,
         )

@@ -73,11 +73,11 @@ def preflight() -> str | None:
     if missing:
         return f"missing {', '.join(missing)}; {INSTALL_HINT}"
     check = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--help"], cwd=systems.ROOT,
+        [sys.executable, "-m", "keygate", "serve", "--help"], cwd=systems.ROOT,
         capture_output=True, timeout=60, check=False,
     )
     if check.returncode != 0:
-        return "`python -m gateway serve --help` failed:\n" + check.stderr.decode()[-2000:]
+        return "`python -m keygate serve --help` failed:\n" + check.stderr.decode()[-2000:]
     return None
 
 

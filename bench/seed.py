@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-
-from config.settings import AuthSettings
-from gateway import keyformat
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store.sqlite import SQLiteStore
+from keygate.config.settings import AuthSettings
+from keygate.gateway.auth import keyformat
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
 PREFIX = AuthSettings().key_prefix
 

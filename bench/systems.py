@@ -108,7 +108,7 @@ def start(name: str, lay: Layout) -> System:
         # Two workers on a 2-core machine: give them both cores (shared with wrk).
         both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())
         cpus = both if workers > 1 else lay.sut_cpus
-        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
+        argv = [sys.executable, "-m", "keygate", "serve", "--config", str(conf)]
         proc = spawn(name, argv, log, cpus=cpus, env=env, cwd=ROOT)
         health = "/_keygate/health"
     else:

@@ -1,7 +1,7 @@
 """Typed settings for keygate and their loading (SPEC §2)."""
 
-from .loader import ConfigError, load_settings, with_upstream
-from .settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
+from keygate.config.loader import ConfigError, load_settings, with_upstream
+from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
 
 __all__ = [
     "AuthSettings",

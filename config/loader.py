@@ -18,9 +18,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
 from yarl import URL
-
-from .settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
 
 ENV_PREFIX = "KEYGATE_"
 SECTIONS: dict[str, type] = {
@@ -312,7 +311,7 @@ def _finite(source: str, name: str, value: float) -> float:
 
 
 def _resolve(tp: str) -> Any:
-    from . import settings
+    from keygate.config import settings
 
     return eval(tp, vars(settings))  # noqa: S307 - dataclass annotations we wrote ourselves
 

@@ -7,18 +7,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from keygate.config.settings import Settings
+from keygate.gateway.auth.cache import KeyCache
+from keygate.gateway.auth.credentials import Sources
+from keygate.gateway.auth.policy import Policy, RouteTable
+from keygate.gateway.auth.usage import UsageRecorder
+from keygate.gateway.auth.verify import Verifier
+from keygate.gateway.service import Services
+from keygate.gateway.store.base import Store
+from keygate.gateway.upstream.client import RouteGate
 from yarl import URL
-
-from config.settings import Settings
-
-from .cache import KeyCache
-from .credentials import Sources
-from .forward import RouteGate
-from .policy import Policy, RouteTable
-from .service import Services
-from .store.base import Store
-from .usage import UsageRecorder
-from .verify import Verifier
 
 log = logging.getLogger("keygate")
 

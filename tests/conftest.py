@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
+from keygate.gateway.http.app import build_app
+from keygate.gateway.http.server import KeygateRunner
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.state import gateway_key
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
-from gateway.app import build_app
-from gateway.protocol import KeygateRunner
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.state import gateway_key
-from gateway.store.sqlite import SQLiteStore
 from tests.pg import pg_database_fixture, pg_url_fixture  # noqa: F401 - fixtures
 
 

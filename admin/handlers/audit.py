@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from .. import params
-from ..context import actor, services
-from ..responses import json_response
+from keygate.admin import params
+from keygate.admin.context import actor, services
+from keygate.admin.responses import json_response
 
 
 async def list_audit(request: web.Request) -> web.Response:

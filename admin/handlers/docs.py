@@ -10,16 +10,14 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import hdrs, web
+from keygate.admin.context import gateway
+from keygate.admin.openapi import as_openapi_30, document
+from keygate.admin.responses import JSON
+from keygate.gateway.errors import NotFound
 from swagger_ui_bundle import swagger_ui_path
 
-from gateway.errors import NotFound
-
-from ..context import gateway
-from ..openapi import as_openapi_30, document
-from ..responses import JSON
-
 if TYPE_CHECKING:
-    from ..routes import Endpoint
+    from keygate.admin.routes import Endpoint
 
 ASSET_DIR = Path(swagger_ui_path)
 # Only what the page loads; the bundle's own index.html and initializer point at

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from .. import params
-from ..body import read_json
-from ..context import actor, services
-from ..responses import json_response, no_content
+from keygate.admin import params
+from keygate.admin.body import read_json
+from keygate.admin.context import actor, services
+from keygate.admin.responses import json_response, no_content
 
 
 async def list_groups(request: web.Request) -> web.Response:

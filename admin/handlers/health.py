@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from gateway.errors import StoreUnavailable
-
-from ..context import gateway
-from ..responses import json_response
+from keygate.admin.context import gateway
+from keygate.admin.responses import json_response
+from keygate.gateway.errors import StoreUnavailable
 
 
 async def health(request: web.Request) -> web.Response:

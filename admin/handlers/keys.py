@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from gateway.service import IssuedKey
-
-from .. import params
-from ..body import read_json, read_optional_json
-from ..context import actor, services
-from ..responses import json_response, no_content
+from keygate.admin import params
+from keygate.admin.body import read_json, read_optional_json
+from keygate.admin.context import actor, services
+from keygate.admin.responses import json_response, no_content
+from keygate.gateway.service import IssuedKey
 
 
 def issued(result: IssuedKey) -> dict[str, object]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from gateway.errors import Unauthorized
-
-from ..context import actor, gateway, services
-from ..responses import json_response
+from keygate.admin.context import actor, gateway, services
+from keygate.admin.responses import json_response
+from keygate.gateway.errors import Unauthorized
 
 
 async def me(request: web.Request) -> web.Response:

@@ -17,13 +17,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from config import ConfigError, load_settings
-
-from ..errors import KeygateError
-from .lifecycle import serve_overrides
-from .output import Result, dumps, error_lines
-from .parser import build_parser, missing_change
-from .runner import with_store
+from keygate.config import ConfigError, load_settings
+from keygate.gateway.cli.lifecycle import serve_overrides
+from keygate.gateway.cli.output import Result, dumps, error_lines
+from keygate.gateway.cli.parser import build_parser, missing_change
+from keygate.gateway.cli.runner import with_store
+from keygate.gateway.errors import KeygateError
 
 __all__ = ["main"]
 

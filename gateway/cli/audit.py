@@ -6,10 +6,10 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import output as out
-from .output import Result
-from .parser import Tree, positive_int
-from .runner import Env
+from keygate.gateway.cli import output as out
+from keygate.gateway.cli.output import Result
+from keygate.gateway.cli.parser import Tree, positive_int
+from keygate.gateway.cli.runner import Env
 
 EPILOG = """\
 examples:

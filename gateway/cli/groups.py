@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from . import output as out
-from .output import Result
-from .parser import Tree
-from .runner import Env
+from keygate.gateway.cli import output as out
+from keygate.gateway.cli.output import Result
+from keygate.gateway.cli.parser import Tree
+from keygate.gateway.cli.runner import Env
 
 
 # --- reading rules ------------------------------------------------------------

@@ -6,11 +6,11 @@ import argparse
 import sys
 from typing import Any
 
-from ..service.keys import LIST_STATUSES, MAX_LIMIT
-from . import output as out
-from .output import Result
-from .parser import Tree, json_object, positive_int
-from .runner import Env
+from keygate.gateway.cli import output as out
+from keygate.gateway.cli.output import Result
+from keygate.gateway.cli.parser import Tree, json_object, positive_int
+from keygate.gateway.cli.runner import Env
+from keygate.gateway.service.keys import LIST_STATUSES, MAX_LIMIT
 
 DEFAULT_OWNER = "admin"  # the first admin, created by ``keygate init``
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from config import with_upstream
-from config.settings import Settings
-
-from ..service.bootstrap import create_first_admin
-from . import output as out
-from .output import Result
-from .parser import Tree, positive_int
-from .runner import Env
+from keygate.config import with_upstream
+from keygate.config.settings import Settings
+from keygate.gateway.cli import output as out
+from keygate.gateway.cli.output import Result
+from keygate.gateway.cli.parser import Tree, positive_int
+from keygate.gateway.cli.runner import Env
+from keygate.gateway.service.bootstrap import create_first_admin
 
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
@@ -31,7 +30,7 @@ def serve_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the management commands need none of the server's machinery.
-    from ..server import run
+    from keygate.gateway.cli.serve import run
 
     return run(serve_settings(args, settings))
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from ..errors import KeygateError
+from keygate.gateway.errors import KeygateError
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 TOKEN_NOTICE = "shown once: store it now, it cannot be shown again"  # noqa: S105 - prose

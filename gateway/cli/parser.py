@@ -7,8 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-
-from .runner import Handler
+from keygate.gateway.cli.runner import Handler
 
 PROG = "keygate"
 DESCRIPTION = "keygate: an API-key gateway. Serve the proxy; manage users, groups and keys."
@@ -103,7 +102,7 @@ class Tree:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import audit, groups, keys, lifecycle, users
+    from keygate.gateway.cli import audit, groups, keys, lifecycle, users
 
     root = argparse.ArgumentParser(
         prog=PROG,

@@ -6,12 +6,11 @@ import argparse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from config.settings import Settings
-
-from ..errors import StoreUnavailable
-from ..service import Actor, ServiceContext, Services
-from ..store import Store, open_store
-from .output import Result
+from keygate.config.settings import Settings
+from keygate.gateway.cli.output import Result
+from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.store import Store, open_store
 
 # A command needs one connection at a time; a pool would only hold idle ones.
 CLI_POOL_SIZE = 2

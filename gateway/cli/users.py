@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..service.users import ROLES
-from . import output as out
-from .output import Result
-from .parser import Tree, positive_int
-from .runner import Env
+from keygate.gateway.cli import output as out
+from keygate.gateway.cli.output import Result
+from keygate.gateway.cli.parser import Tree, positive_int
+from keygate.gateway.cli.runner import Env
+from keygate.gateway.service.users import ROLES
 
 PAGE = 500
 STATUSES = ("active", "disabled")

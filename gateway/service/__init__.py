@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .actor import Actor
-from .audit import AuditService
-from .context import ServiceContext
-from .groups import GroupService
-from .keys import IssuedKey, KeyService
-from .users import UserService
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.service.audit import AuditService
+from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.service.groups import GroupService
+from keygate.gateway.service.keys import IssuedKey, KeyService
+from keygate.gateway.service.users import UserService
 
 
 @dataclass(frozen=True, slots=True)

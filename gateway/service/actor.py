@@ -6,9 +6,9 @@ import getpass
 from dataclasses import dataclass
 from typing import Any
 
-from ..cache import Principal
-from ..errors import Forbidden
-from ..store.records import ADMIN_GROUP, SELF_SERVICE_GROUP, AuditEntry
+from keygate.gateway.auth.cache import Principal
+from keygate.gateway.errors import Forbidden
+from keygate.gateway.store.records import ADMIN_GROUP, SELF_SERVICE_GROUP, AuditEntry
 
 
 @dataclass(frozen=True, slots=True)

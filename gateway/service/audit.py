@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..errors import Invalid
-from ..store.records import AuditRecord
-from . import cursor as cursors
-from .actor import Actor
-from .context import ServiceContext
+from keygate.gateway.errors import Invalid
+from keygate.gateway.service import cursor as cursors
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.store.records import AuditRecord
 
 MAX_LIMIT = 500
 

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..errors import Forbidden
-from ..store.records import KeyRecord
-from .actor import Actor
+from keygate.gateway.errors import Forbidden
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.store.records import KeyRecord
 
 ADMIN_DISABLED = "An admin disabled this key; only an admin can enable it."
 EXPIRY_CAP = (

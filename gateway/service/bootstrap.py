@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..errors import Conflict
-from ..store.records import ADMIN_GROUP
-from .actor import Actor
-from .context import ServiceContext
-from .keys import IssuedKey, KeyService
-from .users import UserService
+from keygate.gateway.errors import Conflict
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.service.keys import IssuedKey, KeyService
+from keygate.gateway.service.users import UserService
+from keygate.gateway.store.records import ADMIN_GROUP
 
 
 async def create_first_admin(ctx: ServiceContext, username: str = "admin") -> IssuedKey:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
-from config.settings import AuthSettings
-
-from ..store.base import Store
+from keygate.config.settings import AuthSettings
+from keygate.gateway.store.base import Store
 
 Notify = Callable[[str, str], Awaitable[None]]
 

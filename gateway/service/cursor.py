@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from ..errors import Invalid
+from keygate.gateway.errors import Invalid
 
 
 def encode(tag: str, position: int | str | None) -> str | None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import Forbidden, NotFound
-from ..policy import validate_rules
-from ..store.records import BUILTIN_GROUPS, GroupRecord, utcnow
-from . import validation as v
-from .actor import Actor
-from .context import ServiceContext
+from keygate.gateway.auth.policy import validate_rules
+from keygate.gateway.errors import Forbidden, NotFound
+from keygate.gateway.service import validation as v
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.store.records import BUILTIN_GROUPS, GroupRecord, utcnow
 
 CREATE_FIELDS = frozenset({"name", "description", "rules"})
 PATCH_FIELDS = frozenset({"description", "rules"})

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .. import keyformat
-from ..errors import Conflict, Forbidden, NotFound
-from ..store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
-from . import blocks
-from . import cursor as cursors
-from . import validation as v
-from .actor import Actor
-from .context import ServiceContext
+from keygate.gateway.auth import keyformat
+from keygate.gateway.errors import Conflict, Forbidden, NotFound
+from keygate.gateway.service import blocks
+from keygate.gateway.service import cursor as cursors
+from keygate.gateway.service import validation as v
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
 
 CREATE_FIELDS = frozenset(
     {

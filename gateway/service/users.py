@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..errors import Conflict, NotFound
-from ..store.records import ADMIN_GROUP, UserRecord, utcnow
-from . import cursor as cursors
-from . import validation as v
-from .actor import Actor
-from .context import ServiceContext
+from keygate.gateway.errors import Conflict, NotFound
+from keygate.gateway.service import cursor as cursors
+from keygate.gateway.service import validation as v
+from keygate.gateway.service.actor import Actor
+from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.store.records import ADMIN_GROUP, UserRecord, utcnow
 
 CREATE_FIELDS = frozenset({"username", "role", "groups"})
 PATCH_FIELDS = frozenset({"role", "groups", "status"})

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from config.loader import sqlite_path
-
-from .base import Store
+from keygate.config.loader import sqlite_path
+from keygate.gateway.store.base import Store
 
 
 def open_store(url: str, *, pool_size: int = 10) -> Store:
     """A store for ``url`` (not yet opened; call ``await store.open()``)."""
     if url.startswith("sqlite://"):
-        from .sqlite import SQLiteStore
+        from keygate.gateway.store.sqlite.store import SQLiteStore
 
         return SQLiteStore(sqlite_path(url))
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore  # type: ignore[import-not-found]
+        from keygate.gateway.store.postgres.store import PostgresStore  # type: ignore[import-not-found]
 
         return PostgresStore(url, pool_size=pool_size)  # type: ignore[no-any-return]
     raise ValueError("store.url must start with sqlite:// or postgresql://")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from .records import (
+from keygate.gateway.store.records import (
     AuditEntry,
     AuditRecord,
     AuthRecord,

@@ -9,9 +9,9 @@ from typing import Any, cast
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from keygate.config.settings import Route
 from multidict import CIMultiDictProxy
 
-from config.settings import Route
 from tests.conftest import GatewayFactory, Keygate
 
 PREFIX = "/_keygate"

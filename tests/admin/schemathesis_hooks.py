@@ -25,10 +25,9 @@ from typing import Any
 
 import requests
 import schemathesis
-
-from config.settings import AuthSettings
-from gateway.service import Actor, ServiceContext, Services
-from gateway.store.sqlite import SQLiteStore
+from keygate.config.settings import AuthSettings
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
 BASE = os.environ.get("KEYGATE_FUZZ_URL", "")
 STORE = os.environ.get("KEYGATE_FUZZ_STORE", "")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from keygate.admin.routes import ENDPOINTS, Endpoint
 
-from admin.routes import ENDPOINTS, Endpoint
 from tests.admin.conftest import PREFIX, AdminApi, Member, key_id, raw_request
 from tests.conftest import Keygate
 

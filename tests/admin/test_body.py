@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from keygate.admin.body import MAX_BODY_BYTES, too_deep
 
-from admin.body import MAX_BODY_BYTES, too_deep
 from tests.admin.conftest import API, AdminApi, raw_request
 from tests.conftest import Keygate
 

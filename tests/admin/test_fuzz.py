@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from keygate.gateway.service import groups, keys, users
 
-from gateway.service import groups, keys, users
 from tests.admin.conftest import AdminApi, key_id
 
 ODD_VALUES: list[Any] = [

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from keygate.config.settings import Route
 
-from config.settings import Route
 from tests.admin.conftest import AdminApi, Member, key_id, make_member, poll_proxy_status
 from tests.admin.conftest import create_key as create
 from tests.conftest import GatewayFactory

@@ -9,13 +9,13 @@ import pytest
 from aiohttp import web
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from jsonschema import Draft202012Validator
+from keygate.admin.handlers.docs import swagger_ui_major
+from keygate.admin.openapi import as_openapi_30, document, security_schemes
+from keygate.admin.routes import ENDPOINTS
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from admin.handlers.docs import swagger_ui_major
-from admin.openapi import as_openapi_30, document, security_schemes
-from admin.routes import ENDPOINTS
 from tests.admin.conftest import PREFIX, AdminApi, Member, raw_request
 from tests.conftest import Keygate
 

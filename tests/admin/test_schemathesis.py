@@ -21,9 +21,9 @@ from xml.etree import ElementTree
 
 import pytest
 from aiohttp.test_utils import TestServer
+from keygate.admin.routes import ENDPOINTS
+from keygate.config.settings import Route
 
-from admin.routes import ENDPOINTS
-from config.settings import Route
 from tests.admin.conftest import PREFIX
 from tests.conftest import GatewayFactory
 

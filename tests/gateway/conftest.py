@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from keygate.config.loader import sqlite_path
+from keygate.config.settings import Route
+from keygate.gateway.http.app import build_app
+from keygate.gateway.service import ServiceContext
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.state import gateway_key
+from keygate.gateway.store.records import AuthRecord, Change, KeyAuth
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from config.loader import sqlite_path
-from config.settings import Route
-from gateway.app import build_app
-from gateway.service import ServiceContext
-from gateway.service.bootstrap import create_first_admin
-from gateway.state import gateway_key
-from gateway.store.records import AuthRecord, Change, KeyAuth
-from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Keygate, KeygateTestServer, make_settings
 
 POLL = 0.02

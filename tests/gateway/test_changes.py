@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from keygate.config.settings import AuthSettings
+from keygate.gateway.auth.changes import ChangeWatcher
+from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from config.settings import AuthSettings
-from gateway.changes import ChangeWatcher
-from gateway.errors import StoreUnavailable
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store.sqlite import SQLiteStore
 from tests.gateway.conftest import CountingStore, wait_for
 
 Applied = list[tuple[str, str]]

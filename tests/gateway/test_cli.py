@@ -27,7 +27,7 @@ def cli(tmp_path: Path) -> Run:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "gateway", *args],
+            [sys.executable, "-m", "keygate", *args],
             cwd=tmp_path,
             env=env,
             capture_output=True,

@@ -10,10 +10,9 @@ from typing import Any
 
 import orjson
 import pytest
-
-from gateway.cli import main
-from gateway.cli.output import cell
-from gateway.cli.parser import build_parser
+from keygate.gateway.cli import main
+from keygate.gateway.cli.output import cell
+from keygate.gateway.cli.parser import build_parser
 
 TOKEN_RE = re.compile(r"kg_[0-9a-z]{12}_[0-9A-Za-z]{38}")
 

@@ -6,9 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
-from config.loader import ConfigError, load_settings
-from config.settings import AuthSettings, Route, Settings
+from keygate.config.loader import ConfigError, load_settings
+from keygate.config.settings import AuthSettings, Route, Settings
 
 SECRET = "s3cr3t-Pa55w0rd"
 SECRET_URL = f"postgresql://keygate:{SECRET}@db.example/keygate"

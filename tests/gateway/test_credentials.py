@@ -7,10 +7,14 @@ import base64
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from keygate.gateway.auth.credentials import (
+    Sources,
+    find_credential,
+    query_values,
+    strip_query_param,
+)
+from keygate.gateway.errors import AmbiguousApiKey, Unauthorized
 from multidict import CIMultiDict, CIMultiDictProxy
-
-from gateway.credentials import Sources, find_credential, query_values, strip_query_param
-from gateway.errors import AmbiguousApiKey, Unauthorized
 
 TOKEN = "kg_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEF2dJnNT"
 OTHER = "kg_zzzzzzzzzzzz_abcdefghijklmnopqrstuvwxyzABCDEF000000"

@@ -27,14 +27,19 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from keygate.config.settings import Route
+from keygate.gateway.http.app import build_app
+from keygate.gateway.http.edge.protocol import Edge, EdgeProtocol
+from keygate.gateway.http.logsetup import (
+    FORMAT,
+    BatchedStreamHandler,
+    CachedTimeFormatter,
+    info_line_writer,
+)
+from keygate.gateway.service import ServiceContext
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.state import gateway_key
 
-from config.settings import Route
-from gateway.app import build_app
-from gateway.edge import Edge, EdgeProtocol
-from gateway.logsetup import FORMAT, BatchedStreamHandler, CachedTimeFormatter, info_line_writer
-from gateway.service import ServiceContext
-from gateway.service.bootstrap import create_first_admin
-from gateway.state import gateway_key
 from tests.conftest import GatewayFactory, Keygate, KeygateTestServer, make_settings
 from tests.gateway.conftest import (
     SlowUpstream,

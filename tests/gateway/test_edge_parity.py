@@ -34,13 +34,13 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from keygate.config.settings import Route
+from keygate.gateway.auth.keyformat import make_token
+from keygate.gateway.http.app import build_app
+from keygate.gateway.service import ServiceContext
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.state import gateway_key
 
-from config.settings import Route
-from gateway.app import build_app
-from gateway.keyformat import make_token
-from gateway.service import ServiceContext
-from gateway.service.bootstrap import create_first_admin
-from gateway.state import gateway_key
 from tests.conftest import Keygate, KeygateTestServer, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

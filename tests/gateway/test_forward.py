@@ -24,17 +24,16 @@ import pytest
 import yarl
 from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request, unused_port
-from multidict import CIMultiDict
-
-from config.settings import Route
-from gateway.errors import KeygateError, MethodNotAllowed
-from gateway.forward import RouteGate, forward, upstream_session
-from gateway.headers import (
+from keygate.config.settings import Route
+from keygate.gateway.errors import KeygateError, MethodNotAllowed
+from keygate.gateway.request.headers import (
     RequestIds,
     identity_headers,
     request_id_or_new,
     upstream_request_headers,
 )
+from keygate.gateway.upstream.client import RouteGate, forward, upstream_session
+from multidict import CIMultiDict
 
 MIB = 1 << 20
 BLOCK = random.Random(0).randbytes(MIB)

@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from gateway.headers import (
+from keygate.gateway.request.headers import (
     HOP_BY_HOP,
     RequestIds,
     downstream_response_headers,
@@ -18,6 +16,7 @@ from gateway.headers import (
     request_id_or_new,
     upstream_request_headers,
 )
+from multidict import CIMultiDict, CIMultiDictProxy
 
 Pairs = list[tuple[str, str]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from gateway.logsetup import FORMAT, BatchedStreamHandler, CachedTimeFormatter
+from keygate.gateway.http.logsetup import FORMAT, BatchedStreamHandler, CachedTimeFormatter
 
 
 class CountingStream(io.StringIO):

@@ -8,16 +8,15 @@ import zlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
-from gateway.overrides import (
+from keygate.gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
+from keygate.gateway.request.overrides import (
     MAX_DECODED,
     form_scanner,
     header_overrides,
     method_values,
     query_overrides,
 )
+from multidict import CIMultiDict, CIMultiDictProxy
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:

@@ -8,9 +8,8 @@ import re
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-
-from gateway.errors import BadPath
-from gateway.pathnorm import is_under, normalise_path
+from keygate.gateway.errors import BadPath
+from keygate.gateway.request.pathnorm import is_under, normalise_path
 
 # The whole output alphabet: pchar, "/" and upper-case escapes (RFC 3986 §3.3).
 _CANONICAL = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-F]{2})*")

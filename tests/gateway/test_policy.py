@@ -7,10 +7,9 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from config.settings import Route
-from gateway.pathnorm import is_under
-from gateway.policy import Policy, RouteTable, upstream_path, validate_rules
+from keygate.config.settings import Route
+from keygate.gateway.auth.policy import Policy, RouteTable, upstream_path, validate_rules
+from keygate.gateway.request.pathnorm import is_under
 
 
 def _route(name: str, prefix: str, *, strip: bool = False) -> Route:
@@ -348,7 +347,7 @@ def test_validate_rules_unknown_route_error() -> None:
 
 
 def test_validate_rules_unhashable_methods_reports_error_without_raising() -> None:
-    from gateway.policy import validate_rules
+    from keygate.gateway.auth.policy import validate_rules
 
     _, errors = validate_rules([{"route": "*", "methods": [["GET"], {}], "paths": ["/a"]}])
     assert set(errors) == {"rules[0].methods[0]", "rules[0].methods[1]"}

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from keygate.gateway.auth.changes import ChangeWatcher
+from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.store.postgres.listener import PgChangeListener
+from keygate.gateway.store.postgres.store import PostgresStore
+from keygate.gateway.store.records import AuditEntry, UserRecord, utcnow
 
-from gateway.changes import ChangeWatcher
-from gateway.errors import StoreUnavailable
-from gateway.pglisten import PgChangeListener
-from gateway.store.postgres import PostgresStore
-from gateway.store.records import AuditEntry, UserRecord, utcnow
 from tests.pg import pg_database_fixture, pg_url_fixture, wait_until  # noqa: F401 - fixtures
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/x"
@@ -254,7 +254,7 @@ async def test_pooled_connection_killed_next_call_retries(pg_url: str, op: str) 
 
 
 async def test_postgres_unstorable_value_is_bad_request_not_500(node1: PostgresStore) -> None:
-    from gateway.errors import BadRequest
+    from keygate.gateway.errors import BadRequest
 
     # Validation refuses NULs it knows of; the store maps whatever slips past
     # to the client's error instead of an internal one.

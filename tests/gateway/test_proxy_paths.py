@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from keygate.config.settings import Route
 
-from config.settings import Route
 from tests.conftest import GatewayFactory, Keygate
 from tests.gateway.conftest import RawResponse, Upstream, UpstreamFactory, get_request, raw_request
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
+from keygate.config.settings import Route
+from keygate.gateway.auth import keyformat
+from keygate.gateway.store.records import AuditEntry
 from multidict import CIMultiDict
 
-from config.settings import Route
-from gateway import keyformat
-from gateway.store.records import AuditEntry
 from tests.conftest import GatewayFactory, Keygate, header_values
 from tests.gateway.conftest import (
     SlowUpstream,

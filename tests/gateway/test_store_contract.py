@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from gateway.errors import Conflict, Forbidden, NotFound
-from gateway.store.base import Store
-from gateway.store.postgres import PostgresStore
-from gateway.store.records import (
+from keygate.gateway.errors import Conflict, Forbidden, NotFound
+from keygate.gateway.store.base import Store
+from keygate.gateway.store.postgres.store import PostgresStore
+from keygate.gateway.store.records import (
     AuditEntry,
     GroupRecord,
     KeyAuth,
@@ -24,7 +23,8 @@ from gateway.store.records import (
     UserRecord,
     utcnow,
 )
-from gateway.store.sqlite import SQLiteStore
+from keygate.gateway.store.sqlite.store import SQLiteStore
+
 from tests.pg import pg_database_fixture, reset_schema  # noqa: F401 - a fixture
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"

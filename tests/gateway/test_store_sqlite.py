@@ -11,14 +11,13 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-
-from config.settings import AuthSettings
-from gateway import keyformat
-from gateway.errors import Conflict
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store.records import AuditEntry, KeyRecord, UserRecord, utcnow
-from gateway.store.sqlite import SQLiteStore
+from keygate.config.settings import AuthSettings
+from keygate.gateway.auth import keyformat
+from keygate.gateway.errors import Conflict
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.records import AuditEntry, KeyRecord, UserRecord, utcnow
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,10 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 # create() returned, i.e. after the store acknowledged the commit.
 WRITER = """
 import asyncio, sys
-from config.settings import AuthSettings
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store.sqlite import SQLiteStore
+from keygate.config.settings import AuthSettings
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
 async def main(path):
     store = SQLiteStore(path)

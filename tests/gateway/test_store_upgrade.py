@@ -14,12 +14,12 @@ import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
+from keygate.gateway.store.base import Store
+from keygate.gateway.store.postgres.migrations import PG_V1
+from keygate.gateway.store.postgres.store import PostgresStore
+from keygate.gateway.store.sqlite.migrations import SQLITE_V1
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from gateway.store.base import Store
-from gateway.store.migrations import SQLITE_V1
-from gateway.store.pg_migrations import PG_V1
-from gateway.store.postgres import PostgresStore
-from gateway.store.sqlite import SQLiteStore
 from tests.pg import pg_database_fixture, reset_schema  # noqa: F401 - a fixture
 
 OWNER, ADMIN = "u-alice", "u-admin"

@@ -22,20 +22,19 @@ from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from config.settings import Route
-from gateway import upstream
-from gateway.errors import KeygateError
-from gateway.forward import RouteGate, forward, upstream_session
-from gateway.headers import (
+from keygate.config.settings import Route
+from keygate.gateway.errors import KeygateError
+from keygate.gateway.request.headers import (
     downstream_response_headers,
     identity_headers,
     upstream_request_headers,
 )
-from gateway.upstream import SMALL_BODY, response_headers
-from gateway.upstream_head import CHUNKED, request_head, upstream_header_pairs
-from gateway.upstream_pool import UpstreamPool
+from keygate.gateway.upstream import exchange as upstream
+from keygate.gateway.upstream.client import RouteGate, forward, upstream_session
+from keygate.gateway.upstream.exchange import SMALL_BODY, response_headers
+from keygate.gateway.upstream.head import CHUNKED, request_head, upstream_header_pairs
+from keygate.gateway.upstream.pool import UpstreamPool
+from multidict import CIMultiDict, CIMultiDictProxy
 
 IDENTITY = identity_headers(key_id="3k9x2m0qzt7a", key_name="ci", user="alice", groups=["a"])
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from keygate.config.settings import AuthSettings, Route
+from keygate.gateway.auth import keyformat
+from keygate.gateway.auth.usage import UsageRecorder
+from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store import Store, open_store
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from config.settings import AuthSettings, Route
-from gateway import keyformat
-from gateway.errors import StoreUnavailable
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store import Store, open_store
-from gateway.store.sqlite import SQLiteStore
-from gateway.usage import UsageRecorder
 from tests.conftest import GatewayFactory, Keygate
 from tests.gateway.conftest import (
     CountingFactory,
@@ -201,14 +201,14 @@ async def test_usage_stop_during_a_flush_returns_and_keeps_the_stamp(store: SQLi
 # --- a real process ---------------------------------------------------------------
 def _cli_missing() -> bool:
     return (
-        importlib.util.find_spec("gateway.cli") is None
-        or importlib.util.find_spec("gateway.__main__") is None
+        importlib.util.find_spec("keygate.gateway.cli") is None
+        or importlib.util.find_spec("keygate.__main__") is None
     )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    _cli_missing(), reason="gateway.cli / gateway.__main__ not written yet (owned by the CLI work)"
+    _cli_missing(), reason="the CLI is not installed"
 )
 async def test_usage_sigterm_flushes_and_exits_0(
     tmp_path: Path, upstream_factory: UpstreamFactory
@@ -237,7 +237,7 @@ async def test_usage_sigterm_flushes_and_exits_0(
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("KEYGATE_CONFIG", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        sys.executable, "-m", "keygate", "serve", "--config", str(config),
         cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -15,11 +15,11 @@ from typing import Any
 import aiosqlite
 import pytest
 from aiohttp.test_utils import TestServer
+from keygate.config.settings import Route
+from keygate.gateway.auth import keyformat
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.store import open_store
 
-from config.settings import Route
-from gateway import keyformat
-from gateway.service import Actor, ServiceContext, Services
-from gateway.store import open_store
 from tests.conftest import GatewayFactory, Keygate, header_values
 from tests.gateway.conftest import (
     CountingFactory,

@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from keygate.config.settings import AuthSettings, Route
+from keygate.gateway.auth import keyformat
+from keygate.gateway.auth.cache import KeyCache
+from keygate.gateway.auth.keyids import KeyIdSet
+from keygate.gateway.auth.usage import UsageRecorder
+from keygate.gateway.auth.verify import Verifier
+from keygate.gateway.errors import Unauthorized
+from keygate.gateway.service import Actor, ServiceContext, Services
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store import open_store
+from keygate.gateway.store.base import Store
 
-from config.settings import AuthSettings, Route
-from gateway import keyformat
-from gateway.cache import KeyCache
-from gateway.errors import Unauthorized
-from gateway.keyids import KeyIdSet
-from gateway.service import Actor, ServiceContext, Services
-from gateway.service.bootstrap import create_first_admin
-from gateway.store import open_store
-from gateway.store.base import Store
-from gateway.usage import UsageRecorder
-from gateway.verify import Verifier
 from tests.conftest import GatewayFactory, Keygate
 from tests.gateway.conftest import CountingFactory, settle, wait_for
 

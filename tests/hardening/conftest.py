@@ -30,13 +30,13 @@ import aiohttp
 import pytest
 from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer
+from keygate.config.settings import Route, Settings
+from keygate.gateway.http.app import build_app
+from keygate.gateway.http.server import KeygateRunner
+from keygate.gateway.service import ServiceContext
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.state import gateway_key
 
-from config.settings import Route, Settings
-from gateway.app import build_app
-from gateway.protocol import KeygateRunner
-from gateway.service import ServiceContext
-from gateway.service.bootstrap import create_first_admin
-from gateway.state import gateway_key
 from tests.conftest import Keygate, KeygateTestServer, make_settings
 
 MIB = 1 << 20

@@ -6,9 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
-from config.loader import ConfigError, load_settings
-from config.settings import AuthSettings, Route, ServerSettings, StoreSettings
+from keygate.config.loader import ConfigError, load_settings
+from keygate.config.settings import AuthSettings, Route, ServerSettings, StoreSettings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "keygate.example.toml"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-
-from config.settings import Route
-from gateway import keyformat
+from keygate.config.settings import Route
+from keygate.gateway.auth import keyformat
 
 from .conftest import Rig, RigFactory, bearer, http, secret
 

@@ -27,10 +27,10 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from keygate.config.settings import Route
+from keygate.gateway.http.app import build_app
+from keygate.gateway.http.server import KeygateRunner
 
-from config.settings import Route
-from gateway.app import build_app
-from gateway.protocol import KeygateRunner
 from tests.conftest import make_settings
 
 TIMEOUT = 5.0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import Recorder, Rig, RigFactory, bearer, http
 

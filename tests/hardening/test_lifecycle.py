@@ -16,14 +16,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from keygate.config.settings import Route
+from keygate.gateway.http.app import build_app
+from keygate.gateway.http.server import KeygateRunner
+from keygate.gateway.service import ServiceContext
+from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.state import gateway_key
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from config.settings import Route
-from gateway.app import build_app
-from gateway.protocol import KeygateRunner
-from gateway.service import ServiceContext
-from gateway.service.bootstrap import create_first_admin
-from gateway.state import gateway_key
-from gateway.store.sqlite import SQLiteStore
 from tests.conftest import make_settings
 
 from .conftest import Recorder, secret, wait_for
@@ -80,7 +80,7 @@ def _serve(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "error"}
     env.pop("KEYGATE_CONFIG", None)
     return subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", *args],
+        [sys.executable, "-m", "keygate", "serve", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=False,
     )
 

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import MIB, Recorder, Rig, RigFactory, bearer, http, wait_for
 

@@ -14,8 +14,7 @@ import hashlib
 from typing import Any
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import MIB, Recorder, Rig, RigFactory, bearer, http, wait_for
 

@@ -8,15 +8,18 @@ import string
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from keygate.config.settings import Route
+from keygate.gateway.auth import keyformat
+from keygate.gateway.auth.credentials import Sources, find_credential
+from keygate.gateway.auth.policy import Policy, RouteTable
+from keygate.gateway.errors import AmbiguousApiKey, BadPath, Unauthorized
+from keygate.gateway.request.headers import (
+    downstream_response_headers,
+    identity_headers,
+    upstream_request_headers,
+)
+from keygate.gateway.request.pathnorm import is_under, normalise_path
 from multidict import CIMultiDict, CIMultiDictProxy
-
-from config.settings import Route
-from gateway import keyformat
-from gateway.credentials import Sources, find_credential
-from gateway.errors import AmbiguousApiKey, BadPath, Unauthorized
-from gateway.headers import downstream_response_headers, identity_headers, upstream_request_headers
-from gateway.pathnorm import is_under, normalise_path
-from gateway.policy import Policy, RouteTable
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

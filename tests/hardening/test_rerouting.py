@@ -11,8 +11,7 @@ the other).
 from __future__ import annotations
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import Recorder, RigFactory, bearer, http
 

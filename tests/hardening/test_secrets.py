@@ -12,10 +12,9 @@ import base64
 from pathlib import Path
 
 import pytest
-
-from config.loader import sqlite_path
-from config.settings import Route
-from gateway import keyformat
+from keygate.config.loader import sqlite_path
+from keygate.config.settings import Route
+from keygate.gateway.auth import keyformat
 
 from .conftest import (
     TOKEN_SHAPE,

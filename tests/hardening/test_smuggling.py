@@ -13,8 +13,7 @@ import gzip
 import hashlib
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import Recorder, RigFactory, bearer, http
 

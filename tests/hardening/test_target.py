@@ -4,9 +4,8 @@ what is checked is exactly what is forwarded, and the admin prefix has one way i
 from __future__ import annotations
 
 import pytest
-
-from gateway.errors import BadPath
-from gateway.pathnorm import is_under, normalise_path
+from keygate.gateway.errors import BadPath
+from keygate.gateway.request.pathnorm import is_under, normalise_path
 
 from .conftest import Rig, bearer, http
 

@@ -9,8 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import GZIP_BODY, MIB, Raw, Recorder, Rig, RigFactory, bearer, http, wait_for
 

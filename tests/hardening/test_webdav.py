@@ -10,8 +10,7 @@ checked (rewritten onto the upstream's own host and prefix).
 from __future__ import annotations
 
 import pytest
-
-from config.settings import Route
+from keygate.config.settings import Route
 
 from .conftest import Recorder, Rig, RigFactory, bearer, http
 

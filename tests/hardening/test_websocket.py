@@ -33,7 +33,7 @@ async def test_websocket_upgrade_without_valid_key_is_401_before_upstream(
 
 
 async def test_websocket_upgrade_with_unknown_key_is_401_before_upstream(rig: Rig) -> None:
-    from gateway import keyformat
+    from keygate.gateway.auth import keyformat
 
     from .conftest import secret
 

@@ -37,7 +37,7 @@ def env_for(store_url: str, **extra: str) -> dict[str, str]:
 
 def cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "keygate", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -82,7 +82,7 @@ async def start_node(
     err = stderr_path.open("w")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "gateway", "serve", "--upstream", upstream,
+            sys.executable, "-m", "keygate", "serve", "--upstream", upstream,
             "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
         ],
         env=env,

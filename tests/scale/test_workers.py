@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
-
-from gateway.store.sqlite import SQLiteStore
+from keygate.gateway.store.sqlite.store import SQLiteStore
 
 from .helpers import cli, env_for, start_node, status_fresh
 
@@ -80,8 +79,7 @@ async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
     tmp_path: Path, upstream: TestServer, either_store: str
 ) -> None:
     import aiohttp
-
-    from gateway.store import open_store
+    from keygate.gateway.store import open_store
 
     url = either_store
     env = env_for(url, KEYGATE_AUTH_MAX_KEYS_PER_USER="100000")

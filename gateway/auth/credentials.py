@@ -1,0 +1,163 @@
+"""Find the keygate credential in a request (SPEC §3 "Presenting a key").
+
+Sources, in ``auth.sources`` order: ``authorization`` (``Bearer``),
+``x-api-key``, ``basic`` (key id as user name, secret+checksum as password)
+and ``query:<name>``. Every occurrence is collected: two different values are
+ambiguous (400), because an upstream or a log might act on the other one.
+"""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from aiohttp import hdrs
+from keygate.gateway.auth import keyformat
+from keygate.gateway.errors import AmbiguousApiKey, missing_api_key
+from multidict import CIMultiDictProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    token: str
+    # Header names that carried it, removed before forwarding.
+    drop_headers: tuple[str, ...]
+    # Query parameter that carried it, removed before forwarding.
+    drop_query: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    bearer: bool
+    x_api_key: bool
+    basic: bool
+    query: str | None
+
+    @classmethod
+    def parse(cls, sources: Sequence[str]) -> Sources:
+        query = next((s.split(":", 1)[1] for s in sources if s.startswith("query:")), None)
+        return cls(
+            bearer="authorization" in sources,
+            x_api_key="x-api-key" in sources,
+            basic="basic" in sources,
+            query=query,
+        )
+
+
+X_API_KEY = "X-API-Key"
+
+
+def find_credential(
+    headers: CIMultiDictProxy[str], raw_query: str, sources: Sources, prefix: str
+) -> Credential:
+    """Return the one credential of the request; raise 401 missing / 400 ambiguous."""
+    found: list[str] = []
+    drop: list[str] = []
+    drop_query = None
+    if sources.bearer or sources.basic:
+        for value in headers.getall(hdrs.AUTHORIZATION, ()):
+            scheme, _, rest = value.strip().partition(" ")
+            scheme = scheme.lower()
+            if scheme == "bearer" and sources.bearer:
+                found.append(rest.strip())
+            elif scheme == "basic" and sources.basic:
+                found.append(_from_basic(rest.strip(), prefix))
+            else:
+                continue  # meant for the upstream: passes through untouched
+            if hdrs.AUTHORIZATION not in drop:
+                drop.append(hdrs.AUTHORIZATION)
+    if sources.x_api_key:
+        values = headers.getall(X_API_KEY, ())
+        if values:
+            found.extend(v.strip() for v in values)
+            drop.append(X_API_KEY)
+    if sources.query is not None and raw_query:
+        for value in query_values(raw_query, sources.query):
+            found.append(value.strip())
+            drop_query = sources.query
+    tokens = {t for t in found if t}
+    if not tokens:
+        raise missing_api_key()
+    if len(tokens) > 1:
+        raise AmbiguousApiKey
+    return Credential(tokens.pop(), tuple(drop), drop_query)
+
+
+def stray_credentials(
+    headers: CIMultiDictProxy[str], raw_query: str, sources: Sources, prefix: str
+) -> Credential | None:
+    """Where a well-formed keygate token was presented to a public route, if anywhere.
+
+    Nobody checks a key there, but the upstream must still never receive one
+    (SPEC §3: the credential is removed before forwarding; clients often send
+    their key on every request). Only values that parse as keygate tokens,
+    checksum included, count: an upstream's own Bearer token passes untouched.
+    """
+    drop: list[str] = []
+    if sources.bearer or sources.basic:
+        for value in headers.getall(hdrs.AUTHORIZATION, ()):
+            scheme, _, rest = value.strip().partition(" ")
+            scheme = scheme.lower()
+            if scheme == "bearer" and sources.bearer:
+                token = rest.strip()
+            elif scheme == "basic" and sources.basic:
+                token = _from_basic(rest.strip(), prefix)
+            else:
+                continue
+            if _well_formed(token, prefix):
+                drop.append(hdrs.AUTHORIZATION)
+                break
+    if sources.x_api_key and any(
+        _well_formed(v.strip(), prefix) for v in headers.getall(X_API_KEY, ())
+    ):
+        drop.append(X_API_KEY)
+    drop_query = None
+    if (
+        sources.query is not None
+        and raw_query
+        and any(_well_formed(v.strip(), prefix) for v in query_values(raw_query, sources.query))
+    ):
+        drop_query = sources.query
+    if not drop and drop_query is None:
+        return None
+    return Credential("", tuple(drop), drop_query)
+
+
+def _well_formed(token: str, prefix: str) -> bool:
+    try:
+        keyformat.parse(token, prefix)
+    except keyformat.TokenFormatError:
+        return False
+    return True
+
+
+def _from_basic(encoded: str, prefix: str) -> str:
+    try:
+        decoded = b64decode(encoded, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return "\x00invalid"  # present but unusable: fails the format check
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return "\x00invalid"
+    return f"{prefix}_{user}_{password}"
+
+
+def query_values(raw_query: str, name: str) -> list[str]:
+    return [unquote_plus(v) for n, v in _pairs(raw_query) if n == name]
+
+
+def strip_query_param(raw_query: str, name: str) -> str:
+    """The raw query without ``name``, every other byte as the client sent it."""
+    return "&".join(part for part in raw_query.split("&") if _pair(part)[0] != name)
+
+
+def _pairs(raw_query: str) -> list[tuple[str, str]]:
+    return [_pair(part) for part in raw_query.split("&") if part]
+
+
+def _pair(part: str) -> tuple[str, str]:
+    name, _, value = part.partition("=")
+    return unquote_plus(name), value

@@ -1,0 +1,71 @@
+"""Last-used batcher: records uses in memory, writes them off the request path.
+
+One dict assignment per request; a background task flushes at most one write
+per key per ``last_used_flush_interval``. A failed flush is merged back and
+retried, so a store outage loses no batch; a graceful stop flushes once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from keygate.gateway.errors import KeygateError
+from keygate.gateway.store.base import Store
+
+log = logging.getLogger("keygate.usage")
+
+
+class UsageRecorder:
+    def __init__(self, store: Store, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._pending: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.flushes = 0
+
+    def touch(self, key_id: str, now: float | None = None) -> None:
+        self._pending[key_id] = time.time() if now is None else now
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await self._store.touch_last_used(batch)
+        except (KeygateError, OSError) as exc:
+            # Keep the newer stamp of each key and retry on the next tick.
+            self._merge(batch)
+            log.warning("last-used flush failed, will retry: %s", type(exc).__name__)
+            return
+        except asyncio.CancelledError:
+            self._merge(batch)  # stop() cancelled this flush: its final flush writes it
+            raise
+        self.flushes += 1
+
+    def _merge(self, batch: dict[str, float]) -> None:
+        for key_id, stamp in batch.items():
+            if self._pending.get(key_id, 0.0) < stamp:
+                self._pending[key_id] = stamp
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="keygate-usage")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()

@@ -1,0 +1,135 @@
+"""Versioned PostgreSQL schema migrations. Append new versions; never edit an applied one.
+
+The same tables and meaning as the SQLite schema (``migrations.py``), in native
+types: ``timestamptz`` stamps, ``jsonb`` group lists, rules and metadata,
+``bytea`` digests.
+"""
+
+# ruff: noqa: S608 - built-in group rows are module constants, quoted by _quote.
+
+from __future__ import annotations
+
+import orjson
+from keygate.gateway.store.records import BUILTIN_GROUPS
+
+# One advisory lock key for "migrating keygate": nodes starting together queue
+# on it, and the first one applies every pending version.
+MIGRATION_LOCK = 0x6B67_6D69_6772  # "kgmigr"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _builtin_group_rows() -> list[str]:
+    rows = []
+    for name, (description, rules) in BUILTIN_GROUPS.items():
+        rows.append(
+            "INSERT INTO groups (name, description, rules, builtin, created_at, updated_at) "
+            f"VALUES ({_quote(name)}, {_quote(description)}, "
+            f"{_quote(orjson.dumps(rules).decode())}::jsonb, true, now(), now()) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
+    return rows
+
+
+PG_V1 = [
+    """CREATE TABLE users (
+        id text PRIMARY KEY,
+        username text NOT NULL UNIQUE,
+        role text NOT NULL CHECK (role IN ('admin', 'member')),
+        groups jsonb NOT NULL DEFAULT '[]',
+        status text NOT NULL CHECK (status IN ('active', 'disabled')),
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL
+    )""",
+    """CREATE TABLE groups (
+        name text PRIMARY KEY,
+        description text NOT NULL DEFAULT '',
+        rules jsonb NOT NULL DEFAULT '[]',
+        builtin boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL
+    )""",
+    # seq orders keys newest first and is the pagination cursor: an identity
+    # never hands out a value twice, so a cursor never repeats a record.
+    """CREATE TABLE keys (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        digest bytea NOT NULL,
+        prefix text NOT NULL,
+        last4 text NOT NULL,
+        name text NOT NULL,
+        name_key text NOT NULL,
+        description text NOT NULL DEFAULT '',
+        status text NOT NULL CHECK (status IN ('active', 'disabled', 'revoked')),
+        groups jsonb NOT NULL DEFAULT '[]',
+        owner_id text NOT NULL,
+        owner_username text NOT NULL,
+        created_by_id text,
+        created_by_username text,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        last_used_at timestamptz,
+        expires_at timestamptz,
+        webhook_url text,
+        metadata jsonb NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE UNIQUE INDEX keys_digest ON keys (digest)",
+    # name_key is the case-folded name: per-owner, case-insensitive uniqueness.
+    "CREATE UNIQUE INDEX keys_owner_name ON keys (owner_id, name_key)",
+    "CREATE INDEX keys_owner_status ON keys (owner_id, status)",
+    "CREATE INDEX keys_groups ON keys USING gin (groups jsonb_path_ops)",
+    "CREATE INDEX users_groups ON users USING gin (groups jsonb_path_ops)",
+    """CREATE TABLE retired_digests (
+        digest bytea PRIMARY KEY,
+        key_id text NOT NULL,
+        until timestamptz NOT NULL
+    )""",
+    "CREATE INDEX retired_digests_key ON retired_digests (key_id)",
+    """CREATE TABLE audit (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        action text NOT NULL,
+        target_type text NOT NULL,
+        target_id text NOT NULL,
+        actor_user_id text,
+        actor_username text,
+        actor_key_id text,
+        client_addr text,
+        changes jsonb NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE changes (
+        seq bigserial PRIMARY KEY,
+        kind text NOT NULL,
+        ref text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX changes_at ON changes (at)",
+    *_builtin_group_rows(),
+]
+
+# Blocks (docs/admin-api.md): who disabled a key, and whether an admin did or
+# set its expiry. Keys from before this version are judged by the audit trail,
+# as in the SQLite migration (migrations.py, version 2): the latest change that
+# disabled the key (or set its expiry) decides; anyone but the owner (the CLI
+# included) counts as an admin, and so does a trail that says nothing.
+PG_V2 = [
+    "ALTER TABLE keys ADD COLUMN disabled_by_id text, "
+    "ADD COLUMN disabled_by_username text, "
+    "ADD COLUMN disabled_by_admin boolean NOT NULL DEFAULT false, "
+    "ADD COLUMN expires_by_admin boolean NOT NULL DEFAULT false",
+    """UPDATE keys SET disabled_by_id = d.actor_user_id, disabled_by_username = d.actor_username
+    FROM (SELECT DISTINCT ON (target_id) target_id, actor_user_id, actor_username FROM audit
+          WHERE target_type = 'key' AND changes->>'status' = 'disabled'
+          ORDER BY target_id, id DESC) d
+    WHERE keys.status = 'disabled' AND d.target_id = keys.id""",
+    "UPDATE keys SET disabled_by_admin = true WHERE status = 'disabled' "
+    "AND disabled_by_id IS DISTINCT FROM owner_id",
+    """UPDATE keys SET expires_by_admin = true WHERE expires_at IS NOT NULL
+    AND (SELECT a.actor_user_id FROM audit a WHERE a.target_type = 'key'
+         AND a.target_id = keys.id AND a.changes ? 'expires_at'
+         ORDER BY a.id DESC LIMIT 1) IS DISTINCT FROM owner_id""",
+]
+
+PG_MIGRATIONS: list[tuple[int, list[str]]] = [(1, PG_V1), (2, PG_V2)]

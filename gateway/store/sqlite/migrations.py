@@ -1,0 +1,123 @@
+"""Versioned schema migrations. Append new versions; never edit an applied one."""
+
+from __future__ import annotations
+
+import orjson
+from keygate.gateway.store.records import BUILTIN_GROUPS
+
+# Epoch seconds in SQL, so the stamp is taken when the migration runs.
+_NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def _builtin_group_rows() -> list[str]:
+    rows = []
+    for name, (description, rules) in BUILTIN_GROUPS.items():
+        rules_json = orjson.dumps(rules).decode().replace("'", "''")
+        desc = description.replace("'", "''")
+        # Constants of this module with quotes doubled: nothing user-supplied.
+        rows.append(
+            "INSERT OR IGNORE INTO groups (name, description, rules, builtin, created_at, "  # noqa: S608
+            f"updated_at) VALUES ('{name}', '{desc}', '{rules_json}', 1, {_NOW_SQL}, {_NOW_SQL})"
+        )
+    return rows
+
+
+SQLITE_V1 = [
+    """CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+        groups TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE groups (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        rules TEXT NOT NULL DEFAULT '[]',
+        builtin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    # seq orders keys newest first and is the pagination cursor: AUTOINCREMENT
+    # never reuses a value, so a cursor never skips or repeats a record.
+    """CREATE TABLE keys (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        digest BLOB NOT NULL,
+        prefix TEXT NOT NULL,
+        last4 TEXT NOT NULL,
+        name TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'revoked')),
+        groups TEXT NOT NULL DEFAULT '[]',
+        owner_id TEXT NOT NULL,
+        owner_username TEXT NOT NULL,
+        created_by_id TEXT,
+        created_by_username TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_used_at REAL,
+        expires_at REAL,
+        webhook_url TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE UNIQUE INDEX keys_digest ON keys (digest)",
+    # name_key is the case-folded name: per-owner, case-insensitive uniqueness.
+    "CREATE UNIQUE INDEX keys_owner_name ON keys (owner_id, name_key)",
+    "CREATE INDEX keys_owner_status ON keys (owner_id, status)",
+    """CREATE TABLE retired_digests (
+        digest BLOB PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        until REAL NOT NULL
+    )""",
+    "CREATE INDEX retired_digests_key ON retired_digests (key_id)",
+    """CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        target_type TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        actor_user_id TEXT,
+        actor_username TEXT,
+        actor_key_id TEXT,
+        client_addr TEXT,
+        changes TEXT NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    *_builtin_group_rows(),
+]
+
+# Blocks (docs/admin-api.md): who disabled a key, and whether an admin did or
+# set its expiry. Keys from before this version are judged by the audit trail,
+# which has recorded every change since version 1: the latest change that
+# disabled the key (or set its expiry) decides; a change by anyone but the owner
+# (the CLI included) counts as an admin's, and so does a disabled key or an
+# expiry the trail says nothing about, so no block is lifted by the upgrade.
+SQLITE_V2 = [
+    "ALTER TABLE keys ADD COLUMN disabled_by_id TEXT",
+    "ALTER TABLE keys ADD COLUMN disabled_by_username TEXT",
+    "ALTER TABLE keys ADD COLUMN disabled_by_admin INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE keys ADD COLUMN expires_by_admin INTEGER NOT NULL DEFAULT 0",
+    """UPDATE keys SET (disabled_by_id, disabled_by_username) = (
+        SELECT a.actor_user_id, a.actor_username FROM audit a
+        WHERE a.target_type = 'key' AND a.target_id = keys.id
+        AND json_extract(a.changes, '$.status') = 'disabled' ORDER BY a.id DESC LIMIT 1)
+    WHERE status = 'disabled'""",
+    "UPDATE keys SET disabled_by_admin = 1 WHERE status = 'disabled' "
+    "AND (disabled_by_id IS NULL OR disabled_by_id != owner_id)",
+    """UPDATE keys SET expires_by_admin = 1 WHERE expires_at IS NOT NULL
+    AND coalesce((SELECT coalesce(a.actor_user_id, '') FROM audit a
+                  WHERE a.target_type = 'key' AND a.target_id = keys.id
+                  AND json_type(a.changes, '$.expires_at') IS NOT NULL
+                  ORDER BY a.id DESC LIMIT 1), '') != owner_id""",
+]
+
+SQLITE_MIGRATIONS: list[tuple[int, list[str]]] = [(1, SQLITE_V1), (2, SQLITE_V2)]
