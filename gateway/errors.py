@@ -37,6 +37,9 @@ class KeygateError(Exception):
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "Internal error."
+    # Whether the connection closes after this answer whatever the request
+    # wished: where the next request would start is in doubt.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class BadFraming(BadRequest):
     after the answer, since where the next request starts is in doubt too."""
 
     default_message = "The request is not valid HTTP."
+    closes_connection = True
 
 
 class AmbiguousApiKey(BadRequest):

@@ -1,13 +1,32 @@
-"""The proxy steps (route, credential, rules, upstream target) and the aiohttp handler."""
+"""The proxy steps, in order — the one sequence both front ends call.
+
+For every request outside the admin prefix (docs/reference.md#the-proxy):
+
+1. :func:`request_target` — split the target, normalise the path, keep the
+   admin prefix out of reach;
+2. :func:`resolve` — the route by longest prefix, the WebDAV Destination, the
+   credential;
+3. :func:`admit_cached` / :func:`admit` — the key verified (from memory, or
+   from the store on a miss);
+4. :func:`authorise` — the group rules for the method, the Destination and
+   every method override; returns the check a form body must still pass;
+5. :func:`check_room` — the route's body limit and its free slots;
+6. :func:`upstream_target` and :func:`upstream_pairs` — what goes upstream.
+
+The aiohttp handler (:mod:`keygate.gateway.http.handler`) and the edge
+(:mod:`keygate.gateway.http.edge`) differ only in how bytes come in and go
+out; every rule lives here or below (auth/, request/, upstream/).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
+from aiohttp import hdrs
 from keygate.config.settings import Route
 from keygate.gateway.auth.cache import Principal
 from keygate.gateway.auth.credentials import (
@@ -18,6 +37,7 @@ from keygate.gateway.auth.credentials import (
 )
 from keygate.gateway.auth.policy import upstream_path
 from keygate.gateway.errors import (
+    BadFraming,
     BadPath,
     BadRequest,
     Forbidden,
@@ -26,48 +46,19 @@ from keygate.gateway.errors import (
     TooLarge,
     UpstreamBusy,
 )
-from keygate.gateway.http.clientip import peer_ip
 from keygate.gateway.request.body import BodyCheck
 from keygate.gateway.request.destination import BadDestination, destination_path
-from keygate.gateway.request.headers import Pairs, upstream_header_pairs
+from keygate.gateway.request.headers import HOST_FIELD, Pairs, upstream_header_pairs
 from keygate.gateway.request.overrides import form_scanner, header_overrides, query_overrides
 from keygate.gateway.request.pathnorm import is_under, normalise_path
-from keygate.gateway.state import gateway_key, key_id_key, request_id_key, route_key
-from keygate.gateway.upstream.client import forward
+from keygate.gateway.upstream.gate import RouteGate
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 if TYPE_CHECKING:
     from keygate.gateway.state import Gateway
 
-
-class ExpectationFailed(KeygateError):
-    status: ClassVar[int] = 417
-    default_code: ClassVar[str] = "expectation_failed"
-    default_message: ClassVar[str] = "The only expectation supported is 100-continue."
-
-
-async def invite_body(request: web.Request, limit: int | None, busy: bool) -> None:
-    """Answer ``Expect: 100-continue`` once the request may go ahead (RFC 9110 §10.1.1).
-
-    Called after authentication and authorisation, so a refused client never
-    sends its body; a declared body over the route's limit, or a full route,
-    is refused before the client is invited to send it either.
-    """
-    expect = request.headers.get(hdrs.EXPECT)
-    if expect is None:
-        return
-    if expect.strip().lower() != "100-continue":
-        raise ExpectationFailed()
-    declared = request.content_length
-    if limit is not None and declared is not None and declared > limit:
-        raise TooLarge()
-    if busy:
-        raise UpstreamBusy()
-    if request.version >= HttpVersion11 and not request.content.is_eof():
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # Interim bytes do not count as the response having started.
-        request.writer.output_size = 0
+log = logging.getLogger("keygate")
 
 
 def split_target(raw_target: str) -> tuple[str, str]:
@@ -86,6 +77,46 @@ def split_target(raw_target: str) -> tuple[str, str]:
     if "#" in path:
         raise BadPath
     return path, query
+
+
+def request_target(raw_target: str, admin_prefix: str) -> tuple[str, str, str]:
+    """(raw path, normalised path, raw query) of a proxied request, or raise.
+
+    The admin sub-app answers clean admin paths itself (the router sends them
+    there first): one that reaches the proxy is an unknown admin path (404),
+    and a trick that normalises into the prefix is a 400.
+    """
+    raw_path, query = split_target(raw_target)
+    path = normalise_path(raw_path)
+    if is_under(path, admin_prefix):
+        if path == raw_path:
+            raise NotFound("No such admin endpoint.")
+        raise BadPath
+    return raw_path, path, query
+
+
+def admin_bound(raw_path: str, path: str, admin_prefix: str) -> bool:
+    """Whether aiohttp's router could send this target to the admin sub-app.
+
+    Its router decodes escapes (but ``%2F``) before matching the sub-app, so
+    the raw, the normalised and the decoded path all count; the edge leaves
+    such a request to aiohttp, which routes it first.
+    """
+    return (
+        is_under(path, admin_prefix)
+        or is_under(raw_path, admin_prefix)
+        or ("%" in raw_path and is_under(unquote(raw_path), admin_prefix))
+    )
+
+
+def check_host(hosts: list[str], http11: bool) -> None:
+    """Exactly one valid Host; HTTP/1.0 may go without (RFC 9112 §3.2).
+
+    keygate sends Host on as X-Forwarded-Host, which upstreams build links
+    from; a refusal closes the connection (a framing question).
+    """
+    if len(hosts) > 1 or (not hosts and http11) or (hosts and not HOST_FIELD.fullmatch(hosts[0])):
+        raise BadFraming("The request needs exactly one valid Host header.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +223,41 @@ def authorise(
     return None if scanner is None else BodyCheck(scanner, allowed)
 
 
+def admit_cached(gw: Gateway, resolved: Resolved) -> tuple[bytes, Principal | None]:
+    """(digest, principal) from memory alone; principal None means "ask the store".
+
+    Raises the 401 when memory already knows the key is refused. A public
+    route admits without a key: ``(b"", None)``.
+    """
+    credential = resolved.credential
+    if credential is None:
+        return b"", None
+    return gw.verifier.cached(credential.token)
+
+
+async def admit(gw: Gateway, resolved: Resolved, digest: bytes) -> Principal:
+    """The key behind a cache miss, from the store (or a refusal from memory)."""
+    credential = resolved.credential
+    assert credential is not None
+    return await gw.verifier.load(digest, credential.token)
+
+
+def check_room(route: Route, gate: RouteGate, declared: int | None) -> None:
+    """The route's body limit (413) and its free upstream slots (503), for an
+    allowed request: a refused one learns nothing about either."""
+    limit = route.max_body_bytes
+    if limit is not None and declared is not None and declared > limit:
+        raise TooLarge()
+    if gate.in_flight >= gate.limit:
+        raise UpstreamBusy()
+
+
+def internal_error(method: str, target: str) -> KeygateError:
+    """A bug, never a traceback to the client: logged once, answered 500."""
+    log.exception("internal error on %s %s", method, target.partition("?")[0][:200])
+    return KeygateError()
+
+
 def upstream_target(gw: Gateway, resolved: Resolved) -> str:
     """The request target on the route's upstream: exactly the path checked."""
     route = resolved.route
@@ -232,54 +298,3 @@ def upstream_pairs(
             value = f"{base.scheme}://{base.raw_authority}{value}"
         pairs = [(n, value if n.lower() == "destination" else v) for n, v in pairs]
     return pairs
-
-
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    gw = request.app[gateway_key]
-    settings = gw.settings
-    raw_path, query = split_target(request.raw_path)
-    path = normalise_path(raw_path)
-    admin_prefix = settings.server.admin_prefix
-    if is_under(path, admin_prefix):
-        # The admin sub-app answers clean admin paths itself; reaching here means
-        # an unknown admin path, or a trick that normalises into the prefix.
-        if path == raw_path:
-            raise NotFound("No such admin endpoint.")
-        raise BadPath
-    resolved = resolve(gw, request.headers, path, query, request.scheme)
-    route = resolved.route
-    request[route_key] = route.name
-    identity = None
-    check = None
-    if resolved.credential is not None:
-        verifier = gw.verifier
-        digest, principal = verifier.cached(resolved.credential.token)
-        if principal is None:
-            principal = await verifier.load(digest, resolved.credential.token)
-        request[key_id_key] = principal.key_id
-        check = authorise(
-            gw, resolved, principal, request.method, request.headers, query, request.body_exists
-        )
-        identity = principal.identity
-    headers = upstream_pairs(
-        gw,
-        resolved,
-        request.headers,
-        identity,
-        client_ip=peer_ip(request),
-        proto=request.scheme,
-        request_id=request[request_id_key],
-    )
-    assert gw.session is not None
-    gate = gw.gates[route.name]
-    await invite_body(request, route.max_body_bytes, gate.in_flight >= gate.limit)
-    return await forward(
-        request,
-        session=gw.session,
-        route=route,
-        gate=gate,
-        url=upstream_target(gw, resolved),
-        headers=headers,
-        body_idle_timeout=settings.server.body_idle_timeout,
-        check=check,
-    )

@@ -1,55 +1,95 @@
-"""The gateway's shared state, one object under one typed app key."""
+"""The gateway's shared state: what the proxy steps read on every request.
+
+Each resource the app opens has its own ``cleanup_ctx`` and its own typed app
+key (see :mod:`keygate.gateway.http.app`); :class:`Gateway` gathers what the
+hot path needs, complete when it is built.
+"""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from keygate.config.settings import Settings
 from keygate.gateway.auth.cache import KeyCache
+from keygate.gateway.auth.changes import ChangeFeed
 from keygate.gateway.auth.credentials import Sources
+from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.policy import Policy, RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
+from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.service import Services
 from keygate.gateway.store.base import Store
-from keygate.gateway.upstream.client import RouteGate
+from keygate.gateway.upstream.gate import RouteGate
+from keygate.gateway.upstream.pool import UpstreamPool
 from yarl import URL
 
-log = logging.getLogger("keygate")
+
+class KeyMemory:
+    """What this process holds of the store: verified keys, every key id, the
+    compiled group rules. Change notices (this process's own writes, and the
+    change feed for everyone else's) keep it current."""
+
+    def __init__(self, store: Store, cache: KeyCache, key_ids: KeyIdSet, policy: Policy) -> None:
+        self.store = store
+        self.cache = cache
+        self.key_ids = key_ids
+        self.policy = policy
+
+    @classmethod
+    async def load(cls, store: Store, cache: KeyCache) -> KeyMemory:
+        """Memory with the store's rules; key ids are read once the feed runs."""
+        return cls(store, cache, KeyIdSet(), await _policy(store))
+
+    async def apply(self, kind: str, ref: str) -> None:
+        """Evict what a change affects; a group change also recompiles the rules."""
+        self.cache.apply(kind, ref)
+        if kind == "key-created":
+            self.key_ids.add(ref)
+        if kind == "group":
+            self.policy = await _policy(self.store)
 
 
-@dataclass(eq=False)
+async def _policy(store: Store) -> Policy:
+    groups = await store.list_groups()
+    return Policy({g.name: list(g.rules) for g in groups})
+
+
+@dataclass(eq=False, slots=True)
 class Gateway:
     settings: Settings
     store: Store
-    cache: KeyCache
+    memory: KeyMemory
     usage: UsageRecorder
     verifier: Verifier
     routes: RouteTable
     sources: Sources
-    services: Services | None = None
-    policy: Policy = field(default_factory=lambda: Policy({}))
-    session: aiohttp.ClientSession | None = None
-    gates: dict[str, RouteGate] = field(default_factory=dict)
-    upstream_base: dict[str, URL] = field(default_factory=dict)
+    services: Services
+    gates: dict[str, RouteGate]
+    upstream_base: dict[str, URL]
 
-    async def reload_policy(self) -> None:
-        groups = await self.store.list_groups()
-        self.policy = Policy({g.name: list(g.rules) for g in groups})
+    @property
+    def cache(self) -> KeyCache:
+        return self.memory.cache
+
+    @property
+    def policy(self) -> Policy:
+        return self.memory.policy
 
     async def apply_change(self, kind: str, ref: str) -> None:
-        """Evict what a change affects; a group change also recompiles the policy."""
-        self.cache.apply(kind, ref)
-        if kind == "key-created" and self.verifier.key_ids is not None:
-            self.verifier.key_ids.add(ref)
-        if kind == "group":
-            await self.reload_policy()
+        await self.memory.apply(kind, ref)
 
 
+# One typed key per resource, each opened and closed by its own cleanup_ctx.
+store_key = web.AppKey("store", Store)
+usage_key = web.AppKey("usage", UsageRecorder)
+changes_key = web.AppKey("changes", ChangeFeed)
 gateway_key = web.AppKey("gateway", Gateway)
+pool_key = web.AppKey("pool", UpstreamPool)
+session_key = web.AppKey("session", aiohttp.ClientSession)
+request_ids_key = web.AppKey("request_ids", RequestIds)
 # Per-request facts for the access log and the response (typed request storage).
 request_id_key = web.RequestKey("request_id", str)
 key_id_key = web.RequestKey("key_id", str)

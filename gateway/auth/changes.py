@@ -84,3 +84,32 @@ class ChangeWatcher:
                 if not self._failing:
                     log.error("change feed unavailable: %s", type(exc).__name__)
                     self._failing = True
+
+
+class ChangeFeed:
+    """One process's change feed: the poll loop, and on PostgreSQL the
+    LISTEN/NOTIFY listener that wakes it at once (the loop stays the fallback
+    while the listener is down)."""
+
+    def __init__(self, store: Store, apply: Apply, interval: float) -> None:
+        self.watcher = ChangeWatcher(store, apply, interval)
+        make_listener = getattr(store, "listener", None)
+        self._listener = make_listener(self.watcher.poll) if make_listener is not None else None
+
+    async def start(self) -> None:
+        await self.watcher.start()
+        if self._listener is not None:
+            try:
+                await self._listener.start()
+            except BaseException:
+                await self.watcher.stop()
+                raise
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        await self.watcher.stop()
+
+    async def tick(self) -> None:
+        """Apply what is pending now (see :meth:`ChangeWatcher.tick`)."""
+        await self.watcher.tick()

@@ -31,6 +31,9 @@ class KeyIdSet:
     def add(self, key_id: str) -> None:
         self._ids.add(_as_int(key_id))
 
+    def update(self, key_ids: Iterable[str]) -> None:
+        self._ids.update(_as_int(k) for k in key_ids)
+
     def discard(self, key_id: str) -> None:
         self._ids.discard(_as_int(key_id))
 

@@ -55,8 +55,22 @@ def check_status(principal: Principal, now: float) -> None:
 
 
 class Verifier:
+    """Token → principal for both front ends.
+
+    ``key_ids`` (every key id the store holds, kept current by change notices)
+    and ``catch_up`` (apply pending notices now) let refusals come from
+    memory; without them every unknown token is asked of the store.
+    """
+
     def __init__(
-        self, store: Store, cache: KeyCache, usage: UsageRecorder, key_prefix: str
+        self,
+        store: Store,
+        cache: KeyCache,
+        usage: UsageRecorder,
+        key_prefix: str,
+        *,
+        key_ids: KeyIdSet | None = None,
+        catch_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -64,9 +78,8 @@ class Verifier:
         self.prefix = key_prefix
         self.lookups = 0  # store queries for verification, by digest or key id (tests count them)
         self._outage_logged = 0.0
-        # Known key ids and how to catch up with the change feed; set by the app.
-        self.key_ids: KeyIdSet | None = None
-        self.catch_up: Callable[[], Awaitable[None]] | None = None
+        self.key_ids = key_ids
+        self.catch_up = catch_up
         # Instance settings so tests can drive the coverage rule deterministically.
         self.catch_up_window = CATCH_UP_WINDOW
         self.clock: Callable[[], float] = time.monotonic

@@ -1,4 +1,5 @@
-"""Build the aiohttp application: middlewares, lifecycle, admin sub-app, proxy route."""
+"""Build the aiohttp application: middlewares, one lifecycle context per resource,
+the admin sub-app, the proxy route."""
 
 from __future__ import annotations
 
@@ -10,27 +11,37 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from keygate.config.settings import Settings
 from keygate.gateway.auth.cache import KeyCache
-from keygate.gateway.auth.changes import ChangeWatcher
+from keygate.gateway.auth.changes import ChangeFeed
 from keygate.gateway.auth.credentials import Sources
-from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.policy import RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
-from keygate.gateway.errors import BadFraming, KeygateError, MethodNotAllowed, NotFound, TooLarge
-from keygate.gateway.http.server import check_framing
-from keygate.gateway.pipeline import proxy_handler
-from keygate.gateway.request.headers import RequestIds, request_id_or_new
+from keygate.gateway.errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
+from keygate.gateway.http.framing import check_framing
+from keygate.gateway.http.handler import proxy_handler
+from keygate.gateway.pipeline import internal_error
+from keygate.gateway.request.headers import X_REQUEST_ID, RequestIds, request_id_or_new
 from keygate.gateway.service import ServiceContext, Services
-from keygate.gateway.state import Gateway, gateway_key, request_id_key
+from keygate.gateway.state import (
+    Gateway,
+    KeyMemory,
+    changes_key,
+    gateway_key,
+    pool_key,
+    request_id_key,
+    request_ids_key,
+    session_key,
+    store_key,
+    usage_key,
+)
 from keygate.gateway.store import open_store
 from keygate.gateway.store.base import Store
-from keygate.gateway.upstream.client import RouteGate, upstream_session
+from keygate.gateway.upstream.exchange import upstream_session
+from keygate.gateway.upstream.gate import RouteGate
+from keygate.gateway.upstream.pool import UpstreamPool
 from yarl import URL
 
 log = logging.getLogger("keygate")
-
-X_REQUEST_ID = "X-Request-Id"
-
 
 def error_response(exc: KeygateError) -> web.Response:
     response = web.Response(
@@ -41,7 +52,7 @@ def error_response(exc: KeygateError) -> web.Response:
 
 def _refusal(request: web.Request, exc: KeygateError) -> web.Response:
     response = error_response(exc)
-    if isinstance(exc, BadFraming) or not request.content.is_eof():
+    if exc.closes_connection or not request.content.is_eof():
         # The body of a refused request is still on its way (or, after an
         # "Expect: 100-continue" we did not answer, never coming): close
         # instead of draining it or guessing where the next request starts;
@@ -63,8 +74,9 @@ def _from_http_exception(exc: web.HTTPException) -> KeygateError:
 
 
 def error_middleware(ids: RequestIds) -> Middleware:
-    """Render every refusal as SPEC's JSON error, never a traceback; give every
-    request its X-Request-Id (the client's, or a new one from ``ids``)."""
+    """Render every refusal as the JSON error (docs/reference.md#status-codes-and-errors),
+    never a traceback; give every request its X-Request-Id (the client's, or a
+    new one from ``ids``)."""
 
     @web.middleware
     async def middleware(
@@ -87,8 +99,7 @@ def error_middleware(ids: RequestIds) -> Middleware:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.path[:200])
-            return error_response(KeygateError())
+            return error_response(internal_error(request.method, request.raw_path))
 
     return middleware
 
@@ -103,6 +114,109 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[X_REQUEST_ID] = request_id
 
 
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Context]:
+    """One ``cleanup_ctx`` per resource, in the order they depend on each other.
+
+    Each opens one thing, publishes it under its own app key, and closes it
+    when the app stops — or at once, if starting it failed part-way. Cleanup
+    runs in reverse: the change feed stops, the usage batcher makes its last
+    flush, and only then the store closes.
+    """
+    auth = settings.auth
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        if shared_store is not None:  # a test's store: opened and closed by the test
+            app[store_key] = shared_store
+            yield
+            return
+        store = open_store(settings.store.url, pool_size=settings.store.pool_size)
+        await store.open()  # closes what it opened itself if it fails
+        app[store_key] = store
+        try:
+            yield
+        finally:
+            await store.close()
+
+    async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
+        usage = UsageRecorder(app[store_key], auth.last_used_flush_interval)
+        usage.start()
+        app[usage_key] = usage
+        try:
+            yield
+        finally:
+            await usage.stop()  # the last flush
+
+    async def changes_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = app[store_key]
+        cache = KeyCache(auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl)
+        memory = await KeyMemory.load(store, cache)
+        feed = ChangeFeed(store, memory.apply, settings.store.change_poll_interval)
+        await feed.start()
+        try:
+            # Read after the feed noted its starting point: a key created
+            # meanwhile is in this snapshot or in a notice still to come.
+            memory.key_ids.update(await store.key_ids())
+            app[changes_key] = feed
+            app[gateway_key] = _gateway(settings, store, memory, app[usage_key], feed)
+            yield
+        finally:
+            await feed.stop()
+
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = UpstreamPool(idle_timeout=UPSTREAM_KEEPALIVE)
+        app[pool_key] = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = upstream_session(keepalive_timeout=UPSTREAM_KEEPALIVE)
+        app[session_key] = session
+        try:
+            yield
+        finally:
+            await session.close()
+
+    return [store_ctx, usage_ctx, changes_ctx, pool_ctx, session_ctx]
+
+
+# Seconds an idle upstream connection is kept for reuse.
+UPSTREAM_KEEPALIVE = 15.0
+
+
+def _gateway(
+    settings: Settings, store: Store, memory: KeyMemory, usage: UsageRecorder, feed: ChangeFeed
+) -> Gateway:
+    auth = settings.auth
+    verifier = Verifier(
+        store, memory.cache, usage, auth.key_prefix, key_ids=memory.key_ids, catch_up=feed.tick
+    )
+    services = Services.build(
+        ServiceContext(
+            store=store,
+            auth=auth,
+            route_names=[r.name for r in settings.routes],
+            notify=memory.apply,
+        )
+    )
+    return Gateway(
+        settings=settings,
+        store=store,
+        memory=memory,
+        usage=usage,
+        verifier=verifier,
+        routes=RouteTable(settings.routes),
+        sources=Sources.parse(auth.sources),
+        services=services,
+        gates={r.name: RouteGate(r) for r in settings.routes},
+        upstream_base={r.name: URL(r.upstream) for r in settings.routes},
+    )
+
+
 def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
     """The whole gateway as one aiohttp application.
 
@@ -111,8 +225,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     """
     from keygate.admin.app import build_admin_app  # the one place gateway mounts admin
 
+    ids = RequestIds()  # one source per process: the edge and aiohttp's refusals use it too
     app = web.Application(
-        middlewares=[error_middleware(RequestIds())],
+        middlewares=[error_middleware(ids)],
         handler_args={
             # aiohttp arms this timer at connection start and re-arms it after
             # each response; partial data does not reset it, so it is also the
@@ -134,73 +249,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     )
     app.on_response_prepare.append(_add_request_id)
 
-    async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-        own_store = store is None
-        st = store if store is not None else open_store(
-            settings.store.url, pool_size=settings.store.pool_size
-        )
-        if own_store:
-            await st.open()
-        auth = settings.auth
-        cache = KeyCache(auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl)
-        usage = UsageRecorder(st, auth.last_used_flush_interval)
-        gw = Gateway(
-            settings=settings,
-            store=st,
-            cache=cache,
-            usage=usage,
-            verifier=Verifier(st, cache, usage, auth.key_prefix),
-            routes=RouteTable(settings.routes),
-            sources=Sources.parse(auth.sources),
-        )
-        gw.services = Services.build(
-            ServiceContext(
-                store=st,
-                auth=auth,
-                route_names=[r.name for r in settings.routes],
-                notify=gw.apply_change,
-            )
-        )
-        for route in settings.routes:
-            gw.gates[route.name] = RouteGate(route)
-            gw.upstream_base[route.name] = URL(route.upstream)
-        await gw.reload_policy()
-        watcher = ChangeWatcher(st, gw.apply_change, settings.store.change_poll_interval)
-        await watcher.start()
-        # Read after the watcher noted its starting point: a key created
-        # meanwhile is in this snapshot or in a notice still to come.
-        gw.verifier.key_ids = KeyIdSet(await st.key_ids())
-        gw.verifier.catch_up = watcher.tick
-        # PostgreSQL pushes notices (LISTEN/NOTIFY); the poll loop stays as the
-        # fallback while the listener is down.
-        make_listener = getattr(st, "listener", None)
-        listener = make_listener(watcher.poll) if make_listener is not None else None
-        if listener is not None:
-            await listener.start()
-        usage.start()
-        app[gateway_key] = gw
-        try:
-            yield
-        finally:
-            if listener is not None:
-                await listener.stop()
-            await watcher.stop()
-            # Last flush before the store closes (cleanup runs in reverse order).
-            await usage.stop()
-            if own_store:
-                await st.close()
-
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        gw = app[gateway_key]
-        # One shared keep-alive session: no redirects, no decompression.
-        gw.session = upstream_session()
-        try:
-            yield
-        finally:
-            await gw.session.close()
-
-    app.cleanup_ctx.append(gateway_ctx)
-    app.cleanup_ctx.append(session_ctx)
+    app[request_ids_key] = ids
+    for ctx in lifecycle(settings, store):
+        app.cleanup_ctx.append(ctx)
     app.add_subapp(settings.server.admin_prefix, build_admin_app())
     # No 100 Continue before the handler: proxy_handler invites the body once
     # the request is authenticated and allowed (RFC 9110 §10.1.1).

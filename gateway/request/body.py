@@ -1,4 +1,4 @@
-"""The client's request body as the chunks a forwarder sends upstream.
+"""The client's request body as the chunks a forwarder sends upstream (aiohttp front end).
 
 Streamed, never buffered whole: the wait for each chunk is bounded by
 ``server.body_idle_timeout``, and a route's ``max_body_bytes`` is enforced on
@@ -62,16 +62,21 @@ class RequestBody:
         "_prefetched",
         "_received",
         "error",
+        "length",
         "sent",
     )
 
     def __init__(
         self,
         content: StreamReader,
+        length: int,
         limit: int | None,
         idle: float,
         check: BodyCheck | None = None,
     ) -> None:
+        # The framing the client's body came with: its declared length, or
+        # CHUNKED (keygate's upstream head declares the same).
+        self.length = length
         self._content = content
         self._limit = limit
         self._idle = idle

@@ -7,7 +7,8 @@ impersonate keygate (``X-Keygate-*``, the ``X-Forwarded-*`` family,
 headers (``X-Original-URL`` and kin, unless a route keeps them) and the
 framing (keygate frames what it sends itself); keygate then adds its own
 identity and forwarded headers.
-Responses coming back lose only the hop-by-hop headers; everything else,
+Responses coming back lose only the hop-by-hop headers (the rule is
+:func:`keygate.gateway.upstream.exchange.response_headers`); everything else,
 repeated fields such as ``Set-Cookie`` included, passes in order.
 """
 
@@ -24,6 +25,8 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 Headers: TypeAlias = "CIMultiDictProxy[str] | CIMultiDict[str]"
 
+# keygate's one spelling of it, on every answer and every upstream request.
+X_REQUEST_ID: Final = istr("X-Request-Id")
 X_KEYGATE_KEY_ID: Final = istr("X-Keygate-Key-Id")
 X_KEYGATE_KEY_NAME: Final = istr("X-Keygate-Key-Name")
 X_KEYGATE_USER: Final = istr("X-Keygate-User")
@@ -97,7 +100,7 @@ _FORWARDED: Final = (
             hdrs.X_FORWARDED_FOR,
             hdrs.X_FORWARDED_PROTO,
             hdrs.X_FORWARDED_HOST,
-            hdrs.X_REQUEST_ID,
+            X_REQUEST_ID,
         )
     )
     | _SPOOFABLE
@@ -239,7 +242,7 @@ def upstream_header_pairs(
     out.append((hdrs.X_FORWARDED_PROTO, proto if proto.isprintable() else _safe(proto)))
     if host:
         out.append((hdrs.X_FORWARDED_HOST, host if host.isprintable() else _safe(host)))
-    out.append((hdrs.X_REQUEST_ID, request_id if request_id.isprintable() else _safe(request_id)))
+    out.append((X_REQUEST_ID, request_id if request_id.isprintable() else _safe(request_id)))
     return out
 
 
@@ -275,28 +278,6 @@ def upstream_request_headers(
             strip_rerouting=strip_rerouting,
         )
     )
-
-
-def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
-    """Headers to send to the client for an upstream response with ``headers``.
-
-    Hop-by-hop headers and those named in Connection go (RFC 9110 §7.6.1);
-    repeated fields keep their order. Content-Length is kept: keygate relays
-    the body byte for byte (no decompression), so the length stays true and
-    the client sees the upstream's framing. It is dropped only when the
-    upstream also sent Transfer-Encoding (RFC 9112 §6.3), in which case the
-    body is re-chunked to the client.
-    """
-    extra = _connection_tokens(headers)
-    if hdrs.TRANSFER_ENCODING in headers:
-        extra.add(hdrs.CONTENT_LENGTH.lower())
-    # Most responses name nothing in Connection: reuse the frozenset then.
-    removed = extra | HOP_BY_HOP if extra else HOP_BY_HOP
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in removed:
-            out.add(name, value)
-    return out
 
 
 def connection_nominates_framing(headers: Headers) -> bool:

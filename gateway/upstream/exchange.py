@@ -1,45 +1,48 @@
-"""The lean upstream exchange for plain-http upstreams (SPEC §5 step 5).
+"""One upstream exchange on plain values: method, target, header pairs, body.
 
-Used by :func:`gateway.forward.forward` for every ``http://`` upstream except
-WebSocket upgrades, which stay with aiohttp's client. The request head is
-written as bytes in one go; the response is parsed by httptools on a pooled
-keep-alive connection (:mod:`gateway.upstream_conn`). Per request there is no
-URL object, no client request or response object and no header multidict
-besides the one aiohttp's server response builds.
+Both front ends take this road upstream (as httpx's transport API takes
+plain values, not a server's request object): :func:`open_answer` speaks to a
+plain-http upstream over the keep-alive pool (:mod:`.pool`, :mod:`.connection`),
+:func:`open_https_answer` to an ``https://`` one through aiohttp's client.
+Each returns an :class:`Answer`: the response head, already filtered for the
+client (:func:`response_headers`), and its body to read whole or in chunks.
 
-Framing and errors follow :mod:`gateway.forward`: a request with
-Content-Length goes upstream with it, one without goes chunked, never both. A
-response with a Content-Length of at most ``SMALL_BODY`` bytes (and every
-bodiless one) is answered with one :class:`aiohttp.web.Response`; any other is
-streamed, keeping the upstream's Content-Length, else chunked to HTTP/1.1
-clients. Until the client's response starts, failures raise a
-:class:`~gateway.errors.KeygateError`; afterwards the client connection is
-aborted and the error is raised for the log only.
+The request head is keygate's own (:func:`~keygate.gateway.upstream.head.request_head`):
+it frames exactly the body sent — a ``bytes`` body whole in the same write, a
+:class:`~keygate.gateway.request.body.RequestBody` streamed by a task that
+sends exactly what the head declared (docs/security.md, "The framing
+invariant").
+
+Errors: until the client's answer starts, failures raise a
+:class:`~keygate.gateway.errors.KeygateError` (502, 504, or the request
+body's own: 400, 403, 413); the front end then answers it. Afterwards they
+are raised for the log only, and the front end cuts the client connection so
+the message ends short instead of looking complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+import aiohttp
 import yarl
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
+from aiohttp import hdrs
 from keygate.gateway.errors import KeygateError, UpstreamTimeout, UpstreamUnavailable
 from keygate.gateway.request.body import RequestBody, failure
-from keygate.gateway.request.headers import HOP_BY_HOP
+from keygate.gateway.request.headers import HOP_BY_HOP, Pairs
 from keygate.gateway.upstream.connection import OriginKey, UpstreamConnection, UpstreamError
 from keygate.gateway.upstream.head import CHUNKED, request_head
-from keygate.gateway.upstream.head import HeaderSource as Headers
 from keygate.gateway.upstream.pool import UpstreamPool
 
 # Fixed-length bodies up to this size are read whole and answered in one piece.
 SMALL_BODY: Final = 64 * 1024
 
-# RFC 9110 §9.2.2: only these may be retried on a fresh connection.
+# RFC 9110 §9.2.2: only these may be retried on a fresh connection once
+# anything of them reached the dead one.
 IDEMPOTENT: Final = frozenset(
     {
         hdrs.METH_GET,
@@ -51,6 +54,11 @@ IDEMPOTENT: Final = frozenset(
     }
 )
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+# aiohttp's client adds these when absent; a proxy sends only what the client
+# sent (an unasked Accept-Encoding would get the client a gzip body).
+SKIP_AUTO_HEADERS: Final = frozenset(
+    {hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +78,7 @@ class Origin:
         return cls((url.raw_host, url.port), host)
 
 
-def abort_client(request: web.BaseRequest) -> None:
-    """Cut the client connection mid-response (no final chunk, short of length)."""
-    transport = request.transport
-    if transport is not None:
-        # abort(), not close(): a stalled client must not keep the socket open
-        # while the rest of a response that is already broken drains.
-        transport.abort()
-
-
+# --- the response head rule ------------------------------------------------------------------
 # What a response header name means here, by its raw bytes (names repeat from
 # response to response; the cache is bounded all the same).
 _PLAIN, _HOP, _CONNECTION, _CODED, _LENGTH = range(5)
@@ -104,14 +104,15 @@ def _name(raw: bytes) -> tuple[str, int]:
     return info
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], int | None]:
+def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[Pairs, int | None]:
     """(headers for the client, Content-Length) of an upstream response head.
 
-    The same rule as :func:`gateway.headers.downstream_response_headers`:
-    hop-by-hop headers and those named in Connection go; Content-Length goes
-    too when the upstream also sent Transfer-Encoding; order and repeats stay.
+    The one rule for both front ends and both upstream kinds: hop-by-hop
+    headers and those named in Connection go (RFC 9110 §7.6.1);
+    Content-Length goes too when the upstream also sent Transfer-Encoding
+    (RFC 9112 §6.3: the body is re-framed); order and repeats stay.
     """
-    out: list[tuple[str, str]] = []
+    out: Pairs = []
     length: int | None = None
     named: set[str] | None = None
     transfer_coded = False
@@ -143,23 +144,163 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, st
     return out, length
 
 
+def is_bodiless(method: str, status: int) -> bool:
+    """RFC 9110 §6.4.1: no content, whatever the framing headers say."""
+    return method == hdrs.METH_HEAD or status == 204 or status == 304
+
+
+def client_error(exc: BaseException) -> KeygateError:
+    """What the client is told of an upstream failure: a timeout 504, else 502."""
+    # TimeoutError is an OSError: test it first.
+    return UpstreamTimeout() if isinstance(exc, TimeoutError) else UpstreamUnavailable()
+
+
 @contextlib.contextmanager
 def mapped_errors(body: RequestBody | None) -> Iterator[None]:
-    """Upstream failures as the client's error: a timeout 504, anything else 502.
-
-    Refused, DNS, reset, malformed status line or headers: all 502; a failed
-    request body keeps its own error (see :func:`~gateway.request_body.failure`).
-    """
+    """Upstream failures as the client's error (:func:`client_error`); a failed
+    request body keeps its own (see :func:`~keygate.gateway.request.body.failure`)."""
     try:
         yield
-    except (TimeoutError, UpstreamError, OSError) as exc:
+    except (TimeoutError, UpstreamError, OSError, aiohttp.ClientError) as exc:
         raise failure(body, client_error(exc)) from exc
 
 
-def client_error(exc: TimeoutError | UpstreamError | OSError) -> KeygateError:
-    """What the client is told of an upstream failure."""
-    # TimeoutError is an OSError: test it first.
-    return UpstreamTimeout() if isinstance(exc, TimeoutError) else UpstreamUnavailable()
+# --- the answer -----------------------------------------------------------------------------
+class Answer:
+    """An upstream's response, its head read: what a front end relays.
+
+    ``headers`` are already filtered for the client; ``length`` is the
+    upstream's Content-Length (None: unknown); ``bodiless`` says the response
+    has no content whatever its framing says. The front end reads the body
+    with :meth:`small_body` or :meth:`chunks`, then calls :meth:`close`.
+    """
+
+    __slots__ = ("bodiless", "headers", "length", "reason", "request_body", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None,
+        headers: Pairs,
+        length: int | None,
+        bodiless: bool,
+        request_body: RequestBody | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.length = length
+        self.bodiless = bodiless
+        self.request_body = request_body
+
+    @property
+    def whole(self) -> bool:
+        """Whether the answer goes to the client in one piece: no body, or a
+        declared one of at most :data:`SMALL_BODY` bytes (else it streams)."""
+        length = self.length
+        return self.bodiless or (length is not None and length <= SMALL_BODY)
+
+    async def small_body(self) -> bytes | None:
+        """The whole body when :attr:`whole`, else None ("stream it");
+        ``b""`` for a bodiless response."""
+        raise NotImplementedError
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (failures raise the client's error)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection: kept for reuse only after a complete body."""
+        raise NotImplementedError
+
+
+class PooledAnswer(Answer):
+    """An answer on a pooled plain-http connection."""
+
+    __slots__ = ("conn", "sender")
+
+    def __init__(
+        self,
+        conn: UpstreamConnection,
+        method: str,
+        sender: asyncio.Task[None] | None,
+        request_body: RequestBody | None,
+    ) -> None:
+        headers, length = response_headers(conn.headers)
+        status = conn.status
+        super().__init__(
+            status,
+            conn.reason.decode("utf-8", "surrogateescape") or None,
+            headers,
+            length,
+            is_bodiless(method, status),
+            request_body,
+        )
+        self.conn = conn
+        self.sender = sender
+
+    async def small_body(self) -> bytes | None:
+        if self.bodiless:
+            return b""
+        if not self.whole:
+            return None
+        conn = self.conn
+        with mapped_errors(self.request_body):
+            while not conn.complete:
+                await conn.wait()
+        return conn.take_body()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        conn = self.conn
+        while True:
+            with mapped_errors(self.request_body):
+                chunk = await conn.read_body()
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        body = self.request_body
+        conn = self.conn
+        if conn.active:
+            # Reused only when read to its end and the request body went whole.
+            conn.finish(reuse=conn.complete and (body is None or body.sent))
+        if self.sender is not None and not self.sender.done():
+            self.sender.cancel()
+
+
+async def open_answer(
+    pool: UpstreamPool,
+    origin: Origin,
+    method: str,
+    target: str,
+    pairs: Pairs,
+    body: bytes | RequestBody | None,
+    deadline: float,
+    *,
+    fresh: bool = False,
+) -> PooledAnswer:
+    """Send a request to a plain-http upstream and wait for its response head.
+
+    ``target`` is the encoded path and query; ``body`` is sent whole
+    (``bytes``, with the head in one write) or streamed (a RequestBody,
+    framed as it declares). ``fresh``: take a new connection, never retry
+    (the edge's first try already failed stale).
+    """
+    if isinstance(body, bytes):
+        head = request_head(method, target, origin.host, pairs, len(body) or None)
+        stream = None
+        if body:
+            head += body
+    else:
+        length = None if body is None else body.length
+        head = request_head(method, target, origin.host, pairs, length)
+        stream = body
+    with mapped_errors(stream):
+        conn, sender = await open_exchange(
+            pool, origin, method, head, stream, deadline, fresh=fresh
+        )
+    return PooledAnswer(conn, method, sender, stream)
 
 
 async def open_exchange(
@@ -168,25 +309,22 @@ async def open_exchange(
     method: str,
     head: bytes,
     body: RequestBody | None,
-    length: int | None,
     deadline: float,
     *,
     fresh: bool = False,
 ) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
-    """Send a request head (and start its body) and wait for the response head.
+    """Write a request head (and start its streamed body); wait for the response head.
 
-    ``length`` is the framing ``head`` declares for ``body`` (see
-    :func:`~gateway.upstream_head.request_head`). Returns the connection, its
-    response head read, and the task still sending the body, if any. Raises
-    UpstreamError, OSError or TimeoutError; the caller maps them to 502/504
-    and must end the connection (``finish`` or ``abort``) and the task. Both
-    the aiohttp handler and the edge protocol (:mod:`gateway.edge`) take this
-    one road upstream. ``fresh``: a retry already (the edge's first try failed
-    stale): a new connection, no further retry.
+    Returns the connection and the task still sending the body, if any;
+    raises UpstreamError, OSError or TimeoutError (see :func:`mapped_errors`).
+
+    The keep-alive race (RFC 9112 §9.3.1): an upstream may close an idle
+    connection just as a request is written on it. Nothing was answered, so
+    an idempotent request whose body is still whole goes once more, on a
+    fresh connection.
     """
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
-    idempotent = method in IDEMPOTENT
     retried = fresh
     try:
         while True:
@@ -197,18 +335,14 @@ async def open_exchange(
                 conn = await pool.connect(origin.key, deadline)
             conn.start(head, deadline, method == hdrs.METH_HEAD)
             if body is not None:
-                sender = asyncio.create_task(_send_body(conn, body, length))
+                sender = asyncio.create_task(_send_body(conn, body))
             try:
                 while not conn.head_done:
                     await conn.wait()
                 return conn, sender
             except UpstreamError as exc:
-                # The keep-alive race (RFC 9112 §9.3.1): the upstream closed
-                # an idle connection as we wrote. Nothing was answered, so an
-                # idempotent request whose body is still whole goes again.
-                if retried or not (reused and idempotent and exc.stale):
-                    raise
-                if body is not None and body.consumed:
+                consumed = body is not None and body.consumed
+                if retried or not may_retry(exc, method, reused=reused, consumed=consumed):
                     raise
                 retried = True
                 conn.abort()
@@ -224,143 +358,137 @@ async def open_exchange(
         raise
 
 
-def is_bodiless(method: str, status: int) -> bool:
-    """RFC 9110 §6.4.1: no content, whatever the framing headers say."""
-    return method == hdrs.METH_HEAD or status == 204 or status == 304
+def may_retry(exc: UpstreamError, method: str, *, reused: bool, consumed: bool = False) -> bool:
+    """Whether a request whose connection failed goes once more on a fresh one.
 
-
-async def read_small(conn: UpstreamConnection, bodiless: bool, length: int | None) -> bytes | None:
-    """The whole body when it is short enough to answer in one piece, else None.
-
-    ``b""`` for a bodiless response; None means "stream it".
+    The keep-alive race (RFC 9112 §9.3.1): a pooled connection the upstream
+    closed as we wrote on it, before any byte of an answer. An idempotent
+    request whose body is still whole may then be sent again.
     """
-    if bodiless:
-        return b""
-    if length is None or length > SMALL_BODY:
-        return None
-    while not conn.complete:
-        await conn.wait()
-    return conn.take_body()
+    return reused and exc.stale and method in IDEMPOTENT and not consumed
 
 
-async def exchange(
-    request: web.Request,
-    *,
-    pool: UpstreamPool,
-    origin: Origin,
-    target: str,
-    headers: Headers,
-    body: RequestBody | None,
-    route_timeout: float,
-) -> web.StreamResponse:
-    """Send ``request`` to ``origin`` as ``target`` (encoded path and query) and relay the answer.
-
-    ``route_timeout`` covers connecting, sending and the whole response.
-    """
-    method = request.method
-    length = body_length(request) if body is not None else None
-    head = request_head(method, target, origin.host, headers, length)
-    deadline = pool.loop.time() + route_timeout
-    conn: UpstreamConnection | None = None
-    sender: asyncio.Task[None] | None = None
-    try:
-        with mapped_errors(body):
-            conn, sender = await open_exchange(pool, origin, method, head, body, length, deadline)
-            status = conn.status
-            out_headers, length = response_headers(conn.headers)
-            reason = conn.reason.decode("utf-8", "surrogateescape") or None
-            bodiless = is_bodiless(method, status)
-            data = await read_small(conn, bodiless, length)
-            if data is not None:
-                conn.finish(reuse=body is None or body.sent)
-                conn = None
-                return web.Response(
-                    status=status,
-                    reason=reason,
-                    headers=out_headers,
-                    body=None if bodiless else data,
-                )
-        return await _stream(request, conn, status, reason, out_headers, body)
-    finally:
-        if conn is not None and conn.active:
-            conn.abort()  # not read to its end: never reused
-        if sender is not None and not sender.done():
-            sender.cancel()
-
-
-def close_if_unframed(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """An HTTP/1.0 answer of unknown length ends with the connection (RFC 9112 §6.3).
-
-    aiohttp sends no chunks to HTTP/1.0 but keeps a keep-alive connection open
-    after such a body, so the client could never tell where it ends.
-    """
-    if request.version < HttpVersion11 and hdrs.CONTENT_LENGTH not in response.headers:
-        response.force_close()
-
-
-async def _stream(
-    request: web.Request,
-    conn: UpstreamConnection,
-    status: int,
-    reason: str | None,
-    headers: list[tuple[str, str]],
-    body: RequestBody | None,
-) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, reason=reason, headers=headers)
-    close_if_unframed(request, response)
-    await response.prepare(request)
-    while True:
-        try:
-            chunk = await conn.read_body()
-        except TimeoutError as exc:
-            abort_client(request)
-            raise UpstreamTimeout() from exc
-        except (UpstreamError, OSError) as exc:
-            abort_client(request)
-            raise failure(body, UpstreamUnavailable()) from exc
-        if not chunk:
-            break
-        try:
-            await response.write(chunk)
-        except ConnectionError:
-            return response  # client gone; nobody to tell, the caller closes upstream
-    conn.finish(reuse=body is None or body.sent)
-    # A client that left now is aiohttp's to notice: it drops the connection.
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
-    return response
-
-
-def body_length(request: web.BaseRequest) -> int:
-    """The framing of a request body as aiohttp's parser read it: its length, or
-    :data:`~gateway.upstream_head.CHUNKED` (the only coding the front ends admit)."""
-    length = request.content_length
-    if hdrs.TRANSFER_ENCODING in request.headers or length is None:
-        return CHUNKED
-    return length
-
-
-async def _send_body(conn: UpstreamConnection, body: RequestBody, length: int | None) -> None:
+async def _send_body(conn: UpstreamConnection, body: RequestBody) -> None:
     """Stream the client's body upstream; on failure, break the upstream exchange.
 
     Exactly the bytes the head declared go out: with a Content-Length, a body
     that would run longer or end shorter breaks the exchange instead (the
     framing invariant holds here whatever the body source does).
     """
+    length = body.length
     chunked = length == CHUNKED
     sent = 0
     try:
         async for chunk in body:
             sent += len(chunk)
-            if not chunked and length is not None and sent > length:
+            if not chunked and sent > length:
                 raise UpstreamError("the request body ran past its declared length")
             conn.write(b"".join((b"%x\r\n" % len(chunk), chunk, b"\r\n")) if chunked else chunk)
             await conn.drain()
         if chunked:
             conn.write(b"0\r\n\r\n")
-        elif sent != (length or 0):
+        elif sent != length:
             raise UpstreamError("the request body ended short of its declared length")
         body.sent = True
     except (KeygateError, UpstreamError, OSError) as exc:
         # The upstream must see a broken request, never a short one that looks whole.
         conn.fail(UpstreamError(f"the request body failed: {exc}"))
+
+
+# --- https upstreams, through aiohttp's client ---------------------------------------------
+class ClientAnswer(Answer):
+    """An answer from aiohttp's client (``https://`` upstreams)."""
+
+    __slots__ = ("response",)
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, method: str, request_body: RequestBody | None
+    ) -> None:
+        headers, length = response_headers(list(response.raw_headers))
+        super().__init__(
+            response.status,
+            response.reason,
+            headers,
+            length,
+            is_bodiless(method, response.status),
+            request_body,
+        )
+        self.response = response
+
+    async def small_body(self) -> bytes | None:
+        if self.bodiless:
+            return b""
+        if not self.whole:
+            return None
+        with mapped_errors(self.request_body):
+            return await self.response.read()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self.response.content
+        while True:
+            with mapped_errors(self.request_body):
+                chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        response = self.response
+        if response.content.is_eof() and (self.request_body is None or self.request_body.sent):
+            response.release()  # fully read: the connection goes back to aiohttp's pool
+        else:
+            response.close()
+
+
+def upstream_session(*, keepalive_timeout: float = 15.0) -> aiohttp.ClientSession:
+    """The aiohttp client for ``https://`` upstreams and WebSocket upgrades.
+
+    Per request, :func:`open_https_answer` passes what it can (no redirects,
+    no decompression, no auto headers, the route's timeout); what only a
+    session can hold is set here: a cookie jar that keeps nothing (upstream
+    cookies belong to each client, never to the gateway), no connection limit
+    (the route gates bound concurrency), no default timeout, no proxy
+    environment.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+
+
+async def open_https_answer(
+    session: aiohttp.ClientSession,
+    url: yarl.URL,
+    method: str,
+    pairs: Pairs,
+    body: RequestBody | None,
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - the route's, passed to aiohttp's client
+) -> ClientAnswer:
+    """Send a request through aiohttp's client; wait for the response head.
+
+    The framing is keygate's here too: a body of declared length goes with
+    that Content-Length, any other chunked (aiohttp's client chunks a stream).
+    """
+    if body is not None and body.length != CHUNKED:
+        pairs = [*pairs, (hdrs.CONTENT_LENGTH, str(body.length))]
+    with mapped_errors(body):
+        response = await session.request(
+            method,
+            url,
+            headers=pairs,
+            data=body,
+            allow_redirects=False,  # 3xx pass through with Location untouched
+            compress=None,
+            auto_decompress=False,  # gzip bodies pass through byte for byte
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+            timeout=timeout,
+        )
+    if response.status == 101:
+        # Upgrade is hop-by-hop and was not sent: a 101 here is bogus.
+        response.close()
+        raise UpstreamUnavailable()
+    return ClientAnswer(response, method, body)

@@ -29,7 +29,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from keygate.config.settings import Route
 from keygate.gateway.http.app import build_app
-from keygate.gateway.http.edge.protocol import Edge, EdgeProtocol
+from keygate.gateway.http.edge.protocol import EdgeProtocol
+from keygate.gateway.http.edge.server import Edge
 from keygate.gateway.http.logsetup import (
     FORMAT,
     BatchedStreamHandler,

@@ -717,6 +717,23 @@ CASES += [
     ),
     Case("POST within limit", "POST", "/lim/x", headers=(("Content-Length", "4"),), body=b"four"),
     Case("POST over limit", "POST", "/lim/x", headers=(("Content-Length", "5"),), body=b"five!"),
+    # The key is judged before the body's size: a refused key learns nothing of the limit.
+    Case(
+        "POST over limit, bad key",
+        "POST",
+        "/lim/x",
+        key="badsum",
+        headers=(("Content-Length", "5"),),
+        body=b"five!",
+    ),
+    Case(
+        "POST over limit, unknown key",
+        "POST",
+        "/lim/x",
+        key="unknown",
+        headers=(("Content-Length", "5"),),
+        body=b"five!",
+    ),
     Case(
         "POST body forbidden",
         "POST",

@@ -26,14 +26,16 @@ from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request, unused_port
 from keygate.config.settings import Route
 from keygate.gateway.errors import KeygateError, MethodNotAllowed
+from keygate.gateway.http.handler import forward
 from keygate.gateway.request.headers import (
     RequestIds,
     identity_headers,
     request_id_or_new,
     upstream_request_headers,
 )
-from keygate.gateway.upstream.client import RouteGate, forward, upstream_session
-from multidict import CIMultiDict
+from keygate.gateway.upstream.exchange import upstream_session
+from keygate.gateway.upstream.gate import RouteGate
+from keygate.gateway.upstream.pool import UpstreamPool
 
 MIB = 1 << 20
 BLOCK = random.Random(0).randbytes(MIB)
@@ -212,6 +214,7 @@ class Gateway:
     gates: dict[str, RouteGate]
     body_idle_timeout: float = 5.0
     session: aiohttp.ClientSession | None = None
+    pool: UpstreamPool | None = None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -240,15 +243,15 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         host=request.headers.get(hdrs.HOST),
         request_id=request_id_or_new(request.headers.get(hdrs.X_REQUEST_ID), RequestIds()),
     )
-    assert gw.session is not None
+    assert gw.session is not None and gw.pool is not None
     try:
         return await forward(
             request,
+            pool=gw.pool,
             session=gw.session,
-            route=route,
             gate=gw.gates[route.name],
-            url=url,
-            headers=headers,
+            target=url.raw_path_qs,
+            pairs=list(headers.items()),
             body_idle_timeout=gw.body_idle_timeout,
         )
     except KeygateError as exc:
@@ -258,7 +261,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 async def session_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     gw.session = upstream_session()
+    gw.pool = UpstreamPool()
     yield
+    await gw.pool.close()
     await gw.session.close()
 
 
@@ -661,16 +666,18 @@ async def test_forward_connect_method_405_without_upstream() -> None:
     # aiohttp's router never hands CONNECT to a path route; forward refuses it anyway.
     route = Route(name="r", prefix="/", upstream="http://127.0.0.1:9")
     async with upstream_session() as session:
+        pool = UpstreamPool()
         with pytest.raises(MethodNotAllowed):
             await forward(
                 make_mocked_request("CONNECT", "/x"),
+                pool=pool,
                 session=session,
-                route=route,
                 gate=RouteGate(route),
-                url=yarl.URL("http://127.0.0.1:9/x"),
-                headers=CIMultiDict(),
+                target="/x",
+                pairs=[],
                 body_idle_timeout=1.0,
             )
+        await pool.close()
 
 
 # -- WebSocket ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from keygate.gateway.http.app import build_app
 from keygate.gateway.http.server import KeygateRunner
 from keygate.gateway.service import ServiceContext
 from keygate.gateway.service.bootstrap import create_first_admin
-from keygate.gateway.state import gateway_key
+from keygate.gateway.state import gateway_key, pool_key, session_key
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
 from tests.conftest import make_settings
@@ -66,10 +66,10 @@ async def test_lifecycle_start_stop_three_times_leaves_nothing(
                     assert resp.status == 401
                 async with client.get(f"http://127.0.0.1:{port}/_keygate/ready") as resp:
                     assert resp.status == 200
-            session = gw.session
+            session, pool = app[session_key], app[pool_key]
             await runner.cleanup()
-            assert session is not None and session.closed
-            del app, runner, site, gw, session
+            assert session.closed and pool.is_closed
+            del app, runner, site, gw, session, pool
             gc.collect()  # an unclosed session or transport warns here, as an error
     await wait_for(lambda: _threads() <= threads, what="store threads ended")
     await wait_for(lambda: asyncio.all_tasks() <= tasks | {asyncio.current_task()},
