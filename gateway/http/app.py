@@ -36,7 +36,7 @@ from keygate.gateway.state import (
 )
 from keygate.gateway.store import open_store
 from keygate.gateway.store.base import Store
-from keygate.gateway.upstream.exchange import upstream_session
+from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.pool import UpstreamPool
 from yarl import URL

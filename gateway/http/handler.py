@@ -29,12 +29,8 @@ from keygate.gateway.state import (
     route_key,
     session_key,
 )
-from keygate.gateway.upstream.exchange import (
-    SMALL_BODY,
-    Answer,
-    open_answer,
-    open_https_answer,
-)
+from keygate.gateway.upstream.client import open_https_answer
+from keygate.gateway.upstream.exchange import SMALL_BODY, Answer, open_answer
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.head import CHUNKED
 from keygate.gateway.upstream.pool import UpstreamPool

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiohttp.streams import StreamReader
 from keygate.gateway.errors import BadRequest, Forbidden, KeygateError, TooLarge
-from keygate.gateway.request.overrides import FormScanner
+from keygate.gateway.request.scanners import FormScanner
 
 
 class BodyCheck:

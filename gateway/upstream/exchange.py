@@ -3,9 +3,10 @@
 Both front ends take this road upstream (as httpx's transport API takes
 plain values, not a server's request object): :func:`open_answer` speaks to a
 plain-http upstream over the keep-alive pool (:mod:`.pool`, :mod:`.connection`),
-:func:`open_https_answer` to an ``https://`` one through aiohttp's client.
-Each returns an :class:`Answer`: the response head, already filtered for the
-client (:func:`response_headers`), and its body to read whole or in chunks.
+:func:`~keygate.gateway.upstream.client.open_https_answer` to an ``https://``
+one through aiohttp's client. Each returns an :class:`Answer`: the response
+head, already filtered for the client (:func:`response_headers`), and its
+body to read whole or in chunks.
 
 The request head is keygate's own (:func:`~keygate.gateway.upstream.head.request_head`):
 it frames exactly the body sent — a ``bytes`` body whole in the same write, a
@@ -54,11 +55,6 @@ IDEMPOTENT: Final = frozenset(
     }
 )
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
-# aiohttp's client adds these when absent; a proxy sends only what the client
-# sent (an unasked Accept-Encoding would get the client a gzip body).
-SKIP_AUTO_HEADERS: Final = frozenset(
-    {hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,102 +389,3 @@ async def _send_body(conn: UpstreamConnection, body: RequestBody) -> None:
     except (KeygateError, UpstreamError, OSError) as exc:
         # The upstream must see a broken request, never a short one that looks whole.
         conn.fail(UpstreamError(f"the request body failed: {exc}"))
-
-
-# --- https upstreams, through aiohttp's client ---------------------------------------------
-class ClientAnswer(Answer):
-    """An answer from aiohttp's client (``https://`` upstreams)."""
-
-    __slots__ = ("response",)
-
-    def __init__(
-        self, response: aiohttp.ClientResponse, method: str, request_body: RequestBody | None
-    ) -> None:
-        headers, length = response_headers(list(response.raw_headers))
-        super().__init__(
-            response.status,
-            response.reason,
-            headers,
-            length,
-            is_bodiless(method, response.status),
-            request_body,
-        )
-        self.response = response
-
-    async def small_body(self) -> bytes | None:
-        if self.bodiless:
-            return b""
-        if not self.whole:
-            return None
-        with mapped_errors(self.request_body):
-            return await self.response.read()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self.response.content
-        while True:
-            with mapped_errors(self.request_body):
-                chunk = await content.readany()
-            if not chunk:
-                return
-            yield chunk
-
-    def close(self) -> None:
-        response = self.response
-        if response.content.is_eof() and (self.request_body is None or self.request_body.sent):
-            response.release()  # fully read: the connection goes back to aiohttp's pool
-        else:
-            response.close()
-
-
-def upstream_session(*, keepalive_timeout: float = 15.0) -> aiohttp.ClientSession:
-    """The aiohttp client for ``https://`` upstreams and WebSocket upgrades.
-
-    Per request, :func:`open_https_answer` passes what it can (no redirects,
-    no decompression, no auto headers, the route's timeout); what only a
-    session can hold is set here: a cookie jar that keeps nothing (upstream
-    cookies belong to each client, never to the gateway), no connection limit
-    (the route gates bound concurrency), no default timeout, no proxy
-    environment.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive_timeout),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=False,
-    )
-
-
-async def open_https_answer(
-    session: aiohttp.ClientSession,
-    url: yarl.URL,
-    method: str,
-    pairs: Pairs,
-    body: RequestBody | None,
-    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - the route's, passed to aiohttp's client
-) -> ClientAnswer:
-    """Send a request through aiohttp's client; wait for the response head.
-
-    The framing is keygate's here too: a body of declared length goes with
-    that Content-Length, any other chunked (aiohttp's client chunks a stream).
-    """
-    if body is not None and body.length != CHUNKED:
-        pairs = [*pairs, (hdrs.CONTENT_LENGTH, str(body.length))]
-    with mapped_errors(body):
-        response = await session.request(
-            method,
-            url,
-            headers=pairs,
-            data=body,
-            allow_redirects=False,  # 3xx pass through with Location untouched
-            compress=None,
-            auto_decompress=False,  # gzip bodies pass through byte for byte
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            timeout=timeout,
-        )
-    if response.status == 101:
-        # Upgrade is hop-by-hop and was not sent: a 101 here is bogus.
-        response.close()
-        raise UpstreamUnavailable()
-    return ClientAnswer(response, method, body)

@@ -33,7 +33,7 @@ from keygate.gateway.request.headers import (
     request_id_or_new,
     upstream_request_headers,
 )
-from keygate.gateway.upstream.exchange import upstream_session
+from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.pool import UpstreamPool
 

@@ -1,4 +1,4 @@
-"""Method-override detection (gateway.overrides) — pure, no server."""
+"""Method-override detection (request/overrides.py, request/scanners.py) — pure, no server."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keygate.gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
-from keygate.gateway.request.overrides import (
-    MAX_DECODED,
-    form_scanner,
-    header_overrides,
-    method_values,
-    query_overrides,
-)
+from keygate.gateway.request.overrides import form_scanner, header_overrides, query_overrides
+from keygate.gateway.request.scanners import MAX_DECODED, method_values
 from multidict import CIMultiDict, CIMultiDictProxy
 
 

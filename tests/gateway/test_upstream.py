@@ -31,7 +31,8 @@ from keygate.gateway.request.headers import (
     upstream_request_headers,
 )
 from keygate.gateway.upstream import exchange as upstream
-from keygate.gateway.upstream.exchange import SMALL_BODY, response_headers, upstream_session
+from keygate.gateway.upstream.client import upstream_session
+from keygate.gateway.upstream.exchange import SMALL_BODY, response_headers
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.head import CHUNKED, request_head, upstream_header_pairs
 from keygate.gateway.upstream.pool import UpstreamPool
