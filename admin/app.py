@@ -1,4 +1,5 @@
-"""The admin sub-app (SPEC §6), mounted by gateway.app at ``server.admin_prefix``."""
+"""The admin sub-app (docs/reference.md#admin-api), mounted by the gateway app at
+``server.admin_prefix``."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def admin_middleware(*, is_public: Callable[[str], bool]) -> Middleware:
     """Guard every request that reaches the admin sub-app.
 
     1. The raw path must already be canonical: a dot segment or an escape that
-       normalises differently is 400 ``bad_path`` (SPEC §5.2), so what was
+       normalises differently is 400 ``bad_path`` (docs/reference.md#the-proxy), so what was
        checked is exactly what aiohttp routed.
     2. Unless ``is_public(path below the prefix)``, the request authenticates
        with the proxy's credential sources, verifier and cache, and its key's

@@ -23,7 +23,8 @@ Hierarchy (status, default code)::
     └── UpstreamTimeout               504 upstream_timeout
 
 Messages are fixed sentences written here or by the caller; they never carry a
-presented credential (SPEC §3: never put a token in an error message).
+presented credential (docs/reference.md#token-format: a token is never put in
+an error message).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from keygate.gateway.service import IssuedKey
 
 
 def issued(result: IssuedKey) -> dict[str, object]:
-    # The only responses that carry a token: it is shown once (SPEC §3).
+    # The only responses that carry a token: it is shown once (docs/reference.md#token-format).
     return {"key": result.key.as_json(), "token": result.token}
 
 

@@ -36,6 +36,7 @@ async def update_user(request: web.Request) -> web.Response:
 
 
 async def delete_user(request: web.Request) -> web.Response:
-    # The service revokes the user's keys in the same transaction (SPEC §3).
+    # The service revokes the user's keys in the same transaction
+    # (docs/reference.md#users).
     await services(request).users.delete(actor(request), request.match_info["username"])
     return no_content()

@@ -1,4 +1,4 @@
-"""In-memory cache of verified keys, keyed by token digest (SPEC §5 "Cache").
+"""In-memory cache of verified keys, keyed by token digest (docs/reference.md#the-proxy, step 7).
 
 An entry holds what every request needs (status, expiry, effective groups,
 identity headers), so a hit costs one dict lookup and no await. Entries are
@@ -47,12 +47,12 @@ class Principal:
 
 
 def effective_groups(record: AuthRecord) -> tuple[str, ...]:
-    """Key groups ∩ groups the owner may hold now (SPEC §3)."""
+    """Key groups ∩ groups the owner may hold now (docs/reference.md#effective-groups)."""
     if record.owner_role == "admin":
         allowed: Any = None  # an admin may hold every group
     else:
         allowed = set(record.owner_groups)
-        allowed.discard(ADMIN_GROUP)  # never a member's (SPEC §4)
+        allowed.discard(ADMIN_GROUP)  # never a member's (docs/reference.md#users)
     groups = record.key_groups
     if allowed is not None:
         groups = tuple(g for g in groups if g in allowed)

@@ -1,4 +1,4 @@
-"""Find the keygate credential in a request (SPEC §3 "Presenting a key").
+"""Find the keygate credential in a request (docs/reference.md#presenting-a-key).
 
 Sources, in ``auth.sources`` order: ``authorization`` (``Bearer``),
 ``x-api-key``, ``basic`` (key id as user name, secret+checksum as password)
@@ -92,8 +92,9 @@ def stray_credentials(
     """Where a well-formed keygate token was presented to a public route, if anywhere.
 
     Nobody checks a key there, but the upstream must still never receive one
-    (SPEC §3: the credential is removed before forwarding; clients often send
-    their key on every request). Only values that parse as keygate tokens,
+    (docs/reference.md#presenting-a-key: the credential is removed before
+    forwarding; clients often send their key on every request). Only values
+    that parse as keygate tokens,
     checksum included, count: an upstream's own Bearer token passes untouched.
     """
     drop: list[str] = []

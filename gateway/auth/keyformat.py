@@ -1,4 +1,4 @@
-"""Token format of SPEC §3 — pure functions.
+"""The token format (docs/reference.md#token-format) — pure functions.
 
 ``<prefix>_<key_id>_<secret><checksum>``: a 12-character ``[0-9a-z]`` key id, a
 32-character base62 secret and a 6-character base62 CRC32 of everything before

@@ -1,4 +1,4 @@
-"""Routes and permission rules (SPEC §4, §5 steps 1 and 4) — pure, compiled once.
+"""Routes and permission rules (docs/reference.md#rule-syntax) — pure, compiled once.
 
 A rule is ``{"route": name | "*", "methods": [...] | ["*"], "paths": [glob, ...]}``.
 Globs match the whole normalised request path: ``*`` is exactly one non-empty
@@ -237,7 +237,8 @@ class _Rule:
 
 
 class Policy:
-    """Every group's rules, compiled once; :meth:`allows` answers SPEC §5 step 4."""
+    """Every group's rules, compiled once; :meth:`allows` answers
+    docs/reference.md#how-a-request-is-allowed."""
 
     def __init__(self, groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
         self._groups: dict[str, tuple[_Rule, ...]] = {}

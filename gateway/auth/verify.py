@@ -1,4 +1,6 @@
-"""Token → Principal: format check, digest, cache, store, status rules (SPEC §5.3).
+"""Token → Principal: format check, digest, cache, store, status rules.
+
+The outcomes are docs/reference.md#the-proxy, step 7.
 
 ``cached`` (and ``check_cached``) is the hot path: pure, synchronous, no store. Only a miss
 awaits the store, and its answer is cached (positive or negative).
@@ -43,7 +45,7 @@ def _invalid() -> Unauthorized:
 
 
 def check_status(principal: Principal, now: float) -> None:
-    """Raise the 401 of SPEC §5.3 unless the key may authenticate at ``now``."""
+    """Raise the 401 (docs/reference.md#statuses) unless the key may authenticate at ``now``."""
     if principal.key_status == "revoked" or not principal.owner_active:
         raise _invalid()
     if principal.grace_until is not None and principal.grace_until <= now:

@@ -1,4 +1,4 @@
-"""The ``keygate`` command line (SPEC §7).
+"""The ``keygate`` command line (docs/reference.md#cli).
 
 Exit status: 0 success; 1 a refused operation (``error: <code>: <message>`` on
 stderr, then one line per detail), or the store cannot be opened; 2 bad usage

@@ -143,7 +143,8 @@ HOST_FIELD: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;
 def identity_headers(
     *, key_id: str, key_name: str, user: str, groups: Iterable[str]
 ) -> dict[str, str]:
-    """The ``identity`` mapping for :func:`upstream_request_headers` (SPEC §5)."""
+    """The ``identity`` mapping for :func:`upstream_request_headers`
+    (docs/reference.md#forwarding)."""
     return {
         X_KEYGATE_KEY_ID: key_id,
         X_KEYGATE_KEY_NAME: key_name,

@@ -1,4 +1,4 @@
-"""Request-path normalisation (SPEC §5 step 2) — pure functions.
+"""Request-path normalisation (docs/reference.md#the-proxy, step 3) — pure functions.
 
 The gateway checks and forwards exactly one string: the path returned by
 :func:`normalise_path`. Everything an upstream might interpret differently from

@@ -152,7 +152,7 @@ def _head(
 def error_response(
     exc: KeygateError, *, version: str, method: str, keep_alive: bool, request_id: str
 ) -> tuple[bytes, bool]:
-    """SPEC's JSON error as a whole response (head and body), and keep-alive."""
+    """The JSON error as a whole response (head and body), and keep-alive."""
     body = exc.body()
     extra = tuple(exc.headers.items()) if exc.headers else ()
     lead, keep_alive = _error_head(
