@@ -16,6 +16,7 @@ from keygate.gateway.auth import keyformat
 from keygate.gateway.errors import Conflict
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.errors import KeyRevoked, UniqueViolation
 from keygate.gateway.store.records import AuditEntry, KeyRecord, UserRecord, utcnow
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
@@ -135,28 +136,30 @@ async def test_store_kill_9_mid_burst_keeps_every_acknowledged_key(tmp_path: Pat
 
 
 # --- uniqueness and limits ------------------------------------------------------
-async def test_store_same_digest_twice_is_conflict(store: SQLiteStore) -> None:
+async def test_store_same_digest_twice_is_unique_violation(store: SQLiteStore) -> None:
     owner = await add_user(store, "alice")
     digest = keyformat.digest(keyformat.generate("kg")[0])
     await store.create_key(
         key_record(owner, "aaaaaaaaaaaa", "one"), digest, max_keys=10, audit=audit_for("a")
     )
-    with pytest.raises(Conflict):
+    with pytest.raises(UniqueViolation) as info:
         await store.create_key(
             key_record(owner, "bbbbbbbbbbbb", "two"), digest, max_keys=10, audit=audit_for("b")
         )
+    assert info.value.what == "other"
     assert await store.get_key("bbbbbbbbbbbb") is None
 
 
-async def test_store_same_key_id_twice_is_conflict(store: SQLiteStore) -> None:
+async def test_store_same_key_id_twice_is_unique_violation(store: SQLiteStore) -> None:
     owner = await add_user(store, "alice")
     await store.create_key(
         key_record(owner, "aaaaaaaaaaaa", "one"), b"1" * 32, max_keys=10, audit=audit_for("a")
     )
-    with pytest.raises(Conflict):
+    with pytest.raises(UniqueViolation) as info:
         await store.create_key(
             key_record(owner, "aaaaaaaaaaaa", "two"), b"2" * 32, max_keys=10, audit=audit_for("a")
         )
+    assert info.value.what == "other"
 
 
 @pytest.mark.parametrize(
@@ -317,7 +320,7 @@ async def test_store_refused_change_writes_no_audit(store: SQLiteStore) -> None:
     assert await audit_count(store) == before
     await services.keys.revoke(actor, issued.key.id)
     assert await audit_count(store) == before + 1
-    with pytest.raises(Conflict):  # revocation is final
+    with pytest.raises(KeyRevoked):  # revocation is final
         await store.update_key(issued.key.id, {"name": "x"}, audit=audit_for(issued.key.id))
     assert await audit_count(store) == before + 1
     assert [(c.kind, c.ref) for c in await store.changes_since(seq)] == [("key", issued.key.id)]

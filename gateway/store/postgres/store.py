@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-from keygate.gateway.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from keygate.gateway.errors import BadRequest, NotFound, StoreUnavailable
 from keygate.gateway.store.base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, KeyCheck, Store
+from keygate.gateway.store.errors import GroupInUse, KeyLimitReached, KeyRevoked, UniqueViolation
 from keygate.gateway.store.postgres.listener import (
     CHANNEL,
     CONNECTION_ERRORS,
@@ -407,10 +408,7 @@ class PostgresStore(Store):
                 key.owner_id,
             )
             if count >= max_keys:
-                raise Conflict(
-                    f"The owner already holds {max_keys} keys that are not revoked.",
-                    code="key_limit_reached",
-                )
+                raise KeyLimitReached(max_keys)
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO keys (id, digest, prefix, last4, name, name_key, description, "
@@ -513,7 +511,7 @@ class PostgresStore(Store):
                 raise NotFound("No such key.")
             current = key_from_row(row)
             if current.status == "revoked":
-                raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+                raise KeyRevoked
             writes = dict(fields)
             if check is not None:
                 writes.update(_writable(check(current)))
@@ -550,7 +548,7 @@ class PostgresStore(Store):
             if row is None:
                 raise NotFound("No such key.")
             if row[1] == "revoked":
-                raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+                raise KeyRevoked
             now = utcnow()
             # Earlier grace tokens end now: only the token being replaced gets a grace.
             await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
@@ -602,7 +600,7 @@ class PostgresStore(Store):
                     user.updated_at,
                 )
             except asyncpg.UniqueViolationError:
-                raise Conflict("That username is taken.", code="username_taken") from None
+                raise UniqueViolation("username") from None
             await self._finish(conn, audit, [("user", user.id)])
             return user
 
@@ -701,7 +699,7 @@ class PostgresStore(Store):
                     group.updated_at,
                 )
             except asyncpg.UniqueViolationError:
-                raise Conflict("A group with that name exists.", code="group_exists") from None
+                raise UniqueViolation("group_name") from None
             await self._finish(conn, audit, [("group", group.name)])
             return group
 
@@ -751,10 +749,7 @@ class PostgresStore(Store):
                     name,
                 )
                 if in_use:
-                    raise Conflict(
-                        "The group is held by users or keys; delete with force=true.",
-                        code="group_in_use",
-                    )
+                    raise GroupInUse
             changes: list[tuple[str, str]] = []
             now = utcnow()
             for table, kind in (("users", "user"), ("keys", "key")):
@@ -838,7 +833,5 @@ def _writable(fields: Mapping[str, Any]) -> Mapping[str, Any]:
     return fields
 
 
-def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
-    if exc.constraint_name == "keys_owner_name":
-        return Conflict("The owner already has a key with that name.", code="name_taken")
-    return Conflict("The record conflicts with an existing one.", code="conflict")
+def _conflict(exc: asyncpg.UniqueViolationError) -> UniqueViolation:
+    return UniqueViolation("key_name" if exc.constraint_name == "keys_owner_name" else "other")

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
-from keygate.gateway.errors import Conflict, NotFound, StoreUnavailable
+from keygate.gateway.errors import NotFound, StoreUnavailable
 from keygate.gateway.store.base import GROUP_WRITABLE, KEY_WRITABLE, USER_WRITABLE, KeyCheck, Store
+from keygate.gateway.store.errors import GroupInUse, KeyLimitReached, KeyRevoked, UniqueViolation
 from keygate.gateway.store.records import (
     AuditEntry,
     AuditRecord,
@@ -363,10 +364,7 @@ class SQLiteStore(Store):
             )
             (count,) = await cur.fetchone()  # type: ignore[misc]
             if count >= max_keys:
-                raise Conflict(
-                    f"The owner already holds {max_keys} keys that are not revoked.",
-                    code="key_limit_reached",
-                )
+                raise KeyLimitReached(max_keys)
             try:
                 await db.execute(
                     "INSERT INTO keys (id, digest, prefix, last4, name, name_key, description, "
@@ -469,7 +467,7 @@ class SQLiteStore(Store):
             if current is None:
                 raise NotFound("No such key.")
             if current.status == "revoked":
-                raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+                raise KeyRevoked
             writes = dict(fields)
             if check is not None:
                 writes.update(_writable(check(current)))
@@ -506,7 +504,7 @@ class SQLiteStore(Store):
             if row is None:
                 raise NotFound("No such key.")
             if row[1] == "revoked":
-                raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+                raise KeyRevoked
             now = time.time()
             # Earlier grace tokens end now: only the token being replaced gets a grace.
             await db.execute("DELETE FROM retired_digests WHERE key_id = ?", (key_id,))
@@ -555,7 +553,7 @@ class SQLiteStore(Store):
                     ),
                 )
             except sqlite3.IntegrityError:
-                raise Conflict("That username is taken.", code="username_taken") from None
+                raise UniqueViolation("username") from None
             if audit is not None:
                 await self._audit(db, audit)
             await self._change(db, "user", user.id)
@@ -658,7 +656,7 @@ class SQLiteStore(Store):
                     ),
                 )
             except sqlite3.IntegrityError:
-                raise Conflict("A group with that name exists.", code="group_exists") from None
+                raise UniqueViolation("group_name") from None
             await self._audit(db, audit)
             await self._change(db, "group", group.name)
             return group
@@ -715,10 +713,7 @@ class SQLiteStore(Store):
                 )
                 holders += [(table, r[0], orjson.loads(r[1])) for r in await cur.fetchall()]
             if holders and not force:
-                raise Conflict(
-                    "The group is held by users or keys; delete with force=true.",
-                    code="group_in_use",
-                )
+                raise GroupInUse
             now = time.time()
             for table, ident, groups in holders:
                 remaining = [g for g in groups if g != name]
@@ -814,8 +809,5 @@ def _writable(fields: Mapping[str, Any]) -> Mapping[str, Any]:
     return fields
 
 
-def _conflict(exc: sqlite3.IntegrityError) -> Conflict:
-    text = str(exc)
-    if "name_key" in text:
-        return Conflict("The owner already has a key with that name.", code="name_taken")
-    return Conflict("The record conflicts with an existing one.", code="conflict")
+def _conflict(exc: sqlite3.IntegrityError) -> UniqueViolation:
+    return UniqueViolation("key_name" if "name_key" in str(exc) else "other")
