@@ -18,6 +18,8 @@ from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store.errors import KeyRevoked, UniqueViolation
 from keygate.gateway.store.records import AuditEntry, KeyRecord, UserRecord, utcnow
+from keygate.gateway.store.sqlbase import Conn
+from keygate.gateway.store.sqlite.connection import bind
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,6 +276,27 @@ async def test_store_migrations_apply_once_and_are_idempotent(tmp_path: Path) ->
         assert list(await cur.fetchall()) == [(1,), (2,)]
 
 
+@pytest.mark.parametrize(
+    ("sql", "args", "expected"),
+    [
+        ("SELECT $1", (7,), ("SELECT ?", (7,))),
+        ("SELECT $2, $1, $2", ("a", "b"), ("SELECT ?, ?, ?", ("b", "a", "b"))),
+        ("x LIKE $1 OR y LIKE $1", ("%k%",), ("x LIKE ? OR y LIKE ?", ("%k%", "%k%"))),
+        ("SELECT $10, $1", tuple(range(1, 11)), ("SELECT ?, ?", (10, 1))),
+        # A JSON path is not a parameter.
+        (
+            "json_extract(changes, '$.status') = $1",
+            ("disabled",),
+            ("json_extract(changes, '$.status') = ?", ("disabled",)),
+        ),
+    ],
+)
+def test_store_sqlite_numbered_parameters_bind_in_placeholder_order(
+    sql: str, args: tuple[object, ...], expected: tuple[str, tuple[object, ...]]
+) -> None:
+    assert bind(sql, args) == expected
+
+
 async def test_store_every_connection_is_wal_and_synchronous_full(store: SQLiteStore) -> None:
     connections = [store._writer, store._reader]
     assert all(db is not None for db in connections)
@@ -329,8 +352,7 @@ async def test_store_refused_change_writes_no_audit(store: SQLiteStore) -> None:
 class FailingAuditStore(SQLiteStore):
     """A real store whose audit insert fails: the change must roll back with it."""
 
-    @staticmethod
-    async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+    async def _audit(self, conn: Conn, entry: AuditEntry) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
 
