@@ -1,4 +1,4 @@
-"""Group rules (SPEC §4): admin only; built-in groups are read-only."""
+"""Group rules (docs/reference.md#groups): admin only; built-in groups are read-only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Key rules (SPEC §3, §6): create, read, list, change, revoke, roll, delete."""
+"""Key rules (docs/reference.md#key-record, #keys-endpoints): create, read, list,
+change, revoke, roll, delete."""
 
 from __future__ import annotations
 

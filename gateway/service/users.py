@@ -1,4 +1,5 @@
-"""User rules (SPEC §4): admin only; the last active admin cannot be removed."""
+"""User rules (docs/reference.md#users): admin only; the last active admin cannot
+be removed."""
 
 from __future__ import annotations
 
