@@ -54,7 +54,9 @@ class Conn(Protocol):
     """What the shared statements need of a connection: asyncpg's calls, with
     asyncpg's signatures (hence ``timeout``, a bound on one statement)."""
 
-    async def execute(self, sql: str, *args: Any, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109
+    async def execute(
+        self, sql: str, *args: Any, timeout: float | None = None  # noqa: ASYNC109
+    ) -> Any: ...
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> Any: ...
 

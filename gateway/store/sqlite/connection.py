@@ -46,7 +46,9 @@ class SQLiteConn:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
-    async def execute(self, sql: str, *args: Any, timeout: float | None = None) -> int:  # noqa: ASYNC109
+    async def execute(
+        self, sql: str, *args: Any, timeout: float | None = None  # noqa: ASYNC109
+    ) -> int:
         """Run ``sql``; the number of rows it changed. There is no per-statement
         timeout: ``busy_timeout`` bounds the wait for another writer's lock."""
         async with self.db.execute(*bind(sql, args)) as cur:
