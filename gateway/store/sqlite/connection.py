@@ -51,16 +51,17 @@ class SQLiteConn:
     ) -> int:
         """Run ``sql``; the number of rows it changed. There is no per-statement
         timeout: ``busy_timeout`` bounds the wait for another writer's lock."""
-        async with self.db.execute(*bind(sql, args)) as cur:
-            return cur.rowcount
+        cursor = await self.db.execute(*bind(sql, args))
+        return cursor.rowcount
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         text, order = _qmark(sql)
         await self.db.executemany(text, [tuple(row[i] for i in order) for row in args])
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        async with self.db.execute(*bind(sql, args)) as cur:
-            return list(await cur.fetchall())
+        # One trip to aiosqlite's thread, as execute() alone is: every statement
+        # costs a round trip, and keygate's writes hold the lock across theirs.
+        return list(await self.db.execute_fetchall(*bind(sql, args)))
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         found = await self.fetch(sql, *args)
