@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keygate.gateway.errors import Conflict
+from keygate.gateway.service import conflicts
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.service.keys import IssuedKey, KeyService
@@ -16,7 +16,7 @@ async def create_first_admin(ctx: ServiceContext, username: str = "admin") -> Is
     Conflict ``admin_exists`` when any active admin exists already.
     """
     if await ctx.store.count_admins() > 0:
-        raise Conflict("An admin user exists already.", code="admin_exists")
+        raise conflicts.admin_exists()
     cli = Actor.cli()
     user = await ctx.store.get_user(username)
     if user is None:

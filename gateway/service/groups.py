@@ -1,4 +1,4 @@
-"""Group rules (SPEC §4): admin only; built-in groups are read-only."""
+"""Group rules (docs/reference.md#groups): admin only; built-in groups are read-only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from keygate.gateway.auth.policy import validate_rules
 from keygate.gateway.errors import Forbidden, NotFound
+from keygate.gateway.service import conflicts
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
@@ -49,10 +50,11 @@ class GroupService:
         errors.raise_if_any()
         now = utcnow()
         group = GroupRecord(str(name), description or "", tuple(rules), False, now, now)
-        created = await self.ctx.store.create_group(
-            group,
-            audit=actor.audit("group.create", "group", group.name, {"rules": rules}),
-        )
+        with conflicts.store_refusals():
+            created = await self.ctx.store.create_group(
+                group,
+                audit=actor.audit("group.create", "group", group.name, {"rules": rules}),
+            )
         await self.ctx.notify("group", created.name)
         return created
 
@@ -79,9 +81,12 @@ class GroupService:
     async def delete(self, actor: Actor, name: str, *, force: bool = False) -> None:
         group = await self.get(actor, name)
         self._writable(group)
-        await self.ctx.store.delete_group(
-            name, force=force, audit=actor.audit("group.delete", "group", name, {"force": force})
-        )
+        with conflicts.store_refusals():
+            await self.ctx.store.delete_group(
+                name,
+                force=force,
+                audit=actor.audit("group.delete", "group", name, {"force": force}),
+            )
         # The store also queued user/key notices; locally evicting the group's
         # keys and reloading the policy covers them.
         await self.ctx.notify("group", name)

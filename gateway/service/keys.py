@@ -1,4 +1,5 @@
-"""Key rules (SPEC §3, §6): create, read, list, change, revoke, roll, delete."""
+"""Key rules (docs/reference.md#key-record, #keys-endpoints): create, read, list,
+change, revoke, roll, delete."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 from keygate.gateway.auth import keyformat
-from keygate.gateway.errors import Conflict, Forbidden, NotFound
-from keygate.gateway.service import blocks
+from keygate.gateway.errors import Forbidden, NotFound
+from keygate.gateway.service import blocks, conflicts
 from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
@@ -167,9 +168,13 @@ class KeyService:
                 "expires_at": expires_at.isoformat() if expires_at else None,
             },
         )
-        created = await self.ctx.store.create_key(
-            record, keyformat.digest(token), max_keys=self.ctx.auth.max_keys_per_user, audit=audit
-        )
+        with conflicts.store_refusals():
+            created = await self.ctx.store.create_key(
+                record,
+                keyformat.digest(token),
+                max_keys=self.ctx.auth.max_keys_per_user,
+                audit=audit,
+            )
         await self.ctx.notify("key-created", key_id)
         return IssuedKey(created, token)
 
@@ -200,7 +205,7 @@ class KeyService:
             fields["status"] = v.choice(body["status"], "status", ("active", "disabled"), errors)
         errors.raise_if_any()
         if key.status == "revoked":
-            raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+            raise conflicts.key_revoked()
         if not fields:
             return key
         changes = {k: (val.isoformat() if hasattr(val, "isoformat") else val)
@@ -208,12 +213,13 @@ class KeyService:
         action = "key.update"
         if set(fields) == {"status"}:
             action = "key.enable" if fields["status"] == "active" else "key.disable"
-        updated = await self.ctx.store.update_key(
-            key_id,
-            fields,
-            audit=actor.audit(action, "key", key_id, changes),
-            check=lambda current: blocks.key_change(actor, current, fields),
-        )
+        with conflicts.store_refusals():
+            updated = await self.ctx.store.update_key(
+                key_id,
+                fields,
+                audit=actor.audit(action, "key", key_id, changes),
+                check=lambda current: blocks.key_change(actor, current, fields),
+            )
         await self.ctx.notify("key", key_id)
         return updated
 
@@ -224,9 +230,10 @@ class KeyService:
         key = await self.get(actor, key_id)
         if key.status == "revoked":
             return key  # final and idempotent
-        revoked = await self.ctx.store.update_key(
-            key_id, {"status": "revoked"}, audit=actor.audit("key.revoke", "key", key_id)
-        )
+        with conflicts.store_refusals():
+            revoked = await self.ctx.store.update_key(
+                key_id, {"status": "revoked"}, audit=actor.audit("key.revoke", "key", key_id)
+            )
         await self.ctx.notify("key", key_id)
         return revoked
 
@@ -243,16 +250,17 @@ class KeyService:
         errors.raise_if_any()
         assert grace is not None
         if key.status == "revoked":
-            raise Conflict("The key is revoked; revocation is final.", code="key_revoked")
+            raise conflicts.key_revoked()
         token, _ = keyformat.generate(key.prefix, key_id)
         grace_until = utcnow() + timedelta(seconds=grace) if grace else None
-        rolled = await self.ctx.store.roll_key(
-            key_id,
-            keyformat.digest(token),
-            token[-4:],
-            grace_until=grace_until,
-            audit=actor.audit("key.roll", "key", key_id, {"grace_seconds": grace}),
-        )
+        with conflicts.store_refusals():
+            rolled = await self.ctx.store.roll_key(
+                key_id,
+                keyformat.digest(token),
+                token[-4:],
+                grace_until=grace_until,
+                audit=actor.audit("key.roll", "key", key_id, {"grace_seconds": grace}),
+            )
         await self.ctx.notify("key", key_id)
         return IssuedKey(rolled, token)
 

@@ -1,11 +1,13 @@
-"""User rules (SPEC §4): admin only; the last active admin cannot be removed."""
+"""User rules (docs/reference.md#users): admin only; the last active admin cannot
+be removed."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
-from keygate.gateway.errors import Conflict, NotFound
+from keygate.gateway.errors import NotFound
+from keygate.gateway.service import conflicts
 from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
@@ -74,7 +76,8 @@ class UserService:
             audit = actor.audit(
                 "user.create", "user", username, {"role": role, "groups": groups}
             )
-        created = await self.ctx.store.create_user(user, audit=audit)
+        with conflicts.store_refusals():
+            created = await self.ctx.store.create_user(user, audit=audit)
         await self.ctx.notify("user", created.id)
         return created
 
@@ -133,4 +136,4 @@ class UserService:
         # Demoting, disabling or deleting the last active admin would lock
         # everyone out of the admin API.
         if await self.ctx.store.count_admins() <= 1:
-            raise Conflict("This is the last active admin.", code="last_admin")
+            raise conflicts.last_admin()

@@ -2,7 +2,9 @@
 
 Every write method is one transaction that also appends its audit record and
 its change notices, so a change is never visible without its audit trail and
-never missed by other workers or nodes.
+never missed by other workers or nodes. A write the store's own rules refuse
+raises a ``StoreRefusal`` (``errors.py``) and writes nothing; the services
+turn it into the client's 409 (``gateway/service/conflicts.py``).
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ class Store(abc.ABC):
     async def create_key(
         self, key: KeyRecord, digest: bytes, *, max_keys: int, audit: AuditEntry
     ) -> KeyRecord:
-        """Insert; Conflict name_taken / key_limit_reached enforced atomically."""
+        """Insert, unless the owner already holds ``max_keys`` keys that are not
+        revoked (KeyLimitReached) or a key with this name ignoring case
+        (UniqueViolation ``key_name``); counted and inserted as one step."""
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
@@ -113,8 +117,9 @@ class Store(abc.ABC):
         check: KeyCheck | None = None,
     ) -> KeyRecord:
         """Write ``fields`` (a subset of KEY_WRITABLE), plus what ``check`` adds.
-        A revoked key is final: Conflict ``key_revoked``. NotFound when absent.
-        Nothing is written (and no audit record kept) when ``check`` raises."""
+        A revoked key is final: KeyRevoked. NotFound when absent; UniqueViolation
+        ``key_name`` for a name the owner uses already. Nothing is written (and no
+        audit record kept) when ``check`` raises."""
 
     @abc.abstractmethod
     async def roll_key(
@@ -125,14 +130,17 @@ class Store(abc.ABC):
         *,
         grace_until: datetime | None,
         audit: AuditEntry,
-    ) -> KeyRecord: ...
+    ) -> KeyRecord:
+        """A new digest for the key; the old one keeps working until
+        ``grace_until`` (when in the future). KeyRevoked, NotFound."""
 
     @abc.abstractmethod
     async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None: ...
 
     # --- users ----------------------------------------------------------
     @abc.abstractmethod
-    async def create_user(self, user: UserRecord, *, audit: AuditEntry | None) -> UserRecord: ...
+    async def create_user(self, user: UserRecord, *, audit: AuditEntry | None) -> UserRecord:
+        """Insert; UniqueViolation ``username`` when the username is taken."""
 
     @abc.abstractmethod
     async def get_user(self, username: str) -> UserRecord | None: ...
@@ -159,7 +167,8 @@ class Store(abc.ABC):
 
     # --- groups ---------------------------------------------------------
     @abc.abstractmethod
-    async def create_group(self, group: GroupRecord, *, audit: AuditEntry) -> GroupRecord: ...
+    async def create_group(self, group: GroupRecord, *, audit: AuditEntry) -> GroupRecord:
+        """Insert; UniqueViolation ``group_name`` when the name is taken."""
 
     @abc.abstractmethod
     async def get_group(self, name: str) -> GroupRecord | None: ...
@@ -174,8 +183,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_group(self, name: str, *, force: bool, audit: AuditEntry) -> None:
-        """Conflict group_in_use when a user or key holds it, unless ``force``
-        (then it is removed from them in the same transaction)."""
+        """GroupInUse when a user or key holds it, unless ``force`` (then it is
+        removed from them in the same transaction)."""
 
     # --- audit, usage, changes -----------------------------------------
     @abc.abstractmethod

@@ -25,7 +25,7 @@ def utcnow() -> datetime:
 
 
 def rfc3339(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a ``Z``, to the second (SPEC §3 example form)."""
+    """RFC 3339 in UTC with a ``Z``, to the second (docs/reference.md, "Conventions")."""
     if value is None:
         return None
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -107,7 +107,7 @@ class KeyRecord:
         return f"{self.prefix}_{self.id}_…{self.last4}"
 
     def effective_status(self, now: datetime | None = None) -> str:
-        """``expired`` is computed, never stored (SPEC §3)."""
+        """``expired`` is computed, never stored (docs/reference.md#statuses)."""
         expires = self.expires_at
         if self.status == "active" and expires is not None and expires <= (now or utcnow()):
             return "expired"

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from keygate.gateway.errors import Conflict, Forbidden, NotFound
+from keygate.gateway.errors import Forbidden, NotFound
 from keygate.gateway.store.base import Store
+from keygate.gateway.store.errors import GroupInUse, KeyLimitReached, KeyRevoked, UniqueViolation
 from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.records import (
     AuditEntry,
@@ -191,9 +192,9 @@ async def test_key_create_same_name_other_case_name_taken(store: Store) -> None:
     alice = await make_user(store, "alice")
     bob = await make_user(store, "bob")
     await make_key(store, alice, "Deploy")
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(UniqueViolation) as err:
         await make_key(store, alice, "deploy")
-    assert err.value.code == "name_taken"
+    assert err.value.what == "key_name"
     await make_key(store, bob, "deploy")  # unique per owner only
 
 
@@ -203,10 +204,10 @@ async def test_key_create_concurrent_past_limit_exactly_max_succeed(store: Store
         *(make_key(store, alice, max_keys=5) for _ in range(20)), return_exceptions=True
     )
     created = [r for r in results if isinstance(r, KeyRecord)]
-    refused = [r for r in results if isinstance(r, Conflict)]
+    refused = [r for r in results if isinstance(r, KeyLimitReached)]
     assert len(created) == 5
     assert len(refused) == 15
-    assert {r.code for r in refused} == {"key_limit_reached"}
+    assert {r.limit for r in refused} == {5}
     page = await store.list_keys(KeyQuery(owner_id=alice.id, limit=100))
     assert len(page.items) == 5
 
@@ -215,9 +216,9 @@ async def test_key_create_revoked_keys_do_not_count(store: Store) -> None:
     alice = await make_user(store, "alice")
     first = await make_key(store, alice, max_keys=2)
     await make_key(store, alice, max_keys=2)
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(KeyLimitReached) as err:
         await make_key(store, alice, max_keys=2)
-    assert err.value.code == "key_limit_reached"
+    assert err.value.limit == 2
     await store.update_key(first.id, {"status": "revoked"}, audit=audit("key.revoke"))
     await make_key(store, alice, max_keys=2)
 
@@ -442,9 +443,9 @@ async def test_update_key_rename_onto_other_key_name_taken(store: Store) -> None
     alice = await make_user(store, "alice")
     await make_key(store, alice, "first")
     second = await make_key(store, alice, "second")
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(UniqueViolation) as err:
         await store.update_key(second.id, {"name": "FIRST"}, audit=audit("key.update"))
-    assert err.value.code == "name_taken"
+    assert err.value.what == "key_name"
     same = await store.update_key(second.id, {"name": "SECOND"}, audit=audit("key.update"))
     assert same.name == "SECOND"
 
@@ -537,12 +538,10 @@ async def test_revoked_key_is_final(store: Store) -> None:
     revoked = await store.update_key(key.id, {"status": "revoked"}, audit=audit("key.revoke"))
     assert revoked.status == "revoked"
     for fields in ({"status": "active"}, {"name": "again"}, {"status": "revoked"}):
-        with pytest.raises(Conflict) as err:
+        with pytest.raises(KeyRevoked):
             await store.update_key(key.id, fields, audit=audit("key.update"))
-        assert err.value.code == "key_revoked"
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(KeyRevoked):
         await store.roll_key(key.id, new_digest(), "zz99", grace_until=None, audit=audit("r"))
-    assert err.value.code == "key_revoked"
 
 
 # --- keys: roll and delete -------------------------------------------------------
@@ -620,9 +619,9 @@ async def test_user_create_get_and_username_taken(store: Store) -> None:
     assert await store.get_user_by_id(alice.id) == alice
     assert await store.get_user("nobody") is None
     assert await store.get_user_by_id("u-nobody") is None
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(UniqueViolation) as err:
         await make_user(store, "alice")
-    assert err.value.code == "username_taken"
+    assert err.value.what == "username"
 
 
 async def test_list_users_by_username_pages(store: Store) -> None:
@@ -723,9 +722,9 @@ async def test_group_create_get_update(store: Store) -> None:
     )
     assert (updated.description, updated.rules) == ("new", (RULE, RULE))
     assert await store.get_group("nope") is None
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(UniqueViolation) as err:
         await store.create_group(make_group("billing-read"), audit=audit("g"))
-    assert err.value.code == "group_exists"
+    assert err.value.what == "group_name"
 
 
 async def test_update_group_builtin_or_missing_not_found(store: Store) -> None:
@@ -751,9 +750,8 @@ async def test_delete_group_in_use_refused(store: Store, holder: str) -> None:
     if holder == "key":
         await make_key(store, alice, groups=("ops",))
     before = await audit_count(store)
-    with pytest.raises(Conflict) as err:
+    with pytest.raises(GroupInUse):
         await store.delete_group("ops", force=False, audit=audit("group.delete"))
-    assert err.value.code == "group_in_use"
     assert await store.get_group("ops") is not None
     assert await audit_count(store) == before
 

@@ -16,7 +16,10 @@ from keygate.gateway.auth import keyformat
 from keygate.gateway.errors import Conflict
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
+from keygate.gateway.store.errors import KeyRevoked, UniqueViolation
 from keygate.gateway.store.records import AuditEntry, KeyRecord, UserRecord, utcnow
+from keygate.gateway.store.sqlbase import Conn
+from keygate.gateway.store.sqlite.connection import bind
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,28 +138,30 @@ async def test_store_kill_9_mid_burst_keeps_every_acknowledged_key(tmp_path: Pat
 
 
 # --- uniqueness and limits ------------------------------------------------------
-async def test_store_same_digest_twice_is_conflict(store: SQLiteStore) -> None:
+async def test_store_same_digest_twice_is_unique_violation(store: SQLiteStore) -> None:
     owner = await add_user(store, "alice")
     digest = keyformat.digest(keyformat.generate("kg")[0])
     await store.create_key(
         key_record(owner, "aaaaaaaaaaaa", "one"), digest, max_keys=10, audit=audit_for("a")
     )
-    with pytest.raises(Conflict):
+    with pytest.raises(UniqueViolation) as info:
         await store.create_key(
             key_record(owner, "bbbbbbbbbbbb", "two"), digest, max_keys=10, audit=audit_for("b")
         )
+    assert info.value.what == "other"
     assert await store.get_key("bbbbbbbbbbbb") is None
 
 
-async def test_store_same_key_id_twice_is_conflict(store: SQLiteStore) -> None:
+async def test_store_same_key_id_twice_is_unique_violation(store: SQLiteStore) -> None:
     owner = await add_user(store, "alice")
     await store.create_key(
         key_record(owner, "aaaaaaaaaaaa", "one"), b"1" * 32, max_keys=10, audit=audit_for("a")
     )
-    with pytest.raises(Conflict):
+    with pytest.raises(UniqueViolation) as info:
         await store.create_key(
             key_record(owner, "aaaaaaaaaaaa", "two"), b"2" * 32, max_keys=10, audit=audit_for("a")
         )
+    assert info.value.what == "other"
 
 
 @pytest.mark.parametrize(
@@ -271,6 +276,27 @@ async def test_store_migrations_apply_once_and_are_idempotent(tmp_path: Path) ->
         assert list(await cur.fetchall()) == [(1,), (2,)]
 
 
+@pytest.mark.parametrize(
+    ("sql", "args", "expected"),
+    [
+        ("SELECT $1", (7,), ("SELECT ?", (7,))),
+        ("SELECT $2, $1, $2", ("a", "b"), ("SELECT ?, ?, ?", ("b", "a", "b"))),
+        ("x LIKE $1 OR y LIKE $1", ("%k%",), ("x LIKE ? OR y LIKE ?", ("%k%", "%k%"))),
+        ("SELECT $10, $1", tuple(range(1, 11)), ("SELECT ?, ?", (10, 1))),
+        # A JSON path is not a parameter.
+        (
+            "json_extract(changes, '$.status') = $1",
+            ("disabled",),
+            ("json_extract(changes, '$.status') = ?", ("disabled",)),
+        ),
+    ],
+)
+def test_store_sqlite_numbered_parameters_bind_in_placeholder_order(
+    sql: str, args: tuple[object, ...], expected: tuple[str, tuple[object, ...]]
+) -> None:
+    assert bind(sql, args) == expected
+
+
 async def test_store_every_connection_is_wal_and_synchronous_full(store: SQLiteStore) -> None:
     connections = [store._writer, store._reader]
     assert all(db is not None for db in connections)
@@ -317,7 +343,7 @@ async def test_store_refused_change_writes_no_audit(store: SQLiteStore) -> None:
     assert await audit_count(store) == before
     await services.keys.revoke(actor, issued.key.id)
     assert await audit_count(store) == before + 1
-    with pytest.raises(Conflict):  # revocation is final
+    with pytest.raises(KeyRevoked):  # revocation is final
         await store.update_key(issued.key.id, {"name": "x"}, audit=audit_for(issued.key.id))
     assert await audit_count(store) == before + 1
     assert [(c.kind, c.ref) for c in await store.changes_since(seq)] == [("key", issued.key.id)]
@@ -326,8 +352,7 @@ async def test_store_refused_change_writes_no_audit(store: SQLiteStore) -> None:
 class FailingAuditStore(SQLiteStore):
     """A real store whose audit insert fails: the change must roll back with it."""
 
-    @staticmethod
-    async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+    async def _audit(self, conn: Conn, entry: AuditEntry) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
 

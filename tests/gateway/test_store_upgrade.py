@@ -15,9 +15,9 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 from keygate.gateway.store.base import Store
-from keygate.gateway.store.postgres.migrations import PG_V1
+from keygate.gateway.store.postgres.migrations import PG_SCHEMA, PG_V1
 from keygate.gateway.store.postgres.store import PostgresStore
-from keygate.gateway.store.sqlite.migrations import SQLITE_V1
+from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA, SQLITE_V1
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
 from tests.pg import pg_database_fixture, reset_schema  # noqa: F401 - a fixture
@@ -136,6 +136,12 @@ async def upgraded(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield store
     finally:
         await store.close()
+
+
+def test_upgrade_both_stores_have_the_same_versions_in_order() -> None:
+    versions = [version for version, _ in SQLITE_SCHEMA.steps]
+    assert versions == list(range(1, len(versions) + 1))
+    assert [version for version, _ in PG_SCHEMA.steps] == versions
 
 
 async def test_upgrade_applies_only_the_new_version(upgraded: Store) -> None:

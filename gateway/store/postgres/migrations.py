@@ -1,36 +1,25 @@
-"""Versioned PostgreSQL schema migrations. Append new versions; never edit an applied one.
+"""The PostgreSQL schema, version by version (run by ``gateway/store/migrate.py``).
 
-The same tables and meaning as the SQLite schema (``migrations.py``), in native
-types: ``timestamptz`` stamps, ``jsonb`` group lists, rules and metadata,
-``bytea`` digests.
+Append new versions; never edit an applied one. The same tables and meaning
+as the SQLite schema (``sqlite/migrations.py``), in native types:
+``timestamptz`` stamps, ``jsonb`` group lists, rules and metadata, ``bytea``
+digests.
 """
-
-# ruff: noqa: S608 - built-in group rows are module constants, quoted by _quote.
 
 from __future__ import annotations
 
-import orjson
-from keygate.gateway.store.records import BUILTIN_GROUPS
+from keygate.gateway.store.migrate import Schema, builtin_group_rows
 
 # One advisory lock key for "migrating keygate": nodes starting together queue
 # on it, and the first one applies every pending version.
 MIGRATION_LOCK = 0x6B67_6D69_6772  # "kgmigr"
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _builtin_group_rows() -> list[str]:
-    rows = []
-    for name, (description, rules) in BUILTIN_GROUPS.items():
-        rows.append(
-            "INSERT INTO groups (name, description, rules, builtin, created_at, updated_at) "
-            f"VALUES ({_quote(name)}, {_quote(description)}, "
-            f"{_quote(orjson.dumps(rules).decode())}::jsonb, true, now(), now()) "
-            "ON CONFLICT (name) DO NOTHING"
-        )
-    return rows
+_SEED = (
+    "INSERT INTO groups (name, description, rules, builtin, created_at, updated_at) "
+    "VALUES ({name}, {description}, {rules}::jsonb, true, now(), now()) "
+    "ON CONFLICT (name) DO NOTHING"
+)
 
 
 PG_V1 = [
@@ -106,12 +95,12 @@ PG_V1 = [
         at timestamptz NOT NULL DEFAULT now()
     )""",
     "CREATE INDEX changes_at ON changes (at)",
-    *_builtin_group_rows(),
+    *builtin_group_rows(_SEED),
 ]
 
 # Blocks (docs/admin-api.md): who disabled a key, and whether an admin did or
 # set its expiry. Keys from before this version are judged by the audit trail,
-# as in the SQLite migration (migrations.py, version 2): the latest change that
+# as in the SQLite migration (sqlite/migrations.py, version 2): the latest change that
 # disabled the key (or set its expiry) decides; anyone but the owner (the CLI
 # included) counts as an admin, and so does a trail that says nothing.
 PG_V2 = [
@@ -132,4 +121,9 @@ PG_V2 = [
          ORDER BY a.id DESC LIMIT 1) IS DISTINCT FROM owner_id""",
 ]
 
-PG_MIGRATIONS: list[tuple[int, list[str]]] = [(1, PG_V1), (2, PG_V2)]
+PG_SCHEMA = Schema(
+    steps=[(1, PG_V1), (2, PG_V2)],
+    version_table="CREATE TABLE IF NOT EXISTS schema_version "
+    "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    record_version="INSERT INTO schema_version (version) VALUES ($1)",
+)

@@ -1,25 +1,22 @@
-"""Versioned schema migrations. Append new versions; never edit an applied one."""
+"""The SQLite schema, version by version (run by ``gateway/store/migrate.py``).
+
+Append new versions; never edit an applied one. PostgreSQL's steps
+(``postgres/migrations.py``) have the same versions with the same meaning.
+"""
 
 from __future__ import annotations
 
-import orjson
-from keygate.gateway.store.records import BUILTIN_GROUPS
+from keygate.gateway.store.migrate import Schema, builtin_group_rows
 
 # Epoch seconds in SQL, so the stamp is taken when the migration runs.
 _NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
-def _builtin_group_rows() -> list[str]:
-    rows = []
-    for name, (description, rules) in BUILTIN_GROUPS.items():
-        rules_json = orjson.dumps(rules).decode().replace("'", "''")
-        desc = description.replace("'", "''")
-        # Constants of this module with quotes doubled: nothing user-supplied.
-        rows.append(
-            "INSERT OR IGNORE INTO groups (name, description, rules, builtin, created_at, "  # noqa: S608
-            f"updated_at) VALUES ('{name}', '{desc}', '{rules_json}', 1, {_NOW_SQL}, {_NOW_SQL})"
-        )
-    return rows
+# Constants of this module and of records.py: nothing user-supplied.
+_SEED = (
+    "INSERT OR IGNORE INTO groups (name, description, rules, builtin, created_at, "  # noqa: S608
+    f"updated_at) VALUES ({{name}}, {{description}}, {{rules}}, 1, {_NOW_SQL}, {_NOW_SQL})"
+)
 
 
 SQLITE_V1 = [
@@ -92,7 +89,7 @@ SQLITE_V1 = [
         ref TEXT NOT NULL,
         at REAL NOT NULL
     )""",
-    *_builtin_group_rows(),
+    *builtin_group_rows(_SEED),
 ]
 
 # Blocks (docs/admin-api.md): who disabled a key, and whether an admin did or
@@ -120,4 +117,11 @@ SQLITE_V2 = [
                   ORDER BY a.id DESC LIMIT 1), '') != owner_id""",
 ]
 
-SQLITE_MIGRATIONS: list[tuple[int, list[str]]] = [(1, SQLITE_V1), (2, SQLITE_V2)]
+SQLITE_SCHEMA = Schema(
+    steps=[(1, SQLITE_V1), (2, SQLITE_V2)],
+    version_table="CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
+    record_version=(
+        f"INSERT INTO schema_version (version, applied_at) VALUES ($1, {_NOW_SQL})"  # noqa: S608
+    ),
+)

@@ -1,0 +1,185 @@
+# ruff: noqa: S608 - SQL is assembled only from module constants, the store's
+# dialect constants and allow-listed column names; every value is a bound parameter.
+"""Keys in SQL, for both stores: verification lookups and every key operation.
+
+A refusal is raised as a ``StoreRefusal`` (``errors.py``): the key limit, a
+revoked key, a name its owner already uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from keygate.gateway.errors import NotFound
+from keygate.gateway.store import rows
+from keygate.gateway.store.base import KEY_WRITABLE, KeyCheck
+from keygate.gateway.store.clauses import Params, key_filter, writable
+from keygate.gateway.store.errors import KeyLimitReached, KeyRevoked
+from keygate.gateway.store.records import (
+    AuditEntry,
+    AuthRecord,
+    KeyAuth,
+    KeyQuery,
+    KeyRecord,
+    Page,
+    utcnow,
+)
+from keygate.gateway.store.rows import AUTH_COLUMNS, KEY_COLUMNS, KEY_INSERT_COLUMNS, placeholders
+from keygate.gateway.store.sqlbase import Conn, SqlBase
+
+
+class KeySql(SqlBase):
+    # --- verification -------------------------------------------------------
+    async def auth_lookup(self, digest: bytes) -> AuthRecord | None:
+        # The current digest, else a rolled-away one still in its grace period.
+        row = await self._fetchrow(
+            f"SELECT {AUTH_COLUMNS}, NULL AS until FROM keys k "
+            "LEFT JOIN users u ON u.id = k.owner_id WHERE k.digest = $1 "
+            f"UNION ALL SELECT {AUTH_COLUMNS}, r.until FROM retired_digests r "
+            "JOIN keys k ON k.id = r.key_id LEFT JOIN users u ON u.id = k.owner_id "
+            "WHERE r.digest = $1 ORDER BY until NULLS FIRST LIMIT 1",
+            digest,
+        )
+        return rows.auth_from_row(row, row[10], self.codec) if row is not None else None
+
+    async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
+        # One row per retired digest (at most one: a roll drops earlier ones), or
+        # one row with NULLs when the key has none; no row when no key has the id.
+        found = await self._fetch(
+            f"SELECT {AUTH_COLUMNS}, r.until, k.digest, r.digest FROM keys k "
+            "LEFT JOIN users u ON u.id = k.owner_id "
+            "LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id = $1",
+            key_id,
+        )
+        return rows.match_key_rows(found, digest, self.codec)
+
+    async def key_ids(self) -> list[str]:
+        found = await self._fetch("SELECT id FROM keys WHERE status != 'revoked'")
+        return [r[0] for r in found]
+
+    # --- keys ---------------------------------------------------------------
+    async def create_key(
+        self, key: KeyRecord, digest: bytes, *, max_keys: int, audit: AuditEntry
+    ) -> KeyRecord:
+        async def tx(conn: Conn) -> KeyRecord:
+            # Count and insert as one step for this owner, across processes and nodes.
+            await self._lock_owner(conn, key.owner_id)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM keys WHERE owner_id = $1 AND status != 'revoked'",
+                key.owner_id,
+            )
+            if count >= max_keys:
+                raise KeyLimitReached(max_keys)
+            with self._duplicates():
+                row = await conn.fetchrow(
+                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ({placeholders(23)}) "
+                    f"RETURNING {KEY_COLUMNS}",
+                    *rows.key_values(key, digest, self.codec),
+                )
+            await self._finish(conn, audit, [("key-created", key.id)])
+            return rows.key_from_row(row, self.codec)
+
+        return await self._tx(tx)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self._fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        return rows.key_from_row(row, self.codec) if row else None
+
+    async def list_keys(self, query: KeyQuery) -> Page[KeyRecord]:
+        bind = Params()
+        where = key_filter(
+            query, bind, self._now(), lower=self.LOWER, holds_group=self.HOLDS_GROUP
+        )
+        found = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM keys{where} ORDER BY seq DESC "
+            f"LIMIT {bind(query.limit + 1)}",
+            *bind.values,
+        )
+        items = [rows.key_from_row(r, self.codec) for r in found[: query.limit]]
+        return Page(items, items[-1].seq if len(found) > query.limit else None)
+
+    async def update_key(
+        self,
+        key_id: str,
+        fields: Mapping[str, Any],
+        *,
+        audit: AuditEntry,
+        check: KeyCheck | None = None,
+    ) -> KeyRecord:
+        writable(fields, KEY_WRITABLE)
+
+        async def tx(conn: Conn) -> KeyRecord:
+            # Locked as read: "revoked is final" and ``check`` hold against a
+            # concurrent change of the same key.
+            row = await conn.fetchrow(
+                f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
+            )
+            if row is None:
+                raise NotFound("No such key.")
+            current = rows.key_from_row(row, self.codec)
+            if current.status == "revoked":
+                raise KeyRevoked
+            writes = dict(fields)
+            if check is not None:
+                writes.update(writable(check(current), KEY_WRITABLE))
+            with self._duplicates():
+                row = await self._update(conn, "keys", "id = $1", (key_id,), writes)
+            if writes.get("status") == "revoked":
+                await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
+            await self._finish(conn, audit, [("key", key_id)])
+            return rows.key_from_row(row, self.codec)
+
+        return await self._tx(tx)
+
+    async def roll_key(
+        self,
+        key_id: str,
+        digest: bytes,
+        last4: str,
+        *,
+        grace_until: datetime | None,
+        audit: AuditEntry,
+    ) -> KeyRecord:
+        async def tx(conn: Conn) -> KeyRecord:
+            row = await conn.fetchrow(
+                f"SELECT digest, status FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
+            )
+            if row is None:
+                raise NotFound("No such key.")
+            if row[1] == "revoked":
+                raise KeyRevoked
+            now = utcnow()
+            # Earlier grace tokens end now: only the token being replaced gets a grace.
+            await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
+            if grace_until is not None and grace_until > now:
+                await conn.execute(
+                    "INSERT INTO retired_digests (digest, key_id, until) VALUES ($1, $2, $3)",
+                    row[0],
+                    key_id,
+                    self.codec.put_time(grace_until),
+                )
+            with self._duplicates():
+                rolled = await conn.fetchrow(
+                    "UPDATE keys SET digest = $1, last4 = $2, updated_at = $3 WHERE id = $4 "
+                    f"RETURNING {KEY_COLUMNS}",
+                    digest,
+                    last4,
+                    self.codec.put_time(now),
+                    key_id,
+                )
+            await self._finish(conn, audit, [("key", key_id)])
+            return rows.key_from_row(rolled, self.codec)
+
+        return await self._tx(tx)
+
+    async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
+        async def tx(conn: Conn) -> None:
+            deleted = await conn.fetchval("DELETE FROM keys WHERE id = $1 RETURNING id", key_id)
+            if deleted is None:
+                raise NotFound("No such key.")
+            await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
+            await self._finish(conn, audit, [("key", key_id)])
+
+        await self._tx(tx)
