@@ -29,7 +29,6 @@ class ChangeWatcher:
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self._probe = getattr(store, "data_version", None)
         self._last_version: int | None = None
         self._lock = asyncio.Lock()
 
@@ -64,8 +63,8 @@ class ChangeWatcher:
         the poll loop) must not return "nothing new" before that.
         """
         async with self._lock:
-            if self._probe is not None:
-                version = await self._probe()
+            version = await self._store.data_version()
+            if version is not None:
                 if version == self._last_version:
                     return
                 self._last_version = version
@@ -93,8 +92,7 @@ class ChangeFeed:
 
     def __init__(self, store: Store, apply: Apply, interval: float) -> None:
         self.watcher = ChangeWatcher(store, apply, interval)
-        make_listener = getattr(store, "listener", None)
-        self._listener = make_listener(self.watcher.poll) if make_listener is not None else None
+        self._listener = store.listener(self.watcher.poll)
 
     async def start(self) -> None:
         await self.watcher.start()

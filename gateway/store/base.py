@@ -10,9 +10,9 @@ turn it into the client's 409 (``gateway/service/conflicts.py``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from keygate.gateway.store.records import (
     AuditEntry,
@@ -200,3 +200,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def changes_since(self, seq: int) -> list[Change]: ...
+
+    async def data_version(self) -> int | None:
+        """A cheap counter that moves whenever any process writes, or None when
+        the store has none (then every change-feed check reads the notices)."""
+        return None
+
+    def listener(self, on_notice: Callable[[], Awaitable[object]]) -> ChangeListener | None:
+        """A channel that pushes change notices as they commit (PostgreSQL's
+        LISTEN/NOTIFY), calling ``on_notice``; None when the store has none
+        (the change feed then relies on polling alone)."""
+        return None
+
+
+class ChangeListener(Protocol):
+    """What :meth:`Store.listener` returns: started and stopped by its caller."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
