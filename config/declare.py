@@ -180,11 +180,12 @@ def _declare(cls: type, name: str, annotation: Any, required: bool) -> Declared:
         probe = msgspec.defstruct(f"{cls.__name__}_{name}", [("v", annotation)])
         bare = bare_type(annotation)
         bare_probe = msgspec.defstruct(f"{cls.__name__}_{name}_type", [("v", bare)])
-        type_words = _type_words(mi.type_info(bare))
-        words = reason or _bound_words(mi.type_info(annotation))
+        info = mi.type_info(annotation)
+        type_words = _type_words(info)
+        words = reason or _bound_words(info)
         if words is None and _constrained(annotation):
             raise TypeError(f"{cls.__name__}.{name}: constraints without words; give a reason")
-        value_words = words or f"must be {_type_words(mi.type_info(annotation))}"
+        value_words = words or f"must be {type_words}"
     return Declared(
         name=name,
         annotation=annotation,
@@ -266,10 +267,14 @@ _TYPE_WORDS: dict[type, str] = {
 
 
 def _type_words(node: mi.Type) -> str:
+    """What a value must be, as the type and its values say; other constraints
+    are the reason's or the bounds' to word."""
     if isinstance(node, mi.Metadata):
         return _type_words(node.type)
     if isinstance(node, mi.LiteralType):
         return "one of " + ", ".join(str(v) for v in node.values)
+    if isinstance(node, mi.IntType) and node.ge is not None and node.le is not None:
+        return f"an integer from {node.ge} to {node.le}"
     if isinstance(node, mi.UnionType):
         # null is left unsaid: settings have none, and every nullable body
         # field gives its own reason.
