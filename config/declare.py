@@ -120,7 +120,8 @@ class Declared:
             out = msgspec.convert({"v": value}, self.probe).v
         except msgspec.ValidationError:
             return None, self._problem(value)
-        return out, self.accepted(out)
+        problem = self.accepted(out)
+        return (None, problem) if problem is not None else (out, None)
 
     def judge_type(self, value: Any) -> tuple[Any, str | None]:
         """Like :meth:`judge`, for the type alone (no constraint, no check)."""
