@@ -19,7 +19,7 @@ import functools
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
-from keygate.config.declare import END, Name, declared, rule
+from keygate.config.declare import END, Declared, Name, declared, rule
 from keygate.gateway.auth.policy import MAX_RULES
 from keygate.gateway.service import validation as v
 from msgspec import UNSET, UnsetType
@@ -228,17 +228,9 @@ def decode(cls: type[B], raw: Any) -> tuple[B, v.Errors]:
     unknown one included, has its reason.
     """
     data = v.require_object(raw)
-    fields = declared(cls)
-    integral = _integral(cls)
-    # JSON has one number type (RFC 8259 §6): 5.0 is the integer 5, as JSON
-    # Schema counts any number with a zero fractional part.
+    fields, integral, checked = _plan(cls)
     if any(isinstance(data.get(name), float) for name in integral):
-        data = {
-            name: int(value)
-            if name in integral and isinstance(value, float) and value.is_integer()
-            else value
-            for name, value in data.items()
-        }
+        data = _integral_numbers(data, integral)
     errors = v.Errors()
     refused: list[str] = []
     try:
@@ -260,9 +252,8 @@ def decode(cls: type[B], raw: Any) -> tuple[B, v.Errors]:
                 refused.append(name)
         body = cls(**{**accepted, **dict.fromkeys(refused, UNSET)})
     else:
-        for name in data:
-            problem = fields[name].accepted(getattr(body, name))
-            if problem is not None:
+        for name in checked:
+            if name in data and (problem := fields[name].accepted(getattr(body, name))):
                 errors[name] = problem
                 refused.append(name)
         if refused:
@@ -276,9 +267,23 @@ def decode(cls: type[B], raw: Any) -> tuple[B, v.Errors]:
     return body, errors
 
 
+def _integral_numbers(data: dict[str, Any], integral: tuple[str, ...]) -> dict[str, Any]:
+    # JSON has one number type (RFC 8259 §6): 5.0 is the integer 5, as JSON
+    # Schema counts any number with a zero fractional part.
+    out = dict(data)
+    for name in integral:
+        value = out.get(name)
+        if isinstance(value, float) and value.is_integer():
+            out[name] = int(value)
+    return out
+
+
 @functools.cache
-def _integral(cls: type[Body]) -> frozenset[str]:
-    return frozenset(name for name, field in declared(cls).items() if field.integral)
+def _plan(cls: type[Body]) -> tuple[dict[str, Declared], tuple[str, ...], tuple[str, ...]]:
+    """The fields, those that take integers, and those with a check after conversion."""
+    fields = declared(cls)
+    integral = tuple(name for name, field in fields.items() if field.integral)
+    return fields, integral, tuple(name for name, field in fields.items() if field.checked)
 
 
 def unique(names: list[str]) -> list[str]:
