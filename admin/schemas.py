@@ -55,7 +55,7 @@ def obj(
     if required:
         schema["required"] = list(required)
     if closed:
-        # SPEC §6: unknown fields are invalid (422).
+        # Unknown fields are invalid, 422 (docs/reference.md#admin-api).
         schema["additionalProperties"] = False
     if description:
         schema["description"] = description

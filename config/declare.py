@@ -165,7 +165,7 @@ def declared(cls: type) -> dict[str, Declared]:
     """The fields of a msgspec struct or a dataclass, by name (cached per class)."""
     if isinstance(cls, type) and issubclass(cls, msgspec.Struct):
         found = [(f.name, f.type, f.required) for f in msgspec.structs.fields(cls)]
-    else:
+    elif dataclasses.is_dataclass(cls):
         found = [
             (
                 f.name,
@@ -174,6 +174,8 @@ def declared(cls: type) -> dict[str, Declared]:
             )
             for f in dataclasses.fields(cls)
         ]
+    else:
+        raise TypeError(f"{cls!r} is neither a msgspec struct nor a dataclass")
     return {name: _declare(cls, name, tp, required) for name, tp, required in found}
 
 

@@ -116,7 +116,7 @@ Rules = Annotated[
 ]
 
 
-class Body(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Body(msgspec.Struct, forbid_unknown_fields=True):
     # Two fields naming the same thing: at most one may be given (422 on the second).
     exclusive: ClassVar[tuple[str, str] | None] = None
     # Shown by Swagger UI, and sent as they are by schemathesis's examples phase
