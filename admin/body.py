@@ -1,4 +1,7 @@
-"""Request bodies: JSON only, at most 64 KiB however they are framed (SPEC §6)."""
+"""Request bodies: JSON only, at most 64 KiB however they are framed.
+
+See docs/reference.md#admin-api.
+"""
 
 from __future__ import annotations
 

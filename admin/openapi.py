@@ -1,9 +1,11 @@
 """The OpenAPI 3.1 document of the admin API, built from the route table (admin.routes).
 
-``document`` is the contract served at ``/openapi.json``. ``as_openapi_30``
-rewrites it for Swagger UI 4, which the installed ``swagger-ui-bundle`` ships
-and which renders 3.0 documents only: type lists become ``nullable``/``oneOf``,
-schema ``examples`` become ``example``.
+``document`` is the contract served at ``/openapi.json``, which the bundled
+Swagger UI (5) renders. ``as_openapi_30`` states the same contract in OpenAPI
+3.0.3 form for tools that read 3.0 only, served at ``/docs/openapi-3.0.json``
+(docs/reference.md#admin-api): type lists and ``{"type": "null"}``
+alternatives become ``nullable``/``oneOf``, ``const`` a one-value ``enum``,
+schema ``examples`` one ``example``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from keygate.admin.params import DEFAULT_LIMIT
 from keygate.admin.schemas import GROUP_NAME, KEY_ID, QUERY_TEXT, SCHEMAS, USERNAME, Schema, ref
+from keygate.gateway.service.keys import LIST_STATUSES, MAX_LIMIT
 
 if TYPE_CHECKING:  # admin.routes imports the docs handlers, which import this module
     from keygate.admin.routes import Endpoint
@@ -42,7 +46,7 @@ QUERY_PARAMETERS: dict[str, Schema] = {
     },
     "status": {
         "description": "Only keys in this status.",
-        "schema": {"type": "string", "enum": ["active", "disabled", "revoked", "expired"]},
+        "schema": {"type": "string", "enum": list(LIST_STATUSES)},
     },
     "owner": {
         "description": "Only keys of this username.",
@@ -54,7 +58,7 @@ QUERY_PARAMETERS: dict[str, Schema] = {
     },
     "limit": {
         "description": "Page size (an integral decimal such as 50.0 is that integer).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     },
     "cursor": {
         "description": "next_cursor of the previous page of the same list (any other value "
@@ -250,7 +254,7 @@ def _path_names(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
-# --- 3.1 → 3.0 for Swagger UI 4 ----------------------------------------------------
+# --- 3.1 → 3.0, for tools that read 3.0 only ------------------------------------------
 def as_openapi_30(doc: Schema) -> Schema:
     out = copy.deepcopy(doc)
     out["openapi"] = "3.0.3"

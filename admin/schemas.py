@@ -1,33 +1,36 @@
 """Component schemas of the admin API, in OpenAPI 3.1 (JSON Schema 2020-12) form.
 
-They describe what ``as_json()`` renders and what the services accept; the
-services stay the authority (a change there must be mirrored here, and
-tests/admin/test_openapi.py checks responses against these shapes).
+Request bodies are generated from their declarations in
+:mod:`gateway.service.bodies` (the structs the services decode with), and the
+shapes responses share with them (names, key names, group lists, roles) are
+taken from the same declarations. Written here is only what no declaration
+holds: the responses, which ``as_json()`` renders
+(tests/admin/test_openapi.py checks real responses against them), and the
+group rule, whose checks are gateway.auth.policy's.
 """
 
 from __future__ import annotations
 
+import copy
+import re
+import typing
 from typing import Any
 
-from keygate.gateway.service.validation import (
-    MAX_EXPIRY,
-    MAX_GRACE_SECONDS,
-    REFUSED_CHARS,
-    REFUSED_IN_DESCRIPTION,
-    URI_PATTERN,
-)
+import msgspec
+from keygate.config.declare import NAME_PATTERN
+from keygate.gateway.auth.keyformat import KEY_ID_ALPHABET, KEY_ID_LEN
+from keygate.gateway.auth.policy import MAX_GLOB_LENGTH
+from keygate.gateway.service import bodies
+from keygate.gateway.service.keys import LIST_STATUSES
+from keygate.gateway.service.validation import REFUSED_CHARS
 
 Schema = dict[str, Any]
 
-GROUP_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
-KEY_ID = r"^[0-9a-z]{12}$"
-# What gateway.service.validation accepts, as patterns: one line of text without
-# leading or trailing white space; free text; a lifetime like "7d".
-ONE_LINE = rf"^[^\s{REFUSED_CHARS}](?:[^{REFUSED_CHARS}]*[^\s{REFUSED_CHARS}])?$"
-FREE_TEXT = rf"^[^{REFUSED_IN_DESCRIPTION}]*$"
+GROUP_NAME = NAME_PATTERN
+USERNAME = bodies.USERNAME_PATTERN
+KEY_ID = f"^[{re.escape(KEY_ID_ALPHABET)}]{{{KEY_ID_LEN}}}$"
+# A query parameter's text: no control characters (gateway.service.validation.query_text).
 QUERY_TEXT = rf"^[^{REFUSED_CHARS}]*$"
-DURATION = r"^[1-9][0-9]{0,9}[smhdw]?$"
 
 
 def ref(name: str) -> Schema:
@@ -52,58 +55,28 @@ def obj(
     if required:
         schema["required"] = list(required)
     if closed:
-        # SPEC §6: unknown fields are invalid (422).
+        # Unknown fields are invalid, 422 (docs/reference.md#admin-api).
         schema["additionalProperties"] = False
     if description:
         schema["description"] = description
     return schema
 
 
+def declared(tp: Any) -> Schema:
+    """The JSON Schema of a declared type (gateway.service.bodies)."""
+    return msgspec.json.schema(tp)
+
+
+def enum(literal: Any) -> Schema:
+    return {"type": "string", "enum": list(typing.get_args(literal))}
+
+
 STRING: Schema = {"type": "string"}
 TIME: Schema = {"type": "string", "format": "date-time"}
-GROUP_LIST: Schema = {
-    "type": "array",
-    "items": {"type": "string", "pattern": GROUP_NAME},
-    "maxItems": 100,
-}
+GROUP_LIST: Schema = declared(bodies.GroupNames)
 CURSOR: Schema = nullable({"type": "string", "description": "Pass as ?cursor= for the next page."})
-METADATA: Schema = {
-    "type": "object",
-    "description": "Free-form JSON object, at most 16 KiB.",
-    "additionalProperties": True,
-}
-EXPIRES_AT: Schema = nullable(
-    {
-        "type": "string",
-        "format": "date-time",
-        "description": "RFC 3339 with a time zone, in the future, within 100 years; null: "
-        "never. An admin's expiry: its owner may only bring it forward.",
-    }
-)
-EXPIRES_IN: Schema = {
-    "description": 'Seconds (an integral number), or "7d", "12h", "30m", "2w", within 100 '
-    "years; null: never. Not with expires_at.",
-    "anyOf": [
-        {"type": "integer", "minimum": 1, "maximum": int(MAX_EXPIRY.total_seconds())},
-        {"type": "string", "pattern": DURATION},
-        {"type": "null"},
-    ],
-    "examples": [86400, "7d"],
-}
-# expires_at and expires_in name the same thing: one or the other (422 for both).
-ONE_EXPIRY: Schema = {"not": {"required": ["expires_at", "expires_in"]}}
-WEBHOOK: Schema = nullable(
-    {"type": "string", "format": "uri", "pattern": URI_PATTERN, "maxLength": 2048}
-)
-KEY_NAME: Schema = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 100,
-    "pattern": ONE_LINE,
-    "description": "Unique per owner, case-insensitive; one line, no leading or trailing "
-    "spaces, no control characters.",
-}
-DESCRIPTION: Schema = {"type": "string", "maxLength": 1000, "pattern": FREE_TEXT}
+METADATA: Schema = declared(bodies.Metadata)
+KEY_NAME: Schema = declared(bodies.KeyName)
 USER_REF: Schema = obj(
     {"id": STRING, "username": STRING}, required=("id", "username"), closed=False
 )
@@ -134,14 +107,31 @@ RULE: Schema = obj(
         },
         "paths": {
             "type": "array",
-            "items": {"type": "string", "pattern": "^/", "maxLength": 1024},
+            "items": {"type": "string", "pattern": "^/", "maxLength": MAX_GLOB_LENGTH},
             "minItems": 1,
             "description": "Globs on the whole normalised path: * one segment, ** zero or more.",
         },
     },
     required=("route", "methods", "paths"),
 )
-RULES: Schema = {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}, "maxItems": 100}
+
+
+def request_bodies() -> dict[str, Schema]:
+    """The component of each declared request body, under the struct's name."""
+    _, components = msgspec.json.schema_components(
+        bodies.BODIES, ref_template="#/components/schemas/{name}"
+    )
+    for body in bodies.BODIES:
+        schema = components[body.__name__]
+        if not schema.get("required"):
+            schema.pop("required", None)  # an empty list is not valid OpenAPI 3.0
+        if body.exclusive is not None:
+            # Naming the same thing: one or the other (422 for both).
+            schema["not"] = {"required": list(body.exclusive)}
+        if body.examples:
+            schema["examples"] = copy.deepcopy(body.examples)
+    return components
+
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(
@@ -174,7 +164,7 @@ SCHEMAS: dict[str, Schema] = {
             "display": {"type": "string", "description": "kg_<id>_…<last 4>"},
             "name": KEY_NAME,
             "description": STRING,
-            "status": {"type": "string", "enum": ["active", "disabled", "revoked", "expired"]},
+            "status": {"type": "string", "enum": list(LIST_STATUSES)},
             "groups": GROUP_LIST,
             "owner": USER_REF,
             "created_by": nullable(USER_REF),
@@ -218,63 +208,13 @@ SCHEMAS: dict[str, Schema] = {
         required=("items", "next_cursor"),
         closed=False,
     ),
-    "KeyCreate": obj(
-        {
-            "name": KEY_NAME,
-            "description": DESCRIPTION,
-            "groups": GROUP_LIST,
-            "expires_at": EXPIRES_AT,
-            "expires_in": EXPIRES_IN,
-            "owner": nullable(
-                {
-                    "type": "string",
-                    "pattern": USERNAME,
-                    "description": "Username; another user's: admin only. Absent or null: "
-                    "the caller.",
-                }
-            ),
-            "webhook_url": WEBHOOK,
-            "metadata": METADATA,
-        },
-        required=("groups",),
-    )
-    | ONE_EXPIRY,
-    "KeyPatch": obj(
-        {
-            "name": KEY_NAME,
-            "description": DESCRIPTION,
-            "groups": GROUP_LIST,
-            "expires_at": EXPIRES_AT,
-            "expires_in": EXPIRES_IN,
-            "webhook_url": WEBHOOK,
-            "metadata": METADATA,
-            "status": {
-                "type": "string",
-                "enum": ["active", "disabled"],
-                "description": "Revoke with POST …/revoke. A key an admin disabled is "
-                "enabled again only by an admin.",
-            },
-        },
-    )
-    | ONE_EXPIRY,
-    "RollRequest": obj(
-        {
-            "grace_seconds": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_GRACE_SECONDS,
-                "default": 0,
-                "description": "How long the old token keeps working.",
-            }
-        },
-    ),
     "User": obj(
         {
             "id": STRING,
             "username": {"type": "string", "pattern": USERNAME},
-            "role": {"type": "string", "enum": ["admin", "member"]},
+            "role": enum(bodies.Role),
             "groups": GROUP_LIST,
-            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "status": enum(bodies.Status),
             "created_at": TIME,
             "updated_at": TIME,
         },
@@ -285,21 +225,6 @@ SCHEMAS: dict[str, Schema] = {
         {"items": {"type": "array", "items": ref("User")}, "next_cursor": CURSOR},
         required=("items", "next_cursor"),
         closed=False,
-    ),
-    "UserCreate": obj(
-        {
-            "username": {"type": "string", "pattern": USERNAME},
-            "role": {"type": "string", "enum": ["admin", "member"], "default": "member"},
-            "groups": {**GROUP_LIST, "description": "Groups a member may hold; never admin."},
-        },
-        required=("username",),
-    ),
-    "UserPatch": obj(
-        {
-            "role": {"type": "string", "enum": ["admin", "member"]},
-            "groups": GROUP_LIST,
-            "status": {"type": "string", "enum": ["active", "disabled"]},
-        },
     ),
     "Rule": RULE,
     "Group": obj(
@@ -319,15 +244,6 @@ SCHEMAS: dict[str, Schema] = {
         required=("items", "next_cursor"),
         closed=False,
     ),
-    "GroupCreate": obj(
-        {
-            "name": {"type": "string", "pattern": GROUP_NAME},
-            "description": DESCRIPTION,
-            "rules": RULES,
-        },
-        required=("name",),
-    ),
-    "GroupPatch": obj({"description": DESCRIPTION, "rules": RULES}),
     "AuditRecord": obj(
         {
             "id": {"type": "integer"},
@@ -360,24 +276,4 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Me": obj({"user": ref("User"), "key": ref("Key")}, required=("user", "key"), closed=False),
 }
-
-# Request examples: shown by Swagger UI, and sent as they are by schemathesis's
-# examples phase (tests/admin/test_schemathesis.py), so each must be accepted.
-EXAMPLES: dict[str, list[dict[str, Any]]] = {
-    "KeyCreate": [{"name": "billing-sync", "groups": ["default"], "expires_in": "90d"}],
-    "KeyPatch": [{"description": "nightly billing export", "expires_in": "30d"}],
-    "RollRequest": [{"grace_seconds": 3600}],
-    "UserCreate": [{"username": "alice", "role": "member", "groups": ["self-service"]}],
-    "UserPatch": [{"groups": ["self-service", "default"]}],
-    "GroupCreate": [
-        {
-            "name": "billing-read",
-            "description": "Read invoices",
-            "rules": [{"route": "*", "methods": ["GET", "HEAD"], "paths": ["/billing/**"]}],
-        }
-    ],
-    "GroupPatch": [{"description": "Read and list invoices"}],
-}
-for _name, _examples in EXAMPLES.items():
-    SCHEMAS[_name]["examples"] = _examples
-
+SCHEMAS.update(request_bodies())

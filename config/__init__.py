@@ -1,4 +1,4 @@
-"""Typed settings for keygate and their loading (SPEC §2)."""
+"""Typed settings for keygate and their loading (docs/reference.md#configuration)."""
 
 from keygate.config.loader import ConfigError, load_settings, with_upstream
 from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings

@@ -1,23 +1,26 @@
-"""Load :class:`Settings` from a TOML file and ``KEYGATE_*`` environment overrides.
+"""Load :class:`Settings` from a TOML file, ``KEYGATE_*`` environment overrides
+and command-line flags (docs/reference.md#where-settings-come-from).
 
-Every problem raises :class:`ConfigError` whose message is one line naming the
-file, the setting and what is wrong. Values of settings are never echoed, so a
-database password in ``store.url`` cannot leak into a terminal or a log.
+What a valid value is comes from the declarations in :mod:`config.settings`;
+this module reads the layers, turns environment text into the declared type,
+and checks what spans settings. Every problem raises :class:`ConfigError`
+whose message is one line naming where the value came from (the file, the
+environment variable or the command line), the setting and what is wrong.
+Values of settings are never echoed, so a database password in ``store.url``
+cannot leak into a terminal or a log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import math
 import os
-import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
+from keygate.config.declare import Declared, bare_type, declared
 from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
 from yarl import URL
 
@@ -27,10 +30,8 @@ SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "auth": AuthSettings,
 }
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
-METHOD_OVERRIDE_MODES = ("check", "ignore")
-SOURCE_RE = re.compile(r"^(authorization|x-api-key|basic|query:[A-Za-z0-9_.-]{1,64})$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigError(Exception):
@@ -81,21 +82,7 @@ def _build(
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in fields:
-                raise ConfigError(f"{source}: {section}.{name}: unknown setting")
-            kwargs[name] = _coerce(source, f"{section}.{name}", fields[name].type, value)
-        for name, f in fields.items():
-            env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
-            if env_name in env:
-                where = f"environment {env_name}"
-                kwargs[name] = _coerce(where, f"{section}.{name}", f.type, env[env_name], text=True)
-        for name, value in overrides.get(section, {}).items():
-            kwargs[name] = _coerce("command line", f"{section}.{name}", fields[name].type, value)
-        built[section] = cls(**kwargs)
-        _validate_section(source, section, built[section])
+        built[section] = _section(source, section, cls, values, env, overrides.get(section, {}))
     routes = raw.get("routes", [])
     if not isinstance(routes, list):
         raise ConfigError(f"{source}: routes must be an array of tables ([[routes]])")
@@ -124,39 +111,107 @@ def _build(
     )
 
 
+def _section(
+    source: str,
+    section: str,
+    cls: type,
+    values: Mapping[str, Any],
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> Any:
+    """One table: each layer's values must have the declared type; the value
+    that wins (file, then environment, then command line) must be valid, and
+    a problem names the layer it came from."""
+    fields = declared(cls)
+    chosen: dict[str, tuple[str, Any]] = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"{source}: {section}.{name}: unknown setting")
+        chosen[name] = (source, _typed(source, f"{section}.{name}", fields[name], value))
+    for name, f in fields.items():
+        env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
+        if env_name in env:
+            where = f"environment {env_name}"
+            value = _from_text(where, f"{section}.{name}", f, env[env_name])
+            chosen[name] = (where, _typed(where, f"{section}.{name}", f, value))
+    for name, value in overrides.items():
+        where = "command line"
+        chosen[name] = (where, _typed(where, f"{section}.{name}", fields[name], value))
+    kwargs = {
+        name: _valid(where, f"{section}.{name}", fields[name], value)
+        for name, (where, value) in chosen.items()
+    }
+    return cls(**kwargs)
+
+
 def _route(source: str, index: int, raw: Any) -> Route:
     where = f"routes[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where}: must be a table")
-    fields = {f.name: f for f in dataclasses.fields(Route)}
-    kwargs: dict[str, Any] = {}
+    fields = declared(Route)
+    values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in fields:
             raise ConfigError(f"{source}: {where}.{name}: unknown setting")
-        kwargs[name] = _coerce(source, f"{where}.{name}", fields[name].type, value)
-    for required in ("name", "prefix", "upstream"):
-        if required not in kwargs:
-            raise ConfigError(f"{source}: {where}.{required}: missing (required)")
-    name = kwargs["name"]
-    where = f"routes.{name}"
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"{source}: {where}.name: must match [a-z0-9][a-z0-9_-]{{0,63}}")
+        values[name] = _typed(source, f"{where}.{name}", fields[name], value)
+    for name, f in fields.items():
+        if f.required and name not in values:
+            raise ConfigError(f"{source}: {where}.{name}: missing (required)")
+    where = f"routes.{values['name']}"
+    kwargs = {n: _valid(source, f"{where}.{n}", fields[n], v) for n, v in values.items()}
     kwargs["prefix"] = normalise_prefix(source, where, kwargs["prefix"])
     kwargs["upstream"] = check_upstream(source, f"{where}.upstream", kwargs["upstream"])
-    route = Route(**kwargs)
-    if route.timeout <= 0:
-        raise ConfigError(f"{source}: {where}.timeout: must be greater than 0")
-    if route.max_body_bytes is not None and route.max_body_bytes < 0:
-        raise ConfigError(f"{source}: {where}.max_body_bytes: must be 0 or more")
-    if route.max_connections < 1:
-        raise ConfigError(f"{source}: {where}.max_connections: must be at least 1")
-    if route.method_override not in METHOD_OVERRIDE_MODES:
-        raise ConfigError(f"{source}: {where}.method_override: must be \"check\" or \"ignore\"")
-    return route
+    return Route(**kwargs)
+
+
+def _typed(source: str, name: str, field: Declared, value: Any) -> Any:
+    out, problem = field.judge_type(value)
+    if problem is not None:
+        raise ConfigError(f"{source}: {name}: {problem}")
+    return out
+
+
+def _valid(source: str, name: str, field: Declared, value: Any) -> Any:
+    out, problem = field.judge(value)
+    if problem is not None:
+        raise ConfigError(f"{source}: {name}: {problem}")
+    return out
+
+
+def _from_text(source: str, name: str, field: Declared, text: str) -> Any:
+    """An environment variable's text as the value of the declared type."""
+    try:
+        return _parse(bare_type(field.annotation), text)
+    except ValueError:
+        raise ConfigError(f"{source}: {name}: must be {field.type_words}") from None
+
+
+def _parse(tp: Any, text: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in ("", "none", "null"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse(inner[0], text) if len(inner) == 1 else text
+    if origin is tuple:  # lists are comma-separated
+        item = typing.get_args(tp)[0]
+        return [_parse(item, v.strip()) for v in text.split(",") if v.strip()]
+    if tp is bool:
+        low = text.strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ValueError(text)
+    if tp is int:
+        return int(text)
+    if tp is float:
+        return float(text)
+    return text
 
 
 def with_upstream(settings: Settings, upstream: str) -> Settings:
-    """``serve --upstream URL``: one route ``default`` at ``/`` to URL (SPEC §2).
+    """``serve --upstream URL``: one route ``default`` at ``/`` to URL
+    (docs/reference.md#serve---upstream).
 
     Configured routes stay (longest prefix still wins); a configured route named
     ``default`` or at ``/`` is replaced by the command-line one.
@@ -187,133 +242,6 @@ def check_upstream(source: str, where: str, value: str) -> str:
     if url.query_string or url.fragment or url.user or url.password:
         raise ConfigError(f"{source}: {where}: must not carry a query, fragment or credentials")
     return str(url.with_path(url.path.rstrip("/")))
-
-
-def _validate_section(source: str, section: str, value: Any) -> None:
-    def fail(name: str, problem: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: {section}.{name}: {problem}")
-
-    if isinstance(value, ServerSettings):
-        host, sep, port = value.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            fail("listen", "must be host:port, for example 127.0.0.1:8080")
-        if value.workers < 1:
-            fail("workers", "must be at least 1")
-        p = value.admin_prefix
-        if not p.startswith("/") or p == "/" or p.endswith("/") or "//" in p:
-            fail("admin_prefix", "must be a path like /_keygate (not '/')")
-        if any(seg in (".", "..") for seg in p.split("/")) or "%" in p:
-            fail("admin_prefix", "must be a plain, normalised path")
-        for name in ("header_timeout", "body_idle_timeout", "shutdown_timeout"):
-            if getattr(value, name) <= 0:
-                fail(name, "must be greater than 0")
-        for name in ("max_header_count", "max_header_bytes", "max_line_bytes"):
-            if getattr(value, name) < 1:
-                fail(name, "must be at least 1")
-    elif isinstance(value, StoreSettings):
-        if not (
-            value.url.startswith("sqlite://")
-            or value.url.startswith("postgresql://")
-            or value.url.startswith("postgres://")
-        ):
-            fail("url", "must start with sqlite://, postgresql:// or postgres://")
-        if value.pool_size < 1:
-            fail("pool_size", "must be at least 1")
-        if value.change_poll_interval <= 0:
-            fail("change_poll_interval", "must be greater than 0")
-    elif isinstance(value, AuthSettings):
-        if not _PREFIX_RE.match(value.key_prefix):
-            fail("key_prefix", "must be 1-16 letters or digits")
-        if not value.sources:
-            fail("sources", "must name at least one source")
-        for s in value.sources:
-            if not SOURCE_RE.match(s):
-                fail(
-                    "sources",
-                    f"unknown source {s!r} "
-                    "(use authorization, x-api-key, basic or query:<name>)",
-                )
-        if len(set(value.sources)) != len(value.sources):
-            fail("sources", "lists a source twice")
-        if value.cache_size < 1:
-            fail("cache_size", "must be at least 1")
-        for name in ("cache_ttl", "negative_cache_ttl", "last_used_flush_interval"):
-            if getattr(value, name) <= 0:
-                fail(name, "must be greater than 0")
-        if value.max_keys_per_user < 1:
-            fail("max_keys_per_user", "must be at least 1")
-        if not 0 <= value.refusal_delay <= 10:
-            fail("refusal_delay", "must be from 0 (off) to 10 seconds")
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, "a list"
-    )
-
-
-def _coerce(source: str, name: str, tp: Any, value: Any, *, text: bool = False) -> Any:
-    """Check ``value`` against the dataclass field type, converting env strings."""
-    if isinstance(tp, str):
-        tp = _resolve(tp)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if value is None or (text and value.strip().lower() in ("", "none", "null")):
-            return None
-        return _coerce(source, name, inner[0], value, text=text)
-    if origin is tuple:
-        item = args[0]
-        if text:
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{source}: {name}: must be a list")
-        return tuple(_coerce(source, name, item, v, text=text) for v in value)
-    if tp in (ipaddress.IPv4Network, ipaddress.IPv6Network) or name.endswith("trusted_proxies"):
-        try:
-            return ipaddress.ip_network(str(value), strict=False)
-        except ValueError:
-            raise ConfigError(f"{source}: {name}: not an IP network (CIDR)") from None
-    if text:
-        try:
-            if tp is bool:
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            if tp is int:
-                return int(value)
-            if tp is float:
-                return _finite(source, name, float(value))
-        except ValueError:
-            raise ConfigError(f"{source}: {name}: must be {_type_name(tp)}") from None
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, float):
-        return _finite(source, name, value)
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"{source}: {name}: must be {_type_name(tp)}")
-    if not isinstance(value, tp):
-        raise ConfigError(f"{source}: {name}: must be {_type_name(tp)}")
-    return value
-
-
-def _finite(source: str, name: str, value: float) -> float:
-    # TOML and float() both accept nan and inf: a timeout of inf (or nan, which
-    # passes every "> 0" check) would silently switch a limit off.
-    if not math.isfinite(value):
-        raise ConfigError(f"{source}: {name}: must be a finite number")
-    return value
-
-
-def _resolve(tp: str) -> Any:
-    from keygate.config import settings
-
-    return eval(tp, vars(settings))  # noqa: S307 - dataclass annotations we wrote ourselves
 
 
 def sqlite_path(url: str) -> str:

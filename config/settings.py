@@ -1,30 +1,80 @@
-"""Typed, frozen settings (SPEC §2). Built only by :mod:`config.loader`."""
+"""Typed, frozen settings (docs/reference.md#configuration). Built only by :mod:`config.loader`.
 
-from __future__ import annotations
+Each setting is declared once, here: its type, its default, and in its
+``Annotated`` metadata (:func:`config.declare.rule`) what a valid value is and
+how a bad one is worded. The loader judges TOML, ``KEYGATE_*`` and
+command-line values against these declarations; what spans several settings
+(duplicate routes, a route under the admin prefix) and the normalisation of
+route prefixes and upstream URLs stay in the loader. Annotations are real
+objects (no ``from __future__ import annotations``), so nothing is evaluated.
+"""
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from keygate.config.declare import Name, rule
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SOURCE_RE = re.compile(r"^(authorization|x-api-key|basic|query:[A-Za-z0-9_.-]{1,64})$")
+
+AtLeastOne = Annotated[int, rule(ge=1)]
+Positive = Annotated[float, rule(gt=0)]
+
+
+def _listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "must be host:port, for example 127.0.0.1:8080"
+    return None
+
+
+def _admin_prefix(p: str) -> str | None:
+    if not p.startswith("/") or p == "/" or p.endswith("/") or "//" in p:
+        return "must be a path like /_keygate (not '/')"
+    if any(seg in (".", "..") for seg in p.split("/")) or "%" in p:
+        return "must be a plain, normalised path"
+    return None
+
+
+def _networks(value: Any) -> tuple[tuple[Network, ...] | None, str | None]:
+    if not isinstance(value, list | tuple):
+        return None, "must be a list"
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in value), None
+    except ValueError:
+        return None, "not an IP network (CIDR)"
+
+
+def _sources(value: tuple[str, ...]) -> str | None:
+    if not value:
+        return "must name at least one source"
+    for s in value:
+        if not SOURCE_RE.match(s):
+            return f"unknown source {s!r} (use authorization, x-api-key, basic or query:<name>)"
+    if len(set(value)) != len(value):
+        return "lists a source twice"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    listen: str = "127.0.0.1:8080"
-    workers: int = 1
-    admin_prefix: str = "/_keygate"
+    listen: Annotated[str, rule(check=_listen)] = "127.0.0.1:8080"
+    workers: AtLeastOne = 1
+    admin_prefix: Annotated[str, rule(check=_admin_prefix)] = "/_keygate"
     # Peers whose X-Forwarded-For we believe when logging/auditing the client.
-    trusted_proxies: tuple[Network, ...] = ()
+    trusted_proxies: Annotated[tuple[Network, ...], rule(decode=_networks)] = ()
     # Slowloris bound: a request head must arrive completely within this time.
-    header_timeout: float = 10.0
+    header_timeout: Positive = 10.0
     # A request body that stalls this long between chunks is aborted. Also
     # bounds (at most 10 s) how long a refused request's body is drained.
-    body_idle_timeout: float = 30.0
-    max_header_count: int = 100
-    max_header_bytes: int = 16384
-    max_line_bytes: int = 8190
+    body_idle_timeout: Positive = 30.0
+    max_header_count: AtLeastOne = 100
+    max_header_bytes: AtLeastOne = 16384
+    max_line_bytes: AtLeastOne = 8190
     # Seconds a graceful stop waits for in-flight requests.
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: Positive = 30.0
     access_log: bool = True
     # Serve plain proxied requests with keygate's own HTTP protocol (gateway.edge);
     # off, aiohttp's server handles every request.
@@ -42,44 +92,55 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    url: str = "sqlite:///keygate-data/keygate.db"
-    pool_size: int = 10
+    url: Annotated[
+        str,
+        rule(
+            pattern=r"^(sqlite|postgresql|postgres)://",
+            reason="must start with sqlite://, postgresql:// or postgres://",
+        ),
+    ] = "sqlite:///keygate-data/keygate.db"
+    pool_size: AtLeastOne = 10
     # How often workers look for changes made by other processes or nodes.
-    change_poll_interval: float = 0.2
+    change_poll_interval: Positive = 0.2
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
-    key_prefix: str = "kg"
-    sources: tuple[str, ...] = ("authorization", "x-api-key")
-    cache_size: int = 100_000
-    cache_ttl: float = 60.0
-    negative_cache_ttl: float = 5.0
-    last_used_flush_interval: float = 1.0
-    max_keys_per_user: int = 10
+    key_prefix: Annotated[
+        str, rule(pattern=r"^[A-Za-z0-9]{1,16}$", reason="must be 1-16 letters or digits")
+    ] = "kg"
+    sources: Annotated[tuple[str, ...], rule(check=_sources)] = ("authorization", "x-api-key")
+    cache_size: AtLeastOne = 100_000
+    cache_ttl: Positive = 60.0
+    negative_cache_ttl: Positive = 5.0
+    last_used_flush_interval: Positive = 1.0
+    max_keys_per_user: AtLeastOne = 10
     # While authenticated requests are in flight, a connection whose request
     # was refused for its key (401) has its next request read only this many
     # seconds later: a client failing to authenticate cannot take the CPU
     # from clients that succeed. 0 turns it off.
-    refusal_delay: float = 0.02
+    refusal_delay: Annotated[
+        float, rule(ge=0, le=10, reason="must be from 0 (off) to 10 seconds")
+    ] = 0.02
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    name: str
+    name: Name
+    # Normalised by the loader (config.loader.normalise_prefix, check_upstream).
     prefix: str
     upstream: str
     strip_prefix: bool = False
     public: bool = False
-    timeout: float = 30.0
+    timeout: Positive = 30.0
     # None: no limit. Declared bodies over it get 413 before anything is sent.
-    max_body_bytes: int | None = None
+    max_body_bytes: Annotated[int, rule(ge=0)] | None = None
     # Concurrent upstream exchanges; beyond it a fast 503 upstream_busy.
-    max_connections: int = 1000
+    max_connections: AtLeastOne = 1000
     # "check": a method override (header, query or form field) must name a
     # method the key may use too; "ignore": overrides are not looked at
     # (docs/security.md says when that is safe).
-    method_override: str = "check"
+    method_override: Literal["check", "ignore"] = "check"
     # Remove the headers frameworks read as "serve this path instead"
     # (X-Original-URL and kin, gateway.headers.REROUTING).
     strip_rerouting_headers: bool = True

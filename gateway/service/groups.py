@@ -6,15 +6,12 @@ from typing import Any
 
 from keygate.gateway.auth.policy import validate_rules
 from keygate.gateway.errors import Forbidden, NotFound
-from keygate.gateway.service import conflicts
+from keygate.gateway.service import bodies, conflicts
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.store.records import BUILTIN_GROUPS, GroupRecord, utcnow
-
-CREATE_FIELDS = frozenset({"name", "description", "rules"})
-PATCH_FIELDS = frozenset({"description", "rules"})
-
+from msgspec import UNSET
 
 # Aliases: inside the class, ``list`` names the method.
 Rules = list[dict[str, Any]]
@@ -37,19 +34,12 @@ class GroupService:
 
     async def create(self, actor: Actor, body: Any) -> GroupRecord:
         actor.require_admin()
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, CREATE_FIELDS, errors)
-        name = body.get("name")
-        if "name" not in body:
-            errors["name"] = "required"
-        elif not isinstance(name, str) or not v.GROUP_NAME_RE.match(name):
-            errors["name"] = "must match [a-z0-9][a-z0-9_-]{0,63}"
-        description = v.text(body.get("description", ""), "description", errors, max_len=1000)
-        rules = self._rules(body.get("rules", []), errors)
+        req, errors = bodies.decode(bodies.GroupCreate, body)
+        rules = self._rules(req.rules, errors) if req.rules is not UNSET else []
         errors.raise_if_any()
+        assert req.name is not UNSET and req.description is not UNSET
         now = utcnow()
-        group = GroupRecord(str(name), description or "", tuple(rules), False, now, now)
+        group = GroupRecord(req.name, req.description, tuple(rules), False, now, now)
         with conflicts.store_refusals():
             created = await self.ctx.store.create_group(
                 group,
@@ -61,14 +51,12 @@ class GroupService:
     async def update(self, actor: Actor, name: str, body: Any) -> GroupRecord:
         group = await self.get(actor, name)
         self._writable(group)
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, PATCH_FIELDS, errors)
+        req, errors = bodies.decode(bodies.GroupPatch, body)
         fields: dict[str, Any] = {}
-        if "description" in body:
-            fields["description"] = v.text(body["description"], "description", errors, max_len=1000)
-        if "rules" in body:
-            fields["rules"] = self._rules(body["rules"], errors)
+        if req.description is not UNSET:
+            fields["description"] = req.description
+        if req.rules is not UNSET:
+            fields["rules"] = self._rules(req.rules, errors)
         errors.raise_if_any()
         if not fields:
             return group

@@ -9,37 +9,14 @@ from typing import Any
 
 from keygate.gateway.auth import keyformat
 from keygate.gateway.errors import Forbidden, NotFound
-from keygate.gateway.service import blocks, conflicts
+from keygate.gateway.service import blocks, bodies, conflicts
 from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
+from msgspec import UNSET, UnsetType
 
-CREATE_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "groups",
-        "expires_at",
-        "expires_in",
-        "owner",
-        "webhook_url",
-        "metadata",
-    }
-)
-PATCH_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "groups",
-        "expires_at",
-        "expires_in",
-        "webhook_url",
-        "metadata",
-        "status",
-    }
-)
 LIST_STATUSES = ("active", "disabled", "revoked", "expired")
 MAX_LIMIT = 500
 
@@ -115,34 +92,24 @@ class KeyService:
     # --- writing ------------------------------------------------------------
     async def create(self, actor: Actor, body: Any) -> IssuedKey:
         actor.require_key_access()
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, CREATE_FIELDS, errors)
+        req, errors = bodies.decode(bodies.KeyCreate, body)
         now = utcnow()
-        owner = await self._owner_for_create(actor, body, errors)
-        name = v.key_name(body["name"], errors) if "name" in body else None
-        description = ""
-        if "description" in body:
-            description = v.text(body["description"], "description", errors, max_len=1000) or ""
-        groups: list[str] | None = None
-        if "groups" not in body:
-            errors["groups"] = "required"
-        else:
-            groups = v.group_names(body["groups"], errors)
-        _, expires_at = v.expiry(body, errors, now)
-        webhook = v.webhook_url(body.get("webhook_url"), errors)
-        meta = v.metadata(body["metadata"], errors) if "metadata" in body else {}
+        owner = await self._owner_for_create(actor, req.owner, errors)
+        _, expires_at = v.expiry(req.expires_at, req.expires_in, errors, now)
+        groups = bodies.unique(req.groups) if req.groups is not UNSET else None
         if groups is not None and owner is not None:
             await self._check_grants(actor, owner, groups, errors)
         errors.raise_if_any()
         assert owner is not None and groups is not None
+        assert req.description is not UNSET and req.webhook_url is not UNSET
+        assert req.metadata is not UNSET
         token, key_id = keyformat.generate(self.ctx.auth.key_prefix)
         record = KeyRecord(
             id=key_id,
             prefix=self.ctx.auth.key_prefix,
             last4=token[-4:],
-            name=name or f"key-{key_id}",
-            description=description,
+            name=req.name if req.name is not UNSET else f"key-{key_id}",
+            description=req.description,
             status="active",
             groups=tuple(groups),
             owner_id=owner.id,
@@ -153,8 +120,8 @@ class KeyService:
             updated_at=now,
             last_used_at=None,
             expires_at=expires_at,
-            webhook_url=webhook,
-            metadata=meta or {},
+            webhook_url=req.webhook_url,
+            metadata=req.metadata,
             expires_by_admin=blocks.expiry_set_by_admin(actor, expires_at),
         )
         audit = actor.audit(
@@ -180,29 +147,22 @@ class KeyService:
 
     async def update(self, actor: Actor, key_id: str, body: Any) -> KeyRecord:
         key = await self.get(actor, key_id)
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, PATCH_FIELDS, errors)
+        req, errors = bodies.decode(bodies.KeyPatch, body)
         fields: dict[str, Any] = {}
-        if "name" in body:
-            fields["name"] = v.key_name(body["name"], errors)
-        if "description" in body:
-            fields["description"] = v.text(body["description"], "description", errors, max_len=1000)
-        if "groups" in body:
-            groups = v.group_names(body["groups"], errors)
+        for name in ("name", "description", "groups"):
+            if (value := getattr(req, name)) is not UNSET:
+                fields[name] = value
+        if "groups" in fields:
+            fields["groups"] = groups = bodies.unique(fields["groups"])
             owner = await self.ctx.store.get_user_by_id(key.owner_id)
-            if groups is not None and owner is not None:
+            if owner is not None:
                 await self._check_grants(actor, owner, groups, errors)
-            fields["groups"] = groups
-        given, expires_at = v.expiry(body, errors, utcnow())
+        given, expires_at = v.expiry(req.expires_at, req.expires_in, errors, utcnow())
         if given:
             fields["expires_at"] = expires_at
-        if "webhook_url" in body:
-            fields["webhook_url"] = v.webhook_url(body["webhook_url"], errors)
-        if "metadata" in body:
-            fields["metadata"] = v.metadata(body["metadata"], errors)
-        if "status" in body:
-            fields["status"] = v.choice(body["status"], "status", ("active", "disabled"), errors)
+        for name in ("webhook_url", "metadata", "status"):
+            if (value := getattr(req, name)) is not UNSET:
+                fields[name] = value
         errors.raise_if_any()
         if key.status == "revoked":
             raise conflicts.key_revoked()
@@ -241,14 +201,10 @@ class KeyService:
         """``body`` is the request's object (``{}`` when none was sent): a JSON
         null or any other non-object is 400, like every other body."""
         key = await self.get(actor, key_id)
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, frozenset({"grace_seconds"}), errors)
-        grace = v.integer(body.get("grace_seconds", 0))
-        if grace is None or not 0 <= grace <= v.MAX_GRACE_SECONDS:
-            errors["grace_seconds"] = f"must be an integer from 0 to {v.MAX_GRACE_SECONDS}"
+        req, errors = bodies.decode(bodies.RollRequest, body)
         errors.raise_if_any()
-        assert grace is not None
+        grace = req.grace_seconds
+        assert grace is not UNSET
         if key.status == "revoked":
             raise conflicts.key_revoked()
         token, _ = keyformat.generate(key.prefix, key_id)
@@ -273,9 +229,10 @@ class KeyService:
 
     # --- rules ------------------------------------------------------------
     async def _owner_for_create(
-        self, actor: Actor, body: dict[str, Any], errors: v.Errors
+        self, actor: Actor, owner_name: str | UnsetType | None, errors: v.Errors
     ) -> UserRecord | None:
-        owner_name = body.get("owner")
+        if owner_name is UNSET:  # refused; the reason is in errors
+            return None
         if owner_name is None or owner_name == actor.username:
             if actor.user_id is None:
                 errors["owner"] = "required (the CLI acts for no user)"
@@ -284,9 +241,6 @@ class KeyService:
             if owner is None:
                 raise Forbidden("The calling user no longer exists.")
             return owner
-        if not isinstance(owner_name, str):
-            errors["owner"] = "must be a username"
-            return None
         if not actor.is_admin:
             raise Forbidden("Only an admin may create keys for another user.")
         owner = await self.ctx.store.get_user(owner_name)

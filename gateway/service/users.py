@@ -4,19 +4,19 @@ be removed."""
 from __future__ import annotations
 
 import secrets
+import typing
 from typing import Any
 
 from keygate.gateway.errors import NotFound
-from keygate.gateway.service import conflicts
+from keygate.gateway.service import bodies, conflicts
 from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.store.records import ADMIN_GROUP, UserRecord, utcnow
+from msgspec import UNSET
 
-CREATE_FIELDS = frozenset({"username", "role", "groups"})
-PATCH_FIELDS = frozenset({"role", "groups", "status"})
-ROLES = ("admin", "member")
+ROLES: tuple[str, ...] = typing.get_args(bodies.Role)
 
 
 def new_user_id() -> str:
@@ -50,20 +50,13 @@ class UserService:
 
     async def create(self, actor: Actor, body: Any) -> UserRecord:
         actor.require_admin()
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, CREATE_FIELDS, errors)
-        username = body.get("username")
-        if "username" not in body:
-            errors["username"] = "required"
-        elif not isinstance(username, str) or not v.USERNAME_RE.match(username):
-            errors["username"] = "must be 1-64 letters, digits, '.', '_', '@' or '-'"
-        role = v.choice(body.get("role", "member"), "role", ROLES, errors)
-        groups = v.group_names(body.get("groups", []), errors) or []
-        if role is not None:
-            await self._check_groups(role, groups, errors)
+        req, errors = bodies.decode(bodies.UserCreate, body)
+        groups = bodies.unique(req.groups) if req.groups is not UNSET else []
+        if req.role is not UNSET:
+            await self._check_groups(req.role, groups, errors)
         errors.raise_if_any()
-        return await self.create_unchecked(actor, str(username), str(role), groups)
+        assert req.username is not UNSET and req.role is not UNSET
+        return await self.create_unchecked(actor, req.username, req.role, groups)
 
     async def create_unchecked(
         self, actor: Actor | None, username: str, role: str, groups: Names
@@ -83,16 +76,13 @@ class UserService:
 
     async def update(self, actor: Actor, username: str, body: Any) -> UserRecord:
         user = await self.get(actor, username)
-        body = v.require_object(body)
-        errors = v.Errors()
-        v.reject_unknown(body, PATCH_FIELDS, errors)
+        req, errors = bodies.decode(bodies.UserPatch, body)
         fields: dict[str, Any] = {}
-        if "role" in body:
-            fields["role"] = v.choice(body["role"], "role", ROLES, errors)
-        if "groups" in body:
-            fields["groups"] = v.group_names(body["groups"], errors)
-        if "status" in body:
-            fields["status"] = v.choice(body["status"], "status", ("active", "disabled"), errors)
+        for name in ("role", "groups", "status"):
+            if (value := getattr(req, name)) is not UNSET:
+                fields[name] = value
+        if "groups" in fields:
+            fields["groups"] = bodies.unique(fields["groups"])
         if not errors:
             role = fields.get("role", user.role)
             groups = fields.get("groups", list(user.groups))

@@ -241,6 +241,27 @@ def test_config_bad_env_value_names_the_variable() -> None:
 
 
 @pytest.mark.parametrize(
+    ("environ", "overrides", "where"),
+    [
+        ({"KEYGATE_SERVER_WORKERS": "0"}, {}, "environment KEYGATE_SERVER_WORKERS"),
+        ({}, {"server": {"workers": 0}}, "command line"),
+    ],
+)
+def test_config_value_out_of_bounds_names_where_it_came_from(
+    tmp_path: Path, environ: dict[str, str], overrides: dict[str, dict[str, object]], where: str
+) -> None:
+    path = write(tmp_path, "[server]\nworkers = 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ, overrides=overrides)
+    assert str(info.value) == f"{where}: server.workers: must be at least 1"
+
+
+def test_config_file_value_overridden_by_environment_is_not_judged(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nworkers = 0\n")
+    assert load_settings(path, {"KEYGATE_SERVER_WORKERS": "3"}).server.workers == 3
+
+
+@pytest.mark.parametrize(
     "environ",
     [
         {"KEYGATE_STORE_POOL_SIZE": SECRET_URL},
