@@ -91,7 +91,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/docs/openapi-3.0.json",
         docs.openapi_30_json,
         "openapi30",
-        "This document in OpenAPI 3.0 form, for the bundled Swagger UI",
+        "This document in OpenAPI 3.0 form, for tools that read 3.0 only",
         "meta",
         public=True,
     ),

@@ -75,7 +75,7 @@ import msgspec.inspect as mi
 # End of the value in both dialects (see the module docstring).
 END = r"$(?!\n)"
 # Names of routes and groups; the name a group rule's "route" gives.
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}" + END
 FINITE = "must be a finite number"
 
 # (problem or None) for a value msgspec has accepted.
@@ -101,7 +101,9 @@ def rule(
     return msgspec.Meta(**meta, extra={k: v for k, v in extra.items() if v is not None} or None)
 
 
-Name = Annotated[str, rule(pattern=NAME_PATTERN, reason=f"must match {NAME_PATTERN[1:-1]}")]
+Name = Annotated[
+    str, rule(pattern=NAME_PATTERN, reason=f"must match {NAME_PATTERN[1 : -len(END)]}")
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from keygate.config.declare import Name, rule
+from keygate.config.declare import END, Name, rule
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-SOURCE_RE = re.compile(r"^(authorization|x-api-key|basic|query:[A-Za-z0-9_.-]{1,64})$")
+SOURCE_RE = re.compile(r"^(authorization|x-api-key|basic|query:[A-Za-z0-9_.-]{1,64})" + END)
 
 AtLeastOne = Annotated[int, rule(ge=1)]
 Positive = Annotated[float, rule(gt=0)]
@@ -107,7 +107,7 @@ class StoreSettings:
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     key_prefix: Annotated[
-        str, rule(pattern=r"^[A-Za-z0-9]{1,16}$", reason="must be 1-16 letters or digits")
+        str, rule(pattern=r"^[A-Za-z0-9]{1,16}" + END, reason="must be 1-16 letters or digits")
     ] = "kg"
     sources: Annotated[tuple[str, ...], rule(check=_sources)] = ("authorization", "x-api-key")
     cache_size: AtLeastOne = 100_000

@@ -52,14 +52,6 @@ CSP = (
 )
 
 
-def swagger_ui_major(path: Path = ASSET_DIR) -> int:
-    """Major version of the bundled Swagger UI, from its folder ``swagger-ui-X.Y.Z``."""
-    try:
-        return int(path.name.rsplit("-", 1)[1].split(".", 1)[0])
-    except (IndexError, ValueError):
-        return 0
-
-
 @dataclass(eq=False)
 class ApiDocs:
     """The route table, and its documents rendered once per (version, prefix, sources, routes)."""
@@ -107,8 +99,8 @@ async def openapi_30_json(request: web.Request) -> web.Response:
 
 async def docs_page(request: web.Request) -> web.Response:
     prefix = gateway(request).settings.server.admin_prefix.rstrip("/")
-    # Swagger UI renders OpenAPI 3.1 from version 5 on; older bundles get the 3.0 view.
-    spec = "/openapi.json" if swagger_ui_major() >= 5 else "/docs/openapi-3.0.json"
+    # The bundled Swagger UI (5.x, pinned in pyproject.toml) renders OpenAPI 3.1.
+    spec = "/openapi.json"
     static = html.escape(f"{prefix}/docs/static/", quote=True)
     page = f"""<!DOCTYPE html>
 <html lang="en">

@@ -13,13 +13,14 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from keygate.config.declare import NAME_PATTERN
 from keygate.config.settings import Route
 from keygate.gateway.errors import BadPath
 from keygate.gateway.request.pathnorm import normalise_path
 
 MAX_RULES = 100
 MAX_GLOB_LENGTH = 1024
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_NAME_RE = re.compile(NAME_PATTERN)
 _METHOD_RE = re.compile(r"[A-Z]{1,20}")
 _RULE_KEYS = frozenset({"route", "methods", "paths"})
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -180,7 +181,7 @@ def validate_rules(
 
         route = rule.get("route")
         if "route" in rule:
-            if not isinstance(route, str) or not (route == "*" or _NAME_RE.fullmatch(route)):
+            if not isinstance(route, str) or not (route == "*" or _NAME_RE.search(route)):
                 errors[f"{where}.route"] = "must be a route name or '*'"
             elif route_names is not None and route != "*" and route not in route_names:
                 errors[f"{where}.route"] = "unknown route"

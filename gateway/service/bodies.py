@@ -27,7 +27,7 @@ from msgspec import UNSET, UnsetType
 # One line of text without leading or trailing white space; free text.
 ONE_LINE = rf"^[^\s{v.REFUSED_CHARS}](?:[^{v.REFUSED_CHARS}]*[^\s{v.REFUSED_CHARS}])?{END}"
 FREE_TEXT = rf"^[^{v.REFUSED_IN_DESCRIPTION}]*$"
-USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}" + END
 # An http(s) URI of RFC 3986 characters only (§2: unreserved, reserved and
 # percent-encoded octets): no spaces, controls or raw non-ASCII.
 URI_PATTERN = (

@@ -105,3 +105,19 @@ def test_bodies_every_body_declares_accepted_examples() -> None:
         assert cls.examples, cls.__name__
         for example in cls.examples:
             assert bodies.decode(cls, example)[1] == {}, (cls.__name__, example)
+
+
+@pytest.mark.parametrize(
+    ("shape", "body", "field"),
+    [
+        (bodies.UserCreate, {"username": "alice\n"}, "username"),
+        (bodies.GroupCreate, {"name": "ops\n", "rules": []}, "name"),
+        (bodies.KeyCreate, {"groups": ["default\n"]}, "groups"),
+    ],
+)
+def test_a_name_ending_in_a_line_feed_is_refused(
+    shape: type, body: dict[str, object], field: str
+) -> None:
+    # Python's "$" matches before a final newline; the declared patterns must not.
+    _, errors = bodies.decode(shape, body)
+    assert field in errors
