@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Rig, bearer, http, read_reply
+from tests.support.gateway import Rig
+from tests.support.raw import bearer, http, read_reply
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: k\r\n\r\n"
 

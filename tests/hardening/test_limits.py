@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import MIB, Recorder, Rig, RigFactory, bearer, http, wait_for
+from tests.support.gateway import Rig, RigFactory
+from tests.support.polling import wait_for
+from tests.support.raw import bearer, http
+from tests.support.upstreams import MIB, Recorder
 
 
 def rss_bytes() -> int:
