@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from keygate.config.settings import Route
 
 from tests.support.gateway import (
+    BRISK,
     SERVER_DEFAULTS,
     Rig,
     RigFactory,
@@ -90,8 +91,11 @@ async def rig_factory(
 
 
 @pytest.fixture
-async def rig(rig_factory: RigFactory) -> Rig:
-    """The gateway with one route ``default`` at ``/`` to the recorder."""
+async def rig(request: pytest.FixtureRequest, rig_factory: RigFactory) -> Rig:
+    """The gateway with one route ``default`` at ``/`` to the recorder; for a test marked
+    ``brisk``, with 0.2 s header and body-idle timeouts."""
+    if request.node.get_closest_marker("brisk") is not None:
+        return await rig_factory(server=BRISK)
     return await rig_factory()
 
 

@@ -158,8 +158,11 @@ async def start_keygate(
     return Keygate(client, settings, admin_token)
 
 
-# The rig's server settings: short, so a test that must wait one out stays quick.
+# The rig's server settings: short, so a test that must wait one out stays quick,
+# yet long enough that no other test meets them on a busy machine.
 SERVER_DEFAULTS: Mapping[str, Any] = {"header_timeout": 1.0, "body_idle_timeout": 1.0}
+# A test marked ``@pytest.mark.brisk`` waits a timeout out on purpose: 0.2 s.
+BRISK: Mapping[str, Any] = {"header_timeout": 0.2, "body_idle_timeout": 0.2}
 
 
 @dataclass
