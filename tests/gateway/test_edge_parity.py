@@ -21,7 +21,7 @@ phrases, 103 Early Hints, HTTP/1.0 answers).
 
 This module is the gate for raising the aiohttp pin: the edge copies aiohttp's
 parser tables and ``_prepare_headers`` framing and recognises its errors by
-message text (README, "Tests").
+message text (README, next to the test command).
 """
 
 from __future__ import annotations
