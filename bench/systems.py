@@ -25,6 +25,7 @@ DESCRIPTIONS = {
     "bare": "bench/bare_forwarder.py (aiohttp, sha256 → dict)",
     "keygate": "keygate, 1 worker",
     "keygate-nolog": "keygate, 1 worker, `server.access_log = false`",
+    "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
 }
@@ -68,9 +69,10 @@ def start_origin(lay: Layout) -> System:
 def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> Path:
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
+    no_edge = "fast_path = false\n" if name == "keygate-nofast" else ""
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
-        f"access_log = {access_log}\n\n"
+        f"access_log = {access_log}\n{no_edge}\n"
         f'[store]\nurl = "sqlite:///{db}"\n\n'
         "[auth]\ncache_size = 100000\n\n"
         '[[routes]]\nname = "default"\nprefix = "/"\n'

@@ -1,115 +1,67 @@
-"""Shared fixtures: a real keygate app, real aiohttp upstreams, real SQLite files."""
+"""Fixtures of the whole suite, built on tests/support (read its ``__init__`` first).
+
+- ``upstream`` / ``recorder`` / ``recorder_factory``: recording echo upstreams;
+- ``keygate_factory`` / ``keygate``: the real app on a real port in front of them;
+- ``store``: an opened SQLite store; ``store_url``: the store every app uses;
+- ``pg_database`` / ``pg_url``: PostgreSQL databases of the local server.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
-from keygate.gateway.http.app import build_app
-from keygate.gateway.http.server import KeygateRunner
-from keygate.gateway.service import Actor, ServiceContext, Services
-from keygate.gateway.service.bootstrap import create_first_admin
-from keygate.gateway.state import gateway_key
+from keygate.config.settings import Route
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from tests.pg import pg_database_fixture, pg_url_fixture  # noqa: F401 - fixtures
-
-
-async def echo(request: web.Request) -> web.Response:
-    """What the upstream received, as JSON (httpx's echo app, aiohttp style)."""
-    body = await request.read()
-    return web.json_response(
-        {
-            "method": request.method,
-            "path": request.raw_path.split("?", 1)[0],
-            "query": request.query_string,
-            "headers": [[k, v] for k, v in request.headers.items()],
-            "body_len": len(body),
-            "body_sha256": hashlib.sha256(body).hexdigest(),
-        },
-        headers={"X-Upstream": "echo"},
-    )
-
-
-def make_echo_app() -> web.Application:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-def header_values(echoed: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in echoed["headers"] if k.lower() == name.lower()]
+from tests.support.gateway import (
+    GatewayFactory,
+    Keygate,
+    default_route,
+    make_settings,
+    start_keygate,
+)
+from tests.support.pg import (
+    NO_SERVER,
+    PG_SERVER,
+    create_database,
+    drop_database,
+    reset_schema,
+    run_in_thread,
+)
+from tests.support.upstreams import Recorder, RecorderFactory
 
 
 @pytest.fixture
-async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
-    return await aiohttp_server(make_echo_app(), host="127.0.0.1")
+async def recorder_factory(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> AsyncIterator[RecorderFactory]:
+    """Start recorders named as asked (the name is echoed in ``X-Upstream``)."""
+    started: list[Recorder] = []
+
+    async def factory(name: str) -> Recorder:
+        started.append(rec := await Recorder(name).start(aiohttp_server))
+        return rec
+
+    yield factory
+    for rec in started:  # let held requests go before the servers close
+        rec.release.set()
 
 
-class KeygateTestServer(TestServer):
-    """pytest-aiohttp's TestServer with keygate's own protocol (JSON parser errors)."""
-
-    async def _make_runner(self, **kwargs: Any) -> KeygateRunner:
-        return KeygateRunner(self.app, **kwargs)
-
-
-def make_settings(
-    tmp_path: Path, routes: tuple[Route, ...], store_url: str | None = None, **auth: Any
-) -> Settings:
-    return Settings(
-        server=ServerSettings(listen="127.0.0.1:0"),
-        store=StoreSettings(
-            url=store_url or f"sqlite:///{tmp_path}/keygate.db", change_poll_interval=0.05
-        ),
-        auth=replace(AuthSettings(last_used_flush_interval=0.1), **auth),
-        routes=routes,
-    )
+@pytest.fixture
+async def upstream(recorder_factory: RecorderFactory) -> Recorder:
+    """The echo upstream behind ``keygate``."""
+    return await recorder_factory("echo")
 
 
-@dataclass
-class Keygate:
-    """A running keygate app plus handles to its state and a bootstrapped admin."""
-
-    client: TestClient
-    settings: Settings
-    admin_token: str
-
-    @property
-    def gw(self) -> Any:
-        return self.client.server.app[gateway_key]
-
-    @property
-    def services(self) -> Services:
-        return self.gw.services
-
-    def actor(self) -> Actor:
-        return Actor.cli()
-
-    def bearer(self, token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
-
-    async def make_key(self, groups: list[str], owner: str | None = None, **extra: Any) -> str:
-        body: dict[str, Any] = {"groups": groups, **extra}
-        if owner is not None:
-            body["owner"] = owner
-        actor = await self.admin_actor()
-        issued = await self.services.keys.create(actor, body)
-        return issued.token
-
-    async def admin_actor(self) -> Actor:
-        user = await self.gw.store.get_user("admin")
-        return Actor(user.id, user.username, None, ("admin",), "test")
-
-
-GatewayFactory = Callable[..., Awaitable[Keygate]]
+@pytest.fixture
+async def recorder(recorder_factory: RecorderFactory) -> Recorder:
+    """The recorder behind the hardening rig."""
+    return await recorder_factory("recorder")
 
 
 @pytest.fixture
@@ -124,22 +76,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def keygate_factory(
     tmp_path: Path, store_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]]
-) -> AsyncIterator[GatewayFactory]:
-    async def factory(routes: tuple[Route, ...], **auth: Any) -> Keygate:
-        settings = make_settings(tmp_path, routes, store_url, **auth)
-        client = await aiohttp_client(KeygateTestServer(build_app(settings)))
-        gw = client.server.app[gateway_key]
-        issued = await create_first_admin(ServiceContext(gw.store, settings.auth))
-        return Keygate(client, settings, issued.token)
+) -> GatewayFactory:
+    """``factory(routes, *, server=None, **auth)``: a running keygate on ``store_url``
+    (every one a test starts shares it), ``server`` and auth settings replaced."""
 
-    yield factory
+    async def factory(
+        routes: tuple[Route, ...], *, server: dict[str, Any] | None = None, **auth: Any
+    ) -> Keygate:
+        settings = make_settings(tmp_path, routes, store_url, server=server, **auth)
+        return await start_keygate(settings, aiohttp_client)
+
+    return factory
 
 
 @pytest.fixture
-async def keygate(keygate_factory: GatewayFactory, upstream: TestServer) -> Keygate:
+async def keygate(keygate_factory: GatewayFactory, upstream: Recorder) -> Keygate:
     """One default route to the echo upstream."""
-    route = Route(name="default", prefix="/", upstream=str(upstream.make_url("/")))
-    return await keygate_factory((route,))
+    return await keygate_factory(default_route(upstream.url))
 
 
 @pytest.fixture
@@ -148,3 +101,24 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await st.open()
     yield st
     await st.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The URL of a database created for this test session, dropped at its end.
+    Skipped, with the reason, only when no server answers at all."""
+    try:
+        url = run_in_thread(create_database)
+    except NO_SERVER as exc:
+        pytest.skip(f"no PostgreSQL server answers at {PG_SERVER}: {type(exc).__name__}")
+    try:
+        yield url
+    finally:
+        run_in_thread(lambda: drop_database(url))
+
+
+@pytest.fixture
+async def pg_url(pg_database: str) -> AsyncIterator[str]:
+    """The session database, emptied: every test starts from an unmigrated schema."""
+    await reset_schema(pg_database)
+    yield pg_database

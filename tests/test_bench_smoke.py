@@ -7,14 +7,14 @@ import http.client
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench import hotpath
-from bench.procs import free_port
+from tests.support.polling import wait_for
+from tests.support.raw import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -42,16 +42,16 @@ def _get(port: int, headers: dict[str, str]) -> tuple[int, bytes]:
         conn.close()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+async def _wait_ready(proc: subprocess.Popen[bytes], port: int, within: float = 10.0) -> None:
+    def ready() -> bool:
         assert proc.poll() is None, f"server on port {port} exited with {proc.returncode}"
         try:
             _get(port, {})
-            return
         except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"port {port} not ready within {timeout}s")
+            return False
+        return True
+
+    await wait_for(ready, within=within, every=0.05, what=f"port {port} ready")
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def servers(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait(5)
 
 
-def test_bare_forwarder_one_request_forwarded_to_origin(
+async def test_bare_forwarder_one_request_forwarded_to_origin(
     tmp_path: Path, servers: list[subprocess.Popen[bytes]]
 ) -> None:
     digests = tmp_path / "keys.sha256"
@@ -77,7 +77,7 @@ def test_bare_forwarder_one_request_forwarded_to_origin(
         with (tmp_path / f"{port}.log").open("wb") as log:
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         servers.append(proc)
-        _wait_ready(proc, port)
+        await _wait_ready(proc, port)
 
     assert _get(bare_port, {"X-API-Key": GOOD_KEY}) == (200, b"hello")
     assert _get(bare_port, {"X-API-Key": GOOD_KEY + "x"})[0] == 401

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.admin.conftest import AdminApi, Member, key_id
+from tests.support.admin import AdminApi, Member
+from tests.support.gateway import key_id
 
 
 async def audit_since(api: AdminApi, first_id: int) -> list[dict[str, Any]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from keygate.admin.routes import ENDPOINTS, Endpoint
 
-from tests.admin.conftest import PREFIX, AdminApi, Member, key_id, raw_request
-from tests.conftest import Keygate
+from tests.support.admin import PREFIX, AdminApi, Member
+from tests.support.gateway import Keygate, key_id
+from tests.support.raw import fetch, http
 
 PRIVATE = [ep for ep in ENDPOINTS if not ep.public]
 ADMIN_ONLY = [ep for ep in PRIVATE if ep.admin_only]
@@ -154,23 +155,18 @@ async def test_authenticated_answer_is_not_cacheable(api: AdminApi) -> None:
     ],
 )
 async def test_non_canonical_admin_path_is_400_bad_path(keygate: Keygate, target: str) -> None:
-    status, body = await raw_request(
-        keygate,
-        f"GET {target} HTTP/1.1\nHost: t\nAuthorization: Bearer {keygate.admin_token}\n"
-        "Connection: close\n\n",
-    )
-    assert status == 400
-    assert b'"bad_path"' in body
+    headers = [("Authorization", f"Bearer {keygate.admin_token}"), ("Connection", "close")]
+    reply = await fetch(keygate.port, http("GET", target, headers, host="t"))
+    assert reply.status == 400
+    assert b'"bad_path"' in reply.body
 
 
 async def test_absolute_form_target_is_routed_on_its_path_only(keygate: Keygate) -> None:
-    status, body = await raw_request(
-        keygate,
-        "GET http://evil.example/_keygate/api/v1/me HTTP/1.1\nHost: t\n"
-        f"Authorization: Bearer {keygate.admin_token}\nConnection: close\n\n",
-    )
-    assert status == 200
-    assert b'"username":"admin"' in body
+    headers = [("Authorization", f"Bearer {keygate.admin_token}"), ("Connection", "close")]
+    target = "http://evil.example/_keygate/api/v1/me"
+    reply = await fetch(keygate.port, http("GET", target, headers, host="t"))
+    assert reply.status == 200
+    assert b'"username":"admin"' in reply.body
 
 
 async def test_query_string_key_is_ignored_by_default_sources(api: AdminApi) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.admin.conftest import AdminApi, Member, poll_proxy_status
-from tests.conftest import Keygate
+from tests.support.admin import AdminApi, Member
+from tests.support.gateway import Keygate
+from tests.support.polling import wait_for
 
 
 def rfc3339(value: datetime) -> str:
@@ -121,7 +122,7 @@ async def test_block_owner_disabled_owner_may_enable(api: AdminApi, alice: Membe
     key_id, token = spare["key"]["id"], spare["token"]
     disabled = await patch(api, alice.token, key_id, {"status": "disabled"})
     assert disabled.json["disabled_by"]["username"] == "alice"
-    assert await poll_proxy_status(api, token, until=401, within=2.0) == 401
+    await wait_for(lambda: api.proxy_refuses(token), within=2.0, every=0.05, what="a 401")
     enabled = await patch(api, alice.token, key_id, {"status": "active"})
     assert enabled.status == 200
     assert enabled.json["disabled_by"] is None

@@ -9,8 +9,9 @@ import orjson
 import pytest
 from keygate.admin.body import MAX_BODY_BYTES, too_deep
 
-from tests.admin.conftest import API, AdminApi, raw_request
-from tests.conftest import Keygate
+from tests.support.admin import API, AdminApi
+from tests.support.gateway import Keygate
+from tests.support.raw import fetch, http
 
 
 def padded_key_body(size: int) -> bytes:
@@ -46,14 +47,15 @@ async def test_create_body_over_64k_chunked_is_413(api: AdminApi) -> None:
 async def test_chunked_body_over_64k_raw_socket_is_413(keygate: Keygate) -> None:
     chunk = b"x" * 8192
     framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(10)) + b"0\r\n\r\n"
-    status, body = await raw_request(
-        keygate,
-        f"POST {API}/keys HTTP/1.1\nHost: t\nAuthorization: Bearer {keygate.admin_token}\n"
-        "Content-Type: application/json\nTransfer-Encoding: chunked\nConnection: close\n\n",
-        framed,
-    )
-    assert status == 413
-    assert b'"too_large"' in body
+    headers = [
+        ("Authorization", f"Bearer {keygate.admin_token}"),
+        ("Content-Type", "application/json"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "close"),
+    ]
+    reply = await fetch(keygate.port, http("POST", f"{API}/keys", headers, framed, host="t"))
+    assert reply.status == 413
+    assert b'"too_large"' in reply.body
 
 
 async def test_gzip_bomb_is_capped_after_decoding_413(api: AdminApi) -> None:
@@ -126,14 +128,14 @@ async def test_create_body_wrong_content_type_is_400(api: AdminApi, content_type
 
 async def test_create_body_without_content_type_is_400(keygate: Keygate) -> None:
     body = b'{"groups": ["default"]}'
-    status, payload = await raw_request(
-        keygate,
-        f"POST {API}/keys HTTP/1.1\nHost: t\nAuthorization: Bearer {keygate.admin_token}\n"
-        f"Content-Length: {len(body)}\nConnection: close\n\n",
-        body,
-    )
-    assert status == 400
-    assert b'"bad_request"' in payload
+    headers = [
+        ("Authorization", f"Bearer {keygate.admin_token}"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    ]
+    reply = await fetch(keygate.port, http("POST", f"{API}/keys", headers, body, host="t"))
+    assert reply.status == 400
+    assert b'"bad_request"' in reply.body
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.admin.conftest import AdminApi, Member
+from tests.support.admin import AdminApi, Member
 
 ECHO_GET = {"route": "default", "methods": ["GET"], "paths": ["/echo/**"]}
 OTHER_GET = {"route": "default", "methods": ["GET"], "paths": ["/other/**"]}

@@ -9,7 +9,8 @@ import orjson
 import pytest
 from keygate.gateway.service import bodies
 
-from tests.admin.conftest import AdminApi, key_id
+from tests.support.admin import AdminApi
+from tests.support.gateway import key_id
 
 ODD_VALUES: list[Any] = [
     None,

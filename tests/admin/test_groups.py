@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.admin.conftest import AdminApi, Member
+from tests.support.admin import AdminApi, Member
 
 RULE = {"route": "default", "methods": ["GET", "HEAD"], "paths": ["/billing/**"]}
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.admin.conftest import AdminApi, Member
-from tests.admin.conftest import create_key as create
+from tests.support.admin import AdminApi, Member
+from tests.support.admin import create_key as create
 
 KEY_FIELDS = {
     "id",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
-from keygate.config.settings import Route
 
-from tests.admin.conftest import AdminApi, Member, key_id, make_member, poll_proxy_status
-from tests.admin.conftest import create_key as create
-from tests.conftest import GatewayFactory
+from tests.support.admin import AdminApi, Member, make_member
+from tests.support.admin import create_key as create
+from tests.support.gateway import GatewayFactory, default_route, key_id
+from tests.support.polling import wait_for
+from tests.support.upstreams import Recorder
 
 # --- validation ---------------------------------------------------------------------
 PAST = "2001-01-01T00:00:00Z"
@@ -124,10 +124,9 @@ async def test_update_rename_to_taken_name_is_409(api: AdminApi) -> None:
 
 
 async def test_create_over_key_limit_is_409_until_one_is_revoked(
-    keygate_factory: GatewayFactory, upstream: TestServer
+    keygate_factory: GatewayFactory, upstream: Recorder
 ) -> None:
-    route = Route(name="default", prefix="/", upstream=str(upstream.make_url("/")))
-    api = AdminApi(await keygate_factory((route,), max_keys_per_user=2))
+    api = AdminApi(await keygate_factory(default_route(upstream.url), max_keys_per_user=2))
     second = await create(api, api.admin)  # the bootstrap key is the first
     reply = await api.post("/keys", api.admin, {"groups": ["default"]})
     assert reply.status == 409
@@ -177,8 +176,7 @@ async def test_roll_with_grace_old_token_works_then_expires(api: AdminApi) -> No
     new = reply.json["token"]
     assert (await api.proxy(old)).status == 200
     assert (await api.proxy(new)).status == 200
-    status = await poll_proxy_status(api, old, until=401, within=5.0)
-    assert status == 401
+    await wait_for(lambda: api.proxy_refuses(old), within=5.0, every=0.05, what="a 401")
     assert (await api.proxy(new)).status == 200
 
 
@@ -199,8 +197,8 @@ async def test_roll_unknown_field_is_422(api: AdminApi) -> None:
 
 async def test_expired_key_shows_expired_and_proxy_says_key_expired(api: AdminApi) -> None:
     created = await create(api, api.admin, expires_in=1)
-    status = await poll_proxy_status(api, created["token"], until=401, within=5.0)
-    assert status == 401
+    token = created["token"]
+    await wait_for(lambda: api.proxy_refuses(token), within=5.0, every=0.05, what="a 401")
     assert (await api.proxy(created["token"])).code == "key_expired"
     reply = await api.get(f"/keys/{created['key']['id']}", api.admin)
     assert reply.json["status"] == "expired"

@@ -18,8 +18,9 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.admin.conftest import PREFIX, AdminApi, Member, raw_request
-from tests.conftest import Keygate
+from tests.support.admin import PREFIX, AdminApi, Member
+from tests.support.gateway import Keygate
+from tests.support.raw import fetch, http
 
 DOC_URN = "urn:keygate-admin"
 
@@ -304,9 +305,8 @@ async def test_openapi_documents_the_statuses_operations_really_answer(
             two = {"X-API-Key": plain_token}
             answers.append((await api.call(ep.method, path, api.admin, headers=two)).status)
         dotted = PREFIX + "/." + path[len(PREFIX) :]
-        status, _ = await raw_request(
-            keygate, f"{ep.method} {dotted} HTTP/1.1\nHost: t\nConnection: close\n\n"
-        )
+        request = http(ep.method, dotted, [("Connection", "close")], host="t")
+        status = (await fetch(keygate.port, request)).status
         assert status == 400, (ep.operation_id, status)  # bad_path
         answers.append(status)
         if ep.body is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.admin.conftest import AdminApi, key_id
+from tests.support.admin import AdminApi
+from tests.support.gateway import key_id
 
 
 async def create_keys(api: AdminApi, count: int, tag: str) -> list[str]:

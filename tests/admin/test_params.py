@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.admin.conftest import AdminApi, Member
+from tests.support.admin import AdminApi, Member
 
 
 @pytest.mark.parametrize("name", ["status", "limit", "cursor", "owner", "group"])

@@ -20,12 +20,11 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from aiohttp.test_utils import TestServer
 from keygate.admin.routes import ENDPOINTS
-from keygate.config.settings import Route
 
-from tests.admin.conftest import PREFIX
-from tests.conftest import GatewayFactory
+from tests.support.admin import PREFIX
+from tests.support.gateway import GatewayFactory, default_route
+from tests.support.upstreams import Recorder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -79,10 +78,9 @@ async def run_schemathesis(base: str, store: Path, role: str, reports: Path) -> 
 
 @pytest.mark.parametrize("role", ["admin", "member"])
 async def test_schemathesis_finds_nothing(
-    keygate_factory: GatewayFactory, upstream: TestServer, tmp_path: Path, role: str
+    keygate_factory: GatewayFactory, upstream: Recorder, tmp_path: Path, role: str
 ) -> None:
-    route = Route(name="default", prefix="/", upstream=str(upstream.make_url("/")))
-    kg = await keygate_factory((route,), max_keys_per_user=MAX_KEYS)
+    kg = await keygate_factory(default_route(upstream.url), max_keys_per_user=MAX_KEYS)
     store = Path(kg.settings.store.url.removeprefix("sqlite:///"))
     base = str(kg.client.make_url(PREFIX))
     reports = tmp_path / "schemathesis"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import API, AdminApi
+from tests.support.admin import API, AdminApi
 
 
 async def test_keys_create_metadata_with_nul_is_422(api: AdminApi) -> None:

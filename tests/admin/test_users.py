@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.admin.conftest import AdminApi, Member, make_member
+from tests.support.admin import AdminApi, Member, make_member
 
 USER_FIELDS = {"id", "username", "role", "groups", "status", "created_at", "updated_at"}
 

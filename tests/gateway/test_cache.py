@@ -12,7 +12,7 @@ from keygate.gateway.auth.verify import check_status
 from keygate.gateway.errors import Unauthorized
 from keygate.gateway.store.records import AuthRecord
 
-from tests.gateway.conftest import wait_for
+from tests.support.polling import wait_for
 
 
 def record(

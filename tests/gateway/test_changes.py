@@ -15,7 +15,8 @@ from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from tests.gateway.conftest import CountingStore, wait_for
+from tests.support.polling import wait_for
+from tests.support.stores import CountingStore
 
 Applied = list[tuple[str, str]]
 

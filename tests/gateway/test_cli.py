@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,27 +10,17 @@ from typing import Any
 import orjson
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TOKEN_RE = re.compile(r"kg_[0-9a-z]{12}_[0-9A-Za-z]{38}")
+from tests.support.processes import TOKEN_RE, keygate_env, run_keygate
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env["KEYGATE_STORE_URL"] = f"sqlite:///{tmp_path}/k.db"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = keygate_env(KEYGATE_STORE_URL=f"sqlite:///{tmp_path}/k.db")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "keygate", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = run_keygate(*args, env=env, cwd=tmp_path)
         assert "Traceback" not in proc.stderr, proc.stderr
         if proc.returncode != 0:
             assert not TOKEN_RE.search(proc.stderr), "a token reached stderr"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import pytest
-from keygate.config.declare import END, FINITE, NAME_PATTERN, Name, declared, rule
+from keygate.config.declare import END, FINITE, Name, declared, rule
 
 
 def _check(value: str) -> str | None:
@@ -49,7 +49,7 @@ def judge(field: str, value: Any) -> tuple[Any, str | None]:
         ("word", "A", "must be lower-case letters"),
         ("word", 5, "must be lower-case letters"),
         ("answer", "no", "must not say no"),
-        ("name", "Not A Name", f"must match {NAME_PATTERN[1:-1]}"),
+        ("name", "Not A Name", "must match [a-z0-9][a-z0-9_-]{0,63}"),
     ],
 )
 def test_declare_problem_is_worded_from_the_declaration(

@@ -10,25 +10,18 @@ streaming, upstream faults, the access line and the admin prefix.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from keygate.config.settings import Route
-from keygate.gateway.http.app import build_app
 from keygate.gateway.http.edge.protocol import EdgeProtocol
 from keygate.gateway.http.edge.server import Edge
 from keygate.gateway.http.logsetup import (
@@ -37,22 +30,14 @@ from keygate.gateway.http.logsetup import (
     CachedTimeFormatter,
     info_line_writer,
 )
-from keygate.gateway.service import ServiceContext
-from keygate.gateway.service.bootstrap import create_first_admin
-from keygate.gateway.state import gateway_key
 
-from tests.conftest import GatewayFactory, Keygate, KeygateTestServer, make_settings
-from tests.gateway.conftest import (
-    SlowUpstream,
-    Upstream,
-    UpstreamFactory,
-    closed_port,
-    wait_for,
-)
-from tests.gateway.test_edge_parity import Answer, read_answer
+from tests.support.gateway import GatewayFactory, Keygate, default_route
+from tests.support.polling import wait_for
+from tests.support.raw import Raw, Reply, bearer, connect, free_port, http
+from tests.support.raw_upstreams import Canned, StreamHandler, raw_server
+from tests.support.upstreams import BLOCK, MIB, Recorder, RecorderFactory
 
 IO_TIMEOUT = 5.0
-MIB = 1024 * 1024
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -62,96 +47,27 @@ def edge_of(kg: Keygate) -> Edge:
     return edge
 
 
-def port_of(kg: Keygate) -> int:
-    port = kg.client.port
-    assert port is not None
-    return port
-
-
 def request(
     method: str,
     target: str,
     token: str | None = None,
     *,
-    headers: Mapping[str, str] | None = None,
+    headers: dict[str, str] | None = None,
     body: bytes = b"",
     version: str = "HTTP/1.1",
 ) -> bytes:
-    lines = [f"{method} {target} {version}", "Host: keygate.test"]
-    if token is not None:
-        lines.append(f"Authorization: Bearer {token}")
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    """:func:`http` with the key as a bearer token and the body's length declared."""
+    pairs = [bearer(token)] if token is not None else []
+    pairs += list((headers or {}).items())
     if body:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        pairs.append(("Content-Length", str(len(body))))
+    return http(method, target, pairs, body, version=version)
 
 
 def chunked_post(target: str, token: str) -> bytes:
     """A POST whose 10-byte body is chunked: the edge hands it to aiohttp."""
     head = request("POST", target, token, headers={"Transfer-Encoding": "chunked"})
     return head + b"4\r\nhell\r\n6\r\no body\r\n0\r\n\r\n"
-
-
-@dataclass
-class Conn:
-    """One raw client connection."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    @classmethod
-    async def open(cls, kg: Keygate, *, rcvbuf: int | None = None) -> Conn:
-        if rcvbuf is None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(kg))
-            return cls(reader, writer)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(kg)))
-        except BaseException:
-            sock.close()
-            raise
-        reader, writer = await asyncio.open_connection(sock=sock)
-        return cls(reader, writer)
-
-    @property
-    def sockname(self) -> tuple[str, int]:
-        return tuple(self.writer.get_extra_info("sockname")[:2])  # type: ignore[return-value]
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def answer(self, method: str = "GET", *, within: float = IO_TIMEOUT) -> Answer:
-        async with asyncio.timeout(within):
-            return await read_answer(self.reader, method)
-
-    async def eof(self, *, within: float = IO_TIMEOUT) -> bool:
-        """Whether the server closes the connection (without sending anything) in time."""
-        try:
-            async with asyncio.timeout(within):
-                data = await self.reader.read(1)
-        except TimeoutError:
-            return False
-        except ConnectionError:
-            return True
-        assert data == b"", f"unexpected bytes {data!r}"
-        return True
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def connection(kg: Keygate, **kwargs: Any) -> AsyncIterator[Conn]:
-    conn = await Conn.open(kg, **kwargs)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def edge_peers(edge: Edge) -> set[tuple[str, int]]:
@@ -165,7 +81,7 @@ def edge_peers(edge: Edge) -> set[tuple[str, int]]:
     return peers
 
 
-def edge_transport(edge: Edge, conn: Conn) -> asyncio.Transport:
+def edge_transport(edge: Edge, conn: Raw) -> asyncio.Transport:
     """The server side of ``conn``, while the edge serves it."""
     for protocol in edge.connections:
         transport = protocol._transport
@@ -174,50 +90,14 @@ def edge_transport(edge: Edge, conn: Conn) -> asyncio.Transport:
     raise AssertionError("the connection is not the edge's")
 
 
-def echoed(answer: Answer) -> dict[str, Any]:
+def echoed(answer: Reply) -> dict[str, Any]:
     assert answer.status == 200, (answer.status_line, answer.body[:300])
     data: dict[str, Any] = json.loads(answer.body)
     return data
 
 
-ServerFactory = Callable[..., Awaitable[Keygate]]
-
-
 @pytest.fixture
-async def server_factory(
-    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient]]
-) -> ServerFactory:
-    """Like ``keygate_factory``, with ``server`` settings replaced (header_timeout, fast_path)."""
-    made = 0
-
-    async def make(
-        routes: tuple[Route, ...], server: Mapping[str, Any] | None = None, **auth: Any
-    ) -> Keygate:
-        nonlocal made
-        made += 1
-        where = tmp_path / f"kg{made}"
-        where.mkdir()
-        settings = make_settings(where, routes, **auth)
-        settings = replace(settings, server=replace(settings.server, **(server or {})))
-        client = await aiohttp_client(KeygateTestServer(build_app(settings)))
-        gw = client.server.app[gateway_key]
-        issued = await create_first_admin(ServiceContext(gw.store, settings.auth))
-        return Keygate(client, settings, issued.token)
-
-    return make
-
-
-def default_route(url: str, **extra: Any) -> tuple[Route, ...]:
-    return (Route(name="default", prefix="/", upstream=url, **extra),)
-
-
-@pytest.fixture
-async def recorder(upstream_factory: UpstreamFactory) -> Upstream:
-    return await upstream_factory("rec")
-
-
-@pytest.fixture
-async def kg(keygate_factory: GatewayFactory, recorder: Upstream) -> Keygate:
+async def kg(keygate_factory: GatewayFactory, recorder: Recorder) -> Keygate:
     return await keygate_factory(default_route(recorder.url))
 
 
@@ -226,205 +106,83 @@ async def token(kg: Keygate) -> str:
     return await kg.make_key(["default"], name="edge-test")
 
 
-RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def raw_upstream(handler: RawHandler) -> AsyncIterator[str]:
-    """A raw TCP upstream on 127.0.0.1 running ``handler`` per connection; yields its URL."""
-    writers: set[asyncio.StreamWriter] = set()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.add(writer)
-        try:
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                await handler(reader, writer)
-        finally:
-            writers.discard(writer)
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
-    finally:
-        server.close()
-        for writer in list(writers):
-            writer.transport.abort()
-        await server.wait_closed()
-
-
-# --- upstreams with exact control ------------------------------------------------------------
-@dataclass
-class HoldingUpstream:
-    """Answers each request only once ``release`` is set; notes a keygate that hangs up."""
-
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    dropped: asyncio.Event = field(default_factory=asyncio.Event)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    server: asyncio.Server | None = None
-    writers: set[asyncio.StreamWriter] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            self.arrived.set()
-            released = asyncio.ensure_future(self.release.wait())
-            eof = asyncio.ensure_future(reader.read(1))
-            try:
-                await asyncio.wait({released, eof}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (released, eof):
-                    task.cancel()
-                await asyncio.gather(released, eof, return_exceptions=True)
-            hung_up = eof.done() and not eof.cancelled() and eof.exception() is None
-            if hung_up and eof.result() == b"":
-                self.dropped.set()
-                return
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nlate"
-            )
-            await writer.drain()
-            # Keep-alive: wait for keygate to reuse or drop the connection.
-            with contextlib.suppress(ConnectionError):
-                await reader.read()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self.dropped.set()
-        finally:
-            self.writers.discard(writer)
-            writer.close()
-
-
 @pytest.fixture
-async def holding() -> AsyncIterator[HoldingUpstream]:
-    up = HoldingUpstream()
-    up.server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
-    yield up
-    up.release.set()
-    up.server.close()
-    for writer in list(up.writers):
-        writer.transport.abort()
-    await up.server.wait_closed()
+async def holding(recorder_factory: RecorderFactory) -> Recorder:
+    """An upstream that answers ``late`` once ``release`` is set (its ``/_up/hold`` is
+    every path); ``dropped`` counts the requests keygate gave up on."""
+    return await recorder_factory("holding")
 
 
-@dataclass
-class StreamingUpstream:
-    server: TestServer
-    finished: asyncio.Event
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("/"))
-
-
-def _pattern(size: int) -> bytes:
-    block = hashlib.sha256(b"keygate").digest() * 512  # 16 KiB
-    return (block * (size // len(block) + 1))[:size]
-
-
-@pytest.fixture
-async def streaming(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> StreamingUpstream:
-    finished = asyncio.Event()
-
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        data = _pattern(MIB)
-        for i in range(0, len(data), 16 * 1024):
-            await response.write(data[i : i + 16 * 1024])
-        await response.write_eof()
-        finished.set()
-        return response
-
-    async def sized(request: web.Request) -> web.StreamResponse:
-        data = _pattern(10 * MIB)
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.content_length = len(data)
-        await response.prepare(request)
-        for i in range(0, len(data), 256 * 1024):
-            await response.write(data[i : i + 256 * 1024])
-        await response.write_eof()
-        finished.set()
-        return response
-
-    app = web.Application()
-    app.router.add_get("/chunked", chunked)
-    app.router.add_get("/sized", sized)
-    server = await aiohttp_server(app, host="127.0.0.1", access_log=None)
-    return StreamingUpstream(server, finished)
+def holding_route(up: Recorder, **extra: Any) -> tuple[Route, ...]:
+    """The default route, every request of it held by ``up``."""
+    return default_route(up.at("/_up/hold"), **extra)
 
 
 # --- served by the edge ------------------------------------------------------------------------
 async def test_edge_serves_plain_requests_on_its_own_connections(kg: Keygate, token: str) -> None:
     edge = edge_of(kg)
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/plain", token))
-        assert echoed(await conn.answer())["raw_target"] == "/plain"
+        assert echoed(await conn.reply())["raw_target"] == "/plain"
         assert conn.sockname in edge_peers(edge)
         await conn.send(request("GET", "/again", token))
-        assert echoed(await conn.answer())["raw_target"] == "/again"
+        assert echoed(await conn.reply())["raw_target"] == "/again"
         assert conn.sockname in edge_peers(edge)
     await wait_for(lambda: not edge.connections, what="the edge to forget the connection")
 
 
 async def test_edge_absent_with_fast_path_off(
-    server_factory: ServerFactory, recorder: Upstream
+    keygate_factory: GatewayFactory, recorder: Recorder
 ) -> None:
-    kg = await server_factory(default_route(recorder.url), server={"fast_path": False})
+    kg = await keygate_factory(default_route(recorder.url), server={"fast_path": False})
     assert kg.client.server.runner.server.edge is None
     token = await kg.make_key(["default"])
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/plain", token))
-        assert echoed(await conn.answer())["raw_target"] == "/plain"
+        assert echoed(await conn.reply())["raw_target"] == "/plain"
 
 
 # --- hand-off to aiohttp ------------------------------------------------------------------
 async def test_edge_hands_off_a_body_request_mid_connection(
-    kg: Keygate, token: str, recorder: Upstream
+    kg: Keygate, token: str, recorder: Recorder
 ) -> None:
     edge = edge_of(kg)
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/one", token))
-        assert echoed(await conn.answer())["raw_target"] == "/one"
+        assert echoed(await conn.reply())["raw_target"] == "/one"
         assert conn.sockname in edge_peers(edge)
 
         # A chunked body is always aiohttp's to read (the edge takes only small,
         # whole Content-Length bodies, if any).
         await conn.send(chunked_post("/two", token))
-        seen = echoed(await conn.answer())
+        seen = echoed(await conn.reply())
         assert (seen["method"], seen["raw_target"], seen["body_len"]) == ("POST", "/two", 10)
         assert conn.sockname not in edge_peers(edge)  # aiohttp's from now on
 
         await conn.send(request("GET", "/three", token))
-        assert echoed(await conn.answer())["raw_target"] == "/three"
+        assert echoed(await conn.reply())["raw_target"] == "/three"
         assert conn.sockname not in edge_peers(edge)
-    assert [r["raw_target"] for r in recorder.received] == ["/one", "/two", "/three"]
-    assert [r["body_len"] for r in recorder.received] == [0, 10, 0]
+    assert [r.target for r in recorder.seen] == ["/one", "/two", "/three"]
+    assert [r.body_len for r in recorder.seen] == [0, 10, 0]
 
 
 @pytest.mark.parametrize("count", [2, 3])
 async def test_edge_pipelined_gets_answered_in_order(
-    kg: Keygate, token: str, recorder: Upstream, count: int
+    kg: Keygate, token: str, recorder: Recorder, count: int
 ) -> None:
     targets = [f"/pipe/{i}?n={i}" for i in range(count)]
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(b"".join(request("GET", t, token) for t in targets))
-        answers = [await conn.answer() for _ in targets]
+        answers = [await conn.reply() for _ in targets]
         assert [echoed(a)["raw_target"] for a in answers] == targets
         assert conn.sockname in edge_peers(edge_of(kg))
-    assert [r["raw_target"] for r in recorder.received] == targets
+    assert [r.target for r in recorder.seen] == targets
 
 
 async def test_edge_pipelined_get_then_body_request(
-    kg: Keygate, token: str, recorder: Upstream
+    kg: Keygate, token: str, recorder: Recorder
 ) -> None:
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(
             request("GET", "/first", token)
             + request("POST", "/second", token, body=b"0123456789abcdef")
@@ -432,7 +190,7 @@ async def test_edge_pipelined_get_then_body_request(
             + chunked_post("/fourth", token)
             + request("GET", "/fifth", token)
         )
-        answers = [echoed(await conn.answer()) for _ in range(5)]
+        answers = [echoed(await conn.reply()) for _ in range(5)]
     assert [(a["raw_target"], a["body_len"]) for a in answers] == [
         ("/first", 0),
         ("/second", 16),
@@ -440,41 +198,41 @@ async def test_edge_pipelined_get_then_body_request(
         ("/fourth", 10),
         ("/fifth", 0),
     ]
-    assert [r["body_len"] for r in recorder.received] == [0, 16, 0, 10, 0]
+    assert [r.body_len for r in recorder.seen] == [0, 16, 0, 10, 0]
 
 
 async def test_edge_pipelined_refusal_then_get(kg: Keygate, token: str) -> None:
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/no-key") + request("GET", "/with-key", token))
-        refused = await conn.answer()
+        refused = await conn.reply()
         assert refused.status == 401
         assert json.loads(refused.body)["error"]["code"] == "missing_api_key"
-        assert echoed(await conn.answer())["raw_target"] == "/with-key"
+        assert echoed(await conn.reply())["raw_target"] == "/with-key"
 
 
 async def test_edge_head_split_over_two_writes(kg: Keygate, token: str) -> None:
     edge = edge_of(kg)
     whole = request("GET", "/split?x=1", token, headers={"X-Extra": "yes"})
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(whole[:20])
         # A partial head is aiohttp's: the edge lets the connection go at once.
         await wait_for(lambda: not edge.connections, what="the hand-off of a partial head")
         await conn.send(whole[20:])
-        seen = echoed(await conn.answer())
+        seen = echoed(await conn.reply())
     assert seen["raw_target"] == "/split?x=1"
     assert ["X-Extra", "yes"] in seen["headers"]
 
 
 # --- time ----------------------------------------------------------------------------------------
 async def test_edge_idle_keep_alive_closed_after_header_timeout(
-    server_factory: ServerFactory, recorder: Upstream
+    keygate_factory: GatewayFactory, recorder: Recorder
 ) -> None:
-    kg = await server_factory(default_route(recorder.url), server={"header_timeout": 0.3})
+    kg = await keygate_factory(default_route(recorder.url), server={"header_timeout": 0.3})
     token = await kg.make_key(["default"])
     edge = edge_of(kg)
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/idle", token))
-        assert echoed(await conn.answer())["raw_target"] == "/idle"
+        assert echoed(await conn.reply())["raw_target"] == "/idle"
         answered = time.monotonic()
         assert conn.sockname in edge_peers(edge)
         assert await conn.eof(within=3.0), "the idle connection stayed open"
@@ -484,11 +242,11 @@ async def test_edge_idle_keep_alive_closed_after_header_timeout(
 
 
 async def test_edge_silent_connection_closed_after_header_timeout(
-    server_factory: ServerFactory, recorder: Upstream
+    keygate_factory: GatewayFactory, recorder: Recorder
 ) -> None:
-    kg = await server_factory(default_route(recorder.url), server={"header_timeout": 0.3})
+    kg = await keygate_factory(default_route(recorder.url), server={"header_timeout": 0.3})
     edge = edge_of(kg)
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         opened = time.monotonic()
         await wait_for(lambda: conn.sockname in edge_peers(edge), what="the edge connection")
         assert await conn.eof(within=3.0), "a connection that never sent a byte stayed open"
@@ -496,41 +254,39 @@ async def test_edge_silent_connection_closed_after_header_timeout(
 
 
 async def test_edge_client_gone_mid_request_releases_gate_and_upstream(
-    keygate_factory: GatewayFactory, holding: HoldingUpstream
+    keygate_factory: GatewayFactory, holding: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(holding.url))
+    kg = await keygate_factory(holding_route(holding))
     token = await kg.make_key(["default"])
     gate = kg.gw.gates["default"]
-    conn = await Conn.open(kg)
+    conn = await Raw.open(kg.port)
     try:
         await conn.send(request("GET", "/hold", token))
-        async with asyncio.timeout(IO_TIMEOUT):
-            await holding.arrived.wait()
+        await wait_for(lambda: holding.holding == 1, within=IO_TIMEOUT, what="the upstream")
         assert gate.in_flight == 1
         assert conn.sockname in edge_peers(edge_of(kg))
     finally:
         await conn.close()
     await wait_for(lambda: gate.in_flight == 0, what="the route slot to be released")
-    await wait_for(holding.dropped.is_set, what="the upstream connection to be dropped")
+    await wait_for(lambda: holding.dropped == 1, what="the upstream connection to be dropped")
 
 
 async def test_edge_graceful_shutdown_completes_request_in_flight(
-    keygate_factory: GatewayFactory, holding: HoldingUpstream
+    keygate_factory: GatewayFactory, holding: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(holding.url))
+    kg = await keygate_factory(holding_route(holding))
     token = await kg.make_key(["default"])
     edge = edge_of(kg)
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/in-flight", token))
-        async with asyncio.timeout(IO_TIMEOUT):
-            await holding.arrived.wait()
+        await wait_for(lambda: holding.holding == 1, within=IO_TIMEOUT, what="the upstream")
         assert conn.sockname in edge_peers(edge)
         closing = asyncio.create_task(kg.client.server.close())
         try:
             await wait_for(lambda: edge.closing, what="the shutdown to begin")
             assert not closing.done()
             holding.release.set()
-            answer = await conn.answer()
+            answer = await conn.reply()
             assert (answer.status, answer.body) == (200, b"late")
             assert await conn.eof(), "the connection stayed open during shutdown"
             async with asyncio.timeout(IO_TIMEOUT):
@@ -542,15 +298,15 @@ async def test_edge_graceful_shutdown_completes_request_in_flight(
 
 
 async def test_edge_route_timeout_is_504(
-    keygate_factory: GatewayFactory, slow_upstream: SlowUpstream
+    keygate_factory: GatewayFactory, holding: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(slow_upstream.url, timeout=0.5))
+    kg = await keygate_factory(holding_route(holding, timeout=0.5))
     token = await kg.make_key(["default"])
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         started = time.monotonic()
         await conn.send(request("GET", "/never", token))
         await wait_for(lambda: conn.sockname in edge_peers(edge_of(kg)), what="edge connection")
-        answer = await conn.answer(within=3.0)
+        answer = await conn.reply(within=3.0)
         elapsed = time.monotonic() - started
     assert answer.status == 504
     assert json.loads(answer.body)["error"]["code"] == "upstream_timeout"
@@ -559,54 +315,54 @@ async def test_edge_route_timeout_is_504(
 
 
 async def test_edge_upstream_refused_is_502(keygate_factory: GatewayFactory) -> None:
-    kg = await keygate_factory(default_route(f"http://127.0.0.1:{closed_port()}/"))
+    kg = await keygate_factory(default_route(f"http://127.0.0.1:{free_port()}/"))
     token = await kg.make_key(["default"])
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/refused", token))
-        answer = await conn.answer()
+        answer = await conn.reply()
         assert answer.status == 502
         assert json.loads(answer.body)["error"]["code"] == "upstream_unavailable"
         assert answer.header("X-Request-Id")
         # A refusal of ours leaves the connection usable.
         await conn.send(request("GET", "/refused-again", token))
-        assert (await conn.answer()).status == 502
+        assert (await conn.reply()).status == 502
 
 
 # --- streaming -----------------------------------------------------------------------------------
 async def test_edge_streams_chunked_mib_to_slow_reader(
-    keygate_factory: GatewayFactory, streaming: StreamingUpstream
+    keygate_factory: GatewayFactory, recorder: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(streaming.url))
+    kg = await keygate_factory(default_route(recorder.url))
     token = await kg.make_key(["default"])
     edge = edge_of(kg)
-    async with connection(kg, rcvbuf=4096) as conn:
-        await conn.send(request("GET", "/chunked", token))
+    async with connect(kg.port, rcvbuf=4096) as conn:
+        await conn.send(request("GET", "/_up/big/1?chunked", token))
 
         def lagging() -> bool:
             # The client reads nothing: the upstream is done, or keygate buffers for it.
-            if streaming.finished.is_set():
+            if recorder.streams_finished:
                 return True
             return edge_transport(edge, conn).get_write_buffer_size() > 0
 
         await wait_for(lagging, within=IO_TIMEOUT, what="the slow reader to fall behind")
-        answer = await conn.answer()
+        answer = await conn.reply()
     assert answer.status == 200
     assert answer.framing == "chunked"
-    assert answer.body == _pattern(MIB)
+    assert answer.body == BLOCK
 
 
 async def test_edge_streams_10_mib_with_length(
-    keygate_factory: GatewayFactory, streaming: StreamingUpstream
+    keygate_factory: GatewayFactory, recorder: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(streaming.url))
+    kg = await keygate_factory(default_route(recorder.url))
     token = await kg.make_key(["default"])
-    async with connection(kg) as conn:
-        await conn.send(request("GET", "/sized", token))
-        answer = await conn.answer(within=30.0)
+    async with connect(kg.port) as conn:
+        await conn.send(request("GET", "/_up/big/10", token))
+        answer = await conn.reply(within=30.0)
         assert conn.sockname in edge_peers(edge_of(kg))
     assert answer.status == 200
     assert (answer.framing, answer.header("Content-Length")) == ("length", str(10 * MIB))
-    assert hashlib.sha256(answer.body).digest() == hashlib.sha256(_pattern(10 * MIB)).digest()
+    assert hashlib.sha256(answer.body).digest() == hashlib.sha256(BLOCK * 10).digest()
 
 
 async def test_edge_upstream_trailer_is_not_a_response_header(
@@ -618,37 +374,29 @@ async def test_edge_upstream_trailer_is_not_a_response_header(
     parses the trailer before it builds the client's response head.
     """
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer\r\n\r\n"
-            b"3\r\nabc\r\n0\r\nX-Trailer: late\r\n\r\n"
-        )
-        await writer.drain()
-        await reader.read()
-
-    async with raw_upstream(answer) as url:
-        kg = await keygate_factory(default_route(url))
+    answer = Canned.always(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: late\r\n\r\n",
+        close_after=False,
+    )
+    async with raw_server(answer) as up:
+        kg = await keygate_factory(default_route(up.url))
         token = await kg.make_key(["default"])
-        async with connection(kg) as conn:
+        async with connect(kg.port) as conn:
             await conn.send(request("GET", "/trailer", token))
-            got = await conn.answer()
+            got = await conn.reply()
     assert (got.status, got.body) == (200, b"abc")
     assert got.values("X-Trailer") == [], got.headers
 
 
 async def test_edge_upstream_cut_before_small_body_is_502(keygate_factory: GatewayFactory) -> None:
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-        await writer.drain()
-
-    async with raw_upstream(cut) as url:
-        kg = await keygate_factory(default_route(url))
+    cut = Canned.always(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+    async with raw_server(cut) as up:
+        kg = await keygate_factory(default_route(up.url))
         token = await kg.make_key(["default"])
-        async with connection(kg) as conn:
+        async with connect(kg.port) as conn:
             await conn.send(request("GET", "/cut", token))
-            got = await conn.answer()
+            got = await conn.reply()
     assert got.status == 502
     assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
 
@@ -657,19 +405,20 @@ async def test_edge_upstream_cut_mid_stream_aborts_client(keygate_factory: Gatew
     """Once the answer has started, a broken upstream body must not look complete."""
     length = 200_000
 
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
-        writer.write(b"x" * (length // 2))
-        await writer.drain()
-
-    async with raw_upstream(cut) as url:
-        kg = await keygate_factory(default_route(url))
+    cut = Canned.always(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + b"x" * (length // 2)
+    )
+    async with raw_server(cut) as up:
+        kg = await keygate_factory(default_route(up.url))
         token = await kg.make_key(["default"])
-        async with connection(kg) as conn:
+        async with connect(kg.port) as conn:
             await conn.send(request("GET", "/cut", token))
-            with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-                await conn.answer()
+            try:
+                got = await conn.reply()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # cut before the head was through
+            else:
+                assert not got.complete, "a cut upstream body must not look complete"
         await wait_for(lambda: kg.gw.gates["default"].in_flight == 0, what="the slot back")
 
 
@@ -691,11 +440,11 @@ async def test_edge_client_gone_mid_stream_releases_upstream(
         finally:
             dropped.set()
 
-    async with raw_upstream(endless) as url:
-        kg = await keygate_factory(default_route(url))
+    async with raw_server(endless) as up:
+        kg = await keygate_factory(default_route(up.url))
         token = await kg.make_key(["default"])
         gate = kg.gw.gates["default"]
-        conn = await Conn.open(kg)
+        conn = await Raw.open(kg.port)
         try:
             await conn.send(request("GET", "/endless", token))
             async with asyncio.timeout(IO_TIMEOUT):
@@ -709,46 +458,45 @@ async def test_edge_client_gone_mid_stream_releases_upstream(
 
 
 async def test_edge_route_full_is_503_at_once(
-    keygate_factory: GatewayFactory, holding: HoldingUpstream
+    keygate_factory: GatewayFactory, holding: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(holding.url, max_connections=1))
+    kg = await keygate_factory(holding_route(holding, max_connections=1))
     token = await kg.make_key(["default"])
-    async with connection(kg) as first, connection(kg) as second:
+    async with connect(kg.port) as first, connect(kg.port) as second:
         await first.send(request("GET", "/held", token))
-        async with asyncio.timeout(IO_TIMEOUT):
-            await holding.arrived.wait()
+        await wait_for(lambda: holding.holding == 1, within=IO_TIMEOUT, what="the upstream")
         await second.send(request("GET", "/busy", token))
-        busy = await second.answer(within=2.0)
+        busy = await second.reply(within=2.0)
         assert busy.status == 503
         assert json.loads(busy.body)["error"]["code"] == "upstream_busy"
         holding.release.set()
-        held = await first.answer()
+        held = await first.reply()
         assert (held.status, held.body) == (200, b"late")
 
 
 async def test_edge_long_pipeline_over_read_ahead(
-    kg: Keygate, token: str, recorder: Upstream
+    kg: Keygate, token: str, recorder: Recorder
 ) -> None:
     """More pipelined bytes than the edge reads ahead (64 KiB): all answered, in order."""
     targets = [f"/long/{i}" for i in range(600)]
     data = b"".join(request("GET", t, token) for t in targets)
     assert len(data) > 64 * 1024
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(data)
-        answers = [echoed(await conn.answer()) for _ in targets]
+        answers = [echoed(await conn.reply()) for _ in targets]
     assert [a["raw_target"] for a in answers] == targets
-    assert [r["raw_target"] for r in recorder.received] == targets
+    assert [r.target for r in recorder.seen] == targets
 
 
-async def test_edge_small_body_after_its_head(kg: Keygate, token: str, recorder: Upstream) -> None:
+async def test_edge_small_body_after_its_head(kg: Keygate, token: str, recorder: Recorder) -> None:
     """A body that is not all there with its head is aiohttp's: forwarded intact."""
     edge = edge_of(kg)
     whole = request("PUT", "/late-body", token, body=b"0123456789")
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(whole[:-6])
         await wait_for(lambda: not edge.connections, what="the hand-off of a partial body")
         await conn.send(whole[-6:])
-        seen = echoed(await conn.answer())
+        seen = echoed(await conn.reply())
     assert (seen["method"], seen["raw_target"], seen["body_len"]) == ("PUT", "/late-body", 10)
 
 
@@ -774,13 +522,12 @@ def _masked(message: str) -> str:
 
 async def test_edge_access_line_matches_aiohttp_one(
     keygate_factory: GatewayFactory,
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    upstream_factory: UpstreamFactory,
+    recorder_factory: RecorderFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="aiohttp.access")
-    recorder = await upstream_factory("quiet")
-    # The recorder's own access lines do not start with "method=".
+    recorder = await recorder_factory("quiet")
+    # The recorder writes no access lines: every one captured is keygate's.
     kg = await keygate_factory(
         default_route(recorder.url), sources=("authorization", "x-api-key", "query:api_key")
     )
@@ -789,17 +536,17 @@ async def test_edge_access_line_matches_aiohttp_one(
     edge = edge_of(kg)
     whole = request("GET", "/x?a=1&secret=s3", token, headers={"X-Request-Id": "edge-req"})
     split = request("GET", "/x?a=1&secret=s3", token, headers={"X-Request-Id": "aio-req"})
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(whole)
-        assert echoed(await conn.answer())["raw_target"] == "/x?a=1&secret=s3"
-    async with connection(kg) as conn:
+        assert echoed(await conn.reply())["raw_target"] == "/x?a=1&secret=s3"
+    async with connect(kg.port) as conn:
         await conn.send(split[:10])
         await wait_for(lambda: not edge.connections, what="the hand-off")
         await conn.send(split[10:])
-        assert echoed(await conn.answer())["raw_target"] == "/x?a=1&secret=s3"
-    async with connection(kg) as conn:
+        assert echoed(await conn.reply())["raw_target"] == "/x?a=1&secret=s3"
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", f"/q?api_key={token}&b=2"))
-        assert echoed(await conn.answer())["raw_target"] == "/q?b=2"
+        assert echoed(await conn.reply())["raw_target"] == "/q?b=2"
 
     await wait_for(lambda: len(_access_lines(caplog)) >= 3, what="three access lines")
     records = _access_lines(caplog)
@@ -828,9 +575,9 @@ async def test_edge_access_line_matches_aiohttp_one(
 async def test_edge_access_line_for_refusal(kg: Keygate, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     bad = "kg_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEF2dJnNU"
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/refused?t=1", bad, headers={"X-Request-Id": "r-1"}))
-        assert (await conn.answer()).status == 401
+        assert (await conn.reply()).status == 401
     await wait_for(lambda: _access_lines(caplog), what="the access line")
     (record,) = _access_lines(caplog)
     match = _ACCESS.fullmatch(record.getMessage())
@@ -906,29 +653,29 @@ def test_edge_info_line_writer_declines_other_set_ups() -> None:
 
 # --- the admin prefix ---------------------------------------------------------------------------
 async def test_edge_admin_prefix_is_aiohttp_and_never_proxied(
-    kg: Keygate, recorder: Upstream
+    kg: Keygate, recorder: Recorder
 ) -> None:
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/_keygate/api/v1/me", kg.admin_token))
-        me = await conn.answer()
+        me = await conn.reply()
         assert me.status == 200, me.body
         assert "admin" in me.body.decode()
         assert me.header("X-Upstream") is None
 
         await conn.send(request("GET", "/_keygate/nope", kg.admin_token))
-        nope = await conn.answer()
+        nope = await conn.reply()
         assert nope.status == 404
         assert (nope.header("Content-Type") or "").startswith("application/json")
         assert json.loads(nope.body)["error"]["code"] == "not_found"
 
     for target in ("/%5Fkeygate/api/v1/me", "/%5fkeygate/nope", "/x/../_keygate/api/v1/me"):
-        async with connection(kg) as conn:
+        async with connect(kg.port) as conn:
             await conn.send(request("GET", target, kg.admin_token))
-            answer = await conn.answer()
+            answer = await conn.reply()
             assert answer.header("X-Upstream") is None, target
             assert answer.status != 502
             assert (answer.header("Content-Type") or "").startswith("application/json"), target
-    assert recorder.received == []
+    assert recorder.seen == []
 
 
 # --- the keep-alive race on a pooled connection (RFC 9112 §9.3.1) ------------------------------
@@ -938,7 +685,7 @@ class RaceCounts:
     connections: int = 0
 
 
-def racing_upstream(counts: RaceCounts) -> RawHandler:
+def racing_upstream(counts: RaceCounts) -> StreamHandler:
     """Answers every request but the second, which it reads and drops the connection on:
     an upstream closing an idle keep-alive connection just as keygate reuses it."""
 
@@ -966,13 +713,13 @@ async def test_edge_stale_pooled_connection_get_is_retried_once(
     keygate_factory: GatewayFactory,
 ) -> None:
     counts = RaceCounts()
-    async with raw_upstream(racing_upstream(counts)) as url:
-        kg = await keygate_factory(default_route(url))
+    async with raw_server(racing_upstream(counts)) as up:
+        kg = await keygate_factory(default_route(up.url))
         token = await kg.make_key(["default"])
-        async with connection(kg) as conn:
+        async with connect(kg.port) as conn:
             for path in ("/a", "/b"):  # /b goes out on the pooled connection first
                 await conn.send(request("GET", path, token))
-                got = await conn.answer()
+                got = await conn.reply()
                 assert (got.status, got.body) == (200, b"fine")
     assert (counts.requests, counts.connections) == (3, 2)
 
@@ -981,14 +728,14 @@ async def test_edge_stale_pooled_connection_post_is_502_not_repeated(
     keygate_factory: GatewayFactory,
 ) -> None:
     counts = RaceCounts()
-    async with raw_upstream(racing_upstream(counts)) as url:
-        kg = await keygate_factory(default_route(url))
+    async with raw_server(racing_upstream(counts)) as up:
+        kg = await keygate_factory(default_route(up.url))
         token = await kg.make_key(["default"])
-        async with connection(kg) as conn:
+        async with connect(kg.port) as conn:
             await conn.send(request("GET", "/a", token))
-            assert (await conn.answer()).status == 200
+            assert (await conn.reply()).status == 200
             await conn.send(request("POST", "/b", token, body=b"once"))
-            got = await conn.answer()
+            got = await conn.reply()
     assert got.status == 502
     assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
     assert counts.requests == 2  # a POST is never sent twice
@@ -1001,56 +748,54 @@ BAD_KEY = "kg_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" + "zzzzzz"
 async def _two_refusals_timed(kg: Keygate) -> float:
     """Seconds between the answers to two refused requests pipelined on one connection."""
     loop = asyncio.get_running_loop()
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/x", BAD_KEY) * 2)
-        first = await conn.answer()
+        first = await conn.reply()
         at = loop.time()
-        second = await conn.answer(within=IO_TIMEOUT + 5)
+        second = await conn.reply(within=IO_TIMEOUT + 5)
         gap = loop.time() - at
     assert (first.status, second.status) == (401, 401)
     return gap
 
 
 async def test_edge_refused_client_waits_while_authenticated_work_is_in_flight(
-    keygate_factory: GatewayFactory, holding: HoldingUpstream
+    keygate_factory: GatewayFactory, holding: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(holding.url), refusal_delay=0.4)
+    kg = await keygate_factory(holding_route(holding), refusal_delay=0.4)
     token = await kg.make_key(["default"])
-    async with connection(kg) as busy:
+    async with connect(kg.port) as busy:
         await busy.send(request("GET", "/hold", token))
-        async with asyncio.timeout(IO_TIMEOUT):
-            await holding.arrived.wait()
+        await wait_for(lambda: holding.holding == 1, within=IO_TIMEOUT, what="the upstream")
         assert edge_of(kg).busy == 1
         gap = await _two_refusals_timed(kg)
         holding.release.set()
-        assert (await busy.answer()).status == 200
+        assert (await busy.reply()).status == 200
     assert gap >= 0.35  # the second request was read only after the delay
 
 
 async def test_edge_refusals_at_full_speed_when_nothing_else_waits(
-    keygate_factory: GatewayFactory, recorder: Upstream
+    keygate_factory: GatewayFactory, recorder: Recorder
 ) -> None:
     # A delay far beyond the test's patience: were it applied, the answer would time out.
     kg = await keygate_factory(default_route(recorder.url), refusal_delay=9.0)
     assert edge_of(kg).busy == 0
-    async with connection(kg) as conn:
+    async with connect(kg.port) as conn:
         await conn.send(request("GET", "/x", BAD_KEY) * 2)
         for _ in range(2):
-            assert (await conn.answer(within=3.0)).status == 401
+            assert (await conn.reply(within=3.0)).status == 401
 
 
 async def test_edge_refusal_delay_off(
-    keygate_factory: GatewayFactory, holding: HoldingUpstream
+    keygate_factory: GatewayFactory, holding: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(holding.url), refusal_delay=0.0)
+    kg = await keygate_factory(holding_route(holding), refusal_delay=0.0)
     token = await kg.make_key(["default"])
-    async with connection(kg) as busy:
+    async with connect(kg.port) as busy:
         await busy.send(request("GET", "/hold", token))
-        async with asyncio.timeout(IO_TIMEOUT):
-            await holding.arrived.wait()
-        async with connection(kg) as conn:
+        await wait_for(lambda: holding.holding == 1, within=IO_TIMEOUT, what="the upstream")
+        async with connect(kg.port) as conn:
             await conn.send(request("GET", "/x", BAD_KEY) * 2)
             for _ in range(2):
-                assert (await conn.answer(within=3.0)).status == 401
+                assert (await conn.reply(within=3.0)).status == 401
         holding.release.set()
-        assert (await busy.answer()).status == 200
+        assert (await busy.reply()).status == 200

@@ -13,136 +13,45 @@ sockets and asserts that
 - each upstream received identical requests (method, target, header pairs in
   order, body; only a generated ``X-Request-Id`` may differ).
 
-The upstreams: a recording aiohttp app (``/up`` route, prefix stripped) and a
-raw asyncio server answering canned bytes (``/raw`` route) where the exact
-response framing matters (no Content-Type, hop-by-hop names in Connection,
-EOF-delimited bodies, odd reason phrases, 103 Early Hints, HTTP/1.0 answers).
+The upstreams: the recorder's canned aiohttp answers (``/up`` route, prefix
+stripped, onto its ``/_up/`` levers) and a strict raw server answering canned
+bytes (``/raw`` route) where the exact response framing matters (no
+Content-Type, hop-by-hop names in Connection, EOF-delimited bodies, odd reason
+phrases, 103 Early Hints, HTTP/1.0 answers).
+
+This module is the gate for raising the aiohttp pin: the edge copies aiohttp's
+parser tables and ``_prepare_headers`` framing and recognises its errors by
+message text (README, next to the test command).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httptools
 import pytest
 import pytest_asyncio
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from keygate.config.settings import Route
 from keygate.gateway.auth.keyformat import make_token
-from keygate.gateway.http.app import build_app
-from keygate.gateway.service import ServiceContext
-from keygate.gateway.service.bootstrap import create_first_admin
-from keygate.gateway.state import gateway_key
 
-from tests.conftest import Keygate, KeygateTestServer, make_settings
+from tests.support.gateway import Keygate, make_settings, start_keygate, started_client
+from tests.support.raw import CUT, Reply, bearer, connect, http, read_final
+from tests.support.raw_upstreams import Exchange, StrictUpstream
+from tests.support.upstreams import Recorder, Seen
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 IO_TIMEOUT = 5.0
 EOF_WAIT = 1.5  # a body delimited by the end of the connection must end this soon
-BIG = bytes(range(256)) * 4096  # 1 MiB
 _DATE = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
 
 
-# --- what an upstream saw -------------------------------------------------------------
-@dataclass(frozen=True)
-class Seen:
-    """One request as an upstream received it."""
-
-    upstream: str
-    method: str
-    target: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-
-# --- the aiohttp upstream ---------------------------------------------------------------
-def aiohttp_upstream_app(received: list[Seen]) -> web.Application:
-    @web.middleware
-    async def record(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        body = await request.read()
-        pairs = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
-        received.append(Seen("aiohttp", request.method, request.raw_path, pairs, body))
-        return await handler(request)
-
-    async def small(request: web.Request) -> web.Response:
-        return web.Response(text="hello", headers={"X-Upstream": "aiohttp"})
-
-    async def json_(request: web.Request) -> web.Response:
-        return web.json_response({"query": request.query_string})
-
-    async def empty(request: web.Request) -> web.Response:
-        return web.Response(status=200, body=b"")
-
-    async def no_content(request: web.Request) -> web.Response:
-        return web.Response(status=204, headers={"X-Why": "nothing"})
-
-    async def not_modified(request: web.Request) -> web.Response:
-        return web.Response(status=304, headers={"ETag": '"v1"'})
-
-    async def cookies(request: web.Request) -> web.Response:
-        response = web.Response(text="cookies")
-        response.headers.add("Set-Cookie", "a=1; Path=/")
-        response.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
-        return response
-
-    async def request_id(request: web.Request) -> web.Response:
-        return web.Response(text="id", headers={"X-Request-Id": "chosen-by-upstream"})
-
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        for part in (b"first,", b"second,", b"third"):
-            await response.write(part)
-        await response.write_eof()
-        return response
-
-    async def big(request: web.Request) -> web.Response:
-        return web.Response(body=BIG, content_type="application/octet-stream")
-
-    async def error(request: web.Request) -> web.Response:
-        return web.Response(status=500, text="boom")
-
-    async def head_able(request: web.Request) -> web.Response:
-        return web.Response(text="head-able resource", headers={"ETag": '"h"'})
-
-    async def fallback(request: web.Request) -> web.Response:
-        return web.Response(text=f"{request.method} {request.raw_path}")
-
-    app = web.Application(middlewares=[record])
-    for path, handler in (
-        ("/small", small),
-        ("/json", json_),
-        ("/empty", empty),
-        ("/204", no_content),
-        ("/304", not_modified),
-        ("/cookies", cookies),
-        ("/reqid", request_id),
-        ("/chunked", chunked),
-        ("/big", big),
-        ("/500", error),
-        ("/head", head_able),
-    ):
-        app.router.add_route("*", path, handler)
-    app.router.add_route("*", "/{tail:.*}", fallback)
-    return app
-
-
-# --- the raw upstream ---------------------------------------------------------------------
+# --- the raw upstream's canned answers ----------------------------------------------------
 def _canned(head: str, body: bytes = b"") -> bytes:
     return head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body
 
@@ -227,197 +136,46 @@ def raw_answer(seen: Seen) -> tuple[bytes, bool]:
     return _canned(f"HTTP/1.1 200 OK\nContent-Length: {len(text)}\n", text), False
 
 
-class _RawUpstreamProtocol(asyncio.Protocol):
-    def __init__(self, upstream: RawUpstream) -> None:
-        self.upstream = upstream
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.headers: list[tuple[str, str]] = []
-        self.body = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.upstream.transports.add(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.upstream.transports.discard(self.transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            assert self.transport is not None
-            self.transport.close()
-
-    def on_message_begin(self) -> None:
-        self.url, self.headers, self.body = b"", [], b""
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        seen = Seen(
-            "raw",
-            self.parser.get_method().decode("latin-1"),
-            self.url.decode("latin-1"),
-            tuple(self.headers),
-            self.body,
-        )
-        self.upstream.received.append(seen)
-        answer, close = self.upstream.answer(seen)
-        transport.write(answer)
-        if close:
-            transport.close()
-
-
-@dataclass
-class RawUpstream:
-    """A raw HTTP/1.1 server: records every request, answers ``answer(seen)``'s bytes."""
-
-    received: list[Seen]
-    answer: Callable[[Seen], tuple[bytes, bool]] = raw_answer
-    transports: set[asyncio.Transport] = field(default_factory=set)
-    server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _RawUpstreamProtocol(self), "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for transport in list(self.transports):
-                transport.abort()
-            await self.server.wait_closed()
+def _raw_answer(seen: Seen, exchange: Exchange) -> tuple[bytes, bool]:
+    return raw_answer(seen)
 
 
 # --- the client side: raw answers, several on one connection --------------------------------
-@dataclass
-class Answer:
-    """One response as bytes on the wire said it."""
-
-    status_line: str
-    headers: list[tuple[str, str]]
-    body: bytes  # de-chunked
-    framing: str  # "none" (bodiless), "length", "chunked" or "eof"
-    interim: list[str] = field(default_factory=list)  # 1xx status lines before it
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def status(self) -> int:
-        return int(self.status_line.split(" ", 2)[1])
-
-    def values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-    def header(self, name: str) -> str | None:
-        values = self.values(name)
-        return values[0] if values else None
-
-
-def _head_lines(head: bytes) -> tuple[str, list[tuple[str, str]]]:
-    lines = head.decode("latin-1").split("\r\n")
-    pairs: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            pairs.append((name, value.strip(" \t")))
-    return lines[0], pairs
-
-
-async def read_answer(reader: asyncio.StreamReader, method: str = "GET") -> Answer:
-    """Read one response (after any 1xx); IncompleteReadError if the connection ends first."""
-    interim: list[str] = []
-    while True:
-        status_line, headers = _head_lines(await reader.readuntil(b"\r\n\r\n"))
-        status = int(status_line.split(" ", 2)[1])
-        if 100 <= status < 200 and status != 101:
-            interim.append(status_line)
-            continue
-        break
-    answer = Answer(status_line, headers, b"", "none", interim)
-    codings = [v.strip().lower() for v in answer.values("Transfer-Encoding")]
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return answer
-    if codings and codings[-1] == "chunked":
-        answer.framing = "chunked"
-        body = bytearray()
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";")[0].strip(), 16)
-            if size == 0:
-                break
-            body += (await reader.readexactly(size + 2))[:-2]
-        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-            name, _, value = line.decode("latin-1").partition(":")
-            answer.trailers.append((name, value.strip()))
-        answer.body = bytes(body)
-    elif (length := answer.header("Content-Length")) is not None:
-        answer.framing = "length"
-        answer.body = await reader.readexactly(int(length))
-    else:
-        answer.framing = "eof"
-        body = bytearray()
-        try:
-            # The server must close right after the body: a bounded wait.
-            async with asyncio.timeout(EOF_WAIT):
-                while chunk := await reader.read(65536):
-                    body += chunk
-        except TimeoutError:
-            answer.framing = f"eof-delimited, but still open after {EOF_WAIT} s"
-        answer.body = bytes(body)
-    return answer
-
-
 CLOSED = "closed"
 # Not routed (no route at "/"): every gateway answers 404 no_route and closes.
 PROBE = b"GET /probe HTTP/1.1\r\nHost: keygate.test\r\nConnection: close\r\n\r\n"
 
 
-async def converse(port: int, request: bytes, *methods: str) -> list[Answer | str]:
+async def converse(port: int, request: bytes, *methods: str) -> list[Reply | str]:
     """The answers to ``request`` (one per method: a pipeline when several), all
-    written at once; then, if the connection is still open, the answer to a probe."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    out: list[Answer | str] = []
-    try:
-        async with asyncio.timeout(IO_TIMEOUT):
-            writer.write(request)
-            await writer.drain()
-            for method in methods:
-                try:
-                    answer = await read_answer(reader, method)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    out.append(CLOSED)
-                    return out
-                out.append(answer)
-                if answer.framing.startswith("eof"):
-                    return out
-            try:
-                writer.write(PROBE)
-                await writer.drain()
-                out.append(await read_answer(reader, "GET"))
-            except (asyncio.IncompleteReadError, ConnectionError):
-                out.append(CLOSED)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    written at once; then, if the connection is still open, the answer to a probe.
+    A connection that ends before an answer is whole is ``CLOSED``."""
+    out: list[Reply | str] = []
+
+    async def answer(method: str) -> Reply | None:
+        try:
+            reply = await read_final(conn.reader, method=method, eof_wait=EOF_WAIT)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        if reply.error == CUT:
+            return None
+        assert reply.error is None, reply.error  # broken chunked framing
+        return reply
+
+    async with connect(port) as conn, asyncio.timeout(IO_TIMEOUT):
+        await conn.send(request)
+        for method in methods:
+            reply = await answer(method)
+            out.append(CLOSED if reply is None else reply)
+            if reply is None or reply.framing.startswith("eof"):
+                return out
+        try:
+            await conn.send(PROBE)
+        except ConnectionError:
+            out.append(CLOSED)
+        else:
+            probe = await answer("GET")
+            out.append(CLOSED if probe is None else probe)
     return out
 
 
@@ -426,43 +184,27 @@ async def converse(port: int, request: bytes, *methods: str) -> list[Answer | st
 class Pair:
     edge: Keygate  # fast_path on
     plain: Keygate  # fast_path off: aiohttp serves every request
-    received: list[Seen]
+    received: list[Seen]  # what both upstreams received, in order
     tokens: dict[str, str]
-
-
-def _port(kg: Keygate) -> int:
-    port = kg.client.port
-    assert port is not None
-    return port
-
-
-async def _start_keygate(settings: Any) -> TestClient:
-    client = TestClient(KeygateTestServer(build_app(settings)))
-    await client.start_server()
-    return client
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
     tmp: Path = tmp_path_factory.mktemp("parity")
     received: list[Seen] = []
-    up_server = TestServer(aiohttp_upstream_app(received), host="127.0.0.1")
-    await up_server.start_server(access_log=None)
-    raw = RawUpstream(received)
-    await raw.start()
+    up = await Recorder("aiohttp", seen=received).start()
+    raw = await StrictUpstream(_raw_answer, name="raw", seen=received).start()
     routes = (
-        Route(name="up", prefix="/up", upstream=str(up_server.make_url("/")), strip_prefix=True),
+        Route(name="up", prefix="/up", upstream=up.at("/_up"), strip_prefix=True),
         Route(name="raw", prefix="/raw", upstream=raw.url),
-        Route(name="pub", prefix="/pub", upstream=str(up_server.make_url("/")), public=True),
+        Route(name="pub", prefix="/pub", upstream=up.at("/_up"), public=True),
         Route(name="lim", prefix="/lim", upstream=raw.url, max_body_bytes=4),
     )
     settings = make_settings(tmp, routes)
-    edge_client = await _start_keygate(settings)
-    clients = [edge_client]
+    gateways: list[Keygate] = []
     try:
-        gw = edge_client.server.app[gateway_key]
-        admin = await create_first_admin(ServiceContext(gw.store, settings.auth))
-        edge = Keygate(edge_client, settings, admin.token)
+        edge = await start_keygate(settings, started_client)
+        gateways.append(edge)
         actor = await edge.admin_actor()
         rule = {"route": "up", "methods": ["GET", "HEAD"], "paths": ["/up/small", "/up/head"]}
         await edge.services.groups.create(actor, {"name": "limited", "rules": [rule]})
@@ -482,17 +224,16 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
         tokens["unknown"] = make_token("kg", "zzzzzzzzzzzz", "a" * 32)
         # Started after the keys exist: its key-id snapshot and policy hold them.
         plain_settings = replace(settings, server=replace(settings.server, fast_path=False))
-        plain_client = await _start_keygate(plain_settings)
-        clients.append(plain_client)
-        plain = Keygate(plain_client, plain_settings, admin.token)
-        assert edge_client.server.runner.server.edge is not None
-        assert plain_client.server.runner.server.edge is None
+        plain = await start_keygate(plain_settings, started_client, admin_token=edge.admin_token)
+        gateways.append(plain)
+        assert edge.client.server.runner.server.edge is not None
+        assert plain.client.server.runner.server.edge is None
         yield Pair(edge, plain, received, tokens)
     finally:
-        for client in reversed(clients):
-            await client.close()
+        for kg in reversed(gateways):
+            await kg.client.close()
         await raw.close()
-        await up_server.close()
+        await up.close()
 
 
 # --- the cases -----------------------------------------------------------------------------
@@ -509,19 +250,17 @@ class Case:
 
     def request(self, mode: str, tokens: dict[str, str]) -> bytes:
         version = "HTTP/1.0" if mode.startswith("10") else "HTTP/1.1"
-        lines = [f"{self.method} {self.target} {version}"]
-        if self.host is not None:
-            lines.append(f"Host: {self.host}")
+        headers: list[tuple[str, str]] = []
         if self.key == "ambiguous":
-            lines += [f"Authorization: Bearer {tokens['valid']}", f"X-API-Key: {tokens['other']}"]
+            headers += [bearer(tokens["valid"]), ("X-API-Key", tokens["other"])]
         elif self.key is not None:
-            lines.append(f"Authorization: Bearer {tokens[self.key]}")
-        lines += [f"{k}: {v}" for k, v in self.headers]
+            headers.append(bearer(tokens[self.key]))
+        headers += self.headers
         if mode == "11close":
-            lines.append("Connection: close")
+            headers.append(("Connection", "close"))
         elif mode == "10ka":
-            lines.append("Connection: keep-alive")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+            headers.append(("Connection", "keep-alive"))
+        return http(self.method, self.target, headers, self.body, host=self.host, version=version)
 
     @property
     def client_request_id(self) -> bool:
@@ -886,7 +625,7 @@ def _norm_headers(
     return out
 
 
-def _comparable(answers: list[Answer | str], keep_request_id: bool) -> list[Any]:
+def _comparable(answers: list[Reply | str], keep_request_id: bool) -> list[Any]:
     """Answers with Date and generated X-Request-Id values blanked (the probe's is generated)."""
     out: list[Any] = []
     for i, answer in enumerate(answers):
@@ -908,7 +647,14 @@ def _comparable(answers: list[Answer | str], keep_request_id: bool) -> list[Any]
 
 def _seen_comparable(seen: list[Seen], keep_request_id: bool) -> list[Any]:
     return [
-        (s.upstream, s.method, s.target, _norm_headers(s.headers, keep_request_id), s.body)
+        (
+            s.upstream,
+            s.method,
+            s.target,
+            _norm_headers(s.headers, keep_request_id),
+            s.body_len,
+            s.body_sha256,
+        )
         for s in seen
     ]
 
@@ -917,7 +663,7 @@ async def _run(
     pair: Pair, kg: Keygate, request: bytes, *methods: str
 ) -> tuple[list[Any], list[Seen]]:
     start = len(pair.received)
-    answers = await converse(_port(kg), request, *methods)
+    answers = await converse(kg.port, request, *methods)
     # Every upstream request was complete before its answer: nothing more can come.
     return answers, pair.received[start:]
 
@@ -960,18 +706,12 @@ async def test_edge_parity(pair: Pair, case: Case, mode: str) -> None:
 async def test_edge_parity_serves_from_two_front_ends(pair: Pair) -> None:
     """The pair is what it claims: one gateway's connections are the edge's, the other's not."""
     for kg, has_edge in ((pair.edge, True), (pair.plain, False)):
-        reader, writer = await asyncio.open_connection("127.0.0.1", _port(kg))
-        try:
-            writer.write(Case("x", "GET", "/up/small").request("11ka", pair.tokens))
-            async with asyncio.timeout(IO_TIMEOUT):
-                answer = await read_answer(reader)
+        async with connect(kg.port) as conn:
+            await conn.send(Case("x", "GET", "/up/small").request("11ka", pair.tokens))
+            answer = await conn.reply(within=IO_TIMEOUT)
             assert answer.status == 200
             edge = kg.client.server.runner.server.edge
             assert (edge is not None and len(edge.connections) >= 1) is has_edge
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
 
 
 _GET = Case("get", "GET", "/up/small")
@@ -1016,7 +756,7 @@ async def test_a_closing_request_is_answered_and_nothing_further_read(
     assert _comparable(edge_answers, False) == _comparable(plain_answers, False), request
     assert _seen_comparable(edge_seen, False) == _seen_comparable(plain_seen, False)
     first = edge_answers[0]
-    assert isinstance(first, Answer) and first.status_line.endswith("200 OK"), edge_answers
+    assert isinstance(first, Reply) and first.status_line.endswith("200 OK"), edge_answers
     assert edge_answers[1:] == [CLOSED], edge_answers
     assert len(edge_seen) == 1, edge_seen  # the upstream saw the first request only
 
@@ -1051,8 +791,8 @@ async def test_a_request_followed_by_garbage_is_answered_then_refused(
     assert _comparable(edge_answers, False) == _comparable(plain_answers, False), request
     assert _seen_comparable(edge_seen, False) == _seen_comparable(plain_seen, False)
     answered, refusal, *rest = edge_answers
-    assert isinstance(answered, Answer) and answered.status != 400, edge_answers
-    assert isinstance(refusal, Answer) and refusal.status == 400, edge_answers
+    assert isinstance(answered, Reply) and answered.status != 400, edge_answers
+    assert isinstance(refusal, Reply) and refusal.status == 400, edge_answers
     assert rest == [CLOSED]
 
 

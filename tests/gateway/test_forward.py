@@ -1,9 +1,10 @@
 """The streaming forwarder against real upstream servers on 127.0.0.1.
 
 A tiny gateway app routes on the first path segment (each prefix is a route
-with its own limits), builds headers with upstream_request_headers, calls
-forward and renders KeygateError as SPEC's JSON. The upstream is an echo app
-that reports what it *received*.
+with its own limits, the prefix stripped), builds headers with
+upstream_request_headers, calls forward and renders KeygateError as SPEC's
+JSON. The upstream is the recorder (tests.support.upstreams): it echoes what it
+*received*, and its ``/_up/`` levers misbehave on demand.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gzip
 import hashlib
 import os
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 import yarl
 from aiohttp import hdrs, web
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request, unused_port
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from keygate.config.settings import Route
 from keygate.gateway.errors import KeygateError, MethodNotAllowed
 from keygate.gateway.http.handler import forward
@@ -37,172 +36,12 @@ from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.pool import UpstreamPool
 
-MIB = 1 << 20
-BLOCK = random.Random(0).randbytes(MIB)
-GZIPPED = gzip.compress(b"hello " * 1000, mtime=0)
+from tests.support.polling import wait_for
+from tests.support.raw import Raw, free_port, http
+from tests.support.raw_upstreams import Canned, raw_server
+from tests.support.upstreams import BLOCK, GZIP_BODY, MIB, REDIRECT, Recorder
+
 IDENTITY = identity_headers(key_id="3k9x2m0qzt7a", key_name="ci", user="alice", groups=["b", "a"])
-
-
-# -- upstream ----------------------------------------------------------------
-
-
-@dataclass
-class UpstreamState:
-    requests: int = 0
-    waiting: int = 0
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    endless_done: asyncio.Event = field(default_factory=asyncio.Event)
-    ws_closes: list[int | None] = field(default_factory=list)
-    broken_bodies: int = 0
-
-
-UPSTREAM = web.AppKey("upstream", UpstreamState)
-
-
-def upstream_app(state: UpstreamState) -> web.Application:
-    @web.middleware
-    async def count(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        state.requests += 1
-        return await handler(request)
-
-    async def echo(request: web.Request) -> web.Response:
-        digest, size = hashlib.sha256(), 0
-        try:
-            async for chunk in request.content.iter_any():
-                digest.update(chunk)
-                size += len(chunk)
-        except BaseException:  # cancelled or reset: the body never completed
-            state.broken_bodies += 1
-            raise
-        return web.json_response(
-            {
-                "method": request.method,
-                "path": request.raw_path.partition("?")[0],
-                "query": request.rel_url.raw_query_string,
-                "headers": [[k, v] for k, v in request.headers.items()],
-                "body_len": size,
-                "body_sha256": digest.hexdigest(),
-            }
-        )
-
-    async def download(request: web.Request) -> web.StreamResponse:
-        mib = int(request.match_info["mib"])
-        response = web.StreamResponse()
-        if "length" in request.query:
-            response.content_length = mib * MIB
-        await response.prepare(request)
-        if request.method != hdrs.METH_HEAD:
-            for _ in range(mib):
-                await response.write(BLOCK)
-        await response.write_eof()
-        return response
-
-    async def wait(request: web.Request) -> web.Response:
-        state.waiting += 1
-        try:
-            await asyncio.wait_for(state.release.wait(), 30)
-        finally:
-            state.waiting -= 1
-        return web.Response(text="late")
-
-    async def redirect(request: web.Request) -> web.Response:
-        # Not HTTPFound: it would normalise the URL; the raw value is the point.
-        location = "http://elsewhere.invalid/landing?x=%2F"
-        return web.Response(status=302, headers={hdrs.LOCATION: location})
-
-    async def gzipped(request: web.Request) -> web.Response:
-        return web.Response(
-            body=GZIPPED,
-            headers={hdrs.CONTENT_ENCODING: "gzip", hdrs.CONTENT_TYPE: "text/plain"},
-        )
-
-    async def cookies(request: web.Request) -> web.Response:
-        response = web.Response(text="ok")
-        response.headers.add(hdrs.SET_COOKIE, "a=1; Path=/")
-        response.headers.add(hdrs.SET_COOKIE, "b=2; HttpOnly")
-        return response
-
-    async def hop(request: web.Request) -> web.Response:
-        headers = {
-            hdrs.CONNECTION: "X-Hop-Secret",
-            "X-Hop-Secret": "1",
-            hdrs.KEEP_ALIVE: "timeout=5",
-            hdrs.PROXY_AUTHENTICATE: 'Basic realm="x"',
-            hdrs.TRAILER: "X-Checksum",
-            "X-Kept": "yes",
-        }
-        return web.Response(text="ok", headers=headers)
-
-    async def cut(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        if request.match_info["framing"] == "length":
-            response.content_length = 10 * MIB
-        await response.prepare(request)
-        await response.write(BLOCK[:65536])
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
-    async def trickle(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.content_length = 2 * 65536
-        await response.prepare(request)
-        await response.write(BLOCK[:65536])
-        await asyncio.wait_for(state.release.wait(), 30)
-        await response.write(BLOCK[:65536])
-        return response
-
-    async def endless(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        await response.prepare(request)
-        try:
-            while True:
-                await response.write(BLOCK[:65536])
-        except ConnectionError:
-            return response
-        finally:
-            state.endless_done.set()
-
-    async def no_content(request: web.Request) -> web.Response:
-        return web.Response(status=204, headers={"X-Kept": "yes"})
-
-    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(protocols=("chat",))
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is aiohttp.WSMsgType.TEXT and msg.data == "big":
-                with contextlib.suppress(ConnectionError):
-                    await ws.send_bytes(b"x" * (4 * MIB + 1))
-            elif msg.type is aiohttp.WSMsgType.TEXT and msg.data.startswith("close:"):
-                await ws.close(code=int(msg.data[6:]), message=b"upstream says bye")
-            elif msg.type is aiohttp.WSMsgType.TEXT:
-                await ws.send_str(msg.data)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-        state.ws_closes.append(ws.close_code)
-        return ws
-
-    async def ws_refuse(request: web.Request) -> web.Response:
-        return web.Response(status=403, text="no sockets here")
-
-    app = web.Application(middlewares=[count])
-    app[UPSTREAM] = state
-    app.router.add_route("*", "/echo{tail:.*}", echo)
-    app.router.add_route("*", "/download/{mib}", download)
-    app.router.add_get("/wait", wait)
-    app.router.add_get("/redirect", redirect)
-    app.router.add_get("/gzip", gzipped)
-    app.router.add_get("/cookies", cookies)
-    app.router.add_get("/hop", hop)
-    app.router.add_get("/cut/{framing}", cut)
-    app.router.add_get("/trickle", trickle)
-    app.router.add_get("/endless", endless)
-    app.router.add_get("/no-content", no_content)
-    app.router.add_get("/ws", ws_echo)
-    app.router.add_get("/ws-refuse", ws_refuse)
-    return app
 
 
 # -- gateway -----------------------------------------------------------------
@@ -287,24 +126,22 @@ BOTH_SERVERS = pytest.mark.parametrize(
 @dataclass
 class Env:
     client: TestClient[web.Request, web.Application]
-    upstream: UpstreamState
+    upstream: Recorder
     gateway: Gateway
 
 
 @pytest.fixture
 async def env(
     request: pytest.FixtureRequest,
-    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+    recorder: Recorder,
     aiohttp_client: Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]],
-) -> AsyncIterator[Env]:
-    state = UpstreamState()
-    server = await aiohttp_server(upstream_app(state))
-    base = f"http://127.0.0.1:{server.port}"
+) -> Env:
+    base = recorder.url
     routes = [
         Route(name="up", prefix="/up", upstream=base, strip_prefix=True),
         Route(name="open", prefix="/open", upstream=base, strip_prefix=True, public=True),
         Route(name="slow", prefix="/slow", upstream=base, strip_prefix=True, timeout=0.3),
-        Route(name="dead", prefix="/dead", upstream=f"http://127.0.0.1:{unused_port()}"),
+        Route(name="dead", prefix="/dead", upstream=f"http://127.0.0.1:{free_port()}"),
         Route(name="small", prefix="/small", upstream=base, max_body_bytes=1000),
         Route(name="narrow", prefix="/narrow", upstream=base, max_connections=1),
     ]
@@ -315,19 +152,7 @@ async def env(
     app.router.add_route("*", "/{tail:.*}", proxy)
     cancelling = getattr(request, "param", True)
     client = await aiohttp_client(app if cancelling else DeployedServer(app))
-    try:
-        yield Env(client, state, gw)
-    finally:
-        state.release.set()
-
-
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait, in small steps and never past ``within`` seconds, until ``condition()``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+    return Env(client, recorder, gw)
 
 
 async def blocks(count: int, stall: asyncio.Event | None = None) -> AsyncIterator[bytes]:
@@ -447,11 +272,11 @@ async def test_forward_upload_with_content_length_sent_with_content_length(env: 
 
 
 @pytest.mark.parametrize(
-    ("query", "framing"), [("", "chunked"), ("?length=1", "length")], ids=["chunked", "length"]
+    ("query", "framing"), [("?chunked", "chunked"), ("", "length")], ids=["chunked", "length"]
 )
 async def test_forward_download_64mib_streamed(env: Env, query: str, framing: str) -> None:
     digest, size = hashlib.sha256(), 0
-    async with env.client.get(f"/up/download/64{query}") as response:
+    async with env.client.get(f"/up/_up/big/64{query}") as response:
         assert response.status == 200
         if framing == "length":
             assert response.headers[hdrs.CONTENT_LENGTH] == str(64 * MIB)
@@ -467,14 +292,14 @@ async def test_forward_download_64mib_streamed(env: Env, query: str, framing: st
 
 
 async def test_forward_head_keeps_content_length_no_body(env: Env) -> None:
-    async with env.client.head("/up/download/2?length=1") as response:
+    async with env.client.head("/up/_up/big/2") as response:
         assert response.status == 200
         assert response.headers[hdrs.CONTENT_LENGTH] == str(2 * MIB)
         assert await response.read() == b""
 
 
 async def test_forward_204_passes_without_body(env: Env) -> None:
-    async with env.client.get("/up/no-content") as response:
+    async with env.client.get("/up/_up/204") as response:
         assert response.status == 204
         assert response.headers["X-Kept"] == "yes"
         assert await response.read() == b""
@@ -484,28 +309,28 @@ async def test_forward_204_passes_without_body(env: Env) -> None:
 
 
 async def test_forward_redirect_passed_through(env: Env) -> None:
-    async with env.client.get("/up/redirect", allow_redirects=False) as response:
+    async with env.client.get("/up/_up/redirect", allow_redirects=False) as response:
         assert response.status == 302
-        assert response.headers[hdrs.LOCATION] == "http://elsewhere.invalid/landing?x=%2F"
-    assert env.upstream.requests == 1
+        assert response.headers[hdrs.LOCATION] == REDIRECT
+    assert len(env.upstream.seen) == 1
 
 
 async def test_forward_gzip_body_byte_identical(env: Env) -> None:
     async with env.client.get(
-        "/up/gzip", auto_decompress=False, skip_auto_headers=[hdrs.ACCEPT_ENCODING]
+        "/up/_up/gzip", auto_decompress=False, skip_auto_headers=[hdrs.ACCEPT_ENCODING]
     ) as response:
         assert response.headers[hdrs.CONTENT_ENCODING] == "gzip"
-        assert response.headers[hdrs.CONTENT_LENGTH] == str(len(GZIPPED))
-        assert await response.read() == GZIPPED
+        assert response.headers[hdrs.CONTENT_LENGTH] == str(len(GZIP_BODY))
+        assert await response.read() == GZIP_BODY
 
 
 async def test_forward_repeated_set_cookie_kept_in_order(env: Env) -> None:
-    async with env.client.get("/up/cookies") as response:
+    async with env.client.get("/up/_up/cookies") as response:
         assert response.headers.getall(hdrs.SET_COOKIE) == ["a=1; Path=/", "b=2; HttpOnly"]
 
 
 async def test_forward_response_hop_by_hop_removed(env: Env) -> None:
-    async with env.client.get("/up/hop") as response:
+    async with env.client.get("/up/_up/hop") as response:
         assert response.headers["X-Kept"] == "yes"
         for name in ("X-Hop-Secret", hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.TRAILER):
             assert name not in response.headers, name
@@ -522,9 +347,9 @@ async def test_forward_connection_refused_502(env: Env) -> None:
 
 
 async def test_forward_slow_upstream_504_other_route_responsive(env: Env) -> None:
-    slow = asyncio.create_task(env.client.get("/slow/wait"))
+    slow = asyncio.create_task(env.client.get("/slow/_up/hold"))
     try:
-        await eventually(lambda: env.upstream.waiting == 1)
+        await wait_for(lambda: env.upstream.holding == 1)
         async with env.client.get("/up/echo") as response:
             assert response.status == 200
         assert not slow.done()
@@ -538,18 +363,18 @@ async def test_forward_slow_upstream_504_other_route_responsive(env: Env) -> Non
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_forward_upstream_cut_mid_body_client_sees_abort(env: Env, framing: str) -> None:
-    async with env.client.get(f"/up/cut/{framing}") as response:
+    async with env.client.get(f"/up/_up/cut/{framing}") as response:
         assert response.status == 200
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
             await response.read()
 
 
 async def test_forward_upstream_timeout_mid_body_client_sees_abort(env: Env) -> None:
-    async with env.client.get("/slow/trickle") as response:
+    async with env.client.get("/slow/_up/trickle") as response:
         assert response.status == 200
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
             await response.read()
-    await eventually(lambda: env.gateway.gates["slow"].in_flight == 0)
+    await wait_for(lambda: env.gateway.gates["slow"].in_flight == 0)
 
 
 @pytest.mark.parametrize(
@@ -563,42 +388,34 @@ async def test_forward_upstream_timeout_mid_body_client_sees_abort(env: Env) -> 
     ids=["bad-status", "bad-header", "not-http", "closed"],
 )
 async def test_forward_malformed_upstream_response_502(env: Env, reply: bytes) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    route = Route(name="raw", prefix="/raw", upstream=f"http://127.0.0.1:{port}")
-    env.gateway.routes[route.prefix] = route
-    env.gateway.gates[route.name] = RouteGate(route)
-    async with server, env.client.get("/raw/x") as response:
-        assert response.status == 502
-        assert await error_code(response) == "upstream_unavailable"
+    async with raw_server(Canned.always(reply)) as up:
+        route = Route(name="raw", prefix="/raw", upstream=up.url)
+        env.gateway.routes[route.prefix] = route
+        env.gateway.gates[route.name] = RouteGate(route)
+        async with env.client.get("/raw/x") as response:
+            assert response.status == 502
+            assert await error_code(response) == "upstream_unavailable"
 
 
 async def test_forward_declared_body_too_large_413_upstream_untouched(env: Env) -> None:
     async with env.client.post("/small/echo", data=b"x" * 1001) as response:
         assert response.status == 413
         assert await error_code(response) == "too_large"
-    assert env.upstream.requests == 0
+    assert env.upstream.seen == []
 
 
 async def test_forward_chunked_body_too_large_413_upstream_request_cut(env: Env) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"x" * 400
         # Let the upstream start reading before the limit is crossed.
-        await eventually(lambda: env.upstream.requests == 1)
+        await wait_for(lambda: len(env.upstream.seen) == 1)
         for _ in range(4):
             yield b"x" * 400
 
     async with env.client.post("/small/echo", data=chunks()) as response:
         assert response.status == 413
         assert await error_code(response) == "too_large"
-    await eventually(lambda: env.upstream.broken_bodies == 1)
+    await wait_for(lambda: env.upstream.broken_bodies == 1)
 
 
 async def test_forward_chunked_body_within_limit_passes(env: Env) -> None:
@@ -622,9 +439,9 @@ async def test_forward_stalled_body_400(env: Env) -> None:
 
 
 async def test_forward_gate_full_503(env: Env) -> None:
-    first = asyncio.create_task(env.client.get("/narrow/wait"))
+    first = asyncio.create_task(env.client.get("/narrow/_up/hold"))
     try:
-        await eventually(lambda: env.upstream.waiting == 1)
+        await wait_for(lambda: env.upstream.holding == 1)
         async with env.client.get("/narrow/echo") as response:
             assert response.status == 503
             assert await error_code(response) == "upstream_busy"
@@ -639,27 +456,25 @@ async def test_forward_gate_full_503(env: Env) -> None:
 
 @BOTH_SERVERS
 async def test_forward_client_disconnect_mid_download_releases_upstream(env: Env) -> None:
-    response = await env.client.get("/up/endless")
+    response = await env.client.get("/up/_up/endless")
     assert len(await response.content.readexactly(65536)) == 65536
     assert env.gateway.gates["up"].in_flight == 1
     response.close()  # drop the connection mid-body
-    await eventually(env.upstream.endless_done.is_set)
-    await eventually(lambda: env.gateway.gates["up"].in_flight == 0)
+    await wait_for(lambda: env.upstream.endless_stopped == 1)
+    await wait_for(lambda: env.gateway.gates["up"].in_flight == 0)
 
 
 @BOTH_SERVERS
 async def test_forward_client_disconnect_mid_upload_releases_upstream(env: Env) -> None:
-    _, writer = await asyncio.open_connection("127.0.0.1", env.client.port)
-    writer.write(
-        b"POST /up/echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-    )
-    await writer.drain()
-    await eventually(lambda: env.upstream.requests == 1)
+    assert env.client.port is not None
+    conn = await Raw.open(env.client.port)
+    chunked = [("Transfer-Encoding", "chunked")]
+    await conn.send(http("POST", "/up/echo", chunked, b"5\r\nhello\r\n", host="gw"))
+    await wait_for(lambda: len(env.upstream.seen) == 1)
     assert env.gateway.gates["up"].in_flight == 1
-    writer.close()  # gone mid-body
-    await writer.wait_closed()
-    await eventually(lambda: env.upstream.broken_bodies == 1)
-    await eventually(lambda: env.gateway.gates["up"].in_flight == 0)
+    await conn.close()  # gone mid-body
+    await wait_for(lambda: env.upstream.broken_bodies == 1)
+    await wait_for(lambda: env.gateway.gates["up"].in_flight == 0)
 
 
 async def test_forward_connect_method_405_without_upstream() -> None:
@@ -684,42 +499,42 @@ async def test_forward_connect_method_405_without_upstream() -> None:
 
 
 async def test_forward_websocket_relays_text_binary_ping(env: Env) -> None:
-    async with env.client.ws_connect("/up/ws", protocols=("chat",), autoping=False) as ws:
+    async with env.client.ws_connect("/up/_up/ws", protocols=("chat",), autoping=False) as ws:
         assert ws.protocol == "chat"
         await ws.send_str("hello")
-        assert await ws.receive_str() == "hello"
+        assert await ws.receive_str() == "echo:hello"
         await ws.send_bytes(b"\x00\x01\x02")
-        assert await ws.receive_bytes() == b"\x00\x01\x02"
+        assert await ws.receive_bytes() == b"\x02\x01\x00"
         await ws.ping(b"are you there")
         pong = await ws.receive()
         assert pong.type is aiohttp.WSMsgType.PONG
         assert pong.data == b"are you there"
         assert env.gateway.gates["up"].in_flight == 1
-    await eventually(lambda: env.gateway.gates["up"].in_flight == 0)
+    await wait_for(lambda: env.gateway.gates["up"].in_flight == 0)
 
 
 @BOTH_SERVERS
 async def test_forward_websocket_client_close_code_reaches_upstream(env: Env) -> None:
-    ws = await env.client.ws_connect("/up/ws")
+    ws = await env.client.ws_connect("/up/_up/ws")
     await ws.send_str("ping")
-    assert await ws.receive_str() == "ping"
+    assert await ws.receive_str() == "echo:ping"
     await ws.close(code=4000, message=b"client says bye")
-    await eventually(lambda: env.upstream.ws_closes == [4000])
+    await wait_for(lambda: env.upstream.ws_closes == [4000])
 
 
 async def test_forward_websocket_upstream_close_code_reaches_client(env: Env) -> None:
-    async with env.client.ws_connect("/up/ws") as ws:
+    async with env.client.ws_connect("/up/_up/ws") as ws:
         await ws.send_str("close:4001")
         msg = await ws.receive()
         assert msg.type is aiohttp.WSMsgType.CLOSE
         assert msg.data == 4001
-        assert msg.extra == "upstream says bye"
-    await eventually(lambda: env.gateway.gates["up"].in_flight == 0)
+        assert msg.extra == "upstream bye"
+    await wait_for(lambda: env.gateway.gates["up"].in_flight == 0)
 
 
 @BOTH_SERVERS
 async def test_forward_websocket_message_too_big_from_client_1009(env: Env) -> None:
-    async with env.client.ws_connect("/up/ws") as ws:
+    async with env.client.ws_connect("/up/_up/ws") as ws:
 
         async def send_big() -> None:
             # The gateway refuses the frame from its header and drops the
@@ -729,13 +544,13 @@ async def test_forward_websocket_message_too_big_from_client_1009(env: Env) -> N
 
         sender = asyncio.create_task(send_big())
         try:
-            await eventually(lambda: env.upstream.ws_closes == [1009])
+            await wait_for(lambda: env.upstream.ws_closes == [1009])
         finally:
             await sender
 
 
 async def test_forward_websocket_message_too_big_from_upstream_1009(env: Env) -> None:
-    async with env.client.ws_connect("/up/ws") as ws:
+    async with env.client.ws_connect("/up/_up/ws") as ws:
         await ws.send_str("big")
         msg = await ws.receive()
         assert msg.type is aiohttp.WSMsgType.CLOSE
@@ -749,7 +564,7 @@ async def test_forward_websocket_upstream_refuses_502_json(env: Env) -> None:
         hdrs.SEC_WEBSOCKET_KEY: base64.b64encode(os.urandom(16)).decode(),
         hdrs.SEC_WEBSOCKET_VERSION: "13",
     }
-    async with env.client.get("/up/ws-refuse", headers=handshake) as response:
+    async with env.client.get("/up/_up/ws-refuse", headers=handshake) as response:
         assert response.status == 502
         assert await error_code(response) == "upstream_unavailable"
     assert env.gateway.gates["up"].in_flight == 0

@@ -14,7 +14,7 @@ from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.keyformat import BASE62, KEY_ID_ALPHABET, TokenFormatError
 
-from tests.conftest import GatewayFactory
+from tests.support.gateway import GatewayFactory
 
 VECTOR = "kg_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEF2dJnNT"
 PRINTABLE = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]

@@ -15,7 +15,8 @@ from keygate.gateway.store.postgres.listener import PgChangeListener
 from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.records import AuditEntry, UserRecord, utcnow
 
-from tests.pg import pg_database_fixture, pg_url_fixture, wait_until  # noqa: F401 - fixtures
+from tests.support.polling import wait_for
+from tests.support.raw_upstreams import raw_server
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/x"
 
@@ -86,8 +87,8 @@ async def test_listener_write_on_other_node_notified_within_1s(
     node1: PostgresStore, node2_gateway: Node
 ) -> None:
     user = await add_user(node1, "alice")
-    await wait_until(
-        lambda: ("user", user.id) in node2_gateway.applied, 1.0, what="the change notice"
+    await wait_for(
+        lambda: ("user", user.id) in node2_gateway.applied, within=1.0, what="the change notice"
     )
 
 
@@ -99,14 +100,14 @@ async def test_listener_terminated_reconnects_and_delivers_again(
     first_pid = listener.backend_pid
     assert first_pid is not None
     await terminate_backend(pg_url, first_pid)
-    await wait_until(
+    await wait_for(
         lambda: listener.connected.is_set() and listener.backend_pid != first_pid,
-        5.0,
+        within=5.0,
         what="the listener to reconnect",
     )
     user = await add_user(node1, "bob")
-    await wait_until(
-        lambda: ("user", user.id) in node2_gateway.applied, 1.0, what="the change notice"
+    await wait_for(
+        lambda: ("user", user.id) in node2_gateway.applied, within=1.0, what="the change notice"
     )
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("change notices down" in m for m in messages)
@@ -119,8 +120,8 @@ async def test_listener_missed_while_down_caught_up_on_reconnect(
     await node2_gateway.listener.stop()  # down: notices for this write are lost
     user = await add_user(node1, "carol")
     await node2_gateway.listener.start()
-    await wait_until(
-        lambda: ("user", user.id) in node2_gateway.applied, 5.0, what="the catch-up poll"
+    await wait_for(
+        lambda: ("user", user.id) in node2_gateway.applied, within=5.0, what="the catch-up poll"
     )
 
 
@@ -135,9 +136,9 @@ async def test_listener_no_server_logs_down_and_stops_cleanly(
 
     listener = PgChangeListener(CLOSED_PORT_URL, on_notice, backoff_initial=0.01)
     await listener.start()
-    await wait_until(
+    await wait_for(
         lambda: any("change notices down" in r.getMessage() for r in caplog.records),
-        5.0,
+        within=5.0,
         what="the down warning",
     )
     await asyncio.wait_for(listener.stop(), 1)
@@ -186,17 +187,12 @@ async def test_open_silent_server_times_out_store_unavailable() -> None:
     # Accepts TCP and never answers: a hung server must not hang the caller.
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
-        writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        store = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=0.3)
+    async with raw_server(silent) as server:
+        url = f"postgresql://postgres@127.0.0.1:{server.port}/x"
+        store = PostgresStore(url, connect_timeout=0.3)
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(store.open(), 5)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_ping_closed_store_unavailable(node1: PostgresStore) -> None:

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 import pytest
 
-from tests.conftest import Keygate
-
-
-async def raw_exchange(kg: Keygate, payload: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", kg.client.port)
-    writer.write(payload)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), timeout=5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+from tests.support.gateway import Keygate
+from tests.support.raw import fetch
 
 
 @pytest.mark.parametrize(
@@ -35,6 +23,6 @@ async def raw_exchange(kg: Keygate, payload: bytes) -> tuple[int, bytes]:
 async def test_protocol_malformed_request_is_json_error(
     keygate: Keygate, payload: bytes, status: int, code: str
 ) -> None:
-    got_status, body = await raw_exchange(keygate, payload)
-    assert got_status == status
-    assert json.loads(body)["error"]["code"] == code
+    reply = await fetch(keygate.port, payload)
+    assert reply.status == status
+    assert reply.code == code

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Keygate, header_values
+from tests.support.gateway import Keygate
+from tests.support.upstreams import header_values
 
 
 async def test_proxy_valid_key_forwards_with_identity(keygate: Keygate) -> None:

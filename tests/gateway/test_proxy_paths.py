@@ -11,35 +11,31 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from keygate.config.settings import Route
 
-from tests.conftest import GatewayFactory, Keygate
-from tests.gateway.conftest import RawResponse, Upstream, UpstreamFactory, get_request, raw_request
+from tests.support.gateway import GatewayFactory, Keygate, default_route
+from tests.support.raw import Reply, fetch, http
+from tests.support.upstreams import Recorder, RecorderFactory
 
 
 @dataclass
 class Paths:
     kg: Keygate
-    up: Upstream
+    up: Recorder
     full: str  # every path
     narrow: str  # GET /allowed/** only
 
-    async def get(self, target: str, token: str | None = None) -> RawResponse:
-        headers = {"X-API-Key": token or self.full}
-        return await raw_request(self.kg.client.port, get_request(target, headers=headers))
+    async def get(self, target: str, token: str | None = None) -> Reply:
+        headers = [("Connection", "close"), ("X-API-Key", token or self.full)]
+        return await fetch(self.kg.port, http("GET", target, headers))
 
 
 @pytest.fixture
-async def paths(keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory) -> Paths:
-    up = await upstream_factory("origin")
-    kg = await keygate_factory((Route(name="default", prefix="/", upstream=up.url),))
+async def paths(keygate_factory: GatewayFactory, recorder_factory: RecorderFactory) -> Paths:
+    up = await recorder_factory("origin")
+    kg = await keygate_factory(default_route(up.url))
     rule = {"route": "default", "methods": ["GET"], "paths": ["/allowed/**"]}
     await kg.services.groups.create(await kg.admin_actor(), {"name": "narrow", "rules": [rule]})
     return Paths(kg, up, await kg.make_key(["default"]), await kg.make_key(["narrow"]))
-
-
-def error_code(resp: RawResponse) -> str:
-    return str(orjson.loads(resp.body)["error"]["code"])
 
 
 NORMALISED = [
@@ -68,15 +64,15 @@ async def test_paths_normalised_path_is_exactly_what_upstream_gets(
 ) -> None:
     resp = await paths.get(target)
     assert resp.status == 200, resp.body
-    (seen,) = paths.up.received
-    assert seen["raw_target"] == expected
+    (seen,) = paths.up.seen
+    assert seen.target == expected
 
 
 async def test_paths_query_is_not_normalised(paths: Paths) -> None:
     resp = await paths.get("/a/../b?x=/../y&z=%2F%2e")
     assert resp.status == 200, resp.body
-    (seen,) = paths.up.received
-    assert seen["raw_target"] == "/b?x=/../y&z=%2F%2e"
+    (seen,) = paths.up.seen
+    assert seen.target == "/b?x=/../y&z=%2F%2e"
 
 
 BAD = [
@@ -106,8 +102,8 @@ BAD = [
 async def test_paths_hostile_path_is_400_bad_path(paths: Paths, target: str) -> None:
     resp = await paths.get(target)
     assert resp.status == 400
-    assert error_code(resp) == "bad_path"
-    assert paths.up.received == []
+    assert resp.code == "bad_path"
+    assert paths.up.seen == []
 
 
 # Refused by aiohttp's parser before keygate sees them; RFC 9112 targets are ASCII.
@@ -115,7 +111,7 @@ async def test_paths_hostile_path_is_400_bad_path(paths: Paths, target: str) -> 
 async def test_paths_raw_control_bytes_never_reach_upstream(paths: Paths, target: str) -> None:
     resp = await paths.get(target)
     assert resp.status == 400
-    assert paths.up.received == []
+    assert paths.up.seen == []
 
 
 # --- absolute-form targets (RFC 9112 §3.2.2) ----------------------------------------------
@@ -137,10 +133,10 @@ async def test_paths_absolute_form_goes_to_configured_upstream(
 ) -> None:
     resp = await paths.get(target)
     assert resp.status == 200, resp.body
-    assert resp.headers["x-upstream"] == "origin"
-    (seen,) = paths.up.received
-    assert seen["raw_target"] == expected
-    host = dict((k.lower(), v) for k, v in seen["headers"])["host"]
+    assert resp.header("x-upstream") == "origin"
+    (seen,) = paths.up.seen
+    assert seen.target == expected
+    host = dict((k.lower(), v) for k, v in seen.headers)["host"]
     assert "evil" not in host.lower()
 
 
@@ -151,22 +147,22 @@ async def test_paths_absolute_form_goes_to_configured_upstream(
 async def test_paths_absolute_form_is_normalised_like_any_path(paths: Paths, target: str) -> None:
     resp = await paths.get(target)
     assert resp.status == 400
-    assert error_code(resp) == "bad_path"
-    assert paths.up.received == []
+    assert resp.code == "bad_path"
+    assert paths.up.seen == []
 
 
 async def test_paths_absolute_form_admin_path_is_admin_not_proxied(paths: Paths) -> None:
     resp = await paths.get("http://evil.example/_keygate/health")
     assert resp.status == 200
     assert orjson.loads(resp.body) == {"status": "ok"}
-    assert paths.up.received == []
+    assert paths.up.seen == []
 
 
 @pytest.mark.parametrize("target", ["*", "evil.example:443", "ftp://evil.example/x"])
 async def test_paths_non_path_target_is_refused(paths: Paths, target: str) -> None:
     resp = await paths.get(target)
     assert resp.status == 400
-    assert paths.up.received == []
+    assert paths.up.seen == []
 
 
 # --- the admin prefix -------------------------------------------------------------------
@@ -187,8 +183,8 @@ async def test_paths_non_path_target_is_refused(paths: Paths, target: str) -> No
 async def test_paths_trick_into_admin_prefix_is_400(paths: Paths, target: str) -> None:
     resp = await paths.get(target)
     assert resp.status == 400
-    assert error_code(resp) == "bad_path"
-    assert paths.up.received == []
+    assert resp.code == "bad_path"
+    assert paths.up.seen == []
 
 
 @pytest.mark.parametrize(
@@ -199,23 +195,23 @@ async def test_paths_admin_prefix_is_never_proxied(paths: Paths, target: str, wh
     token = {"admin": paths.kg.admin_token, "full": paths.full, "nobody": "nope"}[who]
     resp = await paths.get(target, token)
     assert resp.status in (401, 403, 404)
-    assert error_code(resp) in ("invalid_api_key", "forbidden", "not_found")
+    assert resp.code in ("invalid_api_key", "forbidden", "not_found")
     if who == "admin":
         assert resp.status == 404
-    assert paths.up.received == []
+    assert paths.up.seen == []
 
 
 async def test_paths_admin_health_is_served_by_admin_app(paths: Paths) -> None:
     resp = await paths.get("/_keygate/health")
     assert resp.status == 200
     assert orjson.loads(resp.body) == {"status": "ok"}
-    assert paths.up.received == []
+    assert paths.up.seen == []
 
 
 async def test_paths_admin_lookalike_is_proxied(paths: Paths) -> None:
     resp = await paths.get("/_keygatex/health")
     assert resp.status == 200
-    assert paths.up.received[0]["raw_target"] == "/_keygatex/health"
+    assert paths.up.seen[0].target == "/_keygatex/health"
 
 
 # --- the checked path is the forwarded path --------------------------------------------
@@ -240,7 +236,7 @@ async def test_paths_policy_checks_the_forwarded_path(
     resp = await paths.get(target, paths.narrow)
     assert resp.status == status, resp.body
     if forwarded is None:
-        assert paths.up.received == []
+        assert paths.up.seen == []
     else:
-        (seen,) = paths.up.received
-        assert seen["raw_target"] == forwarded
+        (seen,) = paths.up.seen
+        assert seen.target == forwarded

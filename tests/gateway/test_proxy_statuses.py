@@ -17,15 +17,10 @@ from keygate.gateway.auth import keyformat
 from keygate.gateway.store.records import AuditEntry
 from multidict import CIMultiDict
 
-from tests.conftest import GatewayFactory, Keygate, header_values
-from tests.gateway.conftest import (
-    SlowUpstream,
-    Upstream,
-    UpstreamFactory,
-    closed_port,
-    get_request,
-    raw_request,
-)
+from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
+from tests.support.polling import wait_for
+from tests.support.raw import fetch, free_port, http
+from tests.support.upstreams import Recorder, RecorderFactory, header_values
 
 REALM = 'Bearer realm="keygate"'
 
@@ -33,25 +28,24 @@ REALM = 'Bearer realm="keygate"'
 @dataclass
 class Proxy:
     kg: Keygate
-    up: Upstream
+    up: Recorder
     tokens: dict[str, str]
-    slow: SlowUpstream
+    slow: Recorder  # holds every request
 
 
 @pytest.fixture
 async def proxy(
     keygate_factory: GatewayFactory,
-    upstream_factory: UpstreamFactory,
-    slow_upstream: SlowUpstream,
+    recorder_factory: RecorderFactory,
 ) -> Proxy:
     """Routes without "/": a normal, a public, a dead and a slow upstream, and one key
     for every state a key can be in."""
-    up = await upstream_factory("a")
+    up, slow = await recorder_factory("a"), await recorder_factory("slow")
     routes = (
         Route(name="api", prefix="/api", upstream=up.url),
         Route(name="pub", prefix="/pub", upstream=up.url, public=True),
-        Route(name="down", prefix="/down", upstream=f"http://127.0.0.1:{closed_port()}"),
-        Route(name="slow", prefix="/slow", upstream=slow_upstream.url, timeout=0.5),
+        Route(name="down", prefix="/down", upstream=f"http://127.0.0.1:{free_port()}"),
+        Route(name="slow", prefix="/slow", upstream=slow.at("/_up/hold"), timeout=0.5),
     )
     kg = await keygate_factory(routes)
     actor = await kg.admin_actor()
@@ -72,11 +66,7 @@ async def proxy(
         {"expires_at": datetime.now(UTC) - timedelta(seconds=5)},
         audit=AuditEntry("key.update", "key", key_id(tokens["expired"])),
     )
-    return Proxy(kg, up, tokens, slow_upstream)
-
-
-def key_id(token: str) -> str:
-    return keyformat.parse(token, "kg").key_id
+    return Proxy(kg, up, tokens, slow)
 
 
 Headers = Callable[[dict[str, str]], "CIMultiDict[str]"]
@@ -171,13 +161,13 @@ async def test_proxy_each_spec_case_gets_its_status(
     if code == "missing_api_key":
         assert resp.headers["WWW-Authenticate"] == REALM
     # Nothing keygate refused reached the upstream.
-    assert proxy.up.received == []
+    assert proxy.up.seen == []
 
 
 async def test_proxy_slow_upstream_leaves_other_routes_responsive(proxy: Proxy) -> None:
     headers = {"X-API-Key": proxy.tokens["all"]}
     slow = asyncio.create_task(proxy.kg.client.get("/slow/x", headers=headers))
-    await asyncio.wait_for(proxy.slow.arrived.wait(), 2)
+    await wait_for(lambda: proxy.slow.holding == 1, within=2, what="the slow upstream")
     started = time.monotonic()
     resp = await proxy.kg.client.get("/api/x", headers=headers)
     assert resp.status == 200
@@ -293,9 +283,8 @@ async def test_proxy_method_query_and_body_are_forwarded(proxy: Proxy) -> None:
 
 
 # --- other credential sources -------------------------------------------------------------
-async def sources_gateway(keygate_factory: GatewayFactory, up: Upstream, *sources: str) -> Keygate:
-    route = Route(name="default", prefix="/", upstream=up.url)
-    return await keygate_factory((route,), sources=sources)
+async def sources_gateway(keygate_factory: GatewayFactory, up: Recorder, *sources: str) -> Keygate:
+    return await keygate_factory(default_route(up.url), sources=sources)
 
 
 def basic_for(token: str) -> str:
@@ -305,9 +294,9 @@ def basic_for(token: str) -> str:
 
 
 async def test_proxy_basic_source_authenticates_and_is_removed(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await sources_gateway(keygate_factory, up, "basic")
     token = await kg.make_key(["default"], name="basic-user")
     seen = await echoed(await kg.client.get("/x", headers={"Authorization": basic_for(token)}))
@@ -324,20 +313,20 @@ async def test_proxy_basic_source_authenticates_and_is_removed(
     ],
 )
 async def test_proxy_basic_source_bad_credentials_are_401_invalid(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory, authorization: str
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory, authorization: str
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await sources_gateway(keygate_factory, up, "basic")
     resp = await kg.client.get("/x", headers={"Authorization": authorization})
     assert resp.status == 401
     assert (await resp.json())["error"]["code"] == "invalid_api_key"
-    assert up.received == []
+    assert up.seen == []
 
 
 async def test_proxy_bearer_not_a_source_is_missing(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await sources_gateway(keygate_factory, up, "x-api-key")
     token = await kg.make_key(["default"])
     resp = await kg.client.get("/x", headers={"Authorization": f"Bearer {token}"})
@@ -356,23 +345,24 @@ async def test_proxy_bearer_not_a_source_is_missing(
     ],
 )
 async def test_proxy_query_source_param_is_removed_rest_byte_identical(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory, query: str, forwarded: str
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory, query: str, forwarded: str
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await sources_gateway(keygate_factory, up, "query:api_key")
     token = await kg.make_key(["default"])
-    resp = await raw_request(kg.client.port, get_request("/x?" + query.format(t=token)))
+    request = http("GET", "/x?" + query.format(t=token), [("Connection", "close")])
+    resp = await fetch(kg.port, request)
     assert resp.status == 200, resp.body
-    (seen,) = up.received
-    assert seen["path"] == "/x"
-    assert seen["query"] == forwarded
-    assert token not in seen["raw_target"]
+    (seen,) = up.seen
+    assert seen.path == "/x"
+    assert seen.query == forwarded
+    assert token not in seen.target
 
 
 async def test_proxy_query_source_two_different_keys_is_ambiguous(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await sources_gateway(keygate_factory, up, "query:api_key", "x-api-key")
     one, two = await kg.make_key(["default"]), await kg.make_key(["default"])
     resp = await kg.client.get(f"/x?api_key={one}", headers={"X-API-Key": two})
@@ -382,24 +372,24 @@ async def test_proxy_query_source_two_different_keys_is_ambiguous(
 
 # --- routing -------------------------------------------------------------------------------
 async def test_proxy_strip_prefix_removes_route_prefix(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await keygate_factory((Route(name="svc", prefix="/svc", upstream=up.url,
                                       strip_prefix=True),))  # fmt: skip
     headers = {"X-API-Key": await kg.make_key(["default"])}
     for path, expected in [("/svc/a/b?q=1", "/a/b"), ("/svc", "/"), ("/svc/", "/")]:
         seen = await echoed(await kg.client.get(path, headers=headers))
         assert seen["path"] == expected, path
-    assert up.received[0]["query"] == "q=1"
+    assert up.seen[0].query == "q=1"
 
 
 async def test_proxy_upstream_base_path_is_kept(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory
 ) -> None:
-    up = await upstream_factory("a")
+    up = await recorder_factory("a")
     kg = await keygate_factory(
-        (Route(name="svc", prefix="/svc", upstream=up.url + "base", strip_prefix=True),)
+        (Route(name="svc", prefix="/svc", upstream=up.url + "/base", strip_prefix=True),)
     )
     headers = {"X-API-Key": await kg.make_key(["default"])}
     seen = await echoed(await kg.client.get("/svc/a", headers=headers))
@@ -407,9 +397,9 @@ async def test_proxy_upstream_base_path_is_kept(
 
 
 async def test_proxy_longest_prefix_wins(
-    keygate_factory: GatewayFactory, upstream_factory: UpstreamFactory
+    keygate_factory: GatewayFactory, recorder_factory: RecorderFactory
 ) -> None:
-    short, long = await upstream_factory("short"), await upstream_factory("long")
+    short, long = await recorder_factory("short"), await recorder_factory("long")
     kg = await keygate_factory(
         (
             Route(name="api", prefix="/api", upstream=short.url),

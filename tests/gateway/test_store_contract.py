@@ -26,7 +26,7 @@ from keygate.gateway.store.records import (
 )
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from tests.pg import pg_database_fixture, reset_schema  # noqa: F401 - a fixture
+from tests.support.pg import reset_schema
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -20,7 +20,7 @@ from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA, SQLITE_V1
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from tests.pg import pg_database_fixture, reset_schema  # noqa: F401 - a fixture
+from tests.support.pg import reset_schema
 
 OWNER, ADMIN = "u-alice", "u-admin"
 FUTURE = time.time() + 86400

@@ -1,8 +1,10 @@
 """The pooled plain-http client (gateway.upstream*) through forward(), on 127.0.0.1.
 
-Upstreams are aiohttp apps that report which connection (peer port) carried
-each request, or raw asyncio servers that answer with exactly the bytes a test
-needs (interim responses, framing until close, malformed heads, stale keep-alive
+Upstreams are :class:`Origin`, an aiohttp app that reports which connection
+(peer port) carried each request and how many were in flight on each (the pool
+under test is about connections, so its origin counts them), or raw servers
+(tests.support.raw_upstreams) that answer with exactly the bytes a test needs
+(interim responses, framing until close, malformed heads, stale keep-alive
 connections). The tests run on asyncio's loop; the ones in ``ON_UVLOOP`` run on
 uvloop as well, the loop keygate serves on.
 """
@@ -19,7 +21,7 @@ import aiohttp
 import pytest
 import uvloop
 from aiohttp import hdrs, web
-from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 from keygate.config.settings import Route
@@ -37,6 +39,11 @@ from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.head import CHUNKED, request_head, upstream_header_pairs
 from keygate.gateway.upstream.pool import UpstreamPool
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from tests.support.gateway import started_client
+from tests.support.polling import wait_for
+from tests.support.raw import free_port
+from tests.support.raw_upstreams import Canned, Reply, raw_server
 
 IDENTITY = identity_headers(key_id="3k9x2m0qzt7a", key_name="ci", user="alice", groups=["a"])
 
@@ -142,51 +149,6 @@ def origin_app(origin: Origin) -> web.Application:
     return app
 
 
-Reply = Callable[[int, bytes], bytes | None]
-
-
-@dataclass
-class RawOrigin:
-    """An asyncio server answering each request head with ``reply(n, head)`` bytes.
-
-    ``n`` counts requests over all connections. ``None`` closes the connection
-    without answering; after a reply the connection stays open unless
-    ``close_after`` holds.
-    """
-
-    reply: Reply
-    close_after: bool = False
-    requests: int = 0
-    connections: int = 0
-    server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                self.requests += 1
-                answer = self.reply(self.requests, head)
-                if answer is None:
-                    return
-                writer.write(answer)
-                await writer.drain()
-                if self.close_after:
-                    return
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-
 # -- gateway -----------------------------------------------------------------------------
 
 
@@ -238,14 +200,14 @@ class Env:
         route = Route(name=prefix.strip("/"), prefix=prefix, upstream=upstream, **options)
         self.app[ROUTES][prefix] = (route, RouteGate(route))
 
-    async def raw(self, reply: Reply, *, close_after: bool = False) -> RawOrigin:
-        raw = RawOrigin(reply, close_after)
-        raw.server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
-        self.servers.append(raw.server)
-        self.add_route("/raw", raw.url)
+    async def raw(self, reply: Reply, *, close_after: bool = False) -> Canned:
+        """A raw origin at /raw answering ``reply(n, head)`` (tests.support.raw_upstreams)."""
+        raw = Canned(reply, close_after)
+        server = await self.servers.enter_async_context(raw_server(raw))
+        self.add_route("/raw", server.url)
         return raw
 
-    servers: list[asyncio.Server] = field(default_factory=list)
+    servers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
 
 @contextlib.asynccontextmanager
@@ -266,8 +228,7 @@ async def make_env() -> AsyncIterator[Env]:
 
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", proxy)
-    client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
-    await client.start_server()
+    client: TestClient[web.Request, web.Application] = await started_client(TestServer(app))
     e = Env(client, origin, app)
     e.add_route("/up", origin.url)
     e.add_route("/slow", origin.url, timeout=0.3)
@@ -277,9 +238,7 @@ async def make_env() -> AsyncIterator[Env]:
         origin.release.set()
         await client.close()
         await origin.server.close()
-        for server in e.servers:
-            server.close()
-            await server.wait_closed()
+        await e.servers.aclose()
 
 
 @pytest.fixture
@@ -323,7 +282,7 @@ async def test_upstream_concurrent_requests_one_per_connection(env: Env) -> None
             assert await response.read() == b"late"
 
     tasks = [asyncio.create_task(one()) for _ in range(8)]
-    await wait_until(lambda: len(env.origin.ports) == 8)
+    await wait_for(lambda: len(env.origin.ports) == 8)
     env.origin.release.set()
     await asyncio.gather(*tasks)
     assert env.origin.max_in_flight == 1
@@ -349,7 +308,7 @@ async def test_upstream_idle_connections_bounded(env: Env) -> None:
             await response.read()
 
     tasks = [asyncio.create_task(one()) for _ in range(4)]
-    await wait_until(lambda: len(env.origin.ports) == 4)
+    await wait_for(lambda: len(env.origin.ports) == 4)
     env.origin.release.set()
     await asyncio.gather(*tasks)
     assert sum(len(idle) for idle in env.pool._idle.values()) == 2
@@ -474,7 +433,7 @@ async def test_upstream_second_response_to_one_request_connection_dropped(env: E
 async def test_upstream_bytes_while_idle_connection_dropped(env: Env) -> None:
     raw = await env.raw(lambda n, head: ok(b"fine"))
     assert (await get(env, "/raw/a"))[:2] == (200, b"fine")
-    assert raw.server is not None
+    assert raw.connections == 1
     # Whatever an idle connection receives, it cannot belong to a request.
     conns = [c for idle in env.pool._idle.values() for c in idle]
     assert len(conns) == 1 and conns[0].transport is not None
@@ -690,14 +649,8 @@ def test_upstream_only_plain_http_routes_use_the_pool() -> None:
 
 
 async def test_upstream_connection_refused_502(env: Env) -> None:
-    env.add_route("/dead", f"http://127.0.0.1:{unused_port()}")
+    env.add_route("/dead", f"http://127.0.0.1:{free_port()}")
     assert (await get(env, "/dead/x"))[0] == 502
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 # -- the same on uvloop -------------------------------------------------------------------------

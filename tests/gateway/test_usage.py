@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from keygate.config.settings import AuthSettings, Route
-from keygate.gateway.auth import keyformat
+from keygate.config.settings import AuthSettings
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.errors import StoreUnavailable
 from keygate.gateway.service import Actor, ServiceContext, Services
@@ -23,23 +19,12 @@ from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import Store, open_store
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from tests.conftest import GatewayFactory, Keygate
-from tests.gateway.conftest import (
-    CountingFactory,
-    UpstreamFactory,
-    closed_port,
-    wait_for,
-)
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def default_route(upstream: TestServer) -> tuple[Route, ...]:
-    return (Route(name="default", prefix="/", upstream=str(upstream.make_url("/"))),)
-
-
-def key_id(token: str) -> str:
-    return keyformat.parse(token, "kg").key_id
+from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
+from tests.support.polling import wait_for
+from tests.support.processes import keygate_env, start_node
+from tests.support.raw import free_port
+from tests.support.stores import CountingFactory
+from tests.support.upstreams import Recorder
 
 
 async def last_used(store: Store, token: str) -> float | None:
@@ -78,9 +63,11 @@ async def test_usage_failed_request_with_bad_key_records_nothing(keygate: Keygat
 
 
 async def test_usage_hundred_requests_make_one_write(
-    counting_keygate_factory: CountingFactory, upstream: TestServer
+    counting_keygate_factory: CountingFactory, upstream: Recorder
 ) -> None:
-    kg, st = await counting_keygate_factory(default_route(upstream), last_used_flush_interval=30)
+    kg, st = await counting_keygate_factory(
+        default_route(upstream.url), last_used_flush_interval=30
+    )
     token = await kg.make_key(["default"])
     for _ in range(100):
         await use(kg, token)
@@ -99,9 +86,11 @@ async def test_usage_hundred_requests_make_one_write(
 
 
 async def test_usage_two_keys_share_one_batch(
-    counting_keygate_factory: CountingFactory, upstream: TestServer
+    counting_keygate_factory: CountingFactory, upstream: Recorder
 ) -> None:
-    kg, st = await counting_keygate_factory(default_route(upstream), last_used_flush_interval=30)
+    kg, st = await counting_keygate_factory(
+        default_route(upstream.url), last_used_flush_interval=30
+    )
     one, two = await kg.make_key(["default"]), await kg.make_key(["default"])
     for _ in range(10):
         await use(kg, one)
@@ -112,9 +101,11 @@ async def test_usage_two_keys_share_one_batch(
 
 
 async def test_usage_background_flush_writes_each_key_once_per_tick(
-    counting_keygate_factory: CountingFactory, upstream: TestServer
+    counting_keygate_factory: CountingFactory, upstream: Recorder
 ) -> None:
-    kg, st = await counting_keygate_factory(default_route(upstream), last_used_flush_interval=0.2)
+    kg, st = await counting_keygate_factory(
+        default_route(upstream.url), last_used_flush_interval=0.2
+    )
     token = await kg.make_key(["default"])
     started = time.monotonic()
     await asyncio.gather(*(use(kg, token) for _ in range(100)))
@@ -126,9 +117,9 @@ async def test_usage_background_flush_writes_each_key_once_per_tick(
 
 
 async def test_usage_stop_flushes_after_last_request(
-    keygate_factory: GatewayFactory, upstream: TestServer
+    keygate_factory: GatewayFactory, upstream: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(upstream), last_used_flush_interval=30)
+    kg = await keygate_factory(default_route(upstream.url), last_used_flush_interval=30)
     token = await kg.make_key(["default"])
     await use(kg, token)
     await kg.client.close()  # runs cleanup_ctx: the batcher's last flush
@@ -210,10 +201,7 @@ def _cli_missing() -> bool:
 @pytest.mark.skipif(
     _cli_missing(), reason="the CLI is not installed"
 )
-async def test_usage_sigterm_flushes_and_exits_0(
-    tmp_path: Path, upstream_factory: UpstreamFactory
-) -> None:
-    up = await upstream_factory("a")
+async def test_usage_sigterm_flushes_and_exits_0(tmp_path: Path, upstream: Recorder) -> None:
     db = tmp_path / "data" / "keygate.db"
     store = SQLiteStore(db)
     await store.open()
@@ -226,47 +214,30 @@ async def test_usage_sigterm_flushes_and_exits_0(
         token = (await Services.build(ctx).keys.create(actor, {"groups": ["default"]})).token
     finally:
         await store.close()
-    port = closed_port()
+    port = free_port()
     config = tmp_path / "keygate.toml"
     config.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
         f'[store]\nurl = "sqlite:///{db}"\n'
         "[auth]\nlast_used_flush_interval = 30\n"
-        f'[[routes]]\nname = "default"\nprefix = "/"\nupstream = "{up.url}"\n'
+        f'[[routes]]\nname = "default"\nprefix = "/"\nupstream = "{upstream.url}"\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("KEYGATE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "keygate", "serve", "--config", str(config),
-        cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    node = await start_node(tmp_path, keygate_env(), "--config", str(config), port=port, within=15)
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def ready() -> bool:
-                assert proc.returncode is None, "keygate serve exited early"
-                try:
-                    async with session.get(f"{base}/_keygate/health") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await wait_for(ready, within=15.0, what="keygate serve to listen")
-            async with session.get(f"{base}/x", headers={"X-API-Key": token}) as resp:
-                status = resp.status
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            _, stderr = await proc.communicate()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{node.url}/x", headers={"X-API-Key": token}) as resp,
+        ):
+            status = resp.status
+        code = node.stop(signal.SIGTERM, timeout=15)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = stderr.decode(errors="replace")[-3000:]
+        if node.proc.poll() is None:
+            node.stop(signal.SIGKILL)
+    stderr = node.stderr()
+    log = stderr[-3000:]
     assert status == 200, log
-    assert proc.returncode == 0, log
-    assert token.encode() not in stderr
+    assert code == 0, log
+    assert token not in stderr
     store = SQLiteStore(db)
     await store.open()
     try:

@@ -14,24 +14,14 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from aiohttp.test_utils import TestServer
-from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.store import open_store
 
-from tests.conftest import GatewayFactory, Keygate, header_values
-from tests.gateway.conftest import (
-    CountingFactory,
-    CountingStore,
-    settle,
-    store_path,
-    wait_for,
-)
-
-
-def default_route(upstream: TestServer) -> tuple[Route, ...]:
-    return (Route(name="default", prefix="/", upstream=str(upstream.make_url("/"))),)
+from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
+from tests.support.polling import wait_for
+from tests.support.stores import CountingFactory, CountingStore, settle, store_path
+from tests.support.upstreams import Recorder, header_values
 
 
 async def call(kg: Keygate, token: str, path: str = "/x") -> tuple[int, str | None]:
@@ -42,15 +32,12 @@ async def call(kg: Keygate, token: str, path: str = "/x") -> tuple[int, str | No
     return resp.status, (await resp.json())["error"]["code"]
 
 
-def key_id_of(token: str) -> str:
-    return keyformat.parse(token, "kg").key_id
-
 
 @pytest.fixture
 async def counted(
-    counting_keygate_factory: CountingFactory, upstream: TestServer
+    counting_keygate_factory: CountingFactory, upstream: Recorder
 ) -> tuple[Keygate, CountingStore]:
-    return await counting_keygate_factory(default_route(upstream))
+    return await counting_keygate_factory(default_route(upstream.url))
 
 
 async def add_member(kg: Keygate, username: str, groups: list[str]) -> None:
@@ -156,9 +143,9 @@ async def test_verify_key_created_by_another_connection_works_at_once(
 
 
 async def test_verify_negative_entry_expires_after_its_ttl(
-    counting_keygate_factory: CountingFactory, upstream: TestServer
+    counting_keygate_factory: CountingFactory, upstream: Recorder
 ) -> None:
-    kg, st = await counting_keygate_factory(default_route(upstream), negative_cache_ttl=0.2)
+    kg, st = await counting_keygate_factory(default_route(upstream.url), negative_cache_ttl=0.2)
     token = await kg.make_key(["default"])
     await settle(st)
     # A real key id with a wrong secret reaches the store (a forged id does not).
@@ -183,9 +170,9 @@ async def test_verify_disabled_key_is_401_key_disabled(keygate: Keygate) -> None
     token = await keygate.make_key(["default"])
     assert await call(keygate, token) == (200, None)
     actor = await keygate.admin_actor()
-    await keygate.services.keys.set_status(actor, key_id_of(token), "disabled")
+    await keygate.services.keys.set_status(actor, key_id(token), "disabled")
     assert await call(keygate, token) == (401, "key_disabled")
-    await keygate.services.keys.set_status(actor, key_id_of(token), "active")
+    await keygate.services.keys.set_status(actor, key_id(token), "active")
     assert await call(keygate, token) == (200, None)
 
 
@@ -200,28 +187,28 @@ async def test_verify_expired_key_is_401_key_expired(keygate: Keygate) -> None:
         return status == (401, "key_expired")
 
     await wait_for(expired, within=3.0, what="key expiry")
-    record = await keygate.gw.store.get_key(key_id_of(token))
+    record = await keygate.gw.store.get_key(key_id(token))
     assert record.effective_status() == "expired"
 
 
 async def test_verify_revoked_key_is_401_invalid(keygate: Keygate) -> None:
     token = await keygate.make_key(["default"])
     assert await call(keygate, token) == (200, None)
-    await keygate.services.keys.revoke(await keygate.admin_actor(), key_id_of(token))
+    await keygate.services.keys.revoke(await keygate.admin_actor(), key_id(token))
     assert await call(keygate, token) == (401, "invalid_api_key")
 
 
 async def test_verify_deleted_key_is_401_invalid(keygate: Keygate) -> None:
     token = await keygate.make_key(["default"])
     assert await call(keygate, token) == (200, None)
-    await keygate.services.keys.delete(await keygate.admin_actor(), key_id_of(token))
+    await keygate.services.keys.delete(await keygate.admin_actor(), key_id(token))
     assert await call(keygate, token) == (401, "invalid_api_key")
 
 
 async def test_verify_rolled_key_old_token_fails_at_once(keygate: Keygate) -> None:
     token = await keygate.make_key(["default"])
     assert await call(keygate, token) == (200, None)
-    issued = await keygate.services.keys.roll(await keygate.admin_actor(), key_id_of(token), {})
+    issued = await keygate.services.keys.roll(await keygate.admin_actor(), key_id(token), {})
     assert await call(keygate, token) == (401, "invalid_api_key")
     assert await call(keygate, issued.token) == (200, None)
 
@@ -286,7 +273,7 @@ async def test_verify_service_change_evicts_without_waiting(
     assert await call(kg, token) == (200, None)
     assert await call(kg, token) == (200, None)
     assert st.auth_lookups == 1
-    await kg.services.keys.set_status(await kg.admin_actor(), key_id_of(token), "disabled")
+    await kg.services.keys.set_status(await kg.admin_actor(), key_id(token), "disabled")
     assert await call(kg, token) == (401, "key_disabled")
     assert st.auth_lookups == 2
 
@@ -366,7 +353,7 @@ async def test_verify_change_from_other_connection_seen_within_1s(
     assert await call(keygate, token) == (200, None)
     assert await call(keygate, token) == (200, None)  # now served from the cache
     services, cli = other_connection
-    await change(services, cli, key_id_of(token))
+    await change(services, cli, key_id(token))
     started = time.monotonic()
 
     async def refused() -> bool:
@@ -377,16 +364,16 @@ async def test_verify_change_from_other_connection_seen_within_1s(
 
 
 async def test_verify_lost_notice_is_bounded_by_cache_ttl(
-    keygate_factory: GatewayFactory, upstream: TestServer
+    keygate_factory: GatewayFactory, upstream: Recorder
 ) -> None:
-    kg = await keygate_factory(default_route(upstream), cache_ttl=0.3)
+    kg = await keygate_factory(default_route(upstream.url), cache_ttl=0.3)
     if not kg.settings.store.url.startswith("sqlite:"):
         pytest.skip("writes the SQLite file behind the store's back")
     token = await kg.make_key(["default"])
     assert await call(kg, token) == (200, None)
     # A write that leaves no change notice: only cache_ttl can catch it.
     async with aiosqlite.connect(store_path(kg)) as db:
-        await db.execute("UPDATE keys SET status = 'disabled' WHERE id = ?", (key_id_of(token),))
+        await db.execute("UPDATE keys SET status = 'disabled' WHERE id = ?", (key_id(token),))
         await db.execute("DELETE FROM changes")
         await db.commit()
 

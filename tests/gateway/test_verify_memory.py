@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
-from keygate.config.settings import AuthSettings, Route
+from keygate.config.settings import AuthSettings
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.cache import KeyCache
 from keygate.gateway.auth.keyids import KeyIdSet
@@ -28,8 +27,10 @@ from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import open_store
 from keygate.gateway.store.base import Store
 
-from tests.conftest import GatewayFactory, Keygate
-from tests.gateway.conftest import CountingFactory, settle, wait_for
+from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
+from tests.support.polling import wait_for
+from tests.support.stores import CountingFactory, settle
+from tests.support.upstreams import Recorder
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -53,7 +54,7 @@ class FakeClock:
         self.now += seconds
 
 
-class Rig:
+class VerifierRig:
     """A running app, its verifier on a fake clock, and counters of what it asked."""
 
     def __init__(self, kg: Keygate) -> None:
@@ -147,17 +148,11 @@ class Rig:
         return await self.kg.admin_actor()
 
 
-def default_route(upstream: TestServer) -> tuple[Route, ...]:
-    return (Route(name="default", prefix="/", upstream=str(upstream.make_url("/"))),)
-
-
-def key_id_of(token: str) -> str:
-    return keyformat.parse(token, "kg").key_id
 
 
 def wrong_secret(token: str) -> str:
     """A well-formed token for the same key id with a fresh random secret."""
-    return keyformat.generate("kg", key_id_of(token))[0]
+    return keyformat.generate("kg", key_id(token))[0]
 
 
 def forged() -> str:
@@ -165,14 +160,14 @@ def forged() -> str:
 
 
 @pytest.fixture
-async def rig(keygate_factory: GatewayFactory, upstream: TestServer) -> Rig:
-    r = Rig(await keygate_factory(default_route(upstream)))
+async def rig(keygate_factory: GatewayFactory, upstream: Recorder) -> VerifierRig:
+    r = VerifierRig(await keygate_factory(default_route(upstream.url)))
     await r.settle()
     return r
 
 
 @pytest.fixture
-async def other_process(rig: Rig) -> AsyncIterator[tuple[Services, Actor]]:
+async def other_process(rig: VerifierRig) -> AsyncIterator[tuple[Services, Actor]]:
     """Services on a second store connection, as the CLI or another worker writes."""
     other = open_store(rig.kg.settings.store.url)
     await other.open()
@@ -186,7 +181,7 @@ async def other_process(rig: Rig) -> AsyncIterator[tuple[Services, Actor]]:
 
 
 # --- a real key id, wrong secrets ----------------------------------------------------
-async def test_memory_wrong_secret_flood_costs_one_query_per_key_id(rig: Rig) -> None:
+async def test_memory_wrong_secret_flood_costs_one_query_per_key_id(rig: VerifierRig) -> None:
     token = await rig.key()
     assert await rig.call(wrong_secret(token)) == (401, "invalid_api_key")
     assert rig.lookups == 1  # the first one learns the key's digests
@@ -197,7 +192,7 @@ async def test_memory_wrong_secret_flood_costs_one_query_per_key_id(rig: Rig) ->
     assert rig.lookups == 2
 
 
-async def test_memory_wrong_secret_after_a_valid_use_costs_no_query(rig: Rig) -> None:
+async def test_memory_wrong_secret_after_a_valid_use_costs_no_query(rig: VerifierRig) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
     assert rig.lookups == 1  # the valid lookup brought the digests along
@@ -207,12 +202,12 @@ async def test_memory_wrong_secret_after_a_valid_use_costs_no_query(rig: Rig) ->
 
 
 async def test_memory_wrong_secret_counted_on_the_store_itself(
-    counting_keygate_factory: CountingFactory, upstream: TestServer
+    counting_keygate_factory: CountingFactory, upstream: Recorder
 ) -> None:
-    kg, st = await counting_keygate_factory(default_route(upstream))
+    kg, st = await counting_keygate_factory(default_route(upstream.url))
     token = await kg.make_key(["default"])
     await settle(st)
-    r = Rig(kg)
+    r = VerifierRig(kg)
     assert await r.call(wrong_secret(token)) == (401, "invalid_api_key")
     assert st.auth_lookups == 1
     # Within one catch-up window the refusals are synchronous: not even the
@@ -229,7 +224,7 @@ async def test_memory_wrong_secret_counted_on_the_store_itself(
     assert st.auth_lookups == 2
 
 
-async def test_memory_wrong_secret_sync_refusal_needs_a_recent_catch_up(rig: Rig) -> None:
+async def test_memory_wrong_secret_sync_refusal_needs_a_recent_catch_up(rig: VerifierRig) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
     # Digests known, but no catch-up covers "now": defer to load.
@@ -249,18 +244,18 @@ async def test_memory_wrong_secret_sync_refusal_needs_a_recent_catch_up(rig: Rig
     assert rig.lookups == 1
 
 
-async def test_memory_the_right_token_is_never_refused_from_memory(rig: Rig) -> None:
+async def test_memory_the_right_token_is_never_refused_from_memory(rig: VerifierRig) -> None:
     token = await rig.key()
     assert await rig.call(wrong_secret(token)) == (401, "invalid_api_key")
     assert await rig.load(forged()) == "invalid_api_key"  # a fresh catch-up
-    rig.kg.gw.cache.evict_key(key_id_of(token))
+    rig.kg.gw.cache.evict_key(key_id(token))
     assert rig.sync_check(token) == "deferred"  # digests forgotten: ask the store
     assert await rig.call(token) == (200, None)
     assert rig.sync_check(token) == "valid"
 
 
 # --- forged key ids --------------------------------------------------------------------
-async def test_memory_forged_ids_refused_synchronously_within_the_window(rig: Rig) -> None:
+async def test_memory_forged_ids_refused_synchronously_within_the_window(rig: VerifierRig) -> None:
     first = forged()
     assert rig.sync_check(first) == "deferred"  # never caught up yet
     assert await rig.load(first) == "invalid_api_key"
@@ -278,7 +273,7 @@ async def test_memory_forged_ids_refused_synchronously_within_the_window(rig: Ri
     assert rig.lookups == 0
 
 
-async def test_memory_failed_catch_up_covers_nothing(rig: Rig) -> None:
+async def test_memory_failed_catch_up_covers_nothing(rig: VerifierRig) -> None:
     async def down() -> None:
         raise OSError("change feed down")
 
@@ -289,7 +284,7 @@ async def test_memory_failed_catch_up_covers_nothing(rig: Rig) -> None:
 
 
 async def test_memory_without_a_token_check_cached_only_knows_the_negative_cache(
-    rig: Rig,
+    rig: VerifierRig,
 ) -> None:
     assert await rig.load(forged()) == "invalid_api_key"
     token = forged()
@@ -299,7 +294,7 @@ async def test_memory_without_a_token_check_cached_only_knows_the_negative_cache
 
 # --- changes made elsewhere ---------------------------------------------------------------
 async def test_memory_key_created_elsewhere_after_start_is_never_refused(
-    rig: Rig, other_process: tuple[Services, Actor]
+    rig: VerifierRig, other_process: tuple[Services, Actor]
 ) -> None:
     assert await rig.load(forged()) == "invalid_api_key"
     assert rig.sync_check(forged()) == "refused"  # covered right now
@@ -319,14 +314,14 @@ async def test_memory_key_created_elsewhere_after_start_is_never_refused(
 
 
 async def test_memory_key_rolled_elsewhere_new_token_works_at_once(
-    rig: Rig, other_process: tuple[Services, Actor]
+    rig: VerifierRig, other_process: tuple[Services, Actor]
 ) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
     assert await rig.load(wrong_secret(token)) == "invalid_api_key"
     services, cli = other_process
     rig.past_window()
-    issued = await services.keys.roll(cli, key_id_of(token), {"grace_seconds": 3600})
+    issued = await services.keys.roll(cli, key_id(token), {"grace_seconds": 3600})
     # Whether or not the poll loop has applied the notice yet, memory defers.
     assert rig.sync_check(issued.token) == "deferred"
     assert await rig.load(issued.token) == "valid"
@@ -335,38 +330,38 @@ async def test_memory_key_rolled_elsewhere_new_token_works_at_once(
 
 
 async def test_memory_notice_from_elsewhere_evicts_digests_of_a_rolled_key(
-    rig: Rig, other_process: tuple[Services, Actor]
+    rig: VerifierRig, other_process: tuple[Services, Actor]
 ) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
     cache = rig.kg.gw.cache
-    assert cache.key_digests(key_id_of(token)) == {keyformat.digest(token)}
+    assert cache.key_digests(key_id(token)) == {keyformat.digest(token)}
     services, cli = other_process
-    issued = await services.keys.roll(cli, key_id_of(token), {"grace_seconds": 0})
+    issued = await services.keys.roll(cli, key_id(token), {"grace_seconds": 0})
     rig.past_window()
     assert rig.sync_check(issued.token) == "deferred"
     # Applied by a catch-up or by the poll loop, whichever comes first.
     assert await rig.load(forged()) == "invalid_api_key"
     await wait_for(
-        lambda: cache.key_digests(key_id_of(token)) is None, within=2.0, what="the roll notice"
+        lambda: cache.key_digests(key_id(token)) is None, within=2.0, what="the roll notice"
     )
     assert rig.sync_check(issued.token) == "deferred"
     assert await rig.call(issued.token) == (200, None)
     assert await rig.call(token) == (401, "invalid_api_key")
-    assert cache.key_digests(key_id_of(token)) == {keyformat.digest(issued.token)}
+    assert cache.key_digests(key_id(token)) == {keyformat.digest(issued.token)}
 
 
-async def test_memory_roll_with_grace_old_and_new_work_then_old_refused(rig: Rig) -> None:
+async def test_memory_roll_with_grace_old_and_new_work_then_old_refused(rig: VerifierRig) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
     issued = await rig.kg.services.keys.roll(
-        await rig.admin(), key_id_of(token), {"grace_seconds": 1}
+        await rig.admin(), key_id(token), {"grace_seconds": 1}
     )
     await rig.settle()
     assert await rig.call(issued.token) == (200, None)
     assert await rig.call(token) == (200, None)
     both = {keyformat.digest(token), keyformat.digest(issued.token)}
-    assert rig.kg.gw.cache.key_digests(key_id_of(token)) == both
+    assert rig.kg.gw.cache.key_digests(key_id(token)) == both
     lookups = rig.lookups
     for _ in range(10):
         assert await rig.call(wrong_secret(token)) == (401, "invalid_api_key")
@@ -381,10 +376,10 @@ async def test_memory_roll_with_grace_old_and_new_work_then_old_refused(rig: Rig
     assert await rig.call(issued.token) == (200, None)
 
 
-async def test_memory_roll_without_grace_old_token_refused_at_once(rig: Rig) -> None:
+async def test_memory_roll_without_grace_old_token_refused_at_once(rig: VerifierRig) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
-    issued = await rig.kg.services.keys.roll(await rig.admin(), key_id_of(token), {})
+    issued = await rig.kg.services.keys.roll(await rig.admin(), key_id(token), {})
     await rig.settle()
     assert await rig.call(token) == (401, "invalid_api_key")
     assert await rig.call(issued.token) == (200, None)
@@ -402,7 +397,7 @@ async def test_memory_roll_without_grace_old_token_refused_at_once(rig: Rig) -> 
     ],
 )
 async def test_memory_status_changes_keep_their_401_codes(
-    rig: Rig, change: str, expected: tuple[int, str]
+    rig: VerifierRig, change: str, expected: tuple[int, str]
 ) -> None:
     token = await rig.key()
     assert await rig.call(token) == (200, None)
@@ -410,12 +405,12 @@ async def test_memory_status_changes_keep_their_401_codes(
     keys = rig.kg.services.keys
     actor = await rig.admin()
     if change == "disable":
-        await keys.set_status(actor, key_id_of(token), "disabled")
+        await keys.set_status(actor, key_id(token), "disabled")
     elif change == "revoke":
-        await keys.revoke(actor, key_id_of(token))
+        await keys.revoke(actor, key_id(token))
     else:
-        await keys.delete(actor, key_id_of(token))
-    assert rig.kg.gw.cache.key_digests(key_id_of(token)) is None  # the notice evicted
+        await keys.delete(actor, key_id(token))
+    assert rig.kg.gw.cache.key_digests(key_id(token)) is None  # the notice evicted
     await rig.settle()
     assert await rig.call(token) == expected
     assert await rig.call(token) == expected
@@ -424,34 +419,34 @@ async def test_memory_status_changes_keep_their_401_codes(
         assert await rig.call(wrong_secret(token)) == (401, "invalid_api_key")
     assert rig.lookups == lookups
     if change == "disable":
-        await keys.set_status(actor, key_id_of(token), "active")
+        await keys.set_status(actor, key_id(token), "active")
         assert await rig.call(token) == (200, None)
 
 
-async def test_memory_owner_and_group_changes_keep_the_digests(rig: Rig) -> None:
+async def test_memory_owner_and_group_changes_keep_the_digests(rig: VerifierRig) -> None:
     actor = await rig.admin()
     await rig.kg.services.users.create(actor, {"username": "bob", "groups": ["default"]})
     token = await rig.kg.make_key(["default"], owner="bob")
     assert await rig.call(token) == (200, None)
     await rig.kg.services.users.update(actor, "bob", {"status": "disabled"})
-    assert rig.kg.gw.cache.key_digests(key_id_of(token)) == {keyformat.digest(token)}
+    assert rig.kg.gw.cache.key_digests(key_id(token)) == {keyformat.digest(token)}
     assert await rig.call(token) == (401, "invalid_api_key")
     await rig.kg.services.users.update(actor, "bob", {"status": "active"})
     assert await rig.call(token) == (200, None)
     await rig.kg.services.users.delete(actor, "bob")  # revokes: a key notice per key
-    assert rig.kg.gw.cache.key_digests(key_id_of(token)) is None
+    assert rig.kg.gw.cache.key_digests(key_id(token)) is None
     assert await rig.call(token) == (401, "invalid_api_key")
 
 
 async def test_memory_digests_expire_with_the_cache_ttl(
-    keygate_factory: GatewayFactory, upstream: TestServer
+    keygate_factory: GatewayFactory, upstream: Recorder
 ) -> None:
-    r = Rig(await keygate_factory(default_route(upstream), cache_ttl=0.2))
+    r = VerifierRig(await keygate_factory(default_route(upstream.url), cache_ttl=0.2))
     token = await r.key()
     assert await r.call(token) == (200, None)
     cache = r.kg.gw.cache
     await wait_for(
-        lambda: cache.key_digests(key_id_of(token)) is None, within=2.0, what="digest TTL"
+        lambda: cache.key_digests(key_id(token)) is None, within=2.0, what="digest TTL"
     )
 
 
@@ -462,8 +457,8 @@ def digest(n: int) -> bytes:
 
 def test_memory_cache_digests_evicted_by_key_notices_only() -> None:
     cache = KeyCache(10, 60, 5)
-    for key_id in ("k0", "k1", "k2"):
-        cache.put_key_digests(key_id, frozenset([digest(0)]), cache.key_generation)
+    for kid in ("k0", "k1", "k2"):
+        cache.put_key_digests(kid, frozenset([digest(0)]), cache.key_generation)
     cache.apply("user", "u1")
     cache.apply("group", "default")
     assert cache.key_digests("k0") == {digest(0)}

@@ -8,7 +8,9 @@ import pytest
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 
-from .conftest import Rig, RigFactory, bearer, http, secret
+from tests.support.gateway import Rig, RigFactory
+from tests.support.raw import bearer, http
+from tests.support.secrets import secret
 
 VALID_SHAPE = keyformat.make_token("kg", "0123456789ab", "abcdefghijklmnopqrstuvwxyzABCDEF")
 
@@ -251,7 +253,7 @@ async def test_credentials_revoked_key_is_401_and_never_forwarded(rig: Rig) -> N
 async def test_credentials_public_route_does_not_leak_presented_key_upstream(
     rig_factory: RigFactory, recorder: object
 ) -> None:
-    from .conftest import Recorder
+    from tests.support.upstreams import Recorder
 
     assert isinstance(recorder, Recorder)
     routes = (Route(name="open", prefix="/", upstream=recorder.url, public=True),)

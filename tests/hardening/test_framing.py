@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Rig, bearer, http, read_reply
+from tests.support.gateway import Rig
+from tests.support.raw import bearer, http, read_reply
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: k\r\n\r\n"
 
@@ -143,6 +144,7 @@ async def test_framing_pipelined_after_refusal_bodies_are_not_requests(
     assert rig.up.paths() == ["/after"]
 
 
+@pytest.mark.brisk
 async def test_framing_refusal_with_body_still_coming_closes(rig: Rig, token: str) -> None:
     # Half the declared body: keygate refuses and closes rather than wait for the
     # rest and guess where the next request starts.
@@ -152,7 +154,7 @@ async def test_framing_refusal_with_body_still_coming_closes(rig: Rig, token: st
         reply = await conn.reply()
         assert reply.status == 401
         assert reply.header("Connection") == "close"
-        # After at most the lingering time (body_idle_timeout, 1 s here).
+        # After at most the lingering time (body_idle_timeout, 0.2 s here).
         assert await conn.closed_within(3.0)
     finally:
         await conn.close()

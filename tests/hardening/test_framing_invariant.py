@@ -16,88 +16,33 @@ so hypothesis drives plain blocking sockets.
 from __future__ import annotations
 
 import asyncio
-import socket
+import functools
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import httptools
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from keygate.config.settings import Route
-from keygate.gateway.http.app import build_app
-from keygate.gateway.http.server import KeygateRunner
 
-from tests.conftest import make_settings
+from tests.support.gateway import Keygate, make_settings, start_keygate, started_client
+from tests.support.polling import wait_for
+from tests.support.raw import Reply, connect
+from tests.support.raw_upstreams import Exchange, StrictUpstream
+from tests.support.upstreams import Seen
 
 TIMEOUT = 5.0
+# "Connection: close": the gateway drops the upstream connection after the
+# answer, so anything it sent behind the request arrives before EOF.
+OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
-@dataclass
-class Exchange:
-    """Everything one upstream connection received, parsed strictly."""
-
-    data: bytes = b""
-    begun: int = 0
-    completed: int = 0
-    error: str | None = None
-    target: bytes = b""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
-    closed: bool = False
-
-
-class _Strict(asyncio.Protocol):
-    """One upstream connection: parse everything, answer the first request, keep reading."""
-
-    def __init__(self, seen: list[Exchange]) -> None:
-        self.x = Exchange()
-        seen.append(self.x)
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.x.data += data
-        if self.x.error is not None:
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.x.error = f"{type(exc).__name__}: {exc}"
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.x.closed = True
-
-    def on_message_begin(self) -> None:
-        self.x.begun += 1
-
-    def on_url(self, url: bytes) -> None:
-        if self.x.begun == 1:
-            self.x.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.x.begun == 1:
-            self.x.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        if self.x.begun == 1:
-            self.x.body += body
-
-    def on_message_complete(self) -> None:
-        self.x.completed += 1
-        if self.x.completed == 1 and self.transport is not None:
-            # "Connection: close": the gateway drops this connection after the
-            # answer, so anything it sent behind the request arrives before EOF.
-            self.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            )
+def answer_first(seen: Seen, exchange: Exchange) -> tuple[bytes, bool]:
+    """Answer the first request of a connection; keep reading whatever follows it."""
+    return (OK_CLOSE if exchange.completed == 1 else b""), False
 
 
 class World:
@@ -113,8 +58,8 @@ class World:
     def __repr__(self) -> str:  # hypothesis prints it with every failing example
         return f"World(ports={self.ports})"
 
-    def run(self, coro: object) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT * 2)  # type: ignore[arg-type]
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT * 2)
 
 
 @pytest.fixture(scope="module")
@@ -123,37 +68,35 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    seen: list[Exchange] = []
-    runners: list[web.AppRunner] = []
+    upstream = StrictUpstream(answer_first)
+    gateways: list[Keygate] = []
+    start = functools.partial(started_client, access_log=None)
 
-    async def start() -> tuple[asyncio.Server, dict[str, int]]:
-        upstream = await loop.create_server(lambda: _Strict(seen), "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
-        routes = (Route(name="open", prefix="/", upstream=url, public=True),)
+    async def begin() -> dict[str, int]:
+        await upstream.start()
+        routes = (Route(name="open", prefix="/", upstream=upstream.url, public=True),)
         base = make_settings(tmp, routes)
         ports: dict[str, int] = {}
+        admin: str | None = None
         for name, fast in (("edge", True), ("aiohttp", False)):
-            settings = replace(base, server=replace(base.server, fast_path=fast, access_log=False))
-            runner = KeygateRunner(build_app(settings), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            runners.append(runner)
-            server = site._server
-            assert server is not None
-            ports[name] = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return upstream, ports
+            server = replace(base.server, fast_path=fast, access_log=False)
+            kg = await start_keygate(
+                replace(base, server=server), start, serve_like=True, admin_token=admin
+            )
+            admin = kg.admin_token
+            gateways.append(kg)
+            ports[name] = kg.port
+        return ports
 
-    upstream, ports = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    ports = asyncio.run_coroutine_threadsafe(begin(), loop).result(30)
     try:
-        yield World(loop, seen, ports)
+        yield World(loop, upstream.connections, ports)
     finally:
 
         async def stop() -> None:
-            for runner in runners:
-                await runner.cleanup()
-            upstream.close()
-            await upstream.wait_closed()
+            for kg in gateways:
+                await kg.client.close()
+            await upstream.close()
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
@@ -252,35 +195,15 @@ CASES = st.builds(
 )
 
 
-def _send(port: int, request: bytes, method: str) -> tuple[int, bytes]:
-    """Send a request; the final answer's status and its head (the body is read
-    by its framing, or to EOF)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(request)
-        stream = sock.makefile("rb")
-        while True:
-            head = b""
-            while not head.endswith(b"\r\n\r\n"):
-                line = stream.readline(65536)
-                if not line:
-                    return 0, head  # closed without (or in the middle of) an answer
-                head += line
-            status = int(head.split(b" ", 2)[1])
-            if status >= 200:
-                break
-        lowered = head.lower()
-        if method == "HEAD" or status in (204, 304):
-            return status, head
-        if b"transfer-encoding: chunked" in lowered:
-            while (size := int(stream.readline().split(b";")[0], 16)) != 0:
-                stream.read(size + 2)
-            stream.readline()
-        elif b"content-length:" in lowered:
-            length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
-            stream.read(length)
-        else:
-            stream.read()
-        return status, head
+async def _send(port: int, request: bytes, method: str) -> Reply | None:
+    """Send a request; the final answer (its body read by its framing, or to EOF), or
+    None when the connection ended without one."""
+    async with connect(port) as conn:
+        await conn.send(request)
+        try:
+            return await conn.reply(method=method, within=TIMEOUT)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
 
 
 _counter = iter(range(1, 1 << 30))
@@ -296,41 +219,46 @@ _counter = iter(range(1, 1 << 30))
 def test_a_forwarded_request_is_exactly_one_request_upstream(world: World, case: Case) -> None:
     n = next(_counter)
     before = len(world.seen)
-    status, answer = _send(world.ports[case.front], case.raw(n), case.method)
-    assert status, answer  # every request gets an answer
+    reply = world.run(_send(world.ports[case.front], case.raw(n), case.method))
+    assert reply is not None  # every request gets an answer
+    status, answer = reply.status, (reply.status_line, reply.headers)
 
     async def settled() -> list[Exchange]:
         # The gateway has answered; what it forwarded for this case is on
         # connections opened since, each closed after its one answer.
-        async with asyncio.timeout(TIMEOUT):
-            while not all(x.closed for x in world.seen[before:]):
-                await asyncio.sleep(0.005)
+        await wait_for(
+            lambda: all(x.closed for x in world.seen[before:]),
+            within=TIMEOUT,
+            every=0.005,
+            what="the upstream connections to close",
+        )
         return [x for x in world.seen[before:] if f"/case/{n} ".encode() in x.data[:200]]
 
     exchanges = world.run(settled())
     assert isinstance(exchanges, list)
     event(f"{case.front}: {'forwarded' if exchanges else f'answered {status}'}")
     if not exchanges:
-        assert status != 200, answer[:300]  # answered 200 without asking the upstream?
+        assert status != 200, answer  # answered 200 without asking the upstream?
         return
     assert len(exchanges) == 1, exchanges
     x = exchanges[0]
     assert x.error is None, (x.error, x.data)
     assert (x.begun, x.completed) == (1, 1), x.data  # one request, nothing behind it
-    assert status == 200, answer[:300]
-    declared = [v for k, v in x.headers if k.lower() == b"content-length"]
-    coded = [v for k, v in x.headers if k.lower() == b"transfer-encoding"]
-    assert not (declared and coded), x.headers
+    assert status == 200, answer
+    first = x.requests[0]
+    declared = first.values("Content-Length")
+    coded = first.values("Transfer-Encoding")
+    assert not (declared and coded), first.headers
     if declared:
-        assert declared == [str(len(x.body)).encode()]
+        assert declared == [str(len(first.body or b""))]
     elif not coded:
-        assert x.body == b""
+        assert first.body == b""
     # The body the upstream got is the body the client sent (never less or more).
     sent = {
         "length": case.body,
         "chunked": case.body,
         "length-wrong": case.body[: max(0, len(case.body) - 3)],
     }.get(case.framing, b"")  # "none": what follows the head is the next request
-    assert x.body == sent, (x.body, sent)
-    names = {k.lower() for k, _ in x.headers}
-    assert b"content_length" not in names and b"transfer_encoding" not in names
+    assert first.body == sent, (first.body, sent)
+    names = {k.lower() for k, _ in first.headers}
+    assert "content_length" not in names and "transfer_encoding" not in names

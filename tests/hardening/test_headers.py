@@ -7,7 +7,9 @@ import ipaddress
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import Recorder, Rig, RigFactory, bearer, http
+from tests.support.gateway import Rig, RigFactory
+from tests.support.raw import bearer, http
+from tests.support.upstreams import Recorder
 
 HOP_BY_HOP = [
     ("Connection", "keep-alive, X-Hop-Private, x-other"),
@@ -156,7 +158,7 @@ async def _audited_address(rig: Rig, xff: str) -> str:
     ]
     reply = await rig.exchange(http("POST", "/_keygate/api/v1/keys", headers, body))
     assert reply.status == 201, reply.body
-    from .conftest import secret
+    from tests.support.secrets import secret
 
     secret(reply.json()["token"])
     audit = await rig.gw.store.list_audit(10, None)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import socket
 import subprocess
-import sys
 import threading
 import warnings
 from dataclasses import replace
@@ -24,11 +22,11 @@ from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.state import gateway_key, pool_key, session_key
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from tests.conftest import make_settings
-
-from .conftest import Recorder, secret, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.gateway import make_settings
+from tests.support.polling import wait_for
+from tests.support.processes import keygate_env, run_keygate
+from tests.support.secrets import secret
+from tests.support.upstreams import Recorder
 
 
 def _threads() -> set[threading.Thread]:
@@ -77,12 +75,8 @@ async def test_lifecycle_start_stop_three_times_leaves_nothing(
 
 
 def _serve(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "error"}
-    env.pop("KEYGATE_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "keygate", "serve", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=False,
-    )
+    env = keygate_env(PYTHONWARNINGS="error")
+    return run_keygate("serve", *args, env=env, cwd=cwd, timeout=30)
 
 
 def _assert_one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import MIB, Recorder, Rig, RigFactory, bearer, http, wait_for
+from tests.support.gateway import Rig, RigFactory
+from tests.support.polling import wait_for
+from tests.support.raw import bearer, http
+from tests.support.upstreams import MIB, Recorder
 
 
 def rss_bytes() -> int:
@@ -22,14 +25,16 @@ def rss_bytes() -> int:
 # --- header-read deadline (slowloris) -----------------------------------------------
 
 
+@pytest.mark.brisk
 async def test_limits_half_sent_head_is_closed_within_header_timeout(
     rig: Rig, token: str
 ) -> None:
+    step = rig.settings.server.header_timeout / 5
     conn = await rig.raw()
     start = time.monotonic()
     try:
         await conn.send(b"GET /slow HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer ")
-        # Trickle one byte every 200 ms: progress must not extend the deadline.
+        # Trickle one byte every fifth of the timeout: progress must not extend the deadline.
         closed = False
         for ch in token:
             if conn.reader.at_eof():
@@ -40,7 +45,7 @@ async def test_limits_half_sent_head_is_closed_within_header_timeout(
             except ConnectionError:
                 closed = True
                 break
-            if await conn.closed_within(0.2):
+            if await conn.closed_within(step):
                 closed = True
                 break
         assert closed
@@ -51,6 +56,7 @@ async def test_limits_half_sent_head_is_closed_within_header_timeout(
     assert rig.up.seen == []
 
 
+@pytest.mark.brisk
 async def test_limits_silent_connection_is_closed_within_header_timeout(rig: Rig) -> None:
     conn = await rig.raw()
     start = time.monotonic()
@@ -61,6 +67,7 @@ async def test_limits_silent_connection_is_closed_within_header_timeout(rig: Rig
     assert time.monotonic() - start >= rig.settings.server.header_timeout * 0.8
 
 
+@pytest.mark.brisk
 async def test_limits_half_sent_second_head_on_keepalive_is_closed(rig: Rig, token: str) -> None:
     conn = await rig.raw()
     try:
@@ -92,6 +99,7 @@ async def test_limits_many_slow_heads_do_not_block_others(rig: Rig, token: str) 
 # --- request body -----------------------------------------------------------------
 
 
+@pytest.mark.brisk
 async def test_limits_stalled_body_is_cut_after_body_idle_timeout(rig: Rig, token: str) -> None:
     conn = await rig.raw()
     start = time.monotonic()
@@ -312,6 +320,7 @@ async def _expect(rig: Rig, headers: list[tuple[str, str]], size: int = 10) -> t
         await conn.close()
 
 
+@pytest.mark.brisk  # the connection lingers for the uninvited body (body_idle_timeout)
 @pytest.mark.parametrize(
     "headers",
     [[], [bearer("kg_bad")], [("X-API-Key", "kg_" + "a" * 51)]],
@@ -326,6 +335,7 @@ async def test_limits_expect_continue_bad_key_is_401_without_body(
     assert rig.up.seen == []
 
 
+@pytest.mark.brisk
 async def test_limits_expect_continue_forbidden_is_403_without_body(rig: Rig) -> None:
     rule = {"route": "default", "methods": ["GET"], "paths": ["/**"]}
     await rig.kg.services.groups.create(

@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import MIB, Recorder, Rig, RigFactory, bearer, http, wait_for
+from tests.support.gateway import Rig, RigFactory
+from tests.support.polling import wait_for
+from tests.support.raw import bearer, http
+from tests.support.upstreams import MIB, Recorder
 
 FRONT_ENDS = pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
 POST_ONLY = [{"route": "*", "methods": ["GET", "POST"], "paths": ["/api/**"]}]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import Recorder, RigFactory, bearer, http
+from tests.support.gateway import RigFactory
+from tests.support.raw import bearer, http
+from tests.support.upstreams import Recorder
 
 FRONT_ENDS = pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
 REROUTING = [

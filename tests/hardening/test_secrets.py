@@ -16,18 +16,11 @@ from keygate.config.loader import sqlite_path
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 
-from .conftest import (
-    TOKEN_SHAPE,
-    LineCapture,
-    Recorder,
-    Rig,
-    RigFactory,
-    bearer,
-    http,
-    leaks,
-    secret,
-    wait_for,
-)
+from tests.support.gateway import Rig, RigFactory
+from tests.support.polling import wait_for
+from tests.support.raw import bearer, http
+from tests.support.secrets import TOKEN_SHAPE, LineCapture, leaks, secret
+from tests.support.upstreams import Recorder
 
 
 async def test_secrets_capture_sees_gateway_and_aiohttp_lines(

@@ -15,7 +15,9 @@ import hashlib
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import Recorder, RigFactory, bearer, http
+from tests.support.gateway import RigFactory
+from tests.support.raw import bearer, http
+from tests.support.upstreams import Recorder
 
 FRONT_ENDS = pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
 SMUGGLED = b"GET /admin/x HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -7,7 +7,8 @@ import pytest
 from keygate.gateway.errors import BadPath
 from keygate.gateway.request.pathnorm import is_under, normalise_path
 
-from .conftest import Rig, bearer, http
+from tests.support.gateway import Rig
+from tests.support.raw import bearer, http
 
 
 @pytest.fixture

@@ -11,19 +11,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import GZIP_BODY, MIB, Raw, Recorder, Rig, RigFactory, bearer, http, wait_for
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.gateway import Rig, RigFactory
+from tests.support.polling import wait_for
+from tests.support.raw import Raw, bearer, free_port, http
+from tests.support.raw_upstreams import Canned, raw_server
+from tests.support.upstreams import GZIP_BODY, MIB, REDIRECT, Recorder
 
 
 async def test_upstream_refused_is_502(rig_factory: RigFactory) -> None:
-    route = Route(name="down", prefix="/", upstream=f"http://127.0.0.1:{closed_port()}")
+    route = Route(name="down", prefix="/", upstream=f"http://127.0.0.1:{free_port()}")
     rig = await rig_factory(routes=(route,))
     reply = await rig.exchange(http("GET", "/x", [bearer(await rig.key())]))
     assert reply.status == 502 and reply.code == "upstream_unavailable"
@@ -74,28 +70,14 @@ RawUpstream = Callable[[bytes], Awaitable[str]]
 
 @pytest.fixture
 async def raw_upstream() -> AsyncIterator[RawUpstream]:
-    """An upstream that answers every request with fixed bytes, then closes."""
-    servers: list[asyncio.Server] = []
-    requests: list[bytes] = []
+    """``make(reply)``: the URL of an upstream answering every request with ``reply``,
+    then closing."""
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def make(reply: bytes) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                requests.append(await reader.readuntil(b"\r\n\r\n"))
-                writer.write(reply)
-                await writer.drain()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        async def make(reply: bytes) -> str:
+            return (await servers.enter_async_context(raw_server(Canned.always(reply)))).url
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield make
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+        yield make
 
 
 MALFORMED_REPLIES = {
@@ -147,7 +129,7 @@ async def test_upstream_malformed_response_is_502(
 async def test_upstream_redirect_is_passed_through_not_followed(rig: Rig, token: str) -> None:
     reply = await rig.exchange(http("GET", "/_up/redirect", [bearer(token)]))
     assert reply.status == 302
-    assert reply.header("Location") == "http://elsewhere.invalid/landing?next=%2F_keygate%2F&x=1"
+    assert reply.header("Location") == REDIRECT
     assert rig.up.paths() == ["/_up/redirect"]
 
 

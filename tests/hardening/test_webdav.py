@@ -12,7 +12,9 @@ from __future__ import annotations
 import pytest
 from keygate.config.settings import Route
 
-from .conftest import Recorder, Rig, RigFactory, bearer, http
+from tests.support.gateway import Rig, RigFactory
+from tests.support.raw import bearer, http
+from tests.support.upstreams import Recorder
 
 FRONT_ENDS = pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
 PUBLIC_DAV = [{"route": "*", "methods": ["GET", "COPY", "MOVE"], "paths": ["/public/**"]}]

@@ -9,7 +9,10 @@ import contextlib
 import aiohttp
 import pytest
 
-from .conftest import MIB, Rig, bearer, http, wait_for
+from tests.support.gateway import Rig
+from tests.support.polling import wait_for
+from tests.support.raw import bearer, http
+from tests.support.upstreams import MIB
 
 WS_HEAD = [
     ("Upgrade", "websocket"),
@@ -35,7 +38,7 @@ async def test_websocket_upgrade_without_valid_key_is_401_before_upstream(
 async def test_websocket_upgrade_with_unknown_key_is_401_before_upstream(rig: Rig) -> None:
     from keygate.gateway.auth import keyformat
 
-    from .conftest import secret
+    from tests.support.secrets import secret
 
     unknown = secret(keyformat.generate("kg")[0])
     reply = await rig.exchange(http("GET", "/_up/ws", [*WS_HEAD, bearer(unknown)]))

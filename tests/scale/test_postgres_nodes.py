@@ -15,39 +15,30 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
-from aiohttp.test_utils import TestServer
 
-from .helpers import Node, env_for, free_port, start_node, status_fresh
+from tests.support.pg import NO_SERVER, PG_SERVER, create_database, drop_database
+from tests.support.polling import wait_for
+from tests.support.processes import Node, node_env, serve_node, status_fresh
+from tests.support.raw import free_port
+from tests.support.upstreams import Recorder
 
 pytestmark = pytest.mark.slow
-
-SHARED = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
 async def shared_db() -> AsyncIterator[str]:
-    name = f"kg_nodes_{uuid.uuid4().hex[:10]}"
+    """A database of the shared server for the nodes of one test."""
     try:
-        conn = await asyncpg.connect(SHARED, timeout=3)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    conn = await asyncpg.connect(SHARED, timeout=3)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+        url = await create_database("kg_nodes")
+    except NO_SERVER as exc:
+        pytest.skip(f"no PostgreSQL server answers at {PG_SERVER}: {type(exc).__name__}")
+    yield url
+    await drop_database(url)
 
 
 def _admin(node: Node) -> dict[str, str]:
@@ -65,11 +56,11 @@ async def _create_key(session: aiohttp.ClientSession, node: Node) -> tuple[str, 
 
 
 async def test_nodes_api_change_on_one_node_reaches_other_within_1s(
-    tmp_path: Path, upstream: TestServer, shared_db: str
+    tmp_path: Path, upstream: Recorder, shared_db: str
 ) -> None:
-    env = env_for(shared_db, KEYGATE_STORE_CHANGE_POLL_INTERVAL="5")  # notices must do it
-    a = await start_node(tmp_path, env, str(upstream.make_url("/")), name="a")
-    b = await start_node(tmp_path, env, str(upstream.make_url("/")), name="b")
+    env = node_env(shared_db, KEYGATE_STORE_CHANGE_POLL_INTERVAL="5")  # notices must do it
+    a = await serve_node(tmp_path, env, upstream.url, name="a")
+    b = await serve_node(tmp_path, env, upstream.url, name="b")
     try:
         async with aiohttp.ClientSession() as session:
             token, key_id = await _create_key(session, a)
@@ -81,9 +72,13 @@ async def test_nodes_api_change_on_one_node_reaches_other_within_1s(
             ) as resp:
                 assert resp.status == 200
             acknowledged = time.monotonic()
-            while await status_fresh(f"{b.url}/x", token) != 401:
-                assert time.monotonic() - acknowledged < 1.0, "node b still accepts the key"
-                await asyncio.sleep(0.01)
+
+            async def refused() -> bool:
+                return await status_fresh(f"{b.url}/x", token) == 401
+
+            # Within 1 s of the acknowledgement, whatever the wait started.
+            within = 1.0 - (time.monotonic() - acknowledged)
+            await wait_for(refused, within=within, what="node b to refuse the key")
     finally:
         assert a.stop() == 0, a.stderr()
         assert b.stop() == 0, b.stderr()
@@ -131,11 +126,11 @@ def private_pg() -> Iterator[tuple[int, list[str], list[str]]]:
 
 
 async def test_store_outage_cached_keys_pass_uncached_503_and_recovery(
-    tmp_path: Path, upstream: TestServer, private_pg: tuple[int, list[str], list[str]]
+    tmp_path: Path, upstream: Recorder, private_pg: tuple[int, list[str], list[str]]
 ) -> None:
     port, start, stop = private_pg
-    env = env_for(f"postgresql://postgres@127.0.0.1:{port}/postgres")
-    node = await start_node(tmp_path, env, str(upstream.make_url("/")))
+    env = node_env(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    node = await serve_node(tmp_path, env, upstream.url)
     try:
         async with aiohttp.ClientSession() as session:
             cached, cached_id = await _create_key(session, node)
@@ -159,20 +154,23 @@ async def test_store_outage_cached_keys_pass_uncached_503_and_recovery(
                 assert resp.status == 503
 
             await asyncio.to_thread(subprocess.run, start, check=True, capture_output=True)
-            deadline = time.monotonic() + 20
-            while await status_fresh(f"{node.url}/x", uncached) != 200:
-                assert time.monotonic() < deadline, "no recovery without restart"
-                await asyncio.sleep(0.1)
+            started = time.monotonic()
+
+            async def recovered() -> bool:
+                return await status_fresh(f"{node.url}/x", uncached) == 200
+
+            await wait_for(recovered, within=20, every=0.1, what="recovery without restart")
             async with session.get(f"{node.url}/_keygate/ready") as resp:
                 assert resp.status == 200
+
             # The last-used batch that failed during the outage is retried.
-            while True:
+            async def stamped() -> bool:
                 async with session.get(
                     f"{node.url}/_keygate/api/v1/keys/{cached_id}", headers=_admin(node)
                 ) as resp:
-                    if (await resp.json())["last_used_at"] is not None:
-                        break
-                assert time.monotonic() < deadline, "last-used batch was lost"
-                await asyncio.sleep(0.1)
+                    return (await resp.json())["last_used_at"] is not None
+
+            within = 20 - (time.monotonic() - started)  # one deadline for both, as before
+            await wait_for(stamped, within=within, every=0.1, what="the lost last-used batch")
     finally:
         assert node.stop(signal.SIGTERM) == 0, node.stderr()

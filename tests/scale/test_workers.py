@@ -9,32 +9,37 @@ import time
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
-from .helpers import cli, env_for, start_node, status_fresh
+from tests.support.polling import wait_for
+from tests.support.processes import node_env, run_keygate, serve_node, status_fresh
+from tests.support.upstreams import Recorder
 
 pytestmark = pytest.mark.slow
 
 
 async def test_workers_cli_disable_reaches_both_workers_within_1s(
-    tmp_path: Path, upstream: TestServer
+    tmp_path: Path, upstream: Recorder
 ) -> None:
-    env = env_for(f"sqlite:///{tmp_path}/kg.db")
-    node = await start_node(tmp_path, env, str(upstream.make_url("/")), workers=2)
+    env = node_env(f"sqlite:///{tmp_path}/kg.db")
+    node = await serve_node(tmp_path, env, upstream.url, workers=2)
     try:
-        created = cli(env, "keys", "create", "--group", "default", "--json", cwd=tmp_path)
+        created = run_keygate(
+            "keys", "create", "--group", "default", "--json", env=env, cwd=tmp_path
+        )
         assert created.returncode == 0, created.stderr
         body = json.loads(created.stdout)
         token, key_id = body["token"], body["key"]["id"]
         probe = f"{node.url}/probe"
         # Warm both workers' caches: fresh connections spread over the workers.
-        deadline = time.monotonic() + 15
-        while len(node.access_pids()) < 2 and time.monotonic() < deadline:
+        async def both_served() -> bool:
             assert await status_fresh(probe, token) == 200
+            return len(node.access_pids()) >= 2
+
+        await wait_for(both_served, within=15, every=0, what="both workers serving")
         assert len(node.access_pids()) == 2, "both workers must have served the key"
 
-        disabled = cli(env, "keys", "disable", key_id, cwd=tmp_path)
+        disabled = run_keygate("keys", "disable", key_id, env=env, cwd=tmp_path)
         assert disabled.returncode == 0, disabled.stderr
         acknowledged = time.monotonic()
         # Every probe after 1 s must be refused, whichever worker answers.
@@ -49,12 +54,12 @@ async def test_workers_cli_disable_reaches_both_workers_within_1s(
 
 
 async def test_workers_sigterm_drains_flushes_and_exits_zero(
-    tmp_path: Path, upstream: TestServer
+    tmp_path: Path, upstream: Recorder
 ) -> None:
     db = tmp_path / "kg.db"
-    env = env_for(f"sqlite:///{db}", KEYGATE_AUTH_LAST_USED_FLUSH_INTERVAL="30")
-    node = await start_node(tmp_path, env, str(upstream.make_url("/")), workers=1)
-    created = cli(env, "keys", "create", "--group", "default", "--json", cwd=tmp_path)
+    env = node_env(f"sqlite:///{db}", KEYGATE_AUTH_LAST_USED_FLUSH_INTERVAL="30")
+    node = await serve_node(tmp_path, env, upstream.url, workers=1)
+    created = run_keygate("keys", "create", "--group", "default", "--json", env=env, cwd=tmp_path)
     token, key_id = json.loads(created.stdout)["token"], json.loads(created.stdout)["key"]["id"]
     assert await status_fresh(f"{node.url}/x", token) == 200
     # The flush interval is 30 s: only the shutdown flush can have written this.
@@ -76,14 +81,14 @@ def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
-    tmp_path: Path, upstream: TestServer, either_store: str
+    tmp_path: Path, upstream: Recorder, either_store: str
 ) -> None:
     import aiohttp
     from keygate.gateway.store import open_store
 
     url = either_store
-    env = env_for(url, KEYGATE_AUTH_MAX_KEYS_PER_USER="100000")
-    node = await start_node(tmp_path, env, str(upstream.make_url("/")), workers=1)
+    env = node_env(url, KEYGATE_AUTH_MAX_KEYS_PER_USER="100000")
+    node = await serve_node(tmp_path, env, upstream.url, workers=1)
     assert node.admin_token is not None
     acknowledged: list[str] = []
 
@@ -103,10 +108,12 @@ async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
                     return
 
     task = asyncio.create_task(burst())
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 25 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    node.stop(signal.SIGKILL)
+    try:
+        await wait_for(
+            lambda: len(acknowledged) >= 25 or task.done(), within=20, what="25 keys acknowledged"
+        )
+    finally:
+        node.stop(signal.SIGKILL)
     await asyncio.wait_for(task, timeout=20)
     assert len(acknowledged) >= 25
     store = open_store(url)
@@ -119,26 +126,27 @@ async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
 
 
 async def test_workers_crashed_worker_is_replaced_and_port_keeps_serving(
-    tmp_path: Path, upstream: TestServer
+    tmp_path: Path, upstream: Recorder
 ) -> None:
     import os
 
-    env = env_for(f"sqlite:///{tmp_path}/kg.db")
-    node = await start_node(tmp_path, env, str(upstream.make_url("/")), workers=2)
+    env = node_env(f"sqlite:///{tmp_path}/kg.db")
+    node = await serve_node(tmp_path, env, upstream.url, workers=2)
     try:
-        created = cli(env, "keys", "create", "--group", "default", "--json", cwd=tmp_path)
+        created = run_keygate(
+            "keys", "create", "--group", "default", "--json", env=env, cwd=tmp_path
+        )
         token = json.loads(created.stdout)["token"]
         children = _children(node.proc.pid)
         assert len(children) == 2
         os.kill(children[0], signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while True:
+
+        def replaced() -> bool:
             now = _children(node.proc.pid)
             new = set(now) - set(children)
-            if len(now) == 2 and new and f"worker {new.pop()} serving" in node.stderr():
-                break
-            assert time.monotonic() < deadline, "the crashed worker was not replaced"
-            await asyncio.sleep(0.05)
+            return len(now) == 2 and bool(new) and f"worker {new.pop()} serving" in node.stderr()
+
+        await wait_for(replaced, within=15, every=0.05, what="the crashed worker replaced")
         assert "starting another" in node.stderr()
         statuses = [await status_fresh(f"{node.url}/x", token) for _ in range(10)]
         assert set(statuses) == {200}
