@@ -103,7 +103,8 @@ class KeygateRequestHandler(RequestHandler):
                 auto_decompress=kwargs.get("auto_decompress", True),
             )
 
-        self._parser = RecoveringParser(self._parser, fresh, self)
+        # Duck-typed: every parser method aiohttp calls is the wrapped one's.
+        self._parser = RecoveringParser(self._parser, fresh, self)  # type: ignore[assignment]
 
     def handle_error(
         self,

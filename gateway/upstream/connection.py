@@ -49,7 +49,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
     """One upstream connection and the state of its current exchange."""
 
     __slots__ = (
-        "_drain",
         "_head_bytes",
         "_head_request",
         "_informational",
@@ -58,7 +57,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         "_pool",
         "_reading_paused",
         "_waiter",
-        "_write_paused",
         "active",
         "body",
         "buffered",
@@ -90,9 +88,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
         self.deadline = 0.0  # loop time; the pool's ticker expires the exchange after it
-        self._write_paused = False
+        WriteFlow.__init__(self)
         self._reading_paused = False
         self.active = False
         # Called on progress instead of (or as well as) waking a waiter: the

@@ -8,14 +8,15 @@ import asyncio
 class WriteFlow:
     """``pause_writing``/``resume_writing`` as a flag and a future to wait on.
 
-    The protocol sets ``_write_paused`` and ``_drain`` in its ``__init__``; a
-    writer that finds ``_write_paused`` set awaits a ``_drain`` future it
+    A writer that finds ``_write_paused`` set awaits a ``_drain`` future it
     created, which resuming (or losing the connection) resolves.
     """
 
-    __slots__ = ()
-    _write_paused: bool
-    _drain: asyncio.Future[None] | None
+    __slots__ = ("_drain", "_write_paused")
+
+    def __init__(self) -> None:
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
 
     def pause_writing(self) -> None:
         self._write_paused = True

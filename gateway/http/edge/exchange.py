@@ -33,6 +33,7 @@ from keygate.gateway.upstream.exchange import (
     may_retry,
     open_answer,
 )
+from keygate.gateway.upstream.flow import WriteFlow
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.head import request_head
 from multidict import CIMultiDictProxy
@@ -100,17 +101,22 @@ class Exchange:
         self.abandoned = False  # the client left before the answer
 
 
-class Forwarding:
-    """The request half of :class:`~keygate.gateway.http.edge.protocol.EdgeProtocol`."""
+class Forwarding(WriteFlow):
+    """The request half of :class:`~keygate.gateway.http.edge.protocol.EdgeProtocol`:
+    the request in flight, and the task forwarding it unless upstream
+    callbacks drive it."""
 
-    __slots__ = ()
+    __slots__ = ("_current", "task")
     _edge: Edge
-    _current: Exchange | None
     _peer: str
     _proto: str
     _transport: asyncio.Transport | None
-    _write_paused: bool
-    task: asyncio.Task[None] | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # At most one request in flight: pipelined ones wait in the buffer.
+        self._current: Exchange | None = None
+        self.task: asyncio.Task[None] | None = None
 
     if TYPE_CHECKING:  # the connection half's (EdgeProtocol)
 

@@ -28,7 +28,6 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.edge.exchange import CLOSED, HAND_OFF, Exchange, Forwarding
 from keygate.gateway.http.edge.parse import HeadParser
-from keygate.gateway.upstream.flow import WriteFlow
 
 if TYPE_CHECKING:
     from keygate.gateway.http.edge.server import Edge
@@ -37,13 +36,11 @@ if TYPE_CHECKING:
 _PIPELINE_LIMIT: Final = 64 * 1024
 
 
-class EdgeProtocol(Forwarding, WriteFlow, asyncio.Protocol):
+class EdgeProtocol(Forwarding, asyncio.Protocol):
     """One client connection, served by the edge until it hands it to aiohttp."""
 
     __slots__ = (
         "_buffer",
-        "_current",
-        "_drain",
         "_edge",
         "_held",
         "_out",
@@ -52,12 +49,11 @@ class EdgeProtocol(Forwarding, WriteFlow, asyncio.Protocol):
         "_proto",
         "_reading_paused",
         "_transport",
-        "_write_paused",
         "idle_since",
-        "task",
     )
 
     def __init__(self, edge: Edge) -> None:
+        super().__init__()
         self._edge = edge
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
@@ -68,12 +64,6 @@ class EdgeProtocol(Forwarding, WriteFlow, asyncio.Protocol):
         self._reading_paused = False
         # Set while a refused client waits for its next request to be read.
         self._held: asyncio.TimerHandle | None = None
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
-        # The request in flight (at most one: pipelined ones wait in _buffer),
-        # and the task forwarding it unless upstream callbacks drive it.
-        self._current: Exchange | None = None
-        self.task: asyncio.Task[None] | None = None
         self.idle_since = edge.loop.time()
 
     @property
