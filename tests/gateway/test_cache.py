@@ -1,4 +1,4 @@
-"""The key cache (SPEC §5 "Cache"): bounded LRU, TTL, targeted eviction, fill race,
+"""The key cache (docs/reference.md#the-proxy): bounded LRU, TTL, targeted eviction, fill race,
 effective groups."""
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Settings (SPEC §2): defaults, TOML, KEYGATE_* overrides, one-line errors, no secrets."""
+"""Settings: defaults, TOML, KEYGATE_* overrides, one-line errors, no secrets.
+
+The contract is docs/reference.md#configuration.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Finding the credential (SPEC §3 "Presenting a key") — pure, table-driven."""
+"""Finding the credential (docs/reference.md#presenting-a-key) — pure, table-driven."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A tiny gateway app routes on the first path segment (each prefix is a route
 with its own limits, the prefix stripped), builds headers with
-upstream_request_headers, calls forward and renders KeygateError as SPEC's
+upstream_request_headers, calls forward and renders KeygateError as the
 JSON. The upstream is the recorder (tests.support.upstreams): it echoes what it
 *received*, and its ``/_up/`` levers misbehave on demand.
 """

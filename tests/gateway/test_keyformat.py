@@ -1,4 +1,7 @@
-"""Token format (SPEC §3): test vector, checksum, display form, hostile strings."""
+"""Token format: test vector, checksum, display form, hostile strings.
+
+The contract is docs/reference.md#token-format.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Path normalisation (SPEC §5 step 2): hostile inputs and properties."""
+"""Path normalisation (docs/reference.md#the-proxy): hostile inputs and properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Routes and permission rules (SPEC §4, §5 steps 1 and 4)."""
+"""Routes and permission rules (docs/reference.md#rule-syntax)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _policy(*paths: str, methods: tuple[str, ...] = ("*",), route: str = "*") ->
 
 
 def _ref_match(glob: list[str], path: list[str]) -> bool:
-    """Reference glob semantics on segments, straight from SPEC §4."""
+    """Reference glob semantics on segments, straight from docs/reference.md#rule-syntax."""
     if not glob:
         return not path
     head, rest = glob[0], glob[1:]

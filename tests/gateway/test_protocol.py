@@ -1,4 +1,4 @@
-"""Malformed requests are refused by our protocol as SPEC JSON, not aiohttp's text."""
+"""Malformed requests are refused by our protocol as the JSON error, not aiohttp's text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The proxy end to end: every SPEC §5 status, and what the upstream received."""
+"""The proxy end to end: every proxy status, and what the upstream received.
+
+The contract is docs/reference.md#status-codes-and-errors.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile request targets through the real app, on raw sockets (SPEC §5 step 2).
+"""Hostile request targets through the real app, on raw sockets (docs/reference.md#the-proxy).
 
 aiohttp's client would normalise most of these before sending, so every case
 is written byte for byte with ``asyncio.open_connection``. The path keygate

@@ -1,4 +1,7 @@
-"""Every SPEC §5 status with the request that causes it, and what the upstream received."""
+"""Every proxy status with the request that causes it, and what the upstream received.
+
+The contract is docs/reference.md#status-codes-and-errors.
+"""
 
 from __future__ import annotations
 

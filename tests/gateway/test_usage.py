@@ -1,4 +1,5 @@
-"""Last used (SPEC §5): batched off the request path, one write per key per flush,
+"""Last used (docs/reference.md#the-proxy): batched off the request path, one write
+per key per flush,
 flushed on a graceful stop — in the app and in a real ``keygate serve`` process."""
 
 from __future__ import annotations

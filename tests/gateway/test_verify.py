@@ -1,4 +1,4 @@
-"""Verification and the key cache end to end (SPEC §3, §5.3, §5 "Cache").
+"""Verification and the key cache end to end (docs/reference.md#the-proxy).
 
 Store lookups are counted on a real SQLiteStore subclass (``CountingStore``)
 as well as by the verifier; changes are made through the services, or through
