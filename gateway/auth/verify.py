@@ -2,7 +2,7 @@
 
 The outcomes are docs/reference.md#the-proxy, step 7.
 
-``cached`` (and ``check_cached``) is the hot path: pure, synchronous, no store. Only a miss
+``cached`` is the hot path: pure, synchronous, no store. Only a miss
 awaits the store, and its answer is cached (positive or negative).
 
 Refusals cost no store query once memory knows enough: a key id that no key
@@ -92,13 +92,8 @@ class Verifier:
         # before then has been applied to memory.
         self._covered_since = float("-inf")
 
-    def digest_of(self, token: str) -> bytes:
-        """Format and checksum first: a typo never reaches cache or store."""
-        keyformat.check_format(token, self.prefix)
-        return keyformat.digest(token)
-
     def key_id_of(self, token: str) -> str:
-        """The key id of a token that passed ``digest_of``."""
+        """The key id of a token that passed the format check."""
         return token[self._key_id_at : self._key_id_at + keyformat.KEY_ID_LEN]
 
     def cached(self, token: str) -> tuple[bytes, Principal | None]:
@@ -118,23 +113,11 @@ class Verifier:
             return digest, None
         return digest, self._admit(principal)
 
-    def check_cached(self, digest: bytes, token: str | None = None) -> Principal | None:
-        """The verified principal on a cache hit (raises on a refused key), else None.
-
-        With ``token``, a miss that memory alone proves unknown to the store is
-        refused here too; None means "ask ``load``", never "valid".
-        """
-        principal = self.cache.get(digest)
-        if principal is None:
-            self._check_miss(digest, token)
-            return None
-        return self._admit(principal)
-
-    def _check_miss(self, digest: bytes, token: str | None) -> None:
+    def _check_miss(self, digest: bytes, token: str) -> None:
         """Raise on a cache miss that memory alone can refuse; return to ask the store."""
         if self.cache.is_known_unknown(digest):
             raise _invalid()
-        if token is not None and self._unknown_in_memory(digest, token):
+        if self._unknown_in_memory(digest, token):
             # Not remembered as unknown: the refusal is only as fresh as the
             # last catch-up, and a token rolled elsewhere inside that window
             # must work on the next try, not after negative_cache_ttl.
@@ -233,7 +216,7 @@ class Verifier:
             await self._catch_up(arrived)
             digests = self.cache.key_digests(key_id)
             if digests is not None and digest not in digests:
-                raise _invalid()  # not remembered: see check_cached
+                raise _invalid()  # not remembered: see _check_miss
 
     async def _query(self, query: Awaitable[T]) -> T:
         try:

@@ -143,7 +143,7 @@ HOST_FIELD: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;
 def identity_headers(
     *, key_id: str, key_name: str, user: str, groups: Iterable[str]
 ) -> dict[str, str]:
-    """The ``identity`` mapping for :func:`upstream_request_headers`
+    """The ``identity`` mapping for :func:`upstream_header_pairs`
     (docs/reference.md#forwarding)."""
     return {
         X_KEYGATE_KEY_ID: key_id,
@@ -197,11 +197,16 @@ def upstream_header_pairs(
     request_id: str,
     strip_rerouting: bool = True,
 ) -> Pairs:
-    """The headers sent upstream as (name, value) pairs: the one implementation of
-    the rules, which :func:`upstream_request_headers` wraps in a multidict.
+    """The headers sent upstream for a client request with ``headers``, as pairs.
 
+    ``drop`` names the header(s) that carried the keygate credential; every
+    instance is removed. ``identity`` maps the four ``X-Keygate-*`` names (see
+    :func:`identity_headers`) to values, or is None on a public route.
+    ``host`` is the client's Host header, sent on as X-Forwarded-Host.
     ``strip_rerouting`` removes the :data:`REROUTING` names (a route's
-    ``strip_rerouting_headers``)."""
+    ``strip_rerouting_headers``). Content-Length and Transfer-Encoding are
+    never among them: the request head frames the body keygate sends
+    (:func:`keygate.gateway.upstream.head.request_head`)."""
     # Most requests name nothing in Connection: then only the fixed table and
     # the credential's header(s) are removed.
     named: Collection[str] = ()
@@ -245,40 +250,6 @@ def upstream_header_pairs(
         out.append((hdrs.X_FORWARDED_HOST, host if host.isprintable() else _safe(host)))
     out.append((X_REQUEST_ID, request_id if request_id.isprintable() else _safe(request_id)))
     return out
-
-
-def upstream_request_headers(
-    headers: Headers,
-    *,
-    drop: Collection[str],
-    identity: Mapping[str, str] | None,
-    client_ip: str,
-    proto: str,
-    host: str | None,
-    request_id: str,
-    strip_rerouting: bool = True,
-) -> CIMultiDict[str]:
-    """Headers to send upstream for a client request with ``headers``.
-
-    ``drop`` names the header(s) that carried the keygate credential; every
-    instance is removed. ``identity`` maps the four ``X-Keygate-*`` names (see
-    :func:`identity_headers`) to values, or is None on a public route.
-    ``host`` is the client's Host header, sent on as X-Forwarded-Host.
-    Content-Length and Transfer-Encoding are never among them: the request
-    head frames the body keygate sends (:func:`gateway.upstream_head.request_head`).
-    """
-    return CIMultiDict(
-        upstream_header_pairs(
-            headers,
-            drop=drop,
-            identity=identity,
-            client_ip=client_ip,
-            proto=proto,
-            host=host,
-            request_id=request_id,
-            strip_rerouting=strip_rerouting,
-        )
-    )
 
 
 def connection_nominates_framing(headers: Headers) -> bool:

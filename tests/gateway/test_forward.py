@@ -2,7 +2,7 @@
 
 A tiny gateway app routes on the first path segment (each prefix is a route
 with its own limits, the prefix stripped), builds headers with
-upstream_request_headers, calls forward and renders KeygateError as the
+upstream_header_pairs, calls forward and renders KeygateError as the
 JSON. The upstream is the recorder (tests.support.upstreams): it echoes what it
 *received*, and its ``/_up/`` levers misbehave on demand.
 """
@@ -30,7 +30,7 @@ from keygate.gateway.request.headers import (
     RequestIds,
     identity_headers,
     request_id_or_new,
-    upstream_request_headers,
+    upstream_header_pairs,
 )
 from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import RouteGate
@@ -73,7 +73,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         query_string=query,
         encoded=True,
     )
-    headers = upstream_request_headers(
+    headers = upstream_header_pairs(
         request.headers,
         drop={hdrs.AUTHORIZATION},
         identity=None if route.public else IDENTITY,
@@ -90,7 +90,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             session=gw.session,
             gate=gw.gates[route.name],
             target=url.raw_path_qs,
-            pairs=list(headers.items()),
+            pairs=headers,
             body_idle_timeout=gw.body_idle_timeout,
         )
     except KeygateError as exc:

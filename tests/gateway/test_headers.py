@@ -13,7 +13,7 @@ from keygate.gateway.request.headers import (
     RequestIds,
     identity_headers,
     request_id_or_new,
-    upstream_request_headers,
+    upstream_header_pairs,
 )
 from keygate.gateway.upstream.exchange import response_headers
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -48,8 +48,8 @@ def forwarded(xff: str = "10.0.0.9") -> Pairs:
 
 def upstream(pairs: Pairs, **overrides: Any) -> Pairs:
     headers = CIMultiDictProxy(CIMultiDict(pairs))
-    out = upstream_request_headers(headers, **{**DEFAULTS, **overrides})
-    return [(name.lower(), value) for name, value in out.items()]
+    out = upstream_header_pairs(headers, **{**DEFAULTS, **overrides})
+    return [(name.lower(), value) for name, value in out]
 
 
 @pytest.mark.parametrize(
@@ -206,13 +206,13 @@ def upstream(pairs: Pairs, **overrides: Any) -> Pairs:
         ),
     ],
 )
-def test_upstream_request_headers_table(
+def test_upstream_header_pairs_table(
     pairs: Pairs, overrides: dict[str, Any], expected: Pairs
 ) -> None:
     assert upstream(pairs, **overrides) == expected
 
 
-def test_upstream_request_headers_foreign_identity_name_raises() -> None:
+def test_upstream_header_pairs_foreign_identity_name_raises() -> None:
     with pytest.raises(ValueError, match="identity header"):
         upstream([], identity={"X-Admin": "1"})
 
@@ -311,12 +311,12 @@ _VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_siz
     connection=st.lists(_NAMES, max_size=4),
     user=st.text(max_size=10),
 )
-def test_upstream_request_headers_properties(
+def test_upstream_header_pairs_properties(
     pairs: Pairs, connection: list[str], user: str
 ) -> None:
     pairs = [*pairs, ("Connection", ", ".join(connection))]
     identity = identity_headers(key_id="k", key_name="n", user=user, groups=["g"])
-    out = upstream_request_headers(
+    out = CIMultiDict(upstream_header_pairs(
         CIMultiDictProxy(CIMultiDict(pairs)),
         drop={"authorization"},
         identity=identity,
@@ -324,7 +324,7 @@ def test_upstream_request_headers_properties(
         proto="https",
         host="gw.example",
         request_id="rid",
-    )
+    ))
     names = [name.lower() for name in out]
     assert not HOP_BY_HOP & set(names)
     assert "authorization" not in names
