@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from keygate.admin.auth import admin_middleware
 from keygate.admin.handlers.docs import ApiDocs, api_docs_key
 from keygate.admin.routes import ENDPOINTS, public_matcher, register

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
+
 from keygate.admin.context import actor_key, gateway
 from keygate.admin.responses import no_store
 from keygate.gateway.auth.credentials import find_credential

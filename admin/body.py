@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+
 from keygate.admin.context import gateway
 from keygate.gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from keygate.gateway.service import Actor, Services
 from keygate.gateway.state import Gateway, gateway_key
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-from keygate.gateway.errors import Invalid
 from multidict import MultiMapping
+
+from keygate.gateway.errors import Invalid
 
 DEFAULT_LIMIT = 50
 # ASCII only: int() would take "١٢", " 5" and "1_0". An integral decimal such as

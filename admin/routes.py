@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
+
 from keygate.admin.handlers import audit, docs, groups, health, keys, me, users
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

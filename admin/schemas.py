@@ -17,6 +17,7 @@ import typing
 from typing import Any
 
 import msgspec
+
 from keygate.config.declare import NAME_PATTERN
 from keygate.gateway.auth.keyformat import KEY_ID_ALPHABET, KEY_ID_LEN
 from keygate.gateway.auth.policy import MAX_GLOB_LENGTH

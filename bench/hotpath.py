@@ -23,6 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/hotpath.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.cache import KeyCache
@@ -35,7 +37,6 @@ from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store.records import BUILTIN_GROUPS
 from keygate.gateway.store.sqlite.store import SQLiteStore
-from multidict import CIMultiDict, CIMultiDictProxy
 
 PREFIX = AuthSettings().key_prefix
 PATH = "/v1/items/42"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.auth import keyformat
 from keygate.gateway.service import Actor, ServiceContext, Services

@@ -20,9 +20,10 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from yarl import URL
+
 from keygate.config.declare import Declared, bare_type, declared
 from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
-from yarl import URL
 
 ENV_PREFIX = "KEYGATE_"
 SECTIONS: dict[str, type] = {

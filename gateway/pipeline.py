@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import hdrs
+from multidict import CIMultiDictProxy
+from yarl import URL
+
 from keygate.config.settings import Route
 from keygate.gateway.auth.cache import Principal
 from keygate.gateway.auth.credentials import (
@@ -52,8 +55,6 @@ from keygate.gateway.request.headers import HOST_FIELD, Pairs, upstream_header_p
 from keygate.gateway.request.overrides import form_scanner, header_overrides, query_overrides
 from keygate.gateway.request.pathnorm import is_under, normalise_path
 from keygate.gateway.upstream.gate import RouteGate
-from multidict import CIMultiDictProxy
-from yarl import URL
 
 if TYPE_CHECKING:
     from keygate.gateway.state import Gateway

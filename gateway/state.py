@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
+
 from keygate.config.settings import Settings
 from keygate.gateway.auth.cache import KeyCache
 from keygate.gateway.auth.changes import ChangeFeed
@@ -24,7 +26,6 @@ from keygate.gateway.service import Services
 from keygate.gateway.store.base import Store
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.pool import UpstreamPool
-from yarl import URL
 
 
 class KeyMemory:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
 from keygate.config.settings import Route
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.gateway import (
     GatewayFactory,
     Keygate,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from keygate.admin import params
 from keygate.admin.context import actor, services
 from keygate.admin.responses import json_response

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import hdrs, web
+from swagger_ui_bundle import swagger_ui_path
+
 from keygate.admin.context import gateway
 from keygate.admin.openapi import as_openapi_30, document
 from keygate.admin.responses import JSON
 from keygate.gateway.errors import NotFound
-from swagger_ui_bundle import swagger_ui_path
 
 if TYPE_CHECKING:
     from keygate.admin.routes import Endpoint

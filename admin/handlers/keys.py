@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from keygate.admin import params
 from keygate.admin.body import read_json, read_optional_json
 from keygate.admin.context import actor, services

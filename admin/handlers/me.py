@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from keygate.admin.context import actor, gateway, services
 from keygate.admin.responses import json_response
 from keygate.gateway.errors import Unauthorized

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache, TTLCache
+
 from keygate.gateway.request.headers import identity_headers
 from keygate.gateway.store.records import ADMIN_GROUP, AuthRecord
 

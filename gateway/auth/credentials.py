@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from aiohttp import hdrs
+from multidict import CIMultiDictProxy
+
 from keygate.gateway.auth import keyformat
 from keygate.gateway.errors import AmbiguousApiKey, missing_api_key
-from multidict import CIMultiDictProxy
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from keygate.gateway.cli import output as out
 from keygate.gateway.cli.output import Result
 from keygate.gateway.cli.parser import Tree

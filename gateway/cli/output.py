@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from keygate.gateway.errors import KeygateError
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")

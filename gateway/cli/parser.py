@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+
 from keygate.gateway.cli.runner import Handler
 
 PROG = "keygate"

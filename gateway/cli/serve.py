@@ -19,6 +19,8 @@ import time
 from types import FrameType
 
 from aiohttp import web
+from yarl import URL
+
 from keygate.config.settings import Settings
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.accesslog import AccessLogger
@@ -32,7 +34,6 @@ from keygate.gateway.http.server import KeygateRunner
 from keygate.gateway.service import ServiceContext
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import open_store
-from yarl import URL
 
 log = logging.getLogger("keygate")
 

@@ -10,6 +10,7 @@ import logging
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+
 from keygate.gateway.state import key_id_key, request_id_key, route_key
 
 MAX_PATH = 256

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from yarl import URL
+
 from keygate.config.settings import Settings
 from keygate.gateway.auth.cache import KeyCache
 from keygate.gateway.auth.changes import ChangeFeed
@@ -39,7 +41,6 @@ from keygate.gateway.store.base import Store
 from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.pool import UpstreamPool
-from yarl import URL
 
 log = logging.getLogger("keygate")
 

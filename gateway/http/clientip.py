@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from aiohttp import hdrs, web
+
 from keygate.config.settings import Network
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
+
 from keygate.gateway.errors import BadFraming
 from keygate.gateway.pipeline import check_host
 from keygate.gateway.request.headers import connection_nominates_framing

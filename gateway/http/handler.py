@@ -15,6 +15,7 @@ from typing import ClassVar
 import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
+
 from keygate.gateway import pipeline
 from keygate.gateway.errors import KeygateError, MethodNotAllowed
 from keygate.gateway.http.clientip import peer_ip

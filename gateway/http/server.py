@@ -27,6 +27,7 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.log import access_logger
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
+
 from keygate.gateway.errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
 from keygate.gateway.http.accesslog import AccessLogger
 from keygate.gateway.http.edge.protocol import EdgeProtocol

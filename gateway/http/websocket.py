@@ -14,10 +14,11 @@ from typing import Final, TypeAlias
 import aiohttp
 import yarl
 from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from keygate.gateway.request.headers import Pairs
 from keygate.gateway.upstream.gate import RouteGate
-from multidict import CIMultiDict, CIMultiDictProxy
 
 _WebSocket: TypeAlias = "web.WebSocketResponse | aiohttp.ClientWebSocketResponse"
 

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 
 from aiohttp.streams import StreamReader
+
 from keygate.gateway.errors import BadRequest, Forbidden, KeygateError, TooLarge
 from keygate.gateway.request.scanners import FormScanner
 

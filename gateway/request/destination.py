@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from yarl import URL
+
 from keygate.gateway.errors import BadRequest
 from keygate.gateway.request.pathnorm import normalise_path
-from yarl import URL
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from multidict import CIMultiDictProxy
+
 from keygate.gateway.errors import UnsupportedMediaType
 from keygate.gateway.request.scanners import (
     FormScanner,
@@ -44,7 +46,6 @@ from keygate.gateway.request.scanners import (
     boundary_of,
     method_values,
 )
-from multidict import CIMultiDictProxy
 
 HEADER_NAMES: Final = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 def header_overrides(headers: CIMultiDictProxy[str]) -> list[str]:

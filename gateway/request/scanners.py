@@ -17,6 +17,7 @@ from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 import orjson
+
 from keygate.gateway.errors import BadRequest, TooLarge
 
 _FIELD: Final = b"_method"

@@ -19,10 +19,11 @@ import functools
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
+
 from keygate.config.declare import END, Declared, Name, declared, rule
 from keygate.gateway.auth.policy import MAX_RULES
 from keygate.gateway.service import validation as v
-from msgspec import UNSET, UnsetType
 
 # One line of text without leading or trailing white space; free text.
 ONE_LINE = rf"^[^\s{v.REFUSED_CHARS}](?:[^{v.REFUSED_CHARS}]*[^\s{v.REFUSED_CHARS}])?{END}"

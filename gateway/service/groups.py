@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec import UNSET
+
 from keygate.gateway.auth.policy import validate_rules
 from keygate.gateway.errors import Forbidden, NotFound
 from keygate.gateway.service import bodies, conflicts
@@ -11,7 +13,6 @@ from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.store.records import BUILTIN_GROUPS, GroupRecord, utcnow
-from msgspec import UNSET
 
 # Aliases: inside the class, ``list`` names the method.
 Rules = list[dict[str, Any]]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from msgspec import UNSET, UnsetType
+
 from keygate.gateway.auth import keyformat
 from keygate.gateway.errors import Forbidden, NotFound
 from keygate.gateway.service import blocks, bodies, conflicts
@@ -15,7 +17,6 @@ from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
-from msgspec import UNSET, UnsetType
 
 LIST_STATUSES = ("active", "disabled", "revoked", "expired")
 MAX_LIMIT = 500

@@ -7,6 +7,8 @@ import secrets
 import typing
 from typing import Any
 
+from msgspec import UNSET
+
 from keygate.gateway.errors import NotFound
 from keygate.gateway.service import bodies, conflicts
 from keygate.gateway.service import cursor as cursors
@@ -14,7 +16,6 @@ from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.store.records import ADMIN_GROUP, UserRecord, utcnow
-from msgspec import UNSET
 
 ROLES: tuple[str, ...] = typing.get_args(bodies.Role)
 

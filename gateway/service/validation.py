@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from keygate.gateway.errors import BadRequest, Invalid
 from msgspec import UNSET, UnsetType
 from yarl import URL
+
+from keygate.gateway.errors import BadRequest, Invalid
 
 MAX_EXPIRY = timedelta(days=365 * 100)
 MAX_GRACE_SECONDS = 30 * 86400

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
+
 from keygate.gateway.store.records import BUILTIN_GROUPS
 
 if TYPE_CHECKING:

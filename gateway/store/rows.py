@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+
 from keygate.gateway.store.records import (
     AuditEntry,
     AuditRecord,

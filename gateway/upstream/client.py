@@ -10,6 +10,7 @@ from typing import Final
 import aiohttp
 import yarl
 from aiohttp import hdrs
+
 from keygate.gateway.errors import UpstreamUnavailable
 from keygate.gateway.request.body import RequestBody
 from keygate.gateway.request.headers import Pairs

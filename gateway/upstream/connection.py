@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
 import httptools
+
 from keygate.gateway.upstream.flow import WriteFlow
 
 if TYPE_CHECKING:

@@ -32,6 +32,7 @@ from typing import Final
 import aiohttp
 import yarl
 from aiohttp import hdrs
+
 from keygate.gateway.errors import KeygateError, UpstreamTimeout, UpstreamUnavailable
 from keygate.gateway.request.body import RequestBody, failure
 from keygate.gateway.request.headers import HOP_BY_HOP, Pairs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import yarl
+
 from keygate.config.settings import Route
 from keygate.gateway.errors import UpstreamBusy
 from keygate.gateway.upstream.exchange import Origin

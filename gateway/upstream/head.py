@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from typing import Final
 
 from aiohttp import hdrs
-from keygate.gateway.request.headers import FRAMING, Pairs, upstream_header_pairs
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from keygate.gateway.request.headers import FRAMING, Pairs, upstream_header_pairs
 
 HeaderSource = CIMultiDict[str] | CIMultiDictProxy[str] | Iterable[tuple[str, str]]
 

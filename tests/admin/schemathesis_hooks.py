@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 import schemathesis
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.store.sqlite.store import SQLiteStore

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from keygate.admin.routes import ENDPOINTS, Endpoint
 
+from keygate.admin.routes import ENDPOINTS, Endpoint
 from tests.support.admin import PREFIX, AdminApi, Member
 from tests.support.gateway import Keygate, key_id
 from tests.support.raw import fetch, http

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from keygate.gateway.service import bodies
 
+from keygate.gateway.service import bodies
 from tests.support.admin import AdminApi
 from tests.support.gateway import key_id
 

@@ -10,14 +10,14 @@ import pytest
 from aiohttp import web
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from jsonschema import Draft202012Validator
-from keygate.admin.openapi import as_openapi_30, document, security_schemes
-from keygate.admin.routes import ENDPOINTS
-from keygate.config.declare import declared
-from keygate.gateway.service import bodies
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from keygate.admin.openapi import as_openapi_30, document, security_schemes
+from keygate.admin.routes import ENDPOINTS
+from keygate.config.declare import declared
+from keygate.gateway.service import bodies
 from tests.support.admin import PREFIX, AdminApi, Member
 from tests.support.gateway import Keygate
 from tests.support.raw import fetch, http

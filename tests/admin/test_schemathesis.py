@@ -20,8 +20,8 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from keygate.admin.routes import ENDPOINTS
 
+from keygate.admin.routes import ENDPOINTS
 from tests.support.admin import PREFIX
 from tests.support.gateway import GatewayFactory, default_route
 from tests.support.upstreams import Recorder

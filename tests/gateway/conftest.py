@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+
 from keygate.config.loader import sqlite_path
 from keygate.config.settings import Route
-
 from tests.support.gateway import Keygate, make_settings, start_keygate
 from tests.support.stores import CountingFactory, CountingStore
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from msgspec import UNSET
+
 from keygate.gateway.errors import BadRequest
 from keygate.gateway.service import bodies
-from msgspec import UNSET
 
 
 def test_bodies_valid_key_create_has_declared_defaults() -> None:

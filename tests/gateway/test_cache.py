@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 import pytest
+
 from keygate.gateway.auth.cache import KeyCache, Principal, effective_groups, principal_from
 from keygate.gateway.auth.verify import check_status
 from keygate.gateway.errors import Unauthorized
 from keygate.gateway.store.records import AuthRecord
-
 from tests.support.polling import wait_for
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.auth.changes import ChangeWatcher
 from keygate.gateway.errors import StoreUnavailable
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.polling import wait_for
 from tests.support.stores import CountingStore
 

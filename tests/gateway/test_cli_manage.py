@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from keygate.gateway.cli import main
 from keygate.gateway.cli.output import cell
 from keygate.gateway.cli.parser import build_parser

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from keygate.config.loader import ConfigError, load_settings
 from keygate.config.settings import AuthSettings, Route, Settings
 

@@ -7,6 +7,8 @@ import base64
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.gateway.auth.credentials import (
     Sources,
     find_credential,
@@ -14,7 +16,6 @@ from keygate.gateway.auth.credentials import (
     strip_query_param,
 )
 from keygate.gateway.errors import AmbiguousApiKey, Unauthorized
-from multidict import CIMultiDict, CIMultiDictProxy
 
 TOKEN = "kg_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEF2dJnNT"
 OTHER = "kg_zzzzzzzzzzzz_abcdefghijklmnopqrstuvwxyzABCDEF000000"

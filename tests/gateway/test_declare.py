@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import pytest
+
 from keygate.config.declare import END, FINITE, Name, declared, rule
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from keygate.config.settings import Route
 from keygate.gateway.http.edge.protocol import EdgeProtocol
 from keygate.gateway.http.edge.server import Edge
@@ -30,7 +31,6 @@ from keygate.gateway.http.logsetup import (
     CachedTimeFormatter,
     info_line_writer,
 )
-
 from tests.support.gateway import GatewayFactory, Keygate, default_route
 from tests.support.polling import wait_for
 from tests.support.raw import Raw, Reply, bearer, connect, free_port, http

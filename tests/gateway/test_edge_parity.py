@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+
 from keygate.config.settings import Route
 from keygate.gateway.auth.keyformat import make_token
-
 from tests.support.gateway import Keygate, make_settings, start_keygate, started_client
 from tests.support.raw import CUT, Reply, bearer, connect, http, read_final
 from tests.support.raw_upstreams import Exchange, StrictUpstream

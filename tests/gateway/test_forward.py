@@ -23,6 +23,7 @@ import pytest
 import yarl
 from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+
 from keygate.config.settings import Route
 from keygate.gateway.errors import KeygateError, MethodNotAllowed
 from keygate.gateway.http.handler import forward
@@ -35,7 +36,6 @@ from keygate.gateway.request.headers import (
 from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.pool import UpstreamPool
-
 from tests.support.polling import wait_for
 from tests.support.raw import Raw, free_port, http
 from tests.support.raw_upstreams import Canned, raw_server

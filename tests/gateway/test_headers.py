@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.gateway.request.headers import (
     HOP_BY_HOP,
     RequestIds,
@@ -16,7 +18,6 @@ from keygate.gateway.request.headers import (
     upstream_header_pairs,
 )
 from keygate.gateway.upstream.exchange import response_headers
-from multidict import CIMultiDict, CIMultiDictProxy
 
 Pairs = list[tuple[str, str]]
 

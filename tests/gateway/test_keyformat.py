@@ -13,10 +13,10 @@ import zlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.keyformat import BASE62, KEY_ID_ALPHABET, TokenFormatError
-
 from tests.support.gateway import GatewayFactory
 
 VECTOR = "kg_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEF2dJnNT"

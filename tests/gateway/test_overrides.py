@@ -8,10 +8,11 @@ import zlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
 from keygate.gateway.request.overrides import form_scanner, header_overrides, query_overrides
 from keygate.gateway.request.scanners import MAX_DECODED, method_values
-from multidict import CIMultiDict, CIMultiDictProxy
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:

@@ -8,6 +8,7 @@ import re
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+
 from keygate.gateway.errors import BadPath
 from keygate.gateway.request.pathnorm import is_under, normalise_path
 

@@ -7,6 +7,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from keygate.config.settings import Route
 from keygate.gateway.auth.policy import Policy, RouteTable, upstream_path, validate_rules
 from keygate.gateway.request.pathnorm import is_under

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+
 from keygate.gateway.auth.changes import ChangeWatcher
 from keygate.gateway.errors import StoreUnavailable
 from keygate.gateway.store.postgres.listener import PgChangeListener
 from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.records import AuditEntry, UserRecord, utcnow
-
 from tests.support.polling import wait_for
 from tests.support.raw_upstreams import raw_server
 

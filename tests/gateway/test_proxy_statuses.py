@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
+from multidict import CIMultiDict
+
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 from keygate.gateway.store.records import AuditEntry
-from multidict import CIMultiDict
-
 from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
 from tests.support.polling import wait_for
 from tests.support.raw import fetch, free_port, http

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from keygate.gateway.errors import Conflict
 from keygate.gateway.service import conflicts
 from keygate.gateway.store.errors import (

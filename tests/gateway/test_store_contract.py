@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from keygate.gateway.errors import Forbidden, NotFound
 from keygate.gateway.store.base import Store
 from keygate.gateway.store.errors import GroupInUse, KeyLimitReached, KeyRevoked, UniqueViolation
@@ -25,7 +26,6 @@ from keygate.gateway.store.records import (
     utcnow,
 )
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.pg import reset_schema
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"

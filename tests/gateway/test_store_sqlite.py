@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.auth import keyformat
 from keygate.gateway.errors import Conflict

@@ -14,12 +14,12 @@ import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
+
 from keygate.gateway.store.base import Store
 from keygate.gateway.store.postgres.migrations import PG_SCHEMA, PG_V1
 from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA, SQLITE_V1
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.pg import reset_schema
 
 OWNER, ADMIN = "u-alice", "u-admin"

@@ -24,6 +24,8 @@ from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.config.settings import Route
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.handler import forward
@@ -37,8 +39,6 @@ from keygate.gateway.upstream.exchange import SMALL_BODY, response_headers
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.head import CHUNKED, request_head, upstream_header_pairs
 from keygate.gateway.upstream.pool import UpstreamPool
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from tests.support.gateway import started_client
 from tests.support.polling import wait_for
 from tests.support.raw import free_port

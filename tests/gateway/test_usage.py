@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.errors import StoreUnavailable
@@ -19,7 +20,6 @@ from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import Store, open_store
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
 from tests.support.polling import wait_for
 from tests.support.processes import keygate_env, start_node

@@ -14,10 +14,10 @@ from typing import Any
 
 import aiosqlite
 import pytest
+
 from keygate.gateway.auth import keyformat
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.store import open_store
-
 from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
 from tests.support.polling import wait_for
 from tests.support.stores import CountingFactory, CountingStore, settle, store_path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from keygate.config.settings import AuthSettings
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.cache import KeyCache
@@ -26,7 +27,6 @@ from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import open_store
 from keygate.gateway.store.base import Store
-
 from tests.support.gateway import GatewayFactory, Keygate, default_route, key_id
 from tests.support.polling import wait_for
 from tests.support.stores import CountingFactory, settle

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import (
     BRISK,
     SERVER_DEFAULTS,

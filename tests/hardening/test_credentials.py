@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
-
 from tests.support.gateway import Rig, RigFactory
 from tests.support.raw import bearer, http
 from tests.support.secrets import secret

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import Keygate, make_settings, start_keygate, started_client
 from tests.support.polling import wait_for
 from tests.support.raw import Reply, connect

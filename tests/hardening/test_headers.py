@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import Rig, RigFactory
 from tests.support.raw import bearer, http
 from tests.support.upstreams import Recorder

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+
 from keygate.config.settings import Route
 from keygate.gateway.http.app import build_app
 from keygate.gateway.http.server import KeygateRunner
@@ -21,7 +22,6 @@ from keygate.gateway.service import ServiceContext
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.state import gateway_key, pool_key, session_key
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.gateway import make_settings
 from tests.support.polling import wait_for
 from tests.support.processes import keygate_env, run_keygate

@@ -14,8 +14,8 @@ import hashlib
 from typing import Any
 
 import pytest
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import Rig, RigFactory
 from tests.support.polling import wait_for
 from tests.support.raw import bearer, http

@@ -8,6 +8,8 @@ import string
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.credentials import Sources, find_credential
@@ -19,7 +21,6 @@ from keygate.gateway.request.headers import (
 )
 from keygate.gateway.request.pathnorm import is_under, normalise_path
 from keygate.gateway.upstream.exchange import response_headers
-from multidict import CIMultiDict, CIMultiDictProxy
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

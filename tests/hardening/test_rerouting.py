@@ -11,8 +11,8 @@ the other).
 from __future__ import annotations
 
 import pytest
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import RigFactory
 from tests.support.raw import bearer, http
 from tests.support.upstreams import Recorder

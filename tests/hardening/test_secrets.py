@@ -12,10 +12,10 @@ import base64
 from pathlib import Path
 
 import pytest
+
 from keygate.config.loader import sqlite_path
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
-
 from tests.support.gateway import Rig, RigFactory
 from tests.support.polling import wait_for
 from tests.support.raw import bearer, http

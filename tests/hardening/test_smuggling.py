@@ -13,8 +13,8 @@ import gzip
 import hashlib
 
 import pytest
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import RigFactory
 from tests.support.raw import bearer, http
 from tests.support.upstreams import Recorder

@@ -4,9 +4,9 @@ what is checked is exactly what is forwarded, and the admin prefix has one way i
 from __future__ import annotations
 
 import pytest
+
 from keygate.gateway.errors import BadPath
 from keygate.gateway.request.pathnorm import is_under, normalise_path
-
 from tests.support.gateway import Rig
 from tests.support.raw import bearer, http
 

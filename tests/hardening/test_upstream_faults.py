@@ -9,8 +9,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import Rig, RigFactory
 from tests.support.polling import wait_for
 from tests.support.raw import Raw, bearer, free_port, http

@@ -10,8 +10,8 @@ checked (rewritten onto the upstream's own host and prefix).
 from __future__ import annotations
 
 import pytest
-from keygate.config.settings import Route
 
+from keygate.config.settings import Route
 from tests.support.gateway import Rig, RigFactory
 from tests.support.raw import bearer, http
 from tests.support.upstreams import Recorder

@@ -37,7 +37,6 @@ async def test_websocket_upgrade_without_valid_key_is_401_before_upstream(
 
 async def test_websocket_upgrade_with_unknown_key_is_401_before_upstream(rig: Rig) -> None:
     from keygate.gateway.auth import keyformat
-
     from tests.support.secrets import secret
 
     unknown = secret(keyformat.generate("kg")[0])

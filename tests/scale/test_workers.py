@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from keygate.gateway.store.sqlite.store import SQLiteStore
 
+from keygate.gateway.store.sqlite.store import SQLiteStore
 from tests.support.polling import wait_for
 from tests.support.processes import node_env, run_keygate, serve_node, status_fresh
 from tests.support.upstreams import Recorder
@@ -84,6 +84,7 @@ async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
     tmp_path: Path, upstream: Recorder, either_store: str
 ) -> None:
     import aiohttp
+
     from keygate.gateway.store import open_store
 
     url = either_store

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+
 from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
 from keygate.gateway.auth import keyformat
 from keygate.gateway.http.app import build_app
@@ -25,7 +26,6 @@ from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.state import gateway_key
 from keygate.gateway.store.base import Store
-
 from tests.support.raw import IO_TIMEOUT, Raw, Reply, exchange
 from tests.support.secrets import secret
 from tests.support.upstreams import Recorder

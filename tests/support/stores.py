@@ -14,7 +14,6 @@ from pathlib import Path
 from keygate.config.loader import sqlite_path
 from keygate.gateway.store.records import AuthRecord, Change, KeyAuth
 from keygate.gateway.store.sqlite.store import SQLiteStore
-
 from tests.support.gateway import Keygate
 from tests.support.polling import wait_for
 

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Final
 
+from multidict import CIMultiDictProxy
+
 from keygate.gateway import pipeline
 from keygate.gateway.auth.cache import Principal
 from keygate.gateway.errors import BadPath, KeygateError
@@ -36,7 +38,6 @@ from keygate.gateway.upstream.exchange import (
 from keygate.gateway.upstream.flow import WriteFlow
 from keygate.gateway.upstream.gate import RouteGate
 from keygate.gateway.upstream.head import request_head
-from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
     from keygate.gateway.http.edge.server import Edge

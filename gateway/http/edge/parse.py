@@ -18,9 +18,10 @@ from typing import Final, NamedTuple
 
 import httptools
 from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
 from keygate.gateway.errors import BadFraming
 from keygate.gateway.pipeline import check_host
-from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _VERSIONS: Final = frozenset({"1.0", "1.1"})

@@ -25,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING, Final, cast
 
 from aiohttp.tcp_helpers import tcp_keepalive
+
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.edge.exchange import CLOSED, HAND_OFF, Exchange, Forwarding
 from keygate.gateway.http.edge.parse import HeadParser

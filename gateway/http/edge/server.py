@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp.web_protocol import RequestHandler
+
 from keygate.gateway.http.logsetup import info_line_writer
 from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.upstream.connection import UpstreamConnection, UpstreamError

@@ -17,6 +17,7 @@ from typing import Final
 
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+
 from keygate.gateway.errors import KeygateError
 
 Pairs = list[tuple[str, str]]

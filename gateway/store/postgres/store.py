@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+
 from keygate.gateway.errors import BadRequest, StoreUnavailable
 from keygate.gateway.store.migrate import apply_pending
 from keygate.gateway.store.postgres.listener import (

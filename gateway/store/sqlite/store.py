@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
+
 from keygate.gateway.errors import StoreUnavailable
 from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.rows import Codec, as_is, epoch_seconds, json_text
