@@ -9,10 +9,10 @@ query per ``store.change_poll_interval``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from keygate.gateway import background
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.store.base import Store
 
@@ -37,11 +37,8 @@ class ChangeWatcher:
         self._task = asyncio.create_task(self._run(), name="keygate-changes")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await background.stop(task)
 
     async def poll(self) -> int:
         """Apply every notice newer than the last one seen; return how many."""

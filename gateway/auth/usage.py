@@ -8,10 +8,10 @@ retried, so a store outage loses no batch; a graceful stop flushes once more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from keygate.gateway import background
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.store.base import Store
 
@@ -63,9 +63,6 @@ class UsageRecorder:
         self._task = asyncio.create_task(self._run(), name="keygate-usage")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await background.stop(task)
         await self.flush()

@@ -15,12 +15,13 @@ changes on its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+
+from keygate.gateway import background
 
 log = logging.getLogger("keygate.pglisten")
 
@@ -74,11 +75,8 @@ class PgChangeListener:
             self._task = asyncio.create_task(self._run(), name="keygate-pglisten")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await background.stop(task)
 
     # --- asyncpg callbacks (plain functions, run on the loop) ----------------
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
