@@ -142,8 +142,12 @@ class Route:
     # (docs/security.md says when that is safe).
     method_override: Literal["check", "ignore"] = "check"
     # Remove the headers frameworks read as "serve this path instead"
-    # (X-Original-URL and kin, gateway.headers.REROUTING).
+    # (X-Original-URL and kin: keygate.gateway.request.headers.REROUTING).
     strip_rerouting_headers: bool = True
+    # Forward header names with "_" in them (nginx's underscores_in_headers);
+    # off, they are dropped: WSGI servers read "_" as "-" and some route on
+    # a SCRIPT_NAME header.
+    underscores_in_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,7 @@ def authorise(
     if not has_body:
         return None
     scanner = form_scanner(headers.get(hdrs.CONTENT_TYPE), headers.get(hdrs.CONTENT_ENCODING))
-    return None if scanner is None else BodyCheck(scanner, allowed)
+    return BodyCheck(scanner, allowed)
 
 
 def admit_cached(gw: Gateway, resolved: Resolved) -> tuple[bytes, Principal | None]:
@@ -289,6 +289,7 @@ def upstream_pairs(
         host=headers.get(hdrs.HOST),
         request_id=request_id,
         strip_rerouting=resolved.route.strip_rerouting_headers,
+        underscores=resolved.route.underscores_in_headers,
     )
     destination = resolved.destination
     if destination is not None:

@@ -9,9 +9,12 @@ ambiguous (400), because an upstream or a log might act on the other one.
 from __future__ import annotations
 
 import binascii
+import functools
+import re
 from base64 import b64decode
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_plus
 
 from aiohttp import hdrs
@@ -58,23 +61,24 @@ def find_credential(
     found: list[str] = []
     drop: list[str] = []
     drop_query = None
-    if sources.bearer or sources.basic:
-        for value in headers.getall(hdrs.AUTHORIZATION, ()):
-            scheme, _, rest = value.strip().partition(" ")
-            scheme = scheme.lower()
-            if scheme == "bearer" and sources.bearer:
-                found.append(rest.strip())
-            elif scheme == "basic" and sources.basic:
-                found.append(_from_basic(rest.strip(), prefix))
-            else:
-                continue  # meant for the upstream: passes through untouched
-            if hdrs.AUTHORIZATION not in drop:
-                drop.append(hdrs.AUTHORIZATION)
-    if sources.x_api_key:
-        values = headers.getall(X_API_KEY, ())
-        if values:
+    for value in headers.getall(hdrs.AUTHORIZATION, ()):
+        scheme, _, rest = value.strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer" and sources.bearer:
+            found.append(rest.strip())
+        elif scheme == "basic" and sources.basic:
+            found.append(_from_basic(rest.strip(), prefix))
+        elif not carries_token(value, prefix):
+            continue  # meant for the upstream: passes through untouched
+        if hdrs.AUTHORIZATION not in drop:
+            drop.append(hdrs.AUTHORIZATION)
+    values = headers.getall(X_API_KEY, ())
+    if values:
+        if sources.x_api_key:
             found.extend(v.strip() for v in values)
             drop.append(X_API_KEY)
+        elif any(carries_token(v, prefix) for v in values):
+            drop.append(X_API_KEY)  # not read here, but never sent on either
     if sources.query is not None and raw_query:
         for value in query_values(raw_query, sources.query):
             found.append(value.strip())
@@ -99,22 +103,11 @@ def stray_credentials(
     checksum included, count: an upstream's own Bearer token passes untouched.
     """
     drop: list[str] = []
-    if sources.bearer or sources.basic:
-        for value in headers.getall(hdrs.AUTHORIZATION, ()):
-            scheme, _, rest = value.strip().partition(" ")
-            scheme = scheme.lower()
-            if scheme == "bearer" and sources.bearer:
-                token = rest.strip()
-            elif scheme == "basic" and sources.basic:
-                token = _from_basic(rest.strip(), prefix)
-            else:
-                continue
-            if _well_formed(token, prefix):
-                drop.append(hdrs.AUTHORIZATION)
-                break
-    if sources.x_api_key and any(
-        _well_formed(v.strip(), prefix) for v in headers.getall(X_API_KEY, ())
-    ):
+    for value in headers.getall(hdrs.AUTHORIZATION, ()):
+        if carries_token(value, prefix):
+            drop.append(hdrs.AUTHORIZATION)
+            break
+    if any(carries_token(v, prefix) for v in headers.getall(X_API_KEY, ())):
         drop.append(X_API_KEY)
     drop_query = None
     if (
@@ -126,6 +119,38 @@ def stray_credentials(
     if not drop and drop_query is None:
         return None
     return Credential("", tuple(drop), drop_query)
+
+
+def carries_token(value: str, prefix: str) -> bool:
+    """Whether an Authorization value holds a well-formed keygate token anywhere,
+    in whatever scheme: bare, ``Token``, ``Digest``, ``Bearer`` with a tab,
+    or inside ``Basic`` credentials. Such a header never reaches an upstream
+    (a token is a secret between its holder and keygate), even when another
+    credential authenticated the request."""
+    if prefix + "_" not in value and not _BASE64_PART.search(value):
+        return False
+    if any(_well_formed(m, prefix) for m in _token_shapes(prefix).findall(value)):
+        return True
+    for part in _BASE64_PART.findall(value):
+        try:
+            decoded = b64decode(part + "=" * (-len(part) % 4)).decode("latin-1")
+        except (binascii.Error, ValueError):
+            continue
+        if any(_well_formed(m, prefix) for m in _token_shapes(prefix).findall(decoded)):
+            return True
+        user, sep, password = decoded.partition(":")
+        if sep and _well_formed(f"{prefix}_{user}_{password}", prefix):
+            return True  # the basic source's own form: key id as user name
+    return False
+
+
+# Long enough to hold a token's worth of base64 (the key id and secret).
+_BASE64_PART: Final = re.compile(r"[A-Za-z0-9+/]{48,}={0,2}")
+
+
+@functools.lru_cache(maxsize=8)
+def _token_shapes(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(prefix)}_[0-9a-z]{{12}}_[0-9A-Za-z]{{38}}")
 
 
 def _well_formed(token: str, prefix: str) -> bool:

@@ -46,10 +46,13 @@ def destination_path(value: str, host: str | None, scheme: str) -> tuple[str, bo
             url = URL(value, encoded=True)
         except ValueError:
             raise BadDestination() from None
-        if url.scheme not in _DEFAULT_PORTS or not url.raw_host or url.raw_user is not None:
-            raise BadDestination()
-        if not _same_host(url, host, scheme):
-            raise BadDestination()
+        try:
+            if url.scheme not in _DEFAULT_PORTS or not url.raw_host or url.raw_user is not None:
+                raise BadDestination()
+            if not _same_host(url, host, scheme):
+                raise BadDestination()
+        except ValueError:  # yarl parses lazily: a port like "1x" or "99999999999"
+            raise BadDestination() from None
         if url.raw_query_string or url.raw_fragment:
             raise BadDestination()
         raw = url.raw_path or "/"

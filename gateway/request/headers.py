@@ -71,6 +71,32 @@ _SPOOFABLE: Final = frozenset(
         "x-forwarded-server",
         "x-forwarded-scheme",
         "x-forwarded-ssl",
+        # Host overrides some frameworks build links and route on.
+        "x-original-host",
+        "x-host",
+        "x-http-host-override",
+        # Identity that auth proxies in front of an app set, and apps behind
+        # one believe: oauth2-proxy, Azure App Service, Google IAP, AWS ALB,
+        # gunicorn's REMOTE_USER. keygate's own identity is X-Keygate-*.
+        "remote-user",
+        "x-remote-user",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+        "x-webauth-user",
+        "x-authenticated-user",
+        "x-ms-client-principal",
+        "x-ms-client-principal-id",
+        "x-ms-client-principal-name",
+        "x-goog-authenticated-user-email",
+        "x-goog-authenticated-user-id",
+        "x-amzn-oidc-identity",
+        "x-amzn-oidc-data",
     }
 )
 # SECURITY: names that frameworks and proxies read as the path to serve instead
@@ -83,11 +109,20 @@ REROUTING: Final = frozenset(
     {
         "x-original-url",
         "x-original-uri",
+        "x-original-path",
         "x-rewrite-url",
+        "x-override-url",
         "x-forwarded-uri",
+        "x-forwarded-url",
         "x-forwarded-path",
         "x-envoy-original-path",
         "x-http-path-override",
+        # The WSGI/CGI mount point and path: gunicorn believes SCRIPT_NAME and
+        # PATH_INFO headers from 127.0.0.1 by default and routes on them.
+        "x-script-name",
+        "x-forwarded-script-name",
+        "script-name",
+        "path-info",
     }
 )
 # Names only keygate may say: the ones it sets itself and the spoofable ones.
@@ -196,6 +231,7 @@ def upstream_header_pairs(
     host: str | None,
     request_id: str,
     strip_rerouting: bool = True,
+    underscores: bool = False,
 ) -> Pairs:
     """The headers sent upstream for a client request with ``headers``, as pairs.
 
@@ -204,7 +240,10 @@ def upstream_header_pairs(
     :func:`identity_headers`) to values, or is None on a public route.
     ``host`` is the client's Host header, sent on as X-Forwarded-Host.
     ``strip_rerouting`` removes the :data:`REROUTING` names (a route's
-    ``strip_rerouting_headers``). Content-Length and Transfer-Encoding are
+    ``strip_rerouting_headers``). ``underscores`` (a route's
+    ``underscores_in_headers``, nginx's name) passes names with ``_`` in
+    them on, except the spellings of names keygate controls; by default they
+    are dropped as nginx drops them. Content-Length and Transfer-Encoding are
     never among them: the request head frames the body keygate sends
     (:func:`keygate.gateway.upstream.head.request_head`)."""
     # Most requests name nothing in Connection: then only the fixed table and
@@ -221,9 +260,11 @@ def upstream_header_pairs(
         if low in removed or low in dropped or (named and low in named):
             continue
         if "_" in low:
-            # WSGI-style servers treat "_" and "-" alike: X_Keygate_User would
-            # reach the upstream as X-Keygate-User, Transfer_Encoding might be
-            # taken for framing.
+            # SECURITY: WSGI/CGI servers read "_" and "-" alike (both become
+            # HTTP_X_...), and some take SCRIPT_NAME or REMOTE_USER from a
+            # header: X_Keygate_User would reach an app as X-Keygate-User.
+            if not underscores:
+                continue
             low = low.replace("_", "-")
             if low in removed or low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
                 continue

@@ -32,16 +32,19 @@ bounded memory.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from multidict import CIMultiDictProxy
 
 from keygate.gateway.errors import UnsupportedMediaType
 from keygate.gateway.request.scanners import (
+    Each,
     FormScanner,
     Inflating,
     JsonObject,
     Multipart,
+    Recoded,
     Urlencoded,
     boundary_of,
     method_values,
@@ -67,27 +70,53 @@ def query_overrides(raw_query: str) -> list[str]:
     return found + scanner.finish()
 
 
-def form_scanner(content_type: str | None, content_encoding: str | None) -> FormScanner | None:
-    """A scanner for a body of this type and coding, or None when no framework
-    reads form fields from it. Raises 415 for a form body in a coding that
-    cannot be decoded here."""
+# Charsets whose bytes spell "_method" the way UTF-8 does: no decoding needed.
+_ASCII_COMPATIBLE: Final = frozenset(
+    {"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1"}
+)
+
+
+def form_scanner(content_type: str | None, content_encoding: str | None) -> FormScanner:
+    """The scanner for a request body of this type and coding.
+
+    Every body is read as a form, whatever its type says: some frameworks
+    parse any POST body as one (the WSGI ``method-override`` middleware), and
+    others match the type by prefix (``@fastify/formbody``). A multipart body
+    is also split at its boundary (400 when the Content-Type can be read two
+    ways), and a JSON body is read as an object. A body in a charset other
+    than ASCII's kin is decoded first; gzip and deflate are inflated. A
+    coding or charset this cannot read is 415: the body cannot be checked.
+    """
     media, _, params = (content_type or "").partition(";")
     media = media.strip().lower()
-    scanner: FormScanner
-    if not media or media == "application/x-www-form-urlencoded":
-        scanner = Urlencoded()
-    elif media.startswith("multipart/"):
+    scanner: FormScanner = Urlencoded()
+    if media.startswith("multipart/"):
         boundary = boundary_of(params)
-        if boundary is None:
-            return None  # no framework can split it into fields either
-        scanner = Multipart(boundary)
+        if boundary is not None:
+            scanner = Each(scanner, Multipart(boundary))
     elif "/json" in media or "+json" in media:
-        scanner = JsonObject()  # Laravel reads "_method" from a JSON body's top level
-    else:
-        return None
+        scanner = Each(scanner, JsonObject())  # Laravel and Koa read a JSON body's top level
+    charset = _charset(params)
+    if charset not in _ASCII_COMPATIBLE:
+        try:
+            scanner = Recoded(scanner, charset)
+        except LookupError:
+            raise UnsupportedMediaType(
+                "A request body in this charset cannot be checked."
+            ) from None
     coding = (content_encoding or "").strip().lower()
     if not coding or coding == "identity":
         return scanner
     if coding in ("gzip", "x-gzip", "deflate"):
         return Inflating(scanner)
-    raise UnsupportedMediaType("A form body in this Content-Encoding cannot be checked.")
+    raise UnsupportedMediaType("A request body in this Content-Encoding cannot be checked.")
+
+
+def _charset(params: str) -> str:
+    for name, value in _PARAMS.findall(";" + params):
+        if str(name).lower() == "charset":
+            return str(value).strip().strip('"').strip().lower()
+    return ""
+
+
+_PARAMS: Final = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')

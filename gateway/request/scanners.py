@@ -10,6 +10,7 @@ them is :mod:`keygate.gateway.request.overrides`.
 
 from __future__ import annotations
 
+import codecs
 import re
 import zlib
 from collections.abc import Iterable
@@ -24,14 +25,16 @@ _FIELD: Final = b"_method"
 # The longest a method value is read; longer ones are checked as truncated
 # (no rule allows such a method, so the check refuses them).
 _MAX_VALUE: Final = 64
-# A field name longer than this once leading spaces are gone cannot be
-# "_method", however it is percent-encoded (7 escapes of 3 bytes).
-_MAX_NAME: Final = 24
+# A field name longer than this once leading spaces are gone is not read as
+# "_method" by any framework, however it is encoded and bracketed (qs's
+# "[_method]", "_method[0]", each byte an escape, a byte-order mark first).
+_MAX_NAME: Final = 96
 # Bound on decoded bytes scanned from a compressed form body.
 MAX_DECODED: Final = 16 * 1024 * 1024
 # Leading spaces of a field name, raw ("+", " ", "%20"), as PHP drops them.
-_LEADING_SPACES: Final = re.compile(rb"(?:\+| |%20)*")
+_LEADING_SPACES: Final = re.compile(rb"(?i)(?:\+| |%20|\xef\xbb\xbf|%EF%BB%BF)*")
 _SEPARATORS: Final = re.compile(rb"[&;]")
+_BOM_AND_SPACES: Final = re.compile(rb"^(?:\xef\xbb\xbf| )+")
 _NAME_MAP: Final = bytes.maketrans(b" .[", b"___")
 
 
@@ -45,9 +48,27 @@ def method_values(value: str) -> list[str]:
 
 
 def is_override_name(raw: bytes) -> bool:
-    """Whether a raw (still percent-encoded) parameter name reads as ``_method``."""
-    name = unquote_to_bytes(raw.replace(b"+", b" ")).lstrip(b" ")
-    return name.translate(_NAME_MAP).lower() == _FIELD
+    """Whether a raw (still percent-encoded) parameter name reads as ``_method``.
+
+    Every reading some framework makes counts: percent-decoded (``+`` a
+    space), after leading spaces and a UTF-8 byte-order mark (body parsers
+    drop both), with ``.``, ``[`` and spaces read as ``_`` (PHP), and with
+    qs's bracket syntax undone (``_method[]``, ``_method[0]`` and
+    ``[_method]`` all name ``_method`` to Express and Koa).
+    """
+    return is_override_text(unquote_to_bytes(raw.replace(b"+", b" ")))
+
+
+def is_override_text(name: bytes) -> bool:
+    """:func:`is_override_name` for a name already decoded."""
+    name = _BOM_AND_SPACES.sub(b"", name, count=1)
+    if name.translate(_NAME_MAP).lower() == _FIELD:
+        return True
+    if name.startswith(b"["):
+        inner = name[1:].partition(b"]")[0]
+        return inner.translate(_NAME_MAP).lower() == _FIELD
+    base = name.partition(b"[")[0]
+    return base.translate(_NAME_MAP).lower() == _FIELD
 
 
 class FormScanner(Protocol):
@@ -59,17 +80,44 @@ class FormScanner(Protocol):
 
 
 
+_PARAM: Final = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
 def boundary_of(params: str) -> bytes | None:
-    for param in params.split(";"):
-        name, sep, value = param.partition("=")
-        if sep and name.strip().lower() == "boundary":
+    """The multipart boundary of a Content-Type's parameters (after the media
+    type), None when there is none; a 400 when parsers could disagree.
+
+    Frameworks read the same header differently: the first ``boundary`` or
+    the last, a ``;boundary=`` inside a quoted value or not, backslash escapes
+    or not, RFC 2231 ``boundary*`` forms or not. A body split at a boundary
+    keygate did not pick could carry a field it never saw, so every reading
+    is taken, and unless they all agree the request is refused.
+    """
+    readings: set[str] = set()
+    params = ";" + params
+    found = [(n.lower(), v) for n, v in _PARAM.findall(params)]
+    for name, value in found:
+        if name.startswith("boundary*"):
+            raise BadRequest("The multipart boundary is written ambiguously.")
+        if name == "boundary":
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            if value and value.isascii() and len(value) <= 200:
-                return value.encode("ascii")
-            return None
-    return None
+                readings.add(re.sub(r"\\(.)", r"\1", value[1:-1]))  # escapes undone
+                readings.add(value[1:-1])  # escapes kept
+            else:
+                readings.add(value)
+    # A naive reading: any "boundary=" at all, quoted values ignored.
+    for naive in re.findall(r'(?i)boundary\s*=\s*"?([^";\s]*)', params):
+        readings.add(naive)
+    readings.discard("")
+    if not readings:
+        return None
+    if len(readings) > 1:
+        raise BadRequest("The multipart boundary is written ambiguously.")
+    boundary = readings.pop()
+    if not boundary.isascii() or len(boundary) > 200:
+        raise BadRequest("The multipart boundary is not valid.")
+    return boundary.encode("ascii")
 
 
 class Urlencoded:
@@ -140,30 +188,32 @@ class Urlencoded:
 
 
 # Where a multipart scanner is: before the first delimiter, on a delimiter
-# line, in a part's header block, in a part's content, or past the end.
-_PREAMBLE, _DELIMITER_LINE, _HEADERS, _CONTENT, _EPILOGUE = range(5)
+# line, in a part's header block, or in a part's content.
+_PREAMBLE, _DELIMITER_LINE, _HEADERS, _CONTENT = range(4)
 _MAX_PART_HEAD: Final = 16 * 1024
 _HEAD_END: Final = re.compile(rb"(?:^|\n)\r?\n")
 _FOLD: Final = re.compile(rb"\r?\n[ \t]+")
 _DISPOSITION_NAME: Final = re.compile(
-    rb"""(?i)(?:^|[;\s])name(\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)"""
+    rb"""(?i)(?:^|[;\s])name(\*?)(?:\*?(\d+)\*?)?\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)"""
 )
 
 
 class Multipart:
     """``multipart/*`` parts, streamed: the content of any part named like ``_method``.
 
-    Lenient on purpose: a delimiter may follow LF alone (or directly a part's
-    header block) and its line may end in LF alone; a header block may end in
-    a bare blank line and fold its lines. Finding more parts than a strict
-    parser would only adds checks; finding fewer would be a bypass.
+    Lenient on purpose: a delimiter counts wherever it stands (Django takes
+    one that no line end precedes), its line may end in LF alone, a close
+    delimiter does not end the scan (Django reads parts after ``--B--junk``),
+    a header block may end in a bare blank line and fold its lines. Finding
+    more parts than a strict parser would only adds checks; finding fewer
+    would be a bypass.
     """
 
     __slots__ = ("_buffer", "_delimiter", "_is_override", "_state", "_value")
 
     def __init__(self, boundary: bytes) -> None:
-        self._delimiter = b"\n--" + boundary
-        self._buffer = b"\n"  # a delimiter at the very start follows a line end
+        self._delimiter = b"--" + boundary
+        self._buffer = b""
         self._state = _PREAMBLE
         self._is_override = False
         self._value = b""
@@ -183,18 +233,11 @@ class Multipart:
                         self._content(buffer[:-keep])
                         self._buffer = buffer[-keep:]
                     return found
-                after = at + len(self._delimiter)
-                if len(buffer) < after + 2:
-                    # "--" (the close delimiter) or not: not known yet.
-                    self._content(buffer[:at])
-                    self._buffer = buffer[at:]
-                    return found
                 self._content(buffer[:at])
                 found += self._end_part()
-                if buffer[after : after + 2] == b"--":
-                    self._state, self._buffer = _EPILOGUE, b""
-                    return found
-                self._state, self._buffer = _DELIMITER_LINE, buffer[after:]
+                # Its line (transport padding, or "--" and whatever follows a
+                # close delimiter) is skipped; parts may follow all the same.
+                self._state, self._buffer = _DELIMITER_LINE, buffer[at + len(self._delimiter) :]
             elif state == _DELIMITER_LINE:
                 # Transport padding up to the line end.
                 end = self._buffer.find(b"\n")
@@ -216,12 +259,7 @@ class Multipart:
                     if line.lstrip()[:19].lower() == b"content-disposition"
                 )
                 self._value = b""
-                # The line end before the content starts any delimiter that
-                # follows at once: a part with no content at all.
-                self._state, self._buffer = _CONTENT, b"\n" + self._buffer[match.end() :]
-            else:  # _EPILOGUE: nothing after the close delimiter is a field
-                self._buffer = b""
-                return found
+                self._state, self._buffer = _CONTENT, self._buffer[match.end() :]
 
     def finish(self) -> list[str]:
         if self._state == _CONTENT:
@@ -244,16 +282,39 @@ class Multipart:
 
 
 def _disposition_names_override(line: bytes) -> bool:
-    for star, raw in _DISPOSITION_NAME.findall(line.partition(b":")[2]):
+    """Whether a Content-Disposition line names its part like ``_method``.
+
+    Plain ``name`` values (quoted, escapes undone), RFC 2231/8187 ``name*``
+    values in their charset, and ``name*0``, ``name*1``… continuations
+    joined in order (Django reads all three). A value in a charset Python
+    does not know, or that does not decode, counts as an override: the part
+    is checked, never skipped.
+    """
+    pieces: dict[int, bytes] = {}
+    extended = False
+    for star, index, raw in _DISPOSITION_NAME.findall(line.partition(b":")[2]):
         value = raw
         if value.startswith(b'"') and value.endswith(b'"') and len(value) >= 2:
             value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
-        if star:
-            # RFC 8187 ext-value: charset'language'percent-encoded
-            value = value.split(b"'", 2)[-1]
-        if is_override_name(value.replace(b"+", b"%2B")) or is_override_name(value):
-            return True
-    return False
+        if not star and not index:
+            if is_override_name(value.replace(b"+", b"%2B")) or is_override_name(value):
+                return True
+            continue
+        extended = True
+        pieces[int(index or b"0")] = value
+    if not extended:
+        return False
+    joined = b"".join(pieces[i] for i in sorted(pieces))
+    charset, _, rest = joined.partition(b"'")
+    if rest:
+        _, _, encoded = rest.partition(b"'")
+    else:
+        charset, encoded = b"", joined
+    try:
+        text = unquote_to_bytes(encoded).decode(charset.decode("ascii") or "utf-8")
+    except (LookupError, UnicodeError):
+        return True
+    return is_override_text(text.encode("utf-8", "surrogatepass"))
 
 
 # Where a JSON scanner is, at the top level of an object.
@@ -413,10 +474,19 @@ class Inflating:
     def _inflate(self, data: bytes) -> Iterable[bytes]:
         """Decoded chunks of ``data``, at most 64 KiB each, until the input is used
         up and nothing more comes out (``decompress`` with a bound may hold
-        output back: it is drained here, never by an unbounded ``flush``)."""
-        inflater = self._inflater
+        output back: it is drained here, never by an unbounded ``flush``).
+
+        A gzip body may hold several members one after another (RFC 1952
+        §2.2); Express and Koa inflate them all, so each is inflated in turn.
+        """
         step = 1 << 16
-        while not inflater.eof:
+        while True:
+            inflater = self._inflater
+            if inflater.eof:
+                data = inflater.unused_data + data
+                if not data:
+                    return
+                self._inflater = inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
             try:
                 out = inflater.decompress(data, step)
             except zlib.error as exc:
@@ -427,5 +497,44 @@ class Inflating:
             if out:
                 yield out
             data = inflater.unconsumed_tail
+            if inflater.eof:
+                data = b""  # the next member, if any, is in unused_data
+                if not inflater.unused_data:
+                    return
+                continue
             if not data and len(out) < step:
                 return
+
+
+class Recoded:
+    """A form scanner behind a charset decoder: some frameworks decode a body by
+    its Content-Type charset before reading fields (Django does), so a UTF-16
+    ``_method`` is one to them. The scan reads the text as UTF-8."""
+
+    __slots__ = ("_decoder", "_inner")
+
+    def __init__(self, inner: FormScanner, charset: str) -> None:
+        self._inner = inner
+        self._decoder = codecs.getincrementaldecoder(charset)("replace")
+
+    def feed(self, data: bytes) -> list[str]:
+        return self._inner.feed(self._decoder.decode(data).encode("utf-8", "surrogatepass"))
+
+    def finish(self) -> list[str]:
+        tail = self._decoder.decode(b"", final=True).encode("utf-8", "surrogatepass")
+        return (self._inner.feed(tail) if tail else []) + self._inner.finish()
+
+
+class Each:
+    """Several scanners over the same body: every override any of them finds."""
+
+    __slots__ = ("_scanners",)
+
+    def __init__(self, *scanners: FormScanner) -> None:
+        self._scanners = scanners
+
+    def feed(self, data: bytes) -> list[str]:
+        return [method for scanner in self._scanners for method in scanner.feed(data)]
+
+    def finish(self) -> list[str]:
+        return [method for scanner in self._scanners for method in scanner.finish()]

@@ -138,8 +138,23 @@ def upstream(pairs: Pairs, **overrides: Any) -> Pairs:
                 ("X_Custom", "kept"),
             ],
             {},
+            forwarded(),
+            id="underscore-names-dropped",
+        ),
+        pytest.param(
+            [
+                ("X_Forwarded_For", "1.1.1.1"),
+                ("x_forwarded_proto", "http"),
+                ("X_FORWARDED_HOST", "evil"),
+                ("X_Request_Id", "forged"),
+                ("SCRIPT_NAME", "/public"),
+                ("Path_Info", "/admin"),
+                ("Remote_User", "admin"),
+                ("X_Custom", "kept"),
+            ],
+            {"underscores": True},
             [("x_custom", "kept"), *forwarded()],
-            id="underscore-variants",
+            id="underscore-names-kept-but-keygate-s-own",
         ),
         pytest.param(
             [

@@ -265,3 +265,48 @@ async def test_credentials_public_route_does_not_leak_presented_key_upstream(
     seen = rig.up.last()
     assert token not in repr(seen.headers)
     assert seen.values("X-Keygate-User") == []
+
+
+# --- a token never travels upstream, whatever scheme wraps it (second review) -----------
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        "{t}",
+        "Token {t}",
+        "Digest {t}",
+        "Bearer\t{t}",
+        "Basic {basic}",
+        "Basic {basic_key_id}",
+        "Bearer  {t}",
+    ],
+    ids=["bare", "token", "digest", "bearer-tab", "basic", "basic-key-id", "bearer-two-spaces"],
+)
+async def test_credentials_another_token_in_authorization_never_reaches_the_upstream(
+    rig_factory: RigFactory, fast_path: bool, wrap: str
+) -> None:
+    rig = await rig_factory(server={"fast_path": fast_path})
+    mine, other = await rig.key(), await rig.key()
+    key_id, rest = other.split("_", 2)[1:]
+    value = wrap.format(
+        t=other,
+        basic=base64.b64encode(f"x:{other}".encode()).decode(),
+        basic_key_id=base64.b64encode(f"{key_id}:{rest}".encode()).decode(),
+    )
+    reply = await rig.exchange(
+        http("GET", "/x", [("X-API-Key", mine), ("Authorization", value)])
+    )
+    assert reply.status in (200, 400)  # "Bearer  {t}" is a second credential: 400 ambiguous
+    for seen in rig.up.seen:
+        assert other not in str(seen.headers) and rest not in str(seen.headers)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+async def test_credentials_a_token_in_a_header_that_is_no_source_is_dropped(
+    rig_factory: RigFactory, fast_path: bool
+) -> None:
+    rig = await rig_factory(server={"fast_path": fast_path}, sources=("authorization",))
+    token = await rig.key()
+    reply = await rig.exchange(http("GET", "/x", [bearer(token), ("X-API-Key", token)]))
+    assert reply.status == 200
+    assert rig.up.last().values("X-API-Key") == []

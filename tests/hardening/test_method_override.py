@@ -149,7 +149,7 @@ async def test_small_forms_without_a_forbidden_override_pass_untouched(
         ([URLENCODED], b"_method=POST&a=1"),
         ([MULTIPART], _multipart([("a", b"_method=DELETE"), ("_method", b"GET")])),
         ([("Content-Type", "application/json")], b'{"a": {"_method": "DELETE"}}'),
-        ([("Content-Type", "text/plain")], b"_method=DELETE"),
+        ([("Content-Type", "text/plain")], b"payment_method=card&method=PUT"),
     ):
         request_headers = [bearer(token), *headers, ("Content-Length", str(len(body)))]
         reply = await rig.exchange(http("POST", "/api/x", request_headers, body))
@@ -271,3 +271,138 @@ async def test_an_allowed_override_passes(
     headers = [bearer(token), ("X-HTTP-Method-Override", "GET")]
     reply = await rig.exchange(http("POST", "/api/x?_method=post", headers))
     assert reply.status == 200
+
+
+# --- the second review (real frameworks behind keygate: Express, Koa, Fastify,
+# Flask and the WSGI method-override, Django, Starlette, Hono) ----------------------
+B = "XyZb0und"
+
+
+def _part(disposition: str, value: bytes = b"DELETE", boundary: str = B) -> bytes:
+    head = f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n\r\n"
+    return head.encode() + value + f"\r\n--{boundary}--\r\n".encode()
+
+
+def _utf16_name() -> str:
+    return "name*=utf-16le''" + "".join(f"%{c:02X}" for c in "_method".encode("utf-16-le"))
+
+
+SECOND_REVIEW = [
+    # JSON bodies (koa-override, fastify-method-override, Express's documented getter)
+    ("json", "application/json", b'{"_method":"DELETE"}'),
+    ("json vnd", "application/vnd.api+json", b'{"_method":"DELETE"}'),
+    ("json escaped key", "application/json", b'{"\\u005fmethod":"DELETE"}'),
+    # any body read as a form (the WSGI method-override), a type matched by prefix
+    ("text/plain", "text/plain", b"_method=DELETE"),
+    ("octet-stream", "application/octet-stream", b"_method=DELETE"),
+    ("any type", "*/*", b"_method=DELETE"),
+    ("json read as a form", "application/json", b"_method=DELETE"),
+    ("type by prefix", "application/x-www-form-urlencodedx", b"_method=DELETE"),
+    # qs bracket syntax (Express extended, Koa co-body)
+    ("qs _method[]", "application/x-www-form-urlencoded", b"_method[]=DELETE"),
+    ("qs _method[0]", "application/x-www-form-urlencoded", b"_method[0]=DELETE"),
+    ("qs [_method]", "application/x-www-form-urlencoded", b"[_method]=DELETE"),
+    ("qs %5B_method%5D", "application/x-www-form-urlencoded", b"%5B_method%5D=DELETE"),
+    # a byte-order mark body parsers drop
+    ("BOM", "application/x-www-form-urlencoded", b"\xef\xbb\xbf_method=DELETE"),
+    # a charset some frameworks decode with before reading fields (Django)
+    (
+        "utf-16 form",
+        "application/x-www-form-urlencoded; charset=utf-16-le",
+        "_method=DELETE".encode("utf-16-le"),
+    ),
+    # RFC 2231 names and continuations (Django)
+    ("name*0/name*1", f"multipart/form-data; boundary={B}", _part('name*0="_me"; name*1="thod"')),
+    ("name*=utf-16le", f"multipart/form-data; boundary={B}", _part(_utf16_name())),
+    ("name*=utf-7", f"multipart/form-data; boundary={B}", _part("name*=utf-7''%2BAF8-method")),
+    # multipart structure Django reads
+    (
+        "delimiter without a line end before it",
+        f"multipart/form-data; boundary={B}",
+        f'--{B}\r\nContent-Disposition: form-data; name="a"\r\n\r\nx--{B}\r\n'.encode()
+        + _part('name="_method"')[len(B) + 4 :],
+    ),
+    (
+        "a part after --B--junk",
+        f"multipart/form-data; boundary={B}",
+        f'--{B}\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\r\n--{B}--junk\r\n'.encode()
+        + _part('name="_method"'),
+    ),
+    # multer's array field
+    ("multipart _method[]", f"multipart/form-data; boundary={B}", _part('name="_method[]"')),
+]
+
+
+@FRONT_ENDS
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [(t, b) for _, t, b in SECOND_REVIEW],
+    ids=[name for name, _, _ in SECOND_REVIEW],
+)
+async def test_second_review_overrides_are_refused(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, content_type: str, body: bytes
+) -> None:
+    rig = await _rig(rig_factory, recorder, fast_path)
+    token = await _post_only_key(rig)
+    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    assert (reply.status, reply.code) == (403, "forbidden")
+    assert recorder.seen == []
+
+
+@FRONT_ENDS
+async def test_second_review_gzip_with_two_members_is_read_whole(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool
+) -> None:
+    rig = await _rig(rig_factory, recorder, fast_path)
+    token = await _post_only_key(rig)
+    body = gzip.compress(b"a=b") + gzip.compress(b"&_method=DELETE")
+    headers = [
+        bearer(token),
+        URLENCODED,
+        ("Content-Encoding", "gzip"),
+        ("Content-Length", str(len(body))),
+    ]
+    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    assert reply.status == 403
+    assert recorder.seen == []
+
+
+@FRONT_ENDS
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        f'multipart/form-data; x="a;boundary=AAAA"; boundary={B}',
+        'multipart/form-data; boundary="Xy\\"Z"',
+        f"multipart/form-data; boundary=AAAA; boundary={B}",
+        "multipart/form-data; boundary*0=XyZ; boundary*1=b0und",
+        f"multipart/form-data; boundary*=utf-8''{B}",
+    ],
+)
+async def test_an_ambiguous_multipart_boundary_is_refused(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, content_type: str
+) -> None:
+    # Frameworks split such a body at different boundaries: keygate cannot
+    # know which fields the upstream will see.
+    rig = await _rig(rig_factory, recorder, fast_path)
+    token = await _post_only_key(rig)
+    body = _part('name="_method"')
+    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    assert (reply.status, reply.code) == (400, "bad_request")
+    assert recorder.seen == []
+
+
+@FRONT_ENDS
+async def test_a_body_in_an_unknown_charset_is_refused(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool
+) -> None:
+    rig = await _rig(rig_factory, recorder, fast_path)
+    token = await _post_only_key(rig)
+    headers = [
+        bearer(token),
+        ("Content-Type", "application/x-www-form-urlencoded; charset=x-no-such"),
+        ("Content-Length", "3"),
+    ]
+    reply = await rig.exchange(http("POST", "/api/x", headers, b"a=b"))
+    assert (reply.status, reply.code) == (415, "unsupported_media_type")

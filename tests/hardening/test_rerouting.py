@@ -85,3 +85,75 @@ async def test_encoded_control_characters_are_bad_paths(
     reply = await rig.exchange(http("GET", target, [bearer(token)]))
     assert (reply.status, reply.code) == (400, "bad_path")
     assert recorder.seen == []
+
+
+# --- the second review ------------------------------------------------------------------
+SECOND_REVIEW_NAMES = [
+    "X-Script-Name",
+    "X-Forwarded-Script-Name",
+    "X-Original-Path",
+    "X-Forwarded-Url",
+    "X-Override-URL",
+    "X-Original-Host",
+    "X-Host",
+    "X-HTTP-Host-Override",
+    "Remote-User",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Goog-Authenticated-User-Email",
+    "X-MS-Client-Principal-Name",
+]
+
+
+@FRONT_ENDS
+@pytest.mark.parametrize("name", SECOND_REVIEW_NAMES)
+async def test_more_rerouting_and_identity_names_never_reach_the_upstream(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, name: str
+) -> None:
+    rig = await rig_factory(server={"fast_path": fast_path})
+    token = await rig.key()
+    reply = await rig.exchange(http("GET", "/public", [bearer(token), (name, "/admin")]))
+    assert reply.status == 200
+    assert recorder.last().values(name) == []
+
+
+@FRONT_ENDS
+@pytest.mark.parametrize(
+    "name", ["SCRIPT_NAME", "script_name", "Script_Name", "PATH_INFO", "REMOTE_USER", "X_Custom"]
+)
+async def test_underscore_names_are_dropped_as_nginx_drops_them(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, name: str
+) -> None:
+    # gunicorn believes a SCRIPT_NAME header from 127.0.0.1 and serves the
+    # path after it: keygate checked /flask/public/..., Flask served /flask/private/...
+    rig = await rig_factory(server={"fast_path": fast_path})
+    token = await rig.key()
+    headers = [bearer(token), (name, "/flask/public")]
+    reply = await rig.exchange(http("GET", "/flask/public/flask/private/secret", headers))
+    assert reply.status == 200
+    assert [k for k, _ in recorder.last().headers if "_" in k] == []
+
+
+@FRONT_ENDS
+async def test_a_route_may_forward_underscore_names_but_never_keygate_s_own(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool
+) -> None:
+    routes = (
+        Route(name="default", prefix="/", upstream=recorder.url, underscores_in_headers=True),
+    )
+    rig = await rig_factory(routes=routes, server={"fast_path": fast_path})
+    token = await rig.key()
+    headers = [
+        bearer(token),
+        ("X_Custom", "kept"),
+        ("SCRIPT_NAME", "/x"),
+        ("X_Keygate_User", "root"),
+        ("X_Forwarded_For", "10.9.9.9"),
+        ("Remote_User", "root"),
+    ]
+    reply = await rig.exchange(http("GET", "/public", headers))
+    assert reply.status == 200
+    underscored = [(k, v) for k, v in recorder.last().headers if "_" in k]
+    assert underscored == [("X_Custom", "kept")]
