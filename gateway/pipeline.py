@@ -37,6 +37,7 @@ from keygate.gateway.auth.credentials import (
     find_credential,
     stray_credentials,
     strip_query_param,
+    strip_token_params,
 )
 from keygate.gateway.auth.policy import upstream_path
 from keygate.gateway.errors import (
@@ -151,17 +152,19 @@ def resolve(
     destination = (
         _destination(gw, route, headers, scheme) if _DESTINATION in headers else None
     )
+    prefix = gw.verifier.prefix
     if route.public:
         drop: tuple[str, ...] = ()
-        stray = stray_credentials(headers, query, gw.sources, gw.verifier.prefix)
+        stray = stray_credentials(headers, query, gw.sources, prefix)
         if stray is not None:
             drop = stray.drop_headers
             if stray.drop_query is not None:
                 query = strip_query_param(query, stray.drop_query)
-        return Resolved(route, path, query, None, drop, destination)
-    credential = find_credential(headers, query, gw.sources, gw.verifier.prefix)
+        return Resolved(route, path, strip_token_params(query, prefix), None, drop, destination)
+    credential = find_credential(headers, query, gw.sources, prefix)
     if credential.drop_query is not None:
         query = strip_query_param(query, credential.drop_query)
+    query = strip_token_params(query, prefix)
     return Resolved(route, path, query, credential, credential.drop_headers, destination)
 
 
@@ -290,6 +293,7 @@ def upstream_pairs(
         request_id=request_id,
         strip_rerouting=resolved.route.strip_rerouting_headers,
         underscores=resolved.route.underscores_in_headers,
+        token_prefix=gw.verifier.prefix,
     )
     destination = resolved.destination
     if destination is not None:

@@ -176,6 +176,19 @@ def query_values(raw_query: str, name: str) -> list[str]:
     return [unquote_plus(v) for n, v in _pairs(raw_query) if n == name]
 
 
+def strip_token_params(raw_query: str, prefix: str) -> str:
+    """The raw query without any parameter whose value holds a well-formed
+    keygate token (``?api_key=…`` when that is no source): a token never
+    reaches an upstream. The rest passes byte for byte."""
+    if prefix not in raw_query:
+        return raw_query
+    return "&".join(
+        part
+        for part in raw_query.split("&")
+        if not carries_token(unquote_plus(part.partition("=")[2]), prefix)
+    )
+
+
 def strip_query_param(raw_query: str, name: str) -> str:
     """The raw query without ``name``, every other byte as the client sent it."""
     return "&".join(part for part in raw_query.split("&") if _pair(part)[0] != name)

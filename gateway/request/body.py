@@ -12,12 +12,15 @@ whole body that the check goes on to refuse (docs/security.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from aiohttp.streams import StreamReader
 
 from keygate.gateway.errors import BadRequest, Forbidden, KeygateError, TooLarge
 from keygate.gateway.request.scanners import FormScanner
+
+log = logging.getLogger("keygate")
 
 
 class BodyCheck:
@@ -30,10 +33,22 @@ class BodyCheck:
         self._allowed = allowed
 
     def feed(self, data: bytes) -> None:
-        self._judge(self._scanner.feed(data))
+        self._judge(self._scan(self._scanner.feed, data))
 
     def finish(self) -> None:
-        self._judge(self._scanner.finish())
+        self._judge(self._scan(lambda _: self._scanner.finish(), b""))
+
+    @staticmethod
+    def _scan(step: Callable[[bytes], list[str]], data: bytes) -> list[str]:
+        try:
+            return step(data)
+        except KeygateError:
+            raise
+        except Exception as exc:
+            # A body no scanner can read is not let through unchecked (and a
+            # scanner bug is a refusal, never a 500 or a stuck upload).
+            log.warning("request body could not be checked: %s", type(exc).__name__)
+            raise BadRequest("The request body could not be checked.") from exc
 
     def whole(self, body: bytes) -> None:
         """Check a body that is all here."""

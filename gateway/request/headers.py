@@ -23,6 +23,8 @@ from typing import Final, TypeAlias
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from keygate.gateway.auth.credentials import carries_token
+
 Headers: TypeAlias = "CIMultiDictProxy[str] | CIMultiDict[str]"
 
 # keygate's one spelling of it, on every answer and every upstream request.
@@ -51,6 +53,43 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 _KEYGATE_PREFIX: Final = "x-keygate-"
+# SECURITY: whole families of identity headers other gateways and auth
+# proxies set, and the apps behind them believe (Kong's X-Consumer-*,
+# Authelia's Remote-*, client-certificate headers, Cloudflare Access,
+# Pomerium, Authentik, oauth2-proxy, Azure, Google IAP and API Gateway, AWS
+# ALB). keygate's identity is X-Keygate-*: a client's copy of any of these
+# would be believed behind it.
+_RESERVED_PREFIXES: Final = (
+    _KEYGATE_PREFIX,
+    "x-consumer-",
+    "x-credential-",
+    "x-anonymous-",
+    "remote-",
+    "x-remote-",
+    "x-ssl-client",
+    "x-client-cert",
+    "x-client-verify",
+    "x-forwarded-client-cert",
+    "ssl-client-",
+    "cf-access-",
+    "x-pomerium-",
+    "x-authentik-",
+    "x-auth-request-",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-ms-client-principal",
+    "x-ms-token-",
+    "x-goog-authenticated-",
+    "x-goog-iap-",
+    "x-apigateway-api-userinfo",
+    "x-endpoint-api-userinfo",
+    "x-amzn-oidc-",
+)
+# How those start: most names (Host, Accept…) are passed with one set lookup.
+_PREFIX_STARTS: Final = frozenset(p[:2] for p in _RESERVED_PREFIXES)
 _IDENTITY: Final = frozenset(
     h.lower() for h in (X_KEYGATE_KEY_ID, X_KEYGATE_KEY_NAME, X_KEYGATE_USER, X_KEYGATE_GROUPS)
 )
@@ -75,28 +114,12 @@ _SPOOFABLE: Final = frozenset(
         "x-original-host",
         "x-host",
         "x-http-host-override",
-        # Identity that auth proxies in front of an app set, and apps behind
-        # one believe: oauth2-proxy, Azure App Service, Google IAP, AWS ALB,
-        # gunicorn's REMOTE_USER. keygate's own identity is X-Keygate-*.
-        "remote-user",
-        "x-remote-user",
-        "x-forwarded-user",
-        "x-forwarded-email",
-        "x-forwarded-groups",
-        "x-forwarded-preferred-username",
-        "x-auth-request-user",
-        "x-auth-request-email",
-        "x-auth-request-groups",
-        "x-auth-request-preferred-username",
+        # A second scheme next to keygate's X-Forwarded-Proto (gunicorn
+        # refuses the request when the two disagree).
+        "x-forwarded-protocol",
+        # Identity (the families are _RESERVED_PREFIXES).
         "x-webauth-user",
         "x-authenticated-user",
-        "x-ms-client-principal",
-        "x-ms-client-principal-id",
-        "x-ms-client-principal-name",
-        "x-goog-authenticated-user-email",
-        "x-goog-authenticated-user-id",
-        "x-amzn-oidc-identity",
-        "x-amzn-oidc-data",
     }
 )
 # SECURITY: names that frameworks and proxies read as the path to serve instead
@@ -232,6 +255,7 @@ def upstream_header_pairs(
     request_id: str,
     strip_rerouting: bool = True,
     underscores: bool = False,
+    token_prefix: str | None = None,
 ) -> Pairs:
     """The headers sent upstream for a client request with ``headers``, as pairs.
 
@@ -243,8 +267,11 @@ def upstream_header_pairs(
     ``strip_rerouting_headers``). ``underscores`` (a route's
     ``underscores_in_headers``, nginx's name) passes names with ``_`` in
     them on, except the spellings of names keygate controls; by default they
-    are dropped as nginx drops them. Content-Length and Transfer-Encoding are
-    never among them: the request head frames the body keygate sends
+    are dropped as nginx drops them. ``token_prefix``: a header whose value
+    holds a well-formed keygate token with that prefix is dropped, whatever
+    its name (a cookie, ``X-Auth-Token``…): a token never reaches an
+    upstream. Content-Length and Transfer-Encoding are never among them: the
+    request head frames the body keygate sends
     (:func:`keygate.gateway.upstream.head.request_head`)."""
     # Most requests name nothing in Connection: then only the fixed table and
     # the credential's header(s) are removed.
@@ -253,6 +280,7 @@ def upstream_header_pairs(
         named = _connection_tokens(headers) - _NOT_NOMINABLE
     removed = _REQUEST_REMOVED_REROUTING if strip_rerouting else _REQUEST_REMOVED
     dropped = [name.lower() for name in drop]
+    marker = token_prefix + "_" if token_prefix else None
     out: Pairs = []
     forwarded_for: list[str] = []
     for name, value in headers.items():
@@ -266,14 +294,16 @@ def upstream_header_pairs(
             if not underscores:
                 continue
             low = low.replace("_", "-")
-            if low in removed or low in _FORWARDED or low.startswith(_KEYGATE_PREFIX):
+            if low in removed or low in _FORWARDED or low.startswith(_RESERVED_PREFIXES):
                 continue
-        elif low.startswith(_KEYGATE_PREFIX):
+        elif low[:2] in _PREFIX_STARTS and low.startswith(_RESERVED_PREFIXES):
             continue
         elif low == _XFF:
             value = value.strip()
             if value:
                 forwarded_for.append(value)
+            continue
+        if marker is not None and marker in value and carries_token(value, token_prefix or ""):
             continue
         out.append((name, value))
 

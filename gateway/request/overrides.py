@@ -32,6 +32,7 @@ bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Final
 
@@ -81,29 +82,30 @@ def form_scanner(content_type: str | None, content_encoding: str | None) -> Form
 
     Every body is read as a form, whatever its type says: some frameworks
     parse any POST body as one (the WSGI ``method-override`` middleware), and
-    others match the type by prefix (``@fastify/formbody``). A multipart body
-    is also split at its boundary (400 when the Content-Type can be read two
-    ways), and a JSON body is read as an object. A body in a charset other
-    than ASCII's kin is decoded first; gzip and deflate are inflated. A
-    coding or charset this cannot read is 415: the body cannot be checked.
+    others match the type by prefix (``@fastify/formbody``); every body is
+    read as a JSON object too (Koa takes ``application/csp-report`` for
+    JSON). A multipart body is also split at its boundary (400 when the
+    Content-Type can be read two ways). A body in a charset other than
+    ASCII's kin is decoded first (one Python does not know is read as it
+    is); gzip and deflate are inflated. A coding this cannot read is 415:
+    the body cannot be checked.
     """
     media, _, params = (content_type or "").partition(";")
     media = media.strip().lower()
-    scanner: FormScanner = Urlencoded()
+    # Whatever the type says: Koa reads application/csp-report as JSON, and a
+    # scan that finds no form or no object costs little.
+    scanners: list[FormScanner] = [Urlencoded(), JsonObject()]
     if media.startswith("multipart/"):
         boundary = boundary_of(params)
         if boundary is not None:
-            scanner = Each(scanner, Multipart(boundary))
-    elif "/json" in media or "+json" in media:
-        scanner = Each(scanner, JsonObject())  # Laravel and Koa read a JSON body's top level
+            scanners.append(Multipart(boundary))
+    scanner: FormScanner = Each(*scanners)
     charset = _charset(params)
     if charset not in _ASCII_COMPATIBLE:
-        try:
+        # A charset Python does not know ("binary", "unknown-8bit"…): no
+        # framework decodes by it either, so the bytes are read as they are.
+        with contextlib.suppress(LookupError):
             scanner = Recoded(scanner, charset)
-        except LookupError:
-            raise UnsupportedMediaType(
-                "A request body in this charset cannot be checked."
-            ) from None
     coding = (content_encoding or "").strip().lower()
     if not coding or coding == "identity":
         return scanner

@@ -22,9 +22,11 @@ import orjson
 from keygate.gateway.errors import BadRequest, TooLarge
 
 _FIELD: Final = b"_method"
-# The longest a method value is read; longer ones are checked as truncated
-# (no rule allows such a method, so the check refuses them).
+# The longest override value read. A longer one is not a method a framework
+# would run as such, unless it pads one (Flask's method-override strips the
+# value): it is answered as OVERLONG, which no rule allows.
 _MAX_VALUE: Final = 64
+OVERLONG: Final = "<an override value too long to read>"
 # A field name longer than this once leading spaces are gone is not read as
 # "_method" by any framework, however it is encoded and bracketed (qs's
 # "[_method]", "_method[0]", each byte an escape, a byte-order mark first).
@@ -35,12 +37,21 @@ MAX_DECODED: Final = 16 * 1024 * 1024
 _LEADING_SPACES: Final = re.compile(rb"(?i)(?:\+| |%20|\xef\xbb\xbf|%EF%BB%BF)*")
 _SEPARATORS: Final = re.compile(rb"[&;]")
 _BOM_AND_SPACES: Final = re.compile(rb"^(?:\xef\xbb\xbf| )+")
+# What is stripped around a name: ASCII controls and space, quotes, angle
+# brackets, and Unicode white space (no-break space, byte-order mark, …).
+_NAME_JUNK: Final = (
+    "".join(map(chr, range(0x21))) + "\x7f\"'<>\u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff"
+    + "".join(map(chr, range(0x2000, 0x200C)))
+)
 _NAME_MAP: Final = bytes.maketrans(b" .[", b"___")
 
 
-def method_values(value: str) -> list[str]:
+def method_values(value: str, overlong: bool = False) -> list[str]:
     """The methods one override value names: each of its comma-separated tokens
-    (Express takes the first, a repeated header arrives joined by commas)."""
+    (Express takes the first, a repeated header arrives joined by commas).
+    ``overlong``: the value ran past what is read, so it is :data:`OVERLONG`."""
+    if overlong:
+        return [OVERLONG]
     whole = value.strip().upper()
     if "," not in whole:
         return [whole] if whole else []
@@ -60,8 +71,15 @@ def is_override_name(raw: bytes) -> bool:
 
 
 def is_override_text(name: bytes) -> bool:
-    """:func:`is_override_name` for a name already decoded."""
-    name = _BOM_AND_SPACES.sub(b"", name, count=1)
+    """:func:`is_override_name` for a name already decoded.
+
+    Leading and trailing white space of any kind (Unicode's included), control
+    characters, quotes and angle brackets go first: Python's email parser,
+    which Django reads part headers with, strips them, and Django strips
+    field names.
+    """
+    text = name.decode("utf-8", "surrogateescape").strip(_NAME_JUNK)
+    name = _BOM_AND_SPACES.sub(b"", text.encode("utf-8", "surrogateescape"), count=1)
     if name.translate(_NAME_MAP).lower() == _FIELD:
         return True
     if name.startswith(b"["):
@@ -106,9 +124,11 @@ def boundary_of(params: str) -> bytes | None:
                 readings.add(value[1:-1])  # escapes kept
             else:
                 readings.add(value)
-    # A naive reading: any "boundary=" at all, quoted values ignored.
-    for naive in re.findall(r'(?i)boundary\s*=\s*"?([^";\s]*)', params):
-        readings.add(naive)
+    # A naive reading: any "boundary=" at all, whether in a quoted value or not.
+    for quoted, bare in re.findall(r'(?i)boundary\s*=\s*(?:"([^"]*)"|([^;\s]*))', params):
+        readings.add(quoted or bare)
+    # Python's email parser (Django) also drops angle brackets and white space.
+    readings |= {r.strip(_NAME_JUNK) for r in readings}
     readings.discard("")
     if not readings:
         return None
@@ -180,8 +200,9 @@ class Urlencoded:
         # A field without "=" has an empty value, which names no method.
         found: list[str] = []
         if not self._in_name and not self._skip:
-            raw = unquote_to_bytes(self._value.replace(b"+", b" "))[:_MAX_VALUE]
-            found = method_values(raw.decode("latin-1"))
+            raw = unquote_to_bytes(self._value.replace(b"+", b" "))
+            overlong = self._value_full or len(raw) > _MAX_VALUE
+            found = method_values(raw.decode("latin-1"), overlong)
         self._in_name, self._name, self._name_done = True, b"", False
         self._skip, self._value, self._value_full = False, b"", False
         return found
@@ -193,8 +214,11 @@ _PREAMBLE, _DELIMITER_LINE, _HEADERS, _CONTENT = range(4)
 _MAX_PART_HEAD: Final = 16 * 1024
 _HEAD_END: Final = re.compile(rb"(?:^|\n)\r?\n")
 _FOLD: Final = re.compile(rb"\r?\n[ \t]+")
+# A name parameter wherever it stands: after anything that is not part of a
+# word (Python's email parser takes control characters and no-break spaces
+# for white space), with anything but "=" and ";" around the "=".
 _DISPOSITION_NAME: Final = re.compile(
-    rb"""(?i)(?:^|[;\s])name(\*?)(?:\*?(\d+)\*?)?\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)"""
+    rb"""(?i)(?:^|[^a-z0-9_.*-])name(\*?)(?:\*?(\d+)\*?)?[^=;a-z0-9]*=[^;"a-z0-9_%\[.<\r\n]*("(?:[^"\\]|\\.)*"|[^;\r\n]*)"""
 )
 
 
@@ -209,11 +233,12 @@ class Multipart:
     would be a bypass.
     """
 
-    __slots__ = ("_buffer", "_delimiter", "_is_override", "_state", "_value")
+    __slots__ = ("_buffer", "_crlf", "_delimiter", "_is_override", "_state", "_value")
 
     def __init__(self, boundary: bytes) -> None:
         self._delimiter = b"--" + boundary
         self._buffer = b""
+        self._crlf = False  # the last delimiter line ended in CRLF
         self._state = _PREAMBLE
         self._is_override = False
         self._value = b""
@@ -245,6 +270,7 @@ class Multipart:
                     if len(self._buffer) > _MAX_PART_HEAD:
                         raise BadRequest("A form body delimiter line is too long.")
                     return found
+                self._crlf = self._buffer[end - 1 : end] == b"\r"
                 self._state, self._buffer = _HEADERS, self._buffer[end + 1 :]
             elif state == _HEADERS:
                 match = _HEAD_END.search(self._buffer)
@@ -252,12 +278,15 @@ class Multipart:
                     if len(self._buffer) > _MAX_PART_HEAD:
                         raise BadRequest("A form body part's header block is too large.")
                     return found
-                head = _FOLD.sub(b" ", self._buffer[: match.start()])
-                self._is_override = any(
-                    _disposition_names_override(line)
-                    for line in head.split(b"\n")
-                    if line.lstrip()[:19].lower() == b"content-disposition"
-                )
+                head = self._buffer[: match.start()]
+                crlf_lines = self._crlf or b"\r\n" in head
+                if crlf_lines and match.group() != b"\r\n\r\n"[-len(match.group()) :]:
+                    # CRLF lines ended by a bare blank line: Django and
+                    # python-multipart read on to the CRLF one, keygate would not.
+                    raise BadRequest("A form body part's header block is ambiguous.")
+                # Any header line naming the part counts, whatever its name
+                # is spelled like (a control character before it, say).
+                self._is_override = _disposition_names_override(_FOLD.sub(b" ", head))
                 self._value = b""
                 self._state, self._buffer = _CONTENT, self._buffer[match.end() :]
 
@@ -270,13 +299,16 @@ class Multipart:
         return []
 
     def _content(self, data: bytes) -> None:
-        if self._state == _CONTENT and self._is_override and len(self._value) < _MAX_VALUE:
-            self._value = (self._value + data)[:_MAX_VALUE]
+        if self._state == _CONTENT and self._is_override and len(self._value) <= _MAX_VALUE + 2:
+            self._value = (self._value + data)[: _MAX_VALUE + 3]
 
     def _end_part(self) -> list[str]:
         found: list[str] = []
         if self._state == _CONTENT and self._is_override:
-            found = method_values(self._value.decode("latin-1"))
+            value = self._value
+            # The line end before the next delimiter is not the value's.
+            overlong = len(value.removesuffix(b"\r\n").removesuffix(b"\n")) > _MAX_VALUE
+            found = method_values(value.decode("latin-1"), overlong)
         self._is_override, self._value = False, b""
         return found
 
@@ -292,7 +324,7 @@ def _disposition_names_override(line: bytes) -> bool:
     """
     pieces: dict[int, bytes] = {}
     extended = False
-    for star, index, raw in _DISPOSITION_NAME.findall(line.partition(b":")[2]):
+    for star, index, raw in _DISPOSITION_NAME.findall(line):
         value = raw
         if value.startswith(b'"') and value.endswith(b'"') and len(value) >= 2:
             value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
@@ -322,6 +354,7 @@ def _disposition_names_override(line: bytes) -> bool:
     range(10)
 )
 _SPACE: Final = re.compile(rb"[ \t\r\n]*")
+_BOM: Final = b"\xef\xbb\xbf"
 _QUOTE_OR_ESCAPE: Final = re.compile(rb'["\\]')
 _NESTING: Final = re.compile(rb'["{}\[\]]')
 _SCALAR_END: Final = re.compile(rb"[,}\] \t\r\n]")
@@ -364,6 +397,13 @@ class JsonObject:
                 pos = _SPACE.match(buffer, pos).end()  # type: ignore[union-attr]
                 if pos >= end:
                     return pos
+                if state == _START and buffer[pos : pos + 1] == b"\xef":
+                    # A byte-order mark, which JSON body parsers skip.
+                    if len(buffer) - pos < 3:
+                        return pos  # the rest of it comes in the next chunk
+                    if buffer.startswith(_BOM, pos):
+                        pos += 3
+                        continue
                 char = buffer[pos : pos + 1]
                 pos += 1
                 if state == _START:
@@ -379,11 +419,18 @@ class JsonObject:
                     if char == b'"':
                         self._state, self._raw = _STRING, b""
                     elif char in (b"{", b"["):
+                        if self._is_override:
+                            # An array or object: Express takes its first item,
+                            # lodash lower-cases ["DELETE"] to "delete". No rule
+                            # allows it: the check refuses.
+                            found.append(OVERLONG)
                         self._state, self._depth = _NESTED, 1
                     else:
                         scalar_end = _SCALAR_END.search(buffer, pos)
                         if scalar_end is None:
                             return pos - 1  # the scalar may go on in the next chunk
+                        if self._is_override:
+                            found.append(OVERLONG)  # a number or literal: not a method
                         self._state, pos = _NEXT, scalar_end.start()
                 else:  # _NEXT
                     self._state = _KEY_OR_END if char == b"," else _DONE
@@ -407,7 +454,8 @@ class JsonObject:
                     self._state = _COLON
                 elif state == _STRING:
                     if self._is_override:
-                        found += method_values(_json_string(self._raw))
+                        text = _json_string(self._raw)
+                        found += method_values(text, len(self._raw) >= _MAX_VALUE * 6)
                     self._state = _NEXT
                 else:
                     self._state = _NESTED
@@ -444,8 +492,7 @@ def _json_string(raw: bytes) -> str:
 
 
 def _json_name_is_override(raw: bytes) -> bool:
-    name = _json_string(raw).lstrip(" ")
-    return name.translate(str.maketrans(" .[", "___")).lower() == "_method"
+    return is_override_text(_json_string(raw).encode("utf-8", "surrogatepass"))
 
 
 class Inflating:
@@ -518,11 +565,18 @@ class Recoded:
         self._decoder = codecs.getincrementaldecoder(charset)("replace")
 
     def feed(self, data: bytes) -> list[str]:
-        return self._inner.feed(self._decoder.decode(data).encode("utf-8", "surrogatepass"))
+        return self._inner.feed(self._decode(data, final=False))
 
     def finish(self) -> list[str]:
-        tail = self._decoder.decode(b"", final=True).encode("utf-8", "surrogatepass")
+        tail = self._decode(b"", final=True)
         return (self._inner.feed(tail) if tail else []) + self._inner.finish()
+
+    def _decode(self, data: bytes, *, final: bool) -> bytes:
+        try:
+            text = self._decoder.decode(data, final=final)
+        except UnicodeError as exc:  # UTF-16 or -32 without a byte-order mark
+            raise BadRequest("The request body does not decode in its charset.") from exc
+        return text.encode("utf-8", "surrogatepass")
 
 
 class Each:

@@ -310,3 +310,41 @@ async def test_credentials_a_token_in_a_header_that_is_no_source_is_dropped(
     reply = await rig.exchange(http("GET", "/x", [bearer(token), ("X-API-Key", token)]))
     assert reply.status == 200
     assert rig.up.last().values("X-API-Key") == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+@pytest.mark.parametrize(
+    ("where", "template"),
+    [
+        ("Cookie", "session=1; kgtoken={t}"),
+        ("X-Auth-Token", "{t}"),
+        ("Api-Key", "{t}"),
+        ("X-Forwarded-Authorization", "Bearer {t}"),
+        ("X-Original-Authorization", "Bearer {t}"),
+        ("Token", "{t}"),
+    ],
+)
+async def test_credentials_a_token_in_any_header_never_reaches_the_upstream(
+    rig_factory: RigFactory, fast_path: bool, where: str, template: str
+) -> None:
+    rig = await rig_factory(server={"fast_path": fast_path})
+    mine, other = await rig.key(), await rig.key()
+    reply = await rig.exchange(
+        http("GET", "/x", [("X-API-Key", mine), (where, template.format(t=other))])
+    )
+    assert reply.status == 200
+    assert other not in str(rig.up.last().headers)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+async def test_credentials_a_token_in_the_query_never_reaches_the_upstream(
+    rig_factory: RigFactory, fast_path: bool
+) -> None:
+    rig = await rig_factory(server={"fast_path": fast_path})
+    mine, other = await rig.key(), await rig.key()
+    reply = await rig.exchange(
+        http("GET", f"/x?a=1&api_key={other}&b=2", [("X-API-Key", mine)])
+    )
+    assert reply.status == 200
+    seen = rig.up.last()
+    assert seen.query == "a=1&b=2"

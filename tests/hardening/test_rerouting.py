@@ -157,3 +157,36 @@ async def test_a_route_may_forward_underscore_names_but_never_keygate_s_own(
     assert reply.status == 200
     underscored = [(k, v) for k, v in recorder.last().headers if "_" in k]
     assert underscored == [("X_Custom", "kept")]
+
+
+# --- round two: whole families of identity headers, other gateways' too -------------
+@FRONT_ENDS
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Consumer-Username",
+        "X-Consumer-ID",
+        "X-Credential-Identifier",
+        "X-Anonymous-Consumer",
+        "Remote-Groups",
+        "Remote-Email",
+        "Remote-Name",
+        "X-Forwarded-Client-Cert",
+        "X-SSL-Client-S-DN",
+        "X-SSL-Client-Verify",
+        "Cf-Access-Authenticated-User-Email",
+        "X-Pomerium-Claim-Email",
+        "X-Authentik-Username",
+        "X-Apigateway-Api-Userinfo",
+        "X-Endpoint-API-UserInfo",
+        "X-Forwarded-Protocol",
+    ],
+)
+async def test_round_two_identity_families_never_reach_the_upstream(
+    rig_factory: RigFactory, recorder: Recorder, fast_path: bool, name: str
+) -> None:
+    rig = await rig_factory(server={"fast_path": fast_path})
+    token = await rig.key()
+    reply = await rig.exchange(http("GET", "/public", [bearer(token), (name, "admin")]))
+    assert reply.status == 200
+    assert recorder.last().values(name) == []
