@@ -44,7 +44,7 @@ from keygate.gateway.upstream.pool import UpstreamPool
 SMALL_BODY: Final = 64 * 1024
 
 # RFC 9110 §9.2.2: only these may be retried on a fresh connection once
-# anything of them reached the dead one.
+# anything of them may have reached the dead one (see may_retry).
 IDEMPOTENT: Final = frozenset(
     {
         hdrs.METH_GET,
@@ -316,9 +316,8 @@ async def open_exchange(
     raises UpstreamError, OSError or TimeoutError (see :func:`mapped_errors`).
 
     The keep-alive race (RFC 9112 §9.3.1): an upstream may close an idle
-    connection just as a request is written on it. Nothing was answered, so
-    an idempotent request whose body is still whole goes once more, on a
-    fresh connection.
+    connection just as a request is taken to it. The request goes once more,
+    on a fresh connection, when :func:`may_retry` says so.
     """
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
@@ -330,16 +329,18 @@ async def open_exchange(
             reused = conn is not None
             if conn is None:
                 conn = await pool.connect(origin.key, deadline)
-            conn.start(head, deadline, method == hdrs.METH_HEAD)
-            if body is not None:
-                sender = asyncio.create_task(_send_body(conn, body))
             try:
+                conn.start(head, deadline, method == hdrs.METH_HEAD)
+                if body is not None:
+                    sender = asyncio.create_task(_send_body(conn, body))
                 while not conn.head_done:
                     await conn.wait()
                 return conn, sender
             except UpstreamError as exc:
                 consumed = body is not None and body.consumed
-                if retried or not may_retry(exc, method, reused=reused, consumed=consumed):
+                if retried or not may_retry(
+                    exc, method, reused=reused, sent=conn.sent, consumed=consumed
+                ):
                     raise
                 retried = True
                 conn.abort()
@@ -355,14 +356,21 @@ async def open_exchange(
         raise
 
 
-def may_retry(exc: UpstreamError, method: str, *, reused: bool, consumed: bool = False) -> bool:
+def may_retry(
+    exc: UpstreamError, method: str, *, reused: bool, sent: bool, consumed: bool = False
+) -> bool:
     """Whether a request whose connection failed goes once more on a fresh one.
 
-    The keep-alive race (RFC 9112 §9.3.1): a pooled connection the upstream
-    closed as we wrote on it, before any byte of an answer. An idempotent
-    request whose body is still whole may then be sent again.
+    Only before any byte of an answer (``exc.stale``) and while the request
+    body is still whole (not ``consumed``). Then: any request of which no
+    byte went out (``sent`` false: the connection was closing, or lost,
+    before the write) — the upstream cannot have seen it; and an idempotent
+    one (RFC 9110 §9.2.2) on a pooled connection, whose close raced with our
+    write (the keep-alive race, RFC 9112 §9.3.1).
     """
-    return reused and exc.stale and method in IDEMPOTENT and not consumed
+    if not exc.stale or consumed:
+        return False
+    return not sent or (reused and method in IDEMPOTENT)
 
 
 async def _send_body(conn: UpstreamConnection, body: RequestBody) -> None:

@@ -205,7 +205,8 @@ class Forwarding(WriteFlow):
         """Forward on an idle pooled connection, driven by its callbacks (no task).
 
         The head goes out with the loop pass's other writes; a connection
-        that died meanwhile fails stale, and the request is retried.
+        found closed by then fails stale with nothing sent, and the request
+        goes once more on a fresh one (``may_retry``), whatever its method.
         """
         gate, resolved = x.gate, x.resolved
         assert gate is not None and gate.origin is not None and resolved is not None
@@ -232,7 +233,9 @@ class Forwarding(WriteFlow):
                 error = conn.error
                 conn.abort()
                 x.conn = None
-                if isinstance(error, UpstreamError) and may_retry(error, x.method, reused=True):
+                if isinstance(error, UpstreamError) and may_retry(
+                    error, x.method, reused=True, sent=conn.sent
+                ):
                     # The keep-alive race (RFC 9112 §9.3.1): once more, on a
                     # fresh connection, by the task's road.
                     self._gate_out(x)
