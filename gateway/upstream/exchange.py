@@ -40,7 +40,7 @@ from keygate.gateway.upstream.connection import OriginKey, UpstreamConnection, U
 from keygate.gateway.upstream.head import CHUNKED, request_head
 from keygate.gateway.upstream.pool import UpstreamPool
 
-# Fixed-length bodies up to this size are read whole and answered in one piece.
+# Fixed-length bodies up to this size, once all here, are answered in one piece.
 SMALL_BODY: Final = 64 * 1024
 
 # RFC 9110 §9.2.2: only these may be retried on a fresh connection once
@@ -168,8 +168,8 @@ class Answer:
 
     ``headers`` are already filtered for the client; ``length`` is the
     upstream's Content-Length (None: unknown); ``bodiless`` says the response
-    has no content whatever its framing says. The front end reads the body
-    with :meth:`small_body` or :meth:`chunks`, then calls :meth:`close`.
+    has no content whatever its framing says. The front end takes the body
+    with :meth:`whole_body` or :meth:`chunks`, then calls :meth:`close`.
     """
 
     __slots__ = ("bodiless", "headers", "length", "reason", "request_body", "status")
@@ -193,13 +193,24 @@ class Answer:
     @property
     def whole(self) -> bool:
         """Whether the answer goes to the client in one piece: no body, or a
-        declared one of at most :data:`SMALL_BODY` bytes (else it streams)."""
+        declared one of at most :data:`SMALL_BODY` bytes that is all here
+        already. Otherwise the head goes at once and the body streams as it
+        comes (keeping its Content-Length): a small body that trickles in must
+        not hold its head back (time to first byte as direct)."""
+        if self.bodiless:
+            return True
         length = self.length
-        return self.bodiless or (length is not None and length <= SMALL_BODY)
+        return length is not None and length <= SMALL_BODY and self.arrived
 
-    async def small_body(self) -> bytes | None:
+    @property
+    def arrived(self) -> bool:
+        """Whether the whole body is here (read, not yet taken)."""
+        raise NotImplementedError
+
+    def whole_body(self) -> bytes | None:
         """The whole body when :attr:`whole`, else None ("stream it");
-        ``b""`` for a bodiless response."""
+        ``b""`` for a bodiless response. Raises the client's error when the
+        upstream already broke the body (nothing was sent to the client yet)."""
         raise NotImplementedError
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -236,15 +247,20 @@ class PooledAnswer(Answer):
         self.conn = conn
         self.sender = sender
 
-    async def small_body(self) -> bytes | None:
+    @property
+    def arrived(self) -> bool:
+        return self.conn.complete
+
+    def whole_body(self) -> bytes | None:
         if self.bodiless:
             return b""
-        if not self.whole:
-            return None
         conn = self.conn
-        with mapped_errors(self.request_body):
-            while not conn.complete:
-                await conn.wait()
+        if not self.whole:
+            error = conn.error
+            if error is not None and not conn.complete:
+                with mapped_errors(self.request_body):
+                    raise error
+            return None
         return conn.take_body()
 
     async def chunks(self) -> AsyncIterator[bytes]:

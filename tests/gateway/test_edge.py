@@ -400,16 +400,56 @@ async def test_edge_upstream_trailer_is_not_a_response_header(
     assert got.values("X-Trailer") == [], got.headers
 
 
-async def test_edge_upstream_cut_before_small_body_is_502(keygate_factory: GatewayFactory) -> None:
-    cut = Canned.always(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+@pytest.mark.parametrize("first", ["1", "0"], ids=["head-and-a-byte", "head-alone"])
+async def test_small_body_still_arriving_streams_its_head_at_once(
+    keygate_factory: GatewayFactory, recorder: Recorder, fast_path: bool, first: str
+) -> None:
+    """A small body of known length that trickles in (httpbin's /drip) is not held
+    back until it is complete: the head, and what arrived, reach the client while
+    the upstream still holds the rest; the length stays."""
+    kg = await keygate_factory(
+        default_route(recorder.at("/_up/drip")), server={"fast_path": fast_path}
+    )
+    token = await kg.make_key(["default"])
+    async with connect(kg.port) as conn, asyncio.timeout(IO_TIMEOUT):
+        await conn.send(request("GET", f"/x?first={first}", token))
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        assert b"\r\nContent-Length: 4\r\n" in head, head
+        assert b"Transfer-Encoding" not in head, head
+        if first == "1":
+            assert await conn.reader.readexactly(1) == b"*"
+        recorder.release.set()
+        rest = await conn.reader.readexactly(3 if first == "1" else 4)
+    assert rest == (b"***" if first == "1" else b"****")
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+async def test_upstream_cut_small_body_after_its_head_aborts_client(
+    keygate_factory: GatewayFactory, fast_path: bool
+) -> None:
+    """A small body the upstream cuts once its head went out: the client's connection
+    is cut, so the short body never looks complete."""
+    cut_now = asyncio.Event()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+        await cut_now.wait()
+        writer.transport.abort()
+
     async with raw_server(cut) as up:
-        kg = await keygate_factory(default_route(up.url))
+        kg = await keygate_factory(default_route(up.url), server={"fast_path": fast_path})
         token = await kg.make_key(["default"])
-        async with connect(kg.port) as conn:
+        async with connect(kg.port) as conn, asyncio.timeout(IO_TIMEOUT):
             await conn.send(request("GET", "/cut", token))
-            got = await conn.reply()
-    assert got.status == 502
-    assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+            assert b"Content-Length: 100\r\n" in head
+            cut_now.set()
+            with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                await conn.reader.readexactly(100)
 
 
 async def test_edge_upstream_cut_mid_stream_aborts_client(keygate_factory: GatewayFactory) -> None:

@@ -252,13 +252,13 @@ class Forwarding(WriteFlow):
             if answer is None:
                 answer = x.answer = PooledAnswer(conn, x.method, None, None)
                 x.status = answer.status
-            if not answer.whole:
+            data = answer.whole_body()
+            if data is None:
+                # Not all here: the head goes now, the body as it comes.
                 conn.listener = None
                 self.task = self._edge.loop.create_task(self._run(x, self._relay(x, answer)))
                 return
-            if not answer.bodiless and not conn.complete:
-                return
-            self._answer_whole(x, answer, b"" if answer.bodiless else conn.take_body())
+            self._answer_whole(x, answer, data)
         except KeygateError as exc:
             self._failed(x, exc)
         except Exception:
@@ -321,7 +321,7 @@ class Forwarding(WriteFlow):
             edge.pool, gate.origin, x.method, target, pairs, x.body, deadline, fresh=fresh
         )
         x.status = answer.status
-        data = await answer.small_body()
+        data = answer.whole_body()
         if data is not None:
             self._answer_whole(x, answer, data)
             return
