@@ -66,7 +66,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         request,
         pool=request.app[pool_key],
         session=request.app[session_key],
-        gate=gw.gates[route.name],
+        gate=resolved.gate,
         target=pipeline.upstream_target(gw, resolved),
         pairs=pipeline.upstream_pairs(
             gw,

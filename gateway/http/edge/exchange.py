@@ -146,7 +146,7 @@ class Forwarding(WriteFlow):
         try:
             x.resolved = resolved = pipeline.resolve(gw, headers, path, query, self._proto)
             x.route = resolved.route.name
-            gate = x.gate = gw.gates[x.route]
+            gate = x.gate = resolved.gate
             if gate.origin is None:
                 return HAND_OFF  # an https upstream: aiohttp's client speaks TLS
             x.digest, principal = pipeline.admit_cached(gw, resolved)
