@@ -302,5 +302,7 @@ class ForwardReload:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
         if self._load is not None:
-            with contextlib.suppress(ConfigError):
-                self.settings, _ = reloadable(self.settings, self._load())
+            with contextlib.suppress(ConfigError):  # refused: the workers log why
+                loaded = self._load()
+                check(loaded)
+                self.settings, _ = reloadable(self.settings, loaded)

@@ -57,11 +57,14 @@ class Reloader:
         """Apply the configuration file as it is now; False (logged) if it is refused."""
         gw = self._runner.app[gateway_key]
         try:
-            settings, held = reloadable(gw.settings, self._load())
-            context = check(settings)
+            loaded = self._load()
+            context = check(loaded)  # the whole file, restart-only settings too
         except ConfigError as exc:
             log.error("config reload refused, the running configuration stays: %s", exc)
             return False
+        settings, held = reloadable(gw.settings, loaded)
+        if settings.server.tls_cert_file != loaded.server.tls_cert_file:
+            context = None  # TLS turned on or off: held for a restart
         gw.reconfigure(settings)
         front = self._runner.server
         if isinstance(front, FrontDoor):
