@@ -148,9 +148,19 @@ async def test_tls_both_front_ends_serve_and_tell_the_upstream_https(
             edge = kg.client.server.runner.server.edge
             # The edge takes TLS connections too (served, and kept, by it).
             assert (edge is not None and len(edge.connections) == 1) is fast_path
+            # A chunked upload: the edge hands the TLS connection to aiohttp mid-way.
+            conn.writer.write(
+                http("POST", "/up", [bearer(token), ("Transfer-Encoding", "chunked")])
+                + b"5\r\nhello\r\n0\r\n\r\n"
+            )
+            async with asyncio.timeout(IO_TIMEOUT):
+                posted = await read_final(conn.reader)
+            assert (posted.status, json.loads(posted.body)["body_len"]) == (200, 5)
+            assert (await conn.get("/after", token)).status == 200
+            assert edge is None or not edge.connections
         finally:
             await conn.close()
-    assert [s.header("X-Forwarded-Proto") for s in upstream.seen] == ["https"] * 3
+    assert [s.header("X-Forwarded-Proto") for s in upstream.seen] == ["https"] * 5
 
 
 @pytest.mark.parametrize(
