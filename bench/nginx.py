@@ -62,8 +62,8 @@ _PROXY = """\
         keepalive_requests 10000000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
+        listen 127.0.0.1:{port}{ssl} backlog=4096;
+{tls}        location / {{
 {check}            proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -74,6 +74,16 @@ _PROXY = """\
 """
 
 _CHECK = "            if ($kg_allowed = 0) { return 401; }\n"
+
+# The "nginx-tls" reference: what keygate's TLS listener is set to (TLS 1.2+,
+# ECDHE AEAD suites), session cache off as keygate has none.
+_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {ciphers};
+        ssl_session_cache off;
+"""
 
 
 def write_big_file(www: Path) -> None:
@@ -100,8 +110,22 @@ def origin_conf(dir_: Path, port: int, www: Path) -> Path:
     return _conf(dir_, _ORIGIN.format(port=port, www=www))
 
 
-def proxy_conf(dir_: Path, port: int, origin: int, map_file: Path | None) -> Path:
-    body = _PROXY.format(port=port, origin=origin, check=_CHECK if map_file else "")
+def proxy_conf(
+    dir_: Path,
+    port: int,
+    origin: int,
+    map_file: Path | None,
+    tls: tuple[Path, Path, str] | None = None,
+) -> Path:
+    """nginx in front of the origin; ``map_file``: the key check; ``tls``: (certificate,
+    key, ciphers) to terminate TLS with."""
+    body = _PROXY.format(
+        port=port,
+        origin=origin,
+        check=_CHECK if map_file else "",
+        ssl=" ssl" if tls else "",
+        tls=_TLS.format(cert=tls[0], key=tls[1], ciphers=tls[2]) if tls else "",
+    )
     if map_file is not None:
         body = _MAP.format(map_file=map_file) + body
     return _conf(dir_, body)

@@ -13,6 +13,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -89,13 +90,20 @@ def spawn(
     return Proc(name, popen, log)
 
 
-def wait_http(proc: Proc, port: int, path: str, timeout: float) -> float:
-    """Poll ``GET path`` until any HTTP answer (bounded); return seconds since spawn."""
+def wait_http(proc: Proc, port: int, path: str, timeout: float, *, tls: bool = False) -> float:
+    """Poll ``GET path`` until any HTTP answer (bounded); return seconds since spawn.
+    ``tls``: over HTTPS (the bench's own certificate, not verified)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn = (
+            http.client.HTTPSConnection(
+                "127.0.0.1", port, timeout=2, context=ssl._create_unverified_context()
+            )
+            if tls
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        )
         try:
             conn.request("GET", path)
             conn.getresponse().read()

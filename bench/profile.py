@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             started.append(keygate.proc)
             scripts = wrkrun.write_scripts(work)
             seconds = args.seconds + 3
-            w = wrkrun.start(wrkrun.Load(shape, arg, args.connections), keygate.port, seconds,
+            w = wrkrun.start(wrkrun.Load(shape, arg, args.connections), keygate.url, seconds,
                              scripts, work / "wrk.log", load)
             started.append(w)
             raw = work / "profile.txt"

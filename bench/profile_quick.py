@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name in order:
                         system = running[name]
                         cpu0 = procs.cpu_seconds(system.proc.pid)
-                        w = wrkrun.start(wrkrun.Load("static", small.token, conns), system.port,
+                        w = wrkrun.start(wrkrun.Load("static", small.token, conns), system.url,
                                          args.seconds, scripts, work / "wrk.log", load)
                         result = wrkrun.finish(w, args.seconds)
                         used = procs.cpu_seconds(system.proc.pid) - cpu0

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 started.append(system.proc)
                 u0, s0 = user_sys(system.proc.pid)
                 w = wrkrun.start(wrkrun.Load("static", small.token, args.connections),
-                                 system.port, args.seconds, scripts, work / "wrk.log", load)
+                                 system.url, args.seconds, scripts, work / "wrk.log", load)
                 perf = None
                 if args.perf == name:
                     perf = subprocess.Popen(

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description=__doc__,
         epilog="scenarios: valid-c1, valid-c50, bad-checksum, flood-random-id, "
-        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib. "
+        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib, tls-c50. "
         "See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -173,6 +173,7 @@ class Bench:
             digests_file=self.work / "keys.sha256", small_db=small.small_db,
             large_db=large if sample else None, sut_cpus=self.cpus[0], load_cpus=self.cpus[1],
             ready_timeout=120.0,
+            tls=systems.write_tls_files(self.work) if wanted & systems.TLS_SYSTEMS else None,
         )
         return scenarios.Tokens(small.token, seed.bad_checksum(small.token), flood_ids,
                                 flood_secrets, zipf)
@@ -193,7 +194,7 @@ class Bench:
         wrks = []
         for i, load in enumerate(sc.loads):
             log = self.work / f"wrk-{sc.name}-{name}-{rnd}-{i}.log"
-            wrks.append(wrkrun.start(load, system.port, seconds, self.scripts, log, self.cpus[1]))
+            wrks.append(wrkrun.start(load, system.url, seconds, self.scripts, log, self.cpus[1]))
             self.started.append(wrks[-1])
         results = tuple(wrkrun.finish(w, seconds) for w in wrks)
         cpu = procs.cpu_seconds(system.proc.pid) - cpu0

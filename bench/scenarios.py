@@ -57,4 +57,8 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
                  (Load("static", t.valid, conns, body=1024),), (*PROXIES, "keygate")),
         Scenario("stream-1mib", "valid key, 1 MiB streamed response, 10 connections",
                  (Load("static", t.valid, 10, path="/big"),), (*PROXIES, "keygate")),
+        Scenario(f"tls-c{conns}", f"valid cached key over TLS (keep-alive), {conns} connections",
+                 (Load("static", t.valid, conns),),
+                 ("nginx-tls", "keygate", "keygate-tls", "keygate-tls-nofast"),
+                 subject="keygate-tls"),
     ]

@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from keygate.gateway.http.tls import CIPHERS
+
 from . import nginx, seed
 from .procs import Proc, free_port, spawn, wait_http
 
@@ -28,7 +30,11 @@ DESCRIPTIONS = {
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
+    "nginx-tls": "nginx terminating TLS, proxy_pass, upstream keep-alive, 1 worker",
+    "keygate-tls": "keygate, 1 worker, TLS on the listener (the edge over TLS)",
+    "keygate-tls-nofast": "keygate, 1 worker, TLS, `server.fast_path = false`",
 }
+TLS_SYSTEMS = frozenset({"nginx-tls", "keygate-tls", "keygate-tls-nofast"})
 
 
 @dataclass
@@ -36,6 +42,12 @@ class System:
     name: str
     port: int
     proc: Proc  # whose process tree is measured
+
+    @property
+    def url(self) -> str:
+        """What wrk is pointed at."""
+        scheme = "https" if self.name in TLS_SYSTEMS else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def description(self) -> str:
@@ -55,6 +67,20 @@ class Layout:
     sut_cpus: set[int] | None
     load_cpus: set[int] | None
     ready_timeout: float
+    tls: tuple[Path, Path] | None = None  # certificate and key of the TLS systems
+
+
+def write_tls_files(work: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by ``trustme`` (the test extra)."""
+    try:
+        import trustme
+    except ImportError:
+        raise RuntimeError("the TLS systems need trustme: pip install -e '.[test]'") from None
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert_file, key_file = work / "tls.crt", work / "tls.key"
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return cert_file, key_file
 
 
 def start_origin(lay: Layout) -> System:
@@ -69,10 +95,14 @@ def start_origin(lay: Layout) -> System:
 def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> Path:
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
-    no_edge = "fast_path = false\n" if name == "keygate-nofast" else ""
+    no_edge = "fast_path = false\n" if name.endswith("-nofast") else ""
+    tls = ""
+    if name in TLS_SYSTEMS:
+        assert lay.tls is not None
+        tls = f'tls_cert_file = "{lay.tls[0]}"\ntls_key_file = "{lay.tls[1]}"\n'
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
-        f"access_log = {access_log}\n{no_edge}\n"
+        f"access_log = {access_log}\n{no_edge}{tls}\n"
         f'[store]\nurl = "sqlite:///{db}"\n\n'
         "[auth]\ncache_size = 100000\n\n"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
@@ -87,9 +117,13 @@ def start(name: str, lay: Layout) -> System:
     log = lay.work / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     health = "/"
-    if name in ("nginx", "nginx-map"):
+    if name in ("nginx", "nginx-map", "nginx-tls"):
         map_file = lay.map_file if name == "nginx-map" else None
-        conf = nginx.proxy_conf(lay.work / f"nginx-{name}", port, lay.origin_port, map_file)
+        tls = None
+        if name == "nginx-tls":
+            assert lay.tls is not None
+            tls = (*lay.tls, CIPHERS)
+        conf = nginx.proxy_conf(lay.work / f"nginx-{name}", port, lay.origin_port, map_file, tls)
         proc = nginx.start(name, conf, lay.sut_cpus)
     elif name == "hello":
         argv = [sys.executable, str(BENCH / "hello.py"), str(port)]
@@ -115,5 +149,5 @@ def start(name: str, lay: Layout) -> System:
         health = "/_keygate/health"
     else:
         raise ValueError(f"unknown system {name!r}")
-    wait_http(proc, port, health, lay.ready_timeout)
+    wait_http(proc, port, health, lay.ready_timeout, tls=name in TLS_SYSTEMS)
     return System(name, port, proc)

@@ -133,15 +133,16 @@ def write_scripts(dir_: Path) -> dict[str, Path]:
 
 
 def start(
-    load: Load, port: int, seconds: float, scripts: dict[str, Path], log: Path,
+    load: Load, url: str, seconds: float, scripts: dict[str, Path], log: Path,
     cpus: set[int] | None,
 ) -> Proc:
+    """wrk against ``url`` (``http://`` or ``https://`` 127.0.0.1 and a port)."""
     argv = [
         WRK, "-t1", f"-c{load.connections}", f"-d{seconds:g}s", "--timeout", "10s",
-        "-s", str(scripts[load.shape]), f"http://127.0.0.1:{port}",
+        "-s", str(scripts[load.shape]), url,
         "--", load.arg, load.path, str(load.zipf_s), str(load.body),
     ]
-    return spawn(f"wrk:{port}", argv, log, cpus=cpus)
+    return spawn(f"wrk:{url.rpartition(':')[2]}", argv, log, cpus=cpus)
 
 
 def finish(proc: Proc, seconds: float) -> WrkResult:

@@ -96,6 +96,7 @@ def _build(
     dup = next((p for p in prefixes if prefixes.count(p) > 1), None)
     if dup:
         raise ConfigError(f"{source}: routes: duplicate route prefix {dup!r}")
+    _check_tls(source, built["server"])
     admin = built["server"].admin_prefix
     for r in route_objs:
         if r.prefix == admin or r.prefix.startswith(admin + "/"):
@@ -110,6 +111,19 @@ def _build(
         routes=route_objs,
         source=source,
     )
+
+
+def _check_tls(source: str, server: ServerSettings) -> None:
+    """The certificate and its key go together; mutual TLS needs TLS."""
+    if (server.tls_cert_file is None) != (server.tls_key_file is None):
+        missing = "tls_key_file" if server.tls_key_file is None else "tls_cert_file"
+        raise ConfigError(
+            f"{source}: server.{missing}: missing (tls_cert_file and tls_key_file go together)"
+        )
+    if server.tls_client_ca_file is not None and server.tls_cert_file is None:
+        raise ConfigError(
+            f"{source}: server.tls_client_ca_file: needs tls_cert_file and tls_key_file"
+        )
 
 
 def _section(

@@ -79,6 +79,12 @@ class ServerSettings:
     # Serve plain proxied requests with keygate's own HTTP protocol (gateway.edge);
     # off, aiohttp's server handles every request.
     fast_path: bool = True
+    # TLS on the listener (docs/reference.md#tls): PEM files, both or neither;
+    # reloaded on SIGHUP. The CA bundle turns on mutual TLS: a client must
+    # present a certificate it signed.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
 
     @property
     def host(self) -> str:

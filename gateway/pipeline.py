@@ -134,6 +134,9 @@ class Resolved:
     """A request's route and credential, before the key is verified."""
 
     route: Route
+    # The route's upstream and slots, as resolved: the request keeps them to its
+    # end even if a reload replaces the route meanwhile.
+    gate: RouteGate
     path: str
     query: str
     # None on a public route; then ``drop`` names stray keygate tokens to remove.
@@ -149,6 +152,7 @@ def resolve(
     route = gw.routes.match(path)
     if route is None:
         raise NotFound("No route matches the request path.", code="no_route")
+    gate = gw.gates[route.name]  # the same configuration as the match: no await between
     destination = (
         _destination(gw, route, headers, scheme) if _DESTINATION in headers else None
     )
@@ -160,12 +164,14 @@ def resolve(
             drop = stray.drop_headers
             if stray.drop_query is not None:
                 query = strip_query_param(query, stray.drop_query)
-        return Resolved(route, path, strip_token_params(query, prefix), None, drop, destination)
+        return Resolved(
+            route, gate, path, strip_token_params(query, prefix), None, drop, destination
+        )
     credential = find_credential(headers, query, gw.sources, prefix)
     if credential.drop_query is not None:
         query = strip_query_param(query, credential.drop_query)
     query = strip_token_params(query, prefix)
-    return Resolved(route, path, query, credential, credential.drop_headers, destination)
+    return Resolved(route, gate, path, query, credential, credential.drop_headers, destination)
 
 
 _DESTINATION = "Destination"
@@ -265,9 +271,7 @@ def internal_error(method: str, target: str) -> KeygateError:
 def upstream_target(gw: Gateway, resolved: Resolved) -> str:
     """The request target on the route's upstream: exactly the path checked."""
     route = resolved.route
-    target = gw.upstream_base[route.name].raw_path.rstrip("/") + upstream_path(
-        route, resolved.path
-    )
+    target = resolved.gate.base.raw_path.rstrip("/") + upstream_path(route, resolved.path)
     return target + "?" + resolved.query if resolved.query else target
 
 
@@ -298,7 +302,7 @@ def upstream_pairs(
     destination = resolved.destination
     if destination is not None:
         route = resolved.route
-        base = gw.upstream_base[route.name]
+        base = resolved.gate.base
         value = base.raw_path.rstrip("/") + upstream_path(route, destination.path)
         if destination.absolute:
             value = f"{base.scheme}://{base.raw_authority}{value}"

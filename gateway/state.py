@@ -7,13 +7,13 @@ hot path needs, complete when it is built.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
-from keygate.config.settings import Settings
+from keygate.config.settings import Route, Settings
 from keygate.gateway.auth.cache import KeyCache
 from keygate.gateway.auth.changes import ChangeFeed
 from keygate.gateway.auth.credentials import Sources
@@ -24,7 +24,7 @@ from keygate.gateway.auth.verify import Verifier
 from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.service import Services
 from keygate.gateway.store.base import Store
-from keygate.gateway.upstream.gate import RouteGate
+from keygate.gateway.upstream.gate import RouteGate, route_gates
 from keygate.gateway.upstream.pool import UpstreamPool
 
 
@@ -58,6 +58,28 @@ async def _policy(store: Store) -> Policy:
     return Policy({g.name: list(g.rules) for g in groups})
 
 
+class RouteNames(Collection[str]):
+    """The names of the configured routes, as group rules may refer to them;
+    current across reloads (the services hold this one object)."""
+
+    __slots__ = ("_names",)
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self._names = frozenset(r.name for r in routes)
+
+    def replace(self, routes: Iterable[Route]) -> None:
+        self._names = frozenset(r.name for r in routes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 @dataclass(eq=False, slots=True)
 class Gateway:
     settings: Settings
@@ -69,7 +91,25 @@ class Gateway:
     sources: Sources
     services: Services
     gates: dict[str, RouteGate]
-    upstream_base: dict[str, URL]
+    route_names: RouteNames
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New requests take ``settings``' routes, limits and key sources
+        (docs/reference.md#reloading-the-configuration).
+
+        A request resolves its route and gate once (:func:`pipeline.resolve`,
+        in one step with no await): one in flight finishes on the route, the
+        upstream and the limits it started with. Raises ValueError, before
+        anything changes, for routes that cannot be served together.
+        """
+        routes = RouteTable(settings.routes)
+        sources = Sources.parse(settings.auth.sources)
+        gates = route_gates(settings.routes, self.gates)
+        self.settings = settings
+        self.routes = routes
+        self.sources = sources
+        self.gates = gates
+        self.route_names.replace(settings.routes)
 
     @property
     def cache(self) -> KeyCache:

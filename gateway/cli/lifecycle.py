@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from keygate.config import with_upstream
+from keygate.config import load_settings, with_upstream
 from keygate.config.settings import Settings
 from keygate.gateway.cli import output as out
 from keygate.gateway.cli.output import Result
@@ -32,7 +33,28 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the management commands need none of the server's machinery.
     from keygate.gateway.cli.serve import run
 
-    return run(serve_settings(args, settings))
+    def load() -> Settings:
+        """The configuration as the command line, the environment and the file say now."""
+        return serve_settings(
+            args, load_settings(args.config, os.environ, overrides=serve_overrides(args))
+        )
+
+    return run(serve_settings(args, settings), load)
+
+
+def check_config(args: argparse.Namespace, settings: Settings) -> int:
+    """``keygate check-config``: the file is loaded and checked as ``serve`` would
+    (routes, TLS files), nothing is started; a problem is ConfigError (exit 2)."""
+    from keygate.gateway.http.reload import check
+
+    check(settings)
+    routes = len(settings.routes)
+    tls = ", TLS" if settings.server.tls_cert_file is not None else ""
+    print(
+        f"keygate: {settings.source}: the configuration is valid "
+        f"({routes} route{'' if routes == 1 else 's'}{tls})"
+    )
+    return 0
 
 
 async def init(args: argparse.Namespace, env: Env) -> Result:
@@ -81,6 +103,22 @@ prints its admin key once on stderr.
     )
     p.add_argument("--listen", metavar="HOST:PORT", help="override server.listen")
     p.add_argument("--workers", type=positive_int, metavar="N", help="override server.workers")
+
+    tree.command(
+        sub,
+        "check-config",
+        "check a configuration file without starting (exit 0 valid, 2 invalid)",
+        run=check_config,
+        epilog="""\
+examples:
+  keygate check-config --config /etc/keygate/keygate.toml
+  keygate check-config --config new.toml && systemctl reload keygate
+
+Loads the file as serve would (with KEYGATE_* from the environment), builds
+the route table and loads the TLS files; the store is not opened. A problem
+is one line naming the file, the setting and what is wrong (exit 2).
+""",
+    )
 
     tree.command(
         sub,

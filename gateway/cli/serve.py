@@ -16,11 +16,14 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 from aiohttp import web
 from yarl import URL
 
+from keygate.config import ConfigError
+from keygate.config.reload import reloadable
 from keygate.config.settings import Settings
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.accesslog import AccessLogger
@@ -30,7 +33,9 @@ from keygate.gateway.http.logsetup import (
     flush_access_log,
     flush_access_log_periodically,
 )
+from keygate.gateway.http.reload import Reloader, check
 from keygate.gateway.http.server import KeygateRunner
+from keygate.gateway.http.tls import ListenerTls
 from keygate.gateway.service import ServiceContext
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import open_store
@@ -74,9 +79,15 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP re-reads the configuration (docs/reference.md#reloading-the-configuration).
+# Held (blocked) until a handler exists: its default action ends the process.
+RELOAD_SIGNAL = (signal.SIGHUP,)
+Load = Callable[[], Settings]
 
 
-async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) -> None:
+async def _serve(
+    settings: Settings, *, reuse_port: bool, announce_bound: bool, load: Load | None = None
+) -> None:
     server = settings.server
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,6 +96,8 @@ async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) 
     # serve_worker blocked these signals; one sent during start-up is delivered
     # now, to the handler above, and becomes a graceful stop.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    context = check(settings)
+    tls = ListenerTls(context) if context is not None else None
     runner = KeygateRunner(
         build_app(settings),
         handle_signals=False,
@@ -94,8 +107,17 @@ async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) 
     )
     await runner.setup()  # cleanup_ctx start: opens the store inside this process
     try:
-        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            runner,
+            server.host,
+            server.port,
+            reuse_port=reuse_port or None,
+            ssl_context=tls.context if tls is not None else None,
+        )
         await site.start()
+        if load is not None:
+            loop.add_signal_handler(signal.SIGHUP, Reloader(runner, load, tls))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_SIGNAL)  # one held meanwhile: now
         if announce_bound:
             announce(settings)
         log.info("worker %d serving on %s", os.getpid(), server.listen)
@@ -110,20 +132,28 @@ async def _serve(settings: Settings, *, reuse_port: bool, announce_bound: bool) 
         flush_access_log()
 
 
-def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT in this process; return the exit code."""
+def serve_worker(
+    settings: Settings, *, reuse_port: bool, announce: bool = False, load: Load | None = None
+) -> int:
+    """Serve until SIGTERM/SIGINT in this process (SIGHUP: re-read ``load()``);
+    return the exit code."""
     # Until the event loop's handlers exist, a stop signal waits (see _serve).
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS + RELOAD_SIGNAL)
     # The SQLite store answers from a thread that needs the GIL to hand its
     # result back. A busy event loop keeps the GIL for the whole switch
     # interval (5 ms by default), so every cache miss would wait that long.
     sys.setswitchinterval(SWITCH_INTERVAL)
     loop = new_loop()
     try:
-        loop.run_until_complete(_serve(settings, reuse_port=reuse_port, announce_bound=announce))
+        loop.run_until_complete(
+            _serve(settings, reuse_port=reuse_port, announce_bound=announce, load=load)
+        )
     except KeygateError as exc:
         print(f"keygate: {exc.message}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a TLS file changed since it was checked
+        print(f"keygate: config error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         listen = settings.server.listen
         print(f"keygate: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
@@ -133,8 +163,11 @@ def serve_worker(settings: Settings, *, reuse_port: bool, announce: bool = False
     return 0
 
 
-def run(settings: Settings) -> int:
-    """``keygate serve``: prepare, announce, serve (blocking)."""
+def run(settings: Settings, load: Load | None = None) -> int:
+    """``keygate serve``: prepare, announce, serve (blocking). ``load`` reads the
+    configuration anew, on SIGHUP."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, RELOAD_SIGNAL)  # until it is handled
+    check(settings)  # bad TLS files: one line, exit 2 (before the store is touched)
     configure_logging()
     try:
         token = asyncio.run(prepare_store(settings))
@@ -155,16 +188,17 @@ def run(settings: Settings) -> int:
             file=sys.stderr,
         )
     if settings.server.workers == 1:
-        return serve_worker(settings, reuse_port=False, announce=True)
-    return supervise(settings, settings.server.workers)
+        return serve_worker(settings, reuse_port=False, announce=True, load=load)
+    return supervise(settings, settings.server.workers, load)
 
 
 def announce(settings: Settings) -> None:
     """The start-up line, printed only once the port is bound."""
     workers = settings.server.workers
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes) or "none"
+    scheme = "https" if settings.server.tls_cert_file is not None else "http"
     print(
-        f"keygate: listening on http://{settings.server.listen} with {workers} "
+        f"keygate: listening on {scheme}://{settings.server.listen} with {workers} "
         f"worker{'s' if workers != 1 else ''}; admin API at {settings.server.admin_prefix}; "
         f"store {redact(settings.store.url)}; routes: {routes}",
         file=sys.stderr,
@@ -172,8 +206,9 @@ def announce(settings: Settings) -> None:
     )
 
 
-def supervise(settings: Settings, workers: int) -> int:
-    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); restart crashes."""
+def supervise(settings: Settings, workers: int, load: Load | None = None) -> int:
+    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); restart crashes.
+    SIGHUP goes on to every worker (each re-reads the configuration)."""
     # Bind once in the parent to fail fast with one clear line if the port is taken.
     try:
         probe = socket.create_server(
@@ -194,13 +229,16 @@ def supervise(settings: Settings, workers: int) -> int:
         # The child inherits the blocked mask: a stop signal that arrives before
         # its event loop can handle it is held, not fatal (see _serve).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, RELOAD_SIGNAL)
         pid = os.fork()
         if pid == 0:  # child
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # held until its loop handles it
             probe.close()
-            code = serve_worker(settings, reuse_port=True)
+            code = serve_worker(reloads.settings, reuse_port=True, load=load)
             os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_SIGNAL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         children[pid] = time.monotonic()
 
@@ -213,6 +251,9 @@ def supervise(settings: Settings, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reloads = ForwardReload(settings, load, children)
+    signal.signal(signal.SIGHUP, reloads.on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_SIGNAL)
     for _ in range(workers):
         spawn()
     probe.close()
@@ -245,3 +286,23 @@ def supervise(settings: Settings, workers: int) -> int:
             quick_crashes = 0
         spawn()
     return status
+
+
+class ForwardReload:
+    """The supervisor's SIGHUP: on to every worker; the configuration a worker
+    started later gets is the one reloaded last (the workers log the outcome)."""
+
+    def __init__(self, settings: Settings, load: Load | None, children: Mapping[int, float]):
+        self.settings = settings
+        self._load = load
+        self._children = children
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+        if self._load is not None:
+            with contextlib.suppress(ConfigError):  # refused: the workers log why
+                loaded = self._load()
+                check(loaded)
+                self.settings, _ = reloadable(self.settings, loaded)

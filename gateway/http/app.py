@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from yarl import URL
 
 from keygate.config.settings import Settings
 from keygate.gateway.auth.cache import KeyCache
@@ -21,12 +20,14 @@ from keygate.gateway.auth.verify import Verifier
 from keygate.gateway.errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
 from keygate.gateway.http.framing import check_framing
 from keygate.gateway.http.handler import proxy_handler
+from keygate.gateway.http.server import handler_limits
 from keygate.gateway.pipeline import internal_error
 from keygate.gateway.request.headers import X_REQUEST_ID, RequestIds, request_id_or_new
 from keygate.gateway.service import ServiceContext, Services
 from keygate.gateway.state import (
     Gateway,
     KeyMemory,
+    RouteNames,
     changes_key,
     gateway_key,
     pool_key,
@@ -39,7 +40,7 @@ from keygate.gateway.state import (
 from keygate.gateway.store import open_store
 from keygate.gateway.store.base import Store
 from keygate.gateway.upstream.client import upstream_session
-from keygate.gateway.upstream.gate import RouteGate
+from keygate.gateway.upstream.gate import route_gates
 from keygate.gateway.upstream.pool import UpstreamPool
 
 log = logging.getLogger("keygate")
@@ -196,13 +197,9 @@ def _gateway(
     verifier = Verifier(
         store, memory.cache, usage, auth.key_prefix, key_ids=memory.key_ids, catch_up=feed.tick
     )
+    route_names = RouteNames(settings.routes)
     services = Services.build(
-        ServiceContext(
-            store=store,
-            auth=auth,
-            route_names=[r.name for r in settings.routes],
-            notify=memory.apply,
-        )
+        ServiceContext(store=store, auth=auth, route_names=route_names, notify=memory.apply)
     )
     return Gateway(
         settings=settings,
@@ -213,8 +210,8 @@ def _gateway(
         routes=RouteTable(settings.routes),
         sources=Sources.parse(auth.sources),
         services=services,
-        gates={r.name: RouteGate(r) for r in settings.routes},
-        upstream_base={r.name: URL(r.upstream) for r in settings.routes},
+        gates=route_gates(settings.routes, {}),
+        route_names=route_names,
     )
 
 
@@ -230,17 +227,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app = web.Application(
         middlewares=[error_middleware(ids)],
         handler_args={
-            # aiohttp arms this timer at connection start and re-arms it after
-            # each response; partial data does not reset it, so it is also the
-            # deadline for a complete request head (slowloris).
-            "keepalive_timeout": settings.server.header_timeout,
-            # After a refusal aiohttp reads and discards the rest of the body
-            # (so closing does not reset the answer away) for up to this long;
-            # a body that stalls is bounded here as when it is forwarded.
-            "lingering_time": min(10.0, settings.server.body_idle_timeout),
-            "max_line_size": settings.server.max_line_bytes,
-            "max_field_size": settings.server.max_header_bytes,
-            "max_headers": settings.server.max_header_count,
+            **handler_limits(settings.server),
             # SECURITY: bodies are handed over as they arrived. A proxy relays a
             # gzip upload byte for byte; decoding it here once sent the decoded
             # bytes under the client's (compressed) length, and the upstream

@@ -66,7 +66,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         request,
         pool=request.app[pool_key],
         session=request.app[session_key],
-        gate=gw.gates[route.name],
+        gate=resolved.gate,
         target=pipeline.upstream_target(gw, resolved),
         pairs=pipeline.upstream_pairs(
             gw,
@@ -166,8 +166,9 @@ def body_length(request: web.BaseRequest) -> int:
 
 
 async def respond(request: web.Request, answer: Answer) -> web.StreamResponse:
-    """The upstream's answer as aiohttp's response: whole when small, else streamed."""
-    data = await answer.small_body()
+    """The upstream's answer as aiohttp's response: whole when small and all here,
+    else the head at once and the body streamed (:attr:`Answer.whole`)."""
+    data = answer.whole_body()
     if data is not None:
         return web.Response(
             status=answer.status,

@@ -28,6 +28,7 @@ from aiohttp.log import access_logger
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
+from keygate.config.settings import ServerSettings, Settings
 from keygate.gateway.errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
 from keygate.gateway.http.accesslog import AccessLogger
 from keygate.gateway.http.edge.protocol import EdgeProtocol
@@ -76,6 +77,24 @@ def error_for(
     if status == 400 or exc is not None:
         return BadRequest("The request is not valid HTTP.")
     return KeygateError()
+
+
+def handler_limits(server: ServerSettings) -> dict[str, float | int]:
+    """aiohttp's connection handler options the server settings set (a reload
+    gives new connections new ones: :meth:`FrontDoor.reconfigure`)."""
+    return {
+        # aiohttp arms this timer at connection start and re-arms it after
+        # each response; partial data does not reset it, so it is also the
+        # deadline for a complete request head (slowloris).
+        "keepalive_timeout": server.header_timeout,
+        # After a refusal aiohttp reads and discards the rest of the body
+        # (so closing does not reset the answer away) for up to this long;
+        # a body that stalls is bounded here as when it is forwarded.
+        "lingering_time": min(10.0, server.body_idle_timeout),
+        "max_line_size": server.max_line_bytes,
+        "max_field_size": server.max_header_bytes,
+        "max_headers": server.max_header_count,
+    }
 
 
 class KeygateRequestHandler(RequestHandler):
@@ -169,6 +188,13 @@ class FrontDoor:
         if edge is None or edge.closing:
             return self.new_handler()
         return EdgeProtocol(edge)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New connections get the limits of ``settings`` (a reload); open ones
+        keep theirs."""
+        self.server._kwargs.update(handler_limits(settings.server))
+        if self.edge is not None:
+            self.edge.reconfigure(settings)
 
     def pre_shutdown(self) -> None:
         self.server.pre_shutdown()

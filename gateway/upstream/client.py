@@ -48,13 +48,19 @@ class ClientAnswer(Answer):
         )
         self.response = response
 
-    async def small_body(self) -> bytes | None:
+    @property
+    def arrived(self) -> bool:
+        return self.response.content.is_eof()
+
+    def whole_body(self) -> bytes | None:
         if self.bodiless:
             return b""
-        if not self.whole:
-            return None
+        content = self.response.content
         with mapped_errors(self.request_body):
-            return await self.response.read()
+            error = content.exception()
+            if error is not None:
+                raise error
+            return content.read_nowait() if self.whole else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self.response.content

@@ -12,6 +12,7 @@ close — ends the connection, so a request is never written behind another one
 from __future__ import annotations
 
 import asyncio
+import select
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
@@ -38,7 +39,9 @@ class UpstreamError(Exception):
 
     ``stale`` is true when nothing of the response arrived: on a connection
     taken from the pool, that is the keep-alive race (the upstream closed it as
-    we sent), which may be retried on a fresh connection.
+    we sent), which may be retried on a fresh connection
+    (:func:`~keygate.gateway.upstream.exchange.may_retry`, which also reads
+    :attr:`UpstreamConnection.sent`).
     """
 
     def __init__(self, message: str, *, stale: bool = False) -> None:
@@ -56,6 +59,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         "_loop",
         "_parser",
         "_pool",
+        "_probe",
         "_reading_paused",
         "_waiter",
         "active",
@@ -74,6 +78,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         "lost",
         "reason",
         "received",
+        "sent",
         "status",
         "transport",
         "until_close",
@@ -96,6 +101,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         # Called on progress instead of (or as well as) waking a waiter: the
         # edge protocol drives small exchanges from callbacks, with no task.
         self.listener: Callable[[], None] | None = None
+        # Polls the socket before a reused connection's first write (see write).
+        self._probe: select.poll | None = None
         self._reset(False)
 
     def _reset(self, head_request: bool) -> None:
@@ -109,6 +116,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.body: list[bytes] = []
         self.buffered = 0
         self.received = False  # any byte of the response arrived
+        self.sent = False  # any byte of the request went to a live connection
         self.complete = False  # the response ended, body included
         self.until_close = False  # no length, not chunked: the body ends at EOF
         self.keep_alive = False
@@ -138,9 +146,22 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             self.write(head)
 
     def write(self, data: bytes) -> None:
-        if self.lost or self.transport is None:
+        """Send ``data``; UpstreamError (stale) if the connection is already closing.
+
+        A transport that is closing (the upstream's FIN was read, or we
+        aborted) would drop the bytes: they never reach the upstream, and
+        :attr:`sent` stays false, so the request may go again elsewhere.
+        """
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
             raise UpstreamError("the upstream connection is gone", stale=not self.received)
-        self.transport.write(data)
+        if not self.sent and self._probe is not None and self._probe.poll(0):
+            # Readable while idle: the upstream's FIN (or stray bytes) is in the
+            # kernel, not yet read by the loop. It closed before these bytes
+            # could reach it, so they never go (RFC 9112 §9.3.1, the keep-alive race).
+            raise UpstreamError("the upstream closed the idle connection", stale=True)
+        transport.write(data)
+        self.sent = True
 
     async def drain(self) -> None:
         """Wait while the kernel buffer towards the upstream is full."""
@@ -176,6 +197,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.listener = None
         if reuse and self.complete and self.keep_alive and self.error is None and not self.lost:
             self.active = False
+            if self._probe is None:
+                self._probe = _probe(self.transport)
             self._pool.release(self)
         else:
             self.abort()
@@ -337,6 +360,17 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         if not self._head_request:
             self.keep_alive = self._parser.should_keep_alive()
             self.complete = True
+
+
+def _probe(transport: asyncio.Transport | None) -> select.poll | None:
+    """A poll of the connection's socket for readability (None without a socket)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return None
+    probe = select.poll()
+    probe.register(fd, select.POLLIN)
+    return probe
 
 
 def _until_close(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -40,11 +40,11 @@ from keygate.gateway.upstream.connection import OriginKey, UpstreamConnection, U
 from keygate.gateway.upstream.head import CHUNKED, request_head
 from keygate.gateway.upstream.pool import UpstreamPool
 
-# Fixed-length bodies up to this size are read whole and answered in one piece.
+# Fixed-length bodies up to this size, once all here, are answered in one piece.
 SMALL_BODY: Final = 64 * 1024
 
 # RFC 9110 §9.2.2: only these may be retried on a fresh connection once
-# anything of them reached the dead one.
+# anything of them may have reached the dead one (see may_retry).
 IDEMPOTENT: Final = frozenset(
     {
         hdrs.METH_GET,
@@ -168,8 +168,8 @@ class Answer:
 
     ``headers`` are already filtered for the client; ``length`` is the
     upstream's Content-Length (None: unknown); ``bodiless`` says the response
-    has no content whatever its framing says. The front end reads the body
-    with :meth:`small_body` or :meth:`chunks`, then calls :meth:`close`.
+    has no content whatever its framing says. The front end takes the body
+    with :meth:`whole_body` or :meth:`chunks`, then calls :meth:`close`.
     """
 
     __slots__ = ("bodiless", "headers", "length", "reason", "request_body", "status")
@@ -193,13 +193,24 @@ class Answer:
     @property
     def whole(self) -> bool:
         """Whether the answer goes to the client in one piece: no body, or a
-        declared one of at most :data:`SMALL_BODY` bytes (else it streams)."""
+        declared one of at most :data:`SMALL_BODY` bytes that is all here
+        already. Otherwise the head goes at once and the body streams as it
+        comes (keeping its Content-Length): a small body that trickles in must
+        not hold its head back (time to first byte as direct)."""
+        if self.bodiless:
+            return True
         length = self.length
-        return self.bodiless or (length is not None and length <= SMALL_BODY)
+        return length is not None and length <= SMALL_BODY and self.arrived
 
-    async def small_body(self) -> bytes | None:
+    @property
+    def arrived(self) -> bool:
+        """Whether the whole body is here (read, not yet taken)."""
+        raise NotImplementedError
+
+    def whole_body(self) -> bytes | None:
         """The whole body when :attr:`whole`, else None ("stream it");
-        ``b""`` for a bodiless response."""
+        ``b""`` for a bodiless response. Raises the client's error when the
+        upstream already broke the body (nothing was sent to the client yet)."""
         raise NotImplementedError
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -236,15 +247,20 @@ class PooledAnswer(Answer):
         self.conn = conn
         self.sender = sender
 
-    async def small_body(self) -> bytes | None:
+    @property
+    def arrived(self) -> bool:
+        return self.conn.complete
+
+    def whole_body(self) -> bytes | None:
         if self.bodiless:
             return b""
-        if not self.whole:
-            return None
         conn = self.conn
-        with mapped_errors(self.request_body):
-            while not conn.complete:
-                await conn.wait()
+        if not self.whole:
+            error = conn.error
+            if error is not None and not conn.complete:
+                with mapped_errors(self.request_body):
+                    raise error
+            return None
         return conn.take_body()
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -316,9 +332,8 @@ async def open_exchange(
     raises UpstreamError, OSError or TimeoutError (see :func:`mapped_errors`).
 
     The keep-alive race (RFC 9112 §9.3.1): an upstream may close an idle
-    connection just as a request is written on it. Nothing was answered, so
-    an idempotent request whose body is still whole goes once more, on a
-    fresh connection.
+    connection just as a request is taken to it. The request goes once more,
+    on a fresh connection, when :func:`may_retry` says so.
     """
     conn: UpstreamConnection | None = None
     sender: asyncio.Task[None] | None = None
@@ -330,16 +345,18 @@ async def open_exchange(
             reused = conn is not None
             if conn is None:
                 conn = await pool.connect(origin.key, deadline)
-            conn.start(head, deadline, method == hdrs.METH_HEAD)
-            if body is not None:
-                sender = asyncio.create_task(_send_body(conn, body))
             try:
+                conn.start(head, deadline, method == hdrs.METH_HEAD)
+                if body is not None:
+                    sender = asyncio.create_task(_send_body(conn, body))
                 while not conn.head_done:
                     await conn.wait()
                 return conn, sender
             except UpstreamError as exc:
                 consumed = body is not None and body.consumed
-                if retried or not may_retry(exc, method, reused=reused, consumed=consumed):
+                if retried or not may_retry(
+                    exc, method, reused=reused, sent=conn.sent, consumed=consumed
+                ):
                     raise
                 retried = True
                 conn.abort()
@@ -355,14 +372,21 @@ async def open_exchange(
         raise
 
 
-def may_retry(exc: UpstreamError, method: str, *, reused: bool, consumed: bool = False) -> bool:
+def may_retry(
+    exc: UpstreamError, method: str, *, reused: bool, sent: bool, consumed: bool = False
+) -> bool:
     """Whether a request whose connection failed goes once more on a fresh one.
 
-    The keep-alive race (RFC 9112 §9.3.1): a pooled connection the upstream
-    closed as we wrote on it, before any byte of an answer. An idempotent
-    request whose body is still whole may then be sent again.
+    Only before any byte of an answer (``exc.stale``) and while the request
+    body is still whole (not ``consumed``). Then: any request of which no
+    byte went out (``sent`` false: the connection was closing, or lost,
+    before the write) — the upstream cannot have seen it; and an idempotent
+    one (RFC 9110 §9.2.2) on a pooled connection, whose close raced with our
+    write (the keep-alive race, RFC 9112 §9.3.1).
     """
-    return reused and exc.stale and method in IDEMPOTENT and not consumed
+    if not exc.stale or consumed:
+        return False
+    return not sent or (reused and method in IDEMPOTENT)
 
 
 async def _send_body(conn: UpstreamConnection, body: RequestBody) -> None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import aiohttp
 import yarl
 
 from keygate.config.settings import Route
 from keygate.gateway.errors import UpstreamBusy
 from keygate.gateway.upstream.exchange import Origin
+
+
+class Slots:
+    """A route's exchanges in flight, counted across reloads of its settings."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = 0
 
 
 class RouteGate:
@@ -17,11 +28,15 @@ class RouteGate:
     between, on one event loop. When full, :class:`UpstreamBusy` is raised at
     once instead of queueing, so a saturated upstream costs nothing but a 503.
     A WebSocket holds its slot for as long as it is open.
+
+    A reload makes a new gate per route (requests in flight keep the one they
+    resolved, and its upstream); a route of the same name shares ``slots``
+    with its predecessor, so its limit counts old and new requests alike.
     """
 
-    __slots__ = ("_in_flight", "base", "limit", "origin", "route", "timeout")
+    __slots__ = ("base", "limit", "origin", "route", "slots", "timeout")
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, slots: Slots | None = None) -> None:
         self.route = route
         self.limit = route.max_connections
         # One object per route, not per request; covers connect, headers, body.
@@ -29,11 +44,11 @@ class RouteGate:
         self.base = yarl.URL(route.upstream)
         # None unless plain http: then the pooled client speaks to it.
         self.origin = Origin.of(self.base)
-        self._in_flight = 0
+        self.slots = Slots() if slots is None else slots
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.slots.used
 
     def url_of(self, target: str) -> yarl.URL:
         """The absolute URL of request ``target`` (encoded path and query) upstream."""
@@ -50,9 +65,19 @@ class RouteGate:
         )
 
     def __enter__(self) -> None:
-        if self._in_flight >= self.limit:
+        slots = self.slots
+        if slots.used >= self.limit:
             raise UpstreamBusy()
-        self._in_flight += 1
+        slots.used += 1
 
     def __exit__(self, *exc_info: object) -> None:
-        self._in_flight -= 1
+        self.slots.used -= 1
+
+
+def route_gates(routes: Iterable[Route], before: Mapping[str, RouteGate]) -> dict[str, RouteGate]:
+    """A gate per route; one named as a gate ``before`` shares its slots."""
+    gates: dict[str, RouteGate] = {}
+    for route in routes:
+        old = before.get(route.name)
+        gates[route.name] = RouteGate(route, old.slots if old is not None else None)
+    return gates

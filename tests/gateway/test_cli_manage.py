@@ -70,7 +70,8 @@ def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 def test_cli_every_command_has_help_with_an_example(run: Run) -> None:
     leaves = _leaf_commands(build_parser())
-    assert len(leaves) == 23  # serve, init, migrate + 9 keys + 5 users + 5 groups + audit list
+    # serve, check-config, init, migrate + 9 keys + 5 users + 5 groups + audit list
+    assert len(leaves) == 24
     for leaf in leaves:
         code, out, _ = run(*leaf, "--help")
         assert code == 0

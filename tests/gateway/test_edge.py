@@ -17,10 +17,13 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from keygate.config.settings import Route
 from keygate.gateway.http.edge.protocol import EdgeProtocol
@@ -31,11 +34,19 @@ from keygate.gateway.http.logsetup import (
     CachedTimeFormatter,
     info_line_writer,
 )
-from tests.support.gateway import GatewayFactory, Keygate, default_route
+from tests.support.gateway import (
+    GatewayFactory,
+    Keygate,
+    default_route,
+    make_settings,
+    start_keygate,
+    started_client,
+)
 from tests.support.polling import wait_for
 from tests.support.raw import Raw, Reply, bearer, connect, free_port, http
-from tests.support.raw_upstreams import Canned, StreamHandler, raw_server
-from tests.support.upstreams import BLOCK, MIB, Recorder, RecorderFactory
+from tests.support.raw_upstreams import Canned, StreamHandler, StrictUpstream, raw_server
+from tests.support.raw_upstreams import Exchange as UpstreamExchange
+from tests.support.upstreams import BLOCK, MIB, Recorder, RecorderFactory, Seen
 
 IO_TIMEOUT = 5.0
 
@@ -389,16 +400,56 @@ async def test_edge_upstream_trailer_is_not_a_response_header(
     assert got.values("X-Trailer") == [], got.headers
 
 
-async def test_edge_upstream_cut_before_small_body_is_502(keygate_factory: GatewayFactory) -> None:
-    cut = Canned.always(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+@pytest.mark.parametrize("first", ["1", "0"], ids=["head-and-a-byte", "head-alone"])
+async def test_small_body_still_arriving_streams_its_head_at_once(
+    keygate_factory: GatewayFactory, recorder: Recorder, fast_path: bool, first: str
+) -> None:
+    """A small body of known length that trickles in (httpbin's /drip) is not held
+    back until it is complete: the head, and what arrived, reach the client while
+    the upstream still holds the rest; the length stays."""
+    kg = await keygate_factory(
+        default_route(recorder.at("/_up/drip")), server={"fast_path": fast_path}
+    )
+    token = await kg.make_key(["default"])
+    async with connect(kg.port) as conn, asyncio.timeout(IO_TIMEOUT):
+        await conn.send(request("GET", f"/x?first={first}", token))
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        assert b"\r\nContent-Length: 4\r\n" in head, head
+        assert b"Transfer-Encoding" not in head, head
+        if first == "1":
+            assert await conn.reader.readexactly(1) == b"*"
+        recorder.release.set()
+        rest = await conn.reader.readexactly(3 if first == "1" else 4)
+    assert rest == (b"***" if first == "1" else b"****")
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+async def test_upstream_cut_small_body_after_its_head_aborts_client(
+    keygate_factory: GatewayFactory, fast_path: bool
+) -> None:
+    """A small body the upstream cuts once its head went out: the client's connection
+    is cut, so the short body never looks complete."""
+    cut_now = asyncio.Event()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+        await cut_now.wait()
+        writer.transport.abort()
+
     async with raw_server(cut) as up:
-        kg = await keygate_factory(default_route(up.url))
+        kg = await keygate_factory(default_route(up.url), server={"fast_path": fast_path})
         token = await kg.make_key(["default"])
-        async with connect(kg.port) as conn:
+        async with connect(kg.port) as conn, asyncio.timeout(IO_TIMEOUT):
             await conn.send(request("GET", "/cut", token))
-            got = await conn.reply()
-    assert got.status == 502
-    assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+            assert b"Content-Length: 100\r\n" in head
+            cut_now.set()
+            with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                await conn.reader.readexactly(100)
 
 
 async def test_edge_upstream_cut_mid_stream_aborts_client(keygate_factory: GatewayFactory) -> None:
@@ -739,6 +790,76 @@ async def test_edge_stale_pooled_connection_post_is_502_not_repeated(
     assert got.status == 502
     assert json.loads(got.body)["error"]["code"] == "upstream_unavailable"
     assert counts.requests == 2  # a POST is never sent twice
+
+
+# An upstream that answers every request as keep-alive (no "Connection: close")
+# and closes the connection right after: each pooled connection dies just as
+# keygate may hand it to the next request. None of these requests is ever
+# answered 502: each either goes out on a live connection or, when nothing of
+# it reached a closing one, on a fresh connection (docs/reference.md#forwarding).
+CLOSER_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+STORM_CONNECTIONS = 8
+STORM_REQUESTS = 40  # per connection
+
+
+def _answer_then_close(seen: Seen, exchange: UpstreamExchange) -> tuple[bytes, bool]:
+    return CLOSER_ANSWER, True
+
+
+async def _post_storm(kg: Keygate, up: StrictUpstream, token: str) -> Counter[int]:
+    """STORM_CONNECTIONS clients posting STORM_REQUESTS each; the statuses they got."""
+    statuses: Counter[int] = Counter()
+
+    async def client(n: int) -> None:
+        async with connect(kg.port) as conn:
+            for i in range(STORM_REQUESTS):
+                await conn.send(request("POST", f"/c{n}/{i}", token, body=b'{"n": %d}' % i))
+                statuses[(await conn.reply()).status] += 1
+
+    await asyncio.gather(*(client(n) for n in range(STORM_CONNECTIONS)))
+    return statuses
+
+
+def _storm_seen_once_each(up: StrictUpstream) -> None:
+    targets = [s.target for s in up.seen]
+    assert len(targets) == len(set(targets)) == STORM_CONNECTIONS * STORM_REQUESTS
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+async def test_upstream_closing_after_each_answer_never_502s_a_post(
+    keygate_factory: GatewayFactory, fast_path: bool
+) -> None:
+    up = await StrictUpstream(_answer_then_close).start()
+    try:
+        kg = await keygate_factory(default_route(up.url), server={"fast_path": fast_path})
+        token = await kg.make_key(["default"])
+        statuses = await _post_storm(kg, up, token)
+    finally:
+        await up.close()
+    assert statuses == {200: STORM_CONNECTIONS * STORM_REQUESTS}
+    _storm_seen_once_each(up)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+def test_upstream_closing_after_each_answer_never_502s_a_post_on_uvloop(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """The same on uvloop, the loop keygate serves on (its reads and closes differ)."""
+
+    async def main() -> tuple[Counter[int], StrictUpstream]:
+        up = await StrictUpstream(_answer_then_close).start()
+        settings = make_settings(tmp_path, default_route(up.url), server={"fast_path": fast_path})
+        kg = await start_keygate(settings, started_client)
+        try:
+            token = await kg.make_key(["default"])
+            return await _post_storm(kg, up, token), up
+        finally:
+            await kg.client.close()
+            await up.close()
+
+    statuses, up = uvloop.run(main())
+    assert statuses == {200: STORM_CONNECTIONS * STORM_REQUESTS}
+    _storm_seen_once_each(up)
 
 
 # --- refusal back-off (auth.refusal_delay) --------------------------------------------------------

@@ -282,6 +282,10 @@ _GET_TARGETS = (
     "/up/reqid",
     "/up/chunked",
     "/up/big",
+    # A small body of known length still arriving after its head: streamed, its
+    # Content-Length kept, on both (Answer.whole).
+    "/up/drip?wait=0.05",
+    "/up/drip?first=0&wait=0.05",
     "/up/500",
     "/up/head",
     "/up/a/./b//c/%7Euser",

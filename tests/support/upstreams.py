@@ -15,6 +15,9 @@ misbehave or answer something precise:
                            (``?chunked``: chunked); ``rec.streams_finished`` counts
 ``/_up/cut/{framing}``     64 KiB of a 4 MiB ``length`` or ``chunked`` body, then RST
 ``/_up/trickle``           64 KiB of 128 KiB, the rest after ``rec.release``
+``/_up/drip…``             ``****`` (Content-Length 4) as httpbin's ``/drip``: the head
+                           and ``*`` (none with ``?first=0``), the rest after
+                           ``rec.release`` or ``?wait=`` seconds (30)
 ``/_up/endless``           writes until the client goes (``rec.endless_stopped``)
 ``/_up/{code}``            that status, ``ETag: "v1"``, ``X-Kept: yes``
 ``/_up/small``             ``hello``; ``/_up/empty``: no body; ``/_up/json``: the query
@@ -230,6 +233,18 @@ def recorder_app(rec: Recorder) -> web.Application:
         await response.write(BLOCK[65536 : 2 * 65536])
         return response
 
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 4
+        await response.prepare(request)  # a StreamResponse sends its head at once
+        first = request.query.get("first") != "0"
+        if first:
+            await response.write(b"*")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rec.release.wait(), float(request.query.get("wait", 30)))
+        await response.write(b"***" if first else b"****")
+        return response
+
     async def endless(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
@@ -331,6 +346,7 @@ def recorder_app(rec: Recorder) -> web.Application:
         ("/_up/big/{mib:[0-9]+}", big),
         ("/_up/cut/{framing}", cut),
         ("/_up/trickle", trickle),
+        ("/_up/drip{tail:.*}", drip),
         ("/_up/endless", endless),
         ("/_up/{code:[1-5][0-9][0-9]}", status),
         ("/_up/small", small),

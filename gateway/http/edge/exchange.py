@@ -146,7 +146,7 @@ class Forwarding(WriteFlow):
         try:
             x.resolved = resolved = pipeline.resolve(gw, headers, path, query, self._proto)
             x.route = resolved.route.name
-            gate = x.gate = gw.gates[x.route]
+            gate = x.gate = resolved.gate
             if gate.origin is None:
                 return HAND_OFF  # an https upstream: aiohttp's client speaks TLS
             x.digest, principal = pipeline.admit_cached(gw, resolved)
@@ -205,7 +205,8 @@ class Forwarding(WriteFlow):
         """Forward on an idle pooled connection, driven by its callbacks (no task).
 
         The head goes out with the loop pass's other writes; a connection
-        that died meanwhile fails stale, and the request is retried.
+        found closed by then fails stale with nothing sent, and the request
+        goes once more on a fresh one (``may_retry``), whatever its method.
         """
         gate, resolved = x.gate, x.resolved
         assert gate is not None and gate.origin is not None and resolved is not None
@@ -232,7 +233,9 @@ class Forwarding(WriteFlow):
                 error = conn.error
                 conn.abort()
                 x.conn = None
-                if isinstance(error, UpstreamError) and may_retry(error, x.method, reused=True):
+                if isinstance(error, UpstreamError) and may_retry(
+                    error, x.method, reused=True, sent=conn.sent
+                ):
                     # The keep-alive race (RFC 9112 §9.3.1): once more, on a
                     # fresh connection, by the task's road.
                     self._gate_out(x)
@@ -249,13 +252,13 @@ class Forwarding(WriteFlow):
             if answer is None:
                 answer = x.answer = PooledAnswer(conn, x.method, None, None)
                 x.status = answer.status
-            if not answer.whole:
+            data = answer.whole_body()
+            if data is None:
+                # Not all here: the head goes now, the body as it comes.
                 conn.listener = None
                 self.task = self._edge.loop.create_task(self._run(x, self._relay(x, answer)))
                 return
-            if not answer.bodiless and not conn.complete:
-                return
-            self._answer_whole(x, answer, b"" if answer.bodiless else conn.take_body())
+            self._answer_whole(x, answer, data)
         except KeygateError as exc:
             self._failed(x, exc)
         except Exception:
@@ -318,7 +321,7 @@ class Forwarding(WriteFlow):
             edge.pool, gate.origin, x.method, target, pairs, x.body, deadline, fresh=fresh
         )
         x.status = answer.status
-        data = await answer.small_body()
+        data = answer.whole_body()
         if data is not None:
             self._answer_whole(x, answer, data)
             return

@@ -20,6 +20,7 @@ from keygate.gateway.upstream.connection import UpstreamConnection, UpstreamErro
 from keygate.gateway.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
+    from keygate.config.settings import Settings
     from keygate.gateway.http.edge.protocol import EdgeProtocol
     from keygate.gateway.state import Gateway
 
@@ -35,7 +36,6 @@ class Edge:
         access_log: logging.Logger | None,
         ids: RequestIds,
     ) -> None:
-        server = gw.settings.server
         self.gw = gw
         self.pool = pool
         self.new_handler = new_handler
@@ -44,12 +44,8 @@ class Edge:
         self.access_line = info_line_writer(access_log) if access_log is not None else None
         self.loop = asyncio.get_running_loop()
         self.ids = ids
-        self.admin_prefix = server.admin_prefix
-        # A head longer than either limit may break one: aiohttp judges it (414/431).
-        self.max_head = min(server.max_line_bytes, server.max_header_bytes)
-        self.max_headers = server.max_header_count
-        self.idle_timeout = server.header_timeout
-        self.refusal_delay = gw.settings.auth.refusal_delay
+        self.admin_prefix = gw.settings.server.admin_prefix
+        self.reconfigure(gw.settings)
         self.connections: set[EdgeProtocol] = set()
         self.busy = 0  # requests in flight
         self.authorised = 0  # of which past authentication, holding a route slot
@@ -60,6 +56,15 @@ class Edge:
         self._upstream_out: list[tuple[UpstreamConnection, bytes]] = []
         self._flusher: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def reconfigure(self, settings: Settings) -> None:
+        """The limits new connections get (and the refusal delay, at once)."""
+        server = settings.server
+        # A head longer than either limit may break one: aiohttp judges it (414/431).
+        self.max_head = min(server.max_line_bytes, server.max_header_bytes)
+        self.max_headers = server.max_header_count
+        self.idle_timeout = server.header_timeout
+        self.refusal_delay = settings.auth.refusal_delay
 
     def queue(self, conn: EdgeProtocol) -> None:
         """``conn`` has output to send at the end of this loop pass."""
