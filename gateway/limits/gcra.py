@@ -6,14 +6,19 @@ A policy of ``limit`` requests per ``window`` seconds emits one request every
 (tolerance ``tau = burst * T``). Its whole state is the theoretical arrival
 time ``tat``: a request at ``now`` is allowed when ``max(tat, now) + T - tau
 <= now``, and then moves ``tat`` to ``max(tat, now) + T``. Pure and float
-seconds here; the Redis script (``redis.py``) is the same arithmetic in
+seconds here (the local backend counts them from its own start, so they stay
+precise); the Redis script (``script.lua``) is the same arithmetic in
 integer microseconds on Redis's clock.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+# Float seconds are not exact: a request within a nanosecond of conforming
+# conforms (the backends' clocks count microseconds).
+EPSILON: Final = 1e-9
 
 
 class Step(NamedTuple):
@@ -31,9 +36,9 @@ def step(tat: float | None, now: float, interval: float, tolerance: float) -> St
     base = now if tat is None or tat < now else tat
     new = base + interval
     allow_at = new - tolerance
-    if allow_at > now:
+    if allow_at - now > EPSILON:
         return Step(False, base, 0, base - now, allow_at - now)
-    return Step(True, new, int((tolerance - (new - now)) / interval + 1e-9), new - now, 0.0)
+    return Step(True, new, int((tolerance - (new - now)) / interval + 1e-6), new - now, 0.0)
 
 
 def whole_seconds(seconds: float) -> int:

@@ -22,11 +22,13 @@ from keygate.gateway.limits.usage import Room, Usage, usage
 class LocalLimiter(Limiter):
     def __init__(self, counts: QuotaCounts, mode: str, size: int) -> None:
         super().__init__(counts, mode)
-        # key id -> {policy name: theoretical arrival time}
+        # key id -> {policy name: theoretical arrival time, from self.origin}
         self._tats: LRUCache[str, dict[str, float]] = LRUCache(size)
+        self.origin = self.clock()
 
     def take_now(self, limits: KeyLimits) -> Usage:
-        now = self.clock()
+        at = self.clock()  # epoch seconds, for quota windows
+        now = at - self.origin  # GCRA's time: small floats keep their precision
         key_id = limits.key_id
         try:
             tats = self._tats[key_id]
@@ -43,10 +45,10 @@ class LocalLimiter(Limiter):
         quota = limits.quota
         quota_wait = None
         if quota is not None:
-            window, end = self.window(quota.period, now)
+            window, end = self.window(quota.period, at)
             used = self.counts.used(limits, window)
             if not waits and used >= quota.limit:
-                quota_wait = end - now
+                quota_wait = end - at
         taken = not waits and quota_wait is None
         for policy, s in zip(limits.policies, steps, strict=True):
             if taken:
@@ -62,8 +64,8 @@ class LocalLimiter(Limiter):
                 self.counts.add(key_id, window)
                 used += 1
             left = quota.limit - used if used < quota.limit else 0
-            rooms.append(Room(QUOTA_POLICY, quota.limit, left, whole_seconds(end - now)))
-        return usage(limits, self.mode, now, rooms, rate_waits=waits, quota_wait=quota_wait)
+            rooms.append(Room(QUOTA_POLICY, quota.limit, left, whole_seconds(end - at)))
+        return usage(limits, self.mode, at, rooms, rate_waits=waits, quota_wait=quota_wait)
 
     async def take(self, limits: KeyLimits) -> Usage:
         return self.take_now(limits)
