@@ -27,6 +27,8 @@ DESCRIPTIONS = {
     "keygate-nolog": "keygate, 1 worker, `server.access_log = false`",
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
+    "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
+    "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
 }
 
@@ -70,11 +72,17 @@ def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> 
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
     no_edge = "fast_path = false\n" if name == "keygate-nofast" else ""
+    redis = (
+        f'[ratelimit]\nbackend = "redis"\nredis_prefix = "kgbench-{os.getpid()}-{port}"\n\n'
+        if name == "keygate-redis"
+        else ""
+    )
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
         f"access_log = {access_log}\n{no_edge}\n"
         f'[store]\nurl = "sqlite:///{db}"\n\n'
         "[auth]\ncache_size = 100000\n\n"
+        f"{redis}"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
         f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
     )
@@ -106,6 +114,8 @@ def start(name: str, lay: Layout) -> System:
             db = lay.large_db
         else:
             db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")  # each its own store
+            if name in ("keygate-limited", "keygate-redis"):
+                seed.generous_limit(db)
         conf = _keygate_conf(lay, name, port, db, workers)
         # Two workers on a 2-core machine: give them both cores (shared with wrk).
         both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())

@@ -38,6 +38,7 @@ class Policy:
     interval: float  # GCRA's T: seconds between two requests at the steady rate
     tolerance: float  # GCRA's tau: burst * T
     policy_item: str  # its RateLimit-Policy list member, written once
+    room_head: str  # its RateLimit list member up to r's value
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> Policy:
@@ -45,8 +46,16 @@ class Policy:
         burst = int(raw.get("burst") or limit)
         interval = window / limit
         name = str(raw["name"])
-        return cls(name, limit, window, burst, interval, burst * interval,
-                   f'"{name}";q={limit};w={window}')
+        return cls(
+            name,
+            limit,
+            window,
+            burst,
+            interval,
+            burst * interval,
+            f'"{name}";q={limit};w={window}',
+            f'"{name}";r=',
+        )
 
 
 @dataclass(frozen=True, slots=True)
