@@ -24,6 +24,7 @@ out; every rule lives here or below (auth/, request/, upstream/).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -286,6 +287,22 @@ async def take(gw: Gateway, principal: Principal) -> Usage:
     if found.refusal is not None:
         _refused(gw, limits, found)
     return found
+
+
+def take_later(gw: Gateway, principal: Principal) -> asyncio.Future[Usage]:
+    """:func:`take` as a future, for a caller driven by callbacks (the edge)."""
+    limits = principal.limits
+    assert limits is not None
+    future = gw.limiter.take_later(limits)
+    future.add_done_callback(lambda f: _settled(gw, limits, f))
+    return future
+
+
+def _settled(gw: Gateway, limits: KeyLimits, future: asyncio.Future[Usage]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        found = future.result()
+        if found.refusal is not None:
+            _refused(gw, limits, found)
 
 
 _UNCOUNTED = Usage([])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,17 @@ class Limiter(abc.ABC):
     @abc.abstractmethod
     async def take(self, limits: KeyLimits) -> Usage: ...
 
+    def take_later(self, limits: KeyLimits) -> asyncio.Future[Usage]:
+        """:meth:`take` as a future, for callers driven by callbacks (no task)."""
+        future: asyncio.Future[Usage] = asyncio.get_running_loop().create_future()
+        found = self.take_now(limits)
+        if found is not None:
+            future.set_result(found)
+        else:
+            task = asyncio.ensure_future(self.take(limits))
+            task.add_done_callback(lambda t: _copy(t, future))
+        return future
+
     async def start(self) -> None:  # noqa: B027 - most backends open nothing
         """Open what the backend needs (never before the worker forked)."""
 
@@ -47,3 +59,12 @@ class Limiter(abc.ABC):
         name, start, end = windows.bounds(period, now)
         self._windows[period] = (start, end, name)
         return name, end
+
+
+def _copy(task: asyncio.Future[Usage], future: asyncio.Future[Usage]) -> None:
+    if task.cancelled():
+        future.cancel()
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())

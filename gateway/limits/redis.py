@@ -51,6 +51,20 @@ UNREACHABLE: Final = (redis_errors.RedisError, OSError, TimeoutError)
 Call = tuple[list[str], list[Any], "asyncio.Future[list[Any]]"]
 
 
+def _args(keys: list[str], args: list[Any]) -> list[bytes]:
+    out = [b"%d" % len(keys)]
+    out += [k.encode() for k in keys]
+    out += [a.encode() if isinstance(a, str) else b"%d" % a for a in args]
+    return out
+
+
+def _pack(parts: list[bytes]) -> bytes:
+    """One command in RESP (the Redis serialization protocol): an array of bulk strings."""
+    return b"*%d\r\n" % len(parts) + b"".join(
+        b"$%d\r\n%b\r\n" % (len(p), p) for p in parts
+    )
+
+
 class RedisLimiter(Limiter):
     def __init__(
         self,
@@ -106,19 +120,42 @@ class RedisLimiter(Limiter):
         return None  # Redis decides: always awaited
 
     async def take(self, limits: KeyLimits) -> Usage:
+        return await self.take_later(limits)
+
+    def take_later(self, limits: KeyLimits) -> asyncio.Future[Usage]:
+        """The request's script call joins the next pipeline; the future resolves
+        with its usage (no task per request: the edge waits on it by callback)."""
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[Usage] = loop.create_future()
         now = self.clock()
         if time.monotonic() < self._paused_until:
-            return self._without_redis(limits, now)
+            self._settle(out, limits, now, None, None)
+            return out
         keys, args, window = self._call(limits)
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, future))
+        reply: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((keys, args, reply))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send(), name="keygate-ratelimit")
+        reply.add_done_callback(lambda r: self._settle(out, limits, now, r, window))
+        return out
+
+    def _settle(
+        self,
+        out: asyncio.Future[Usage],
+        limits: KeyLimits,
+        now: float,
+        reply: asyncio.Future[list[Any]] | None,
+        window: str | None,
+    ) -> None:
+        if out.done():
+            return
         try:
-            reply = await future
-        except RateLimitUnavailable:
-            return self._without_redis(limits, now)
-        return self._usage(limits, reply, window)
+            if reply is None or reply.cancelled() or reply.exception() is not None:
+                out.set_result(self._without_redis(limits, now))
+            else:
+                out.set_result(self._usage(limits, reply.result(), window))
+        except RateLimitUnavailable as exc:
+            out.set_exception(exc)
 
     # --- one request's script call and its answer ------------------------------------
     def _call(self, limits: KeyLimits) -> tuple[list[str], list[Any], str | None]:
@@ -219,10 +256,28 @@ class RedisLimiter(Limiter):
         return replies
 
     async def _pipeline(self, client: Redis, batch: list[Call]) -> list[Any]:
-        async with client.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
-                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+        """The batch's EVALSHAs written at once on one connection, and their replies
+        (an error reply as its exception). Packed here, not by redis-py's pipeline:
+        its per-argument encoding was most of a request's cost."""
+        assert self._sha is not None
+        sha = self._sha.encode() if isinstance(self._sha, str) else self._sha
+        packed = b"".join(_pack([b"EVALSHA", sha, *_args(keys, args)]) for keys, args, _ in batch)
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await conn.read_response())
+                except redis_errors.ResponseError as exc:  # this script's, not the connection's
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
+        return replies
 
     def _failed(self, batch: list[Call], exc: BaseException) -> None:
         self._sha = None  # a restarted Redis has forgotten the script

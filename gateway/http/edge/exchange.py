@@ -171,7 +171,14 @@ class Forwarding(WriteFlow):
             return ANSWERED if keep_alive else CLOSED
         self._current = x
         edge.busy += 1
-        if (x.principal is not None or resolved.credential is None) and not x.limits_pending:
+        if x.limits_pending:  # a cached key whose limiter must be asked (Redis)
+            x.limits_pending = False
+            assert x.principal is not None
+            pipeline.take_later(gw, x.principal).add_done_callback(
+                lambda done: self._limited(x, done)
+            )
+            return FORWARDING
+        if x.principal is not None or resolved.credential is None:
             conn = edge.pool.take(gate.origin.key)
             if conn is not None:
                 self._send(x, conn)
@@ -201,6 +208,28 @@ class Forwarding(WriteFlow):
             return True
         usage.check()
         return False
+
+    def _limited(self, x: Exchange, done: asyncio.Future[Usage]) -> None:
+        """The limiter answered for a cached key: refuse, or forward as _start would."""
+        if self._current is not x:
+            return  # the client left meanwhile
+        edge = self._edge
+        gate = x.gate
+        assert gate is not None and gate.origin is not None
+        try:
+            usage = x.usage = done.result()
+            usage.check()
+            conn = edge.pool.take(gate.origin.key)
+            if conn is None:
+                self.task = edge.loop.create_task(self._run(x, self._forward(x)))
+                return
+            self._send(x, conn)
+            return
+        except KeygateError as exc:
+            self._failed(x, exc)
+        except Exception:
+            self._failed(x, pipeline.internal_error(x.method, x.target))
+        self._finish(x)
 
     # -- forwarding ----------------------------------------------------------------
     def _upstream_pairs(self, x: Exchange) -> list[tuple[str, str]]:
