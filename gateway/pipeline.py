@@ -290,19 +290,19 @@ async def take(gw: Gateway, principal: Principal) -> Usage:
 
 
 def take_later(gw: Gateway, principal: Principal) -> asyncio.Future[Usage]:
-    """:func:`take` as a future, for a caller driven by callbacks (the edge)."""
+    """:func:`take` as a future, for a caller driven by callbacks (the edge);
+    the caller passes its result through :func:`counted`."""
     limits = principal.limits
     assert limits is not None
-    future = gw.limiter.take_later(limits)
-    future.add_done_callback(lambda f: _settled(gw, limits, f))
-    return future
+    return gw.limiter.take_later(limits)
 
 
-def _settled(gw: Gateway, limits: KeyLimits, future: asyncio.Future[Usage]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        found = future.result()
-        if found.refusal is not None:
-            _refused(gw, limits, found)
+def counted(gw: Gateway, principal: Principal, usage: Usage) -> Usage:
+    """A :func:`take_later` result, its refusal noticed as :func:`take` notices it."""
+    if usage.refusal is not None:
+        assert principal.limits is not None
+        _refused(gw, principal.limits, usage)
+    return usage
 
 
 _UNCOUNTED = Usage([])

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,27 +43,29 @@ log = logging.getLogger("keygate.limits")
 
 SCRIPT: Final = (Path(__file__).with_name("script.lua")).read_text()
 MAX_BATCH: Final = 512  # requests in one pipeline
+MAX_PACKED: Final = 100_000  # keys whose calls' static part is kept packed
 FIRST_PAUSE: Final = 0.05  # seconds Redis is left alone after a failure, doubling …
 MAX_PAUSE: Final = 1.0  # … up to this
 US: Final = 1_000_000
 # What a Redis that is down, slow, gone or still loading its data looks like.
 UNREACHABLE: Final = (redis_errors.RedisError, OSError, TimeoutError)
 
-Call = tuple[list[str], list[Any], "asyncio.Future[list[Any]]"]
 
 
-def _args(keys: list[str], args: list[Any]) -> list[bytes]:
-    out = [b"%d" % len(keys)]
-    out += [k.encode() for k in keys]
-    out += [a.encode() if isinstance(a, str) else b"%d" % a for a in args]
-    return out
+@dataclass(slots=True, eq=False)
+class Call:
+    """One request's script call, waiting for its pipeline."""
+
+    limits: KeyLimits
+    now: float
+    window: str | None
+    command: bytes  # EVALSHA in RESP, a NUL where the script's digest goes (it may change)
+    out: asyncio.Future[Usage]
 
 
-def _pack(parts: list[bytes]) -> bytes:
-    """One command in RESP (the Redis serialization protocol): an array of bulk strings."""
-    return b"*%d\r\n" % len(parts) + b"".join(
-        b"$%d\r\n%b\r\n" % (len(p), p) for p in parts
-    )
+def _bulk(value: bytes) -> bytes:
+    """A RESP (Redis serialization protocol) bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 class RedisLimiter(Limiter):
@@ -82,7 +85,9 @@ class RedisLimiter(Limiter):
         self._timeout = timeout
         self.fail_open = fail_open
         self._client: Redis | None = None
-        self._sha: str | None = None
+        self._sha: bytes | None = None
+        # Each key's static part of its calls, packed once (bounded).
+        self._packed: dict[KeyLimits, tuple[bytes, bytes]] = {}
         self._queue: list[Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._paused_until = 0.0
@@ -108,9 +113,9 @@ class RedisLimiter(Limiter):
         if sender is not None:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-        for _, _, future in self._queue:
-            if not future.done():
-                future.set_exception(RateLimitUnavailable())
+        for call in self._queue:
+            if not call.out.done():
+                call.out.set_exception(RateLimitUnavailable())
         self._queue = []
         client, self._client = self._client, None
         if client is not None:
@@ -125,58 +130,62 @@ class RedisLimiter(Limiter):
     def take_later(self, limits: KeyLimits) -> asyncio.Future[Usage]:
         """The request's script call joins the next pipeline; the future resolves
         with its usage (no task per request: the edge waits on it by callback)."""
-        loop = asyncio.get_running_loop()
-        out: asyncio.Future[Usage] = loop.create_future()
+        out: asyncio.Future[Usage] = asyncio.get_running_loop().create_future()
         now = self.clock()
         if time.monotonic() < self._paused_until:
-            self._settle(out, limits, now, None, None)
+            self._fallback(out, limits, now)
             return out
-        keys, args, window = self._call(limits)
-        reply: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append((keys, args, reply))
+        command, window = self._command(limits, now)
+        self._queue.append(Call(limits, now, window, command, out))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send(), name="keygate-ratelimit")
-        reply.add_done_callback(lambda r: self._settle(out, limits, now, r, window))
         return out
 
-    def _settle(
-        self,
-        out: asyncio.Future[Usage],
-        limits: KeyLimits,
-        now: float,
-        reply: asyncio.Future[list[Any]] | None,
-        window: str | None,
-    ) -> None:
+    def _fallback(self, out: asyncio.Future[Usage], limits: KeyLimits, now: float) -> None:
         if out.done():
             return
         try:
-            if reply is None or reply.cancelled() or reply.exception() is not None:
-                out.set_result(self._without_redis(limits, now))
-            else:
-                out.set_result(self._usage(limits, reply.result(), window))
+            out.set_result(self._without_redis(limits, now))
         except RateLimitUnavailable as exc:
             out.set_exception(exc)
 
     # --- one request's script call and its answer ------------------------------------
-    def _call(self, limits: KeyLimits) -> tuple[list[str], list[Any], str | None]:
+    def _command(self, limits: KeyLimits, now: float) -> tuple[bytes, str | None]:
+        """The EVALSHA in RESP (a NUL for the digest), and the quota window."""
+        head, middle = self._static(limits)
+        clock = b"" if self.script_clock is None else b"%d" % int(self.script_clock() * US)
+        quota = limits.quota
+        if quota is None:
+            return head + _bulk(clock) + middle + _bulk(b"") + _bulk(b"0"), None
+        window, _ = self.window(quota.period, now)
+        floor = self.counts.known_total(limits, window)
+        tail = _bulk(window.encode()) + _bulk(b"%d" % floor)
+        return head + _bulk(clock) + middle + tail, window
+
+    def _static(self, limits: KeyLimits) -> tuple[bytes, bytes]:
+        """What every call for a key says: its Redis keys, then its policies."""
+        found = self._packed.get(limits)
+        if found is not None:
+            return found
         # One hash slot per key (Redis Cluster hash tags): {key id}.
         base = f"{self._prefix}:{{{limits.key_id}}}"
         keys = [f"{base}:rl:{p.name}" for p in limits.policies]
-        args: list[Any] = [
-            "" if self.script_clock is None else str(int(self.script_clock() * US)),
-            len(limits.policies),
-        ]
-        for p in limits.policies:
-            args += (int(p.interval * US), int(p.tolerance * US))
         quota = limits.quota
-        window = None
-        if quota is None:
-            args += (0, "", "", 0)
-        else:
+        if quota is not None:
             keys.append(f"{base}:quota")
-            window, _ = self.window(quota.period, self.clock())
-            args += (quota.limit, quota.period, window, self.counts.known_total(limits, window))
-        return keys, args, window
+        args = [b"%d" % len(limits.policies)]
+        for p in limits.policies:
+            args += (b"%d" % int(p.interval * US), b"%d" % int(p.tolerance * US))
+        args += (b"%d" % quota.limit, quota.period.encode()) if quota else (b"0", b"")
+        # EVALSHA, digest, key count, keys, now, args, window, floor
+        count = 3 + len(keys) + 1 + len(args) + 2
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n\x00" % count
+        head += _bulk(b"%d" % len(keys)) + b"".join(_bulk(k.encode()) for k in keys)
+        middle = b"".join(_bulk(a) for a in args)
+        if len(self._packed) >= MAX_PACKED:
+            self._packed.clear()
+        found = self._packed[limits] = (head, middle)
+        return found
 
     def _usage(self, limits: KeyLimits, reply: Sequence[Any], window: str | None) -> Usage:
         status, name, used, ends = int(reply[0]), reply[1], int(reply[2]), int(reply[3])
@@ -229,14 +238,14 @@ class RedisLimiter(Limiter):
                     self._down = False
                     log.warning("rate-limit Redis answers again")
                 self._pause = FIRST_PAUSE
-                for (_, _, future), reply in zip(batch, replies, strict=True):
-                    if future.done():
+                for call, reply in zip(batch, replies, strict=True):
+                    if call.out.done():
                         continue
                     if isinstance(reply, BaseException):
                         log.error("rate-limit script failed: %s", reply)
-                        future.set_exception(RateLimitUnavailable())
+                        self._fallback(call.out, call.limits, call.now)
                     else:
-                        future.set_result(reply)
+                        call.out.set_result(self._usage(call.limits, reply, call.window))
         finally:
             self._sender = None
 
@@ -245,11 +254,11 @@ class RedisLimiter(Limiter):
         if client is None:
             raise redis_errors.ConnectionError("closed")
         if self._sha is None:
-            self._sha = await client.script_load(SCRIPT)
+            self._sha = _digest(await client.script_load(SCRIPT))
         replies = await self._pipeline(client, batch)
         missing = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
         if missing:  # Redis restarted (or SCRIPT FLUSH): load it again, run those again
-            self._sha = await client.script_load(SCRIPT)
+            self._sha = _digest(await client.script_load(SCRIPT))
             again = await self._pipeline(client, [batch[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -260,8 +269,8 @@ class RedisLimiter(Limiter):
         (an error reply as its exception). Packed here, not by redis-py's pipeline:
         its per-argument encoding was most of a request's cost."""
         assert self._sha is not None
-        sha = self._sha.encode() if isinstance(self._sha, str) else self._sha
-        packed = b"".join(_pack([b"EVALSHA", sha, *_args(keys, args)]) for keys, args, _ in batch)
+        digest = _bulk(self._sha)
+        packed = b"".join(call.command.replace(b"\x00", digest, 1) for call in batch)
         pool = client.connection_pool
         conn = await pool.get_connection()
         try:
@@ -291,6 +300,9 @@ class RedisLimiter(Limiter):
                 type(exc).__name__,
                 action,
             )
-        for _, _, future in batch:
-            if not future.done():
-                future.set_exception(RateLimitUnavailable())
+        for call in batch:
+            self._fallback(call.out, call.limits, call.now)
+
+
+def _digest(sha: Any) -> bytes:
+    return sha.encode() if isinstance(sha, str) else bytes(sha)

@@ -217,7 +217,8 @@ class Forwarding(WriteFlow):
         gate = x.gate
         assert gate is not None and gate.origin is not None
         try:
-            usage = x.usage = done.result()
+            assert x.principal is not None
+            usage = x.usage = pipeline.counted(edge.gw, x.principal, done.result())
             usage.check()
             conn = edge.pool.take(gate.origin.key)
             if conn is None:
