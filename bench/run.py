@@ -192,6 +192,10 @@ class Bench:
     def start(self, wanted: set[str]) -> None:
         origin = systems.start_origin(self.layout)
         self.started.append(origin.proc)
+        if "keygate-redis" in wanted:
+            redis, port = systems.start_redis(self.layout)
+            self.started.append(redis)
+            self.layout = dataclasses.replace(self.layout, redis_port=port)
         self.systems["direct"] = origin
         for name in [n for n in systems.DESCRIPTIONS if n in wanted and n != "direct"]:
             say(f"starting {name}")

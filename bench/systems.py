@@ -7,7 +7,10 @@ core next to wrk; every other system runs on the system-under-test core.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,8 @@ DESCRIPTIONS = {
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
     "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
-    "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend",
+    "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend "
+    "(its own redis-server on the load core)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
 }
 
@@ -57,6 +61,7 @@ class Layout:
     sut_cpus: set[int] | None
     load_cpus: set[int] | None
     ready_timeout: float
+    redis_port: int | None = None  # keygate-redis's own redis-server (start_redis)
 
 
 def start_origin(lay: Layout) -> System:
@@ -68,12 +73,34 @@ def start_origin(lay: Layout) -> System:
     return System("direct", lay.origin_port, proc)
 
 
+def start_redis(lay: Layout) -> tuple[Proc, int]:
+    """A redis-server of the bench's own for keygate-redis, on the load core (as the
+    origin is): it must not take the system under test's core. No persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("keygate-redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(lay.work)]
+    proc = spawn("redis", argv, lay.work / "redis.log", cpus=lay.load_cpus)
+    deadline = time.monotonic() + lay.ready_timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer")
+
+
 def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> Path:
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
     no_edge = "fast_path = false\n" if name == "keygate-nofast" else ""
     redis = (
-        f'[ratelimit]\nbackend = "redis"\nredis_prefix = "kgbench-{os.getpid()}-{port}"\n\n'
+        f'[ratelimit]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{lay.redis_port}/0"\n\n'
         if name == "keygate-redis"
         else ""
     )
