@@ -313,7 +313,7 @@ def test_config_ratelimit_section_from_file_and_environment(tmp_path: Path) -> N
     ("line", "problem"),
     [
         ('backend = "memcached"', "ratelimit.backend: must be one of local, redis"),
-        ('headers = "all"', "ratelimit.headers: must be one of draft, legacy, both, none"),
+        ('headers = "all"', "ratelimit.headers: must be one of both, draft, legacy, none"),
         (
             f'redis_url = "http://:{SECRET}@cache.example"',
             "ratelimit.redis_url: must start with redis://, rediss:// or unix://",
