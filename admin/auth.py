@@ -11,8 +11,8 @@ from keygate.admin.context import actor_key, gateway
 from keygate.admin.responses import no_store
 from keygate.gateway.auth.credentials import find_credential
 from keygate.gateway.errors import BadPath, MethodNotAllowed
-from keygate.gateway.http.clientip import client_ip
-from keygate.gateway.pipeline import split_target
+from keygate.gateway.http.clientip import client_ip, peer_ip
+from keygate.gateway.pipeline import check_address, split_target
 from keygate.gateway.request.pathnorm import normalise_path
 from keygate.gateway.service import Actor
 from keygate.gateway.state import Gateway, key_id_key
@@ -58,6 +58,13 @@ async def authenticate(request: web.Request, gw: Gateway, raw_query: str) -> Act
     credential = find_credential(request.headers, raw_query, gw.sources, gw.verifier.prefix)
     principal = await gw.verifier.verify(credential.token)
     request[key_id_key] = principal.key_id  # for the access log
-    actor = Actor.from_principal(principal, client_ip(request, gw.settings.server.trusted_proxies))
+    limits = principal.limits
+    if limits is not None:
+        # A key tied to addresses is tied to them here too (rate limits and the
+        # quota count proxied requests only).
+        check_address(
+            gw, limits, peer_ip(request), request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+        )
+    actor = Actor.from_principal(principal, client_ip(request, gw.trusted))
     actor.require_key_access()
     return actor

@@ -176,6 +176,19 @@ SCHEMAS: dict[str, Schema] = {
             "webhook_url": nullable(STRING),
             "metadata": METADATA,
             "disabled_by": DISABLED_BY,
+            "rate_limits": {"type": "array", "items": ref("RateLimitPolicy")},
+            "quota": {"anyOf": [ref("QuotaSpec"), {"type": "null"}]},
+            "quota_used": nullable(
+                {
+                    "type": "integer",
+                    "description": "Requests counted in the current quota window, as last "
+                    "flushed (within auth.last_used_flush_interval); null without a quota.",
+                }
+            ),
+            "quota_resets_at": nullable(
+                {**TIME, "description": "When the quota window ends; null without a quota."}
+            ),
+            "allowed_ips": {"type": "array", "items": STRING},
         },
         required=(
             "id",
@@ -193,6 +206,11 @@ SCHEMAS: dict[str, Schema] = {
             "webhook_url",
             "metadata",
             "disabled_by",
+            "rate_limits",
+            "quota",
+            "quota_used",
+            "quota_resets_at",
+            "allowed_ips",
         ),
         closed=False,
     ),

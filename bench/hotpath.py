@@ -4,7 +4,9 @@
 
 Calls the real functions: ``Verifier.cached`` (``keyformat.digest`` → cache get
 → status check → last-used touch; the format check runs only on a miss) →
-``Policy.allows``, and the same with the format check first; then credential
+``Policy.allows``, and the same with the format check first; the same hot path
+for a key with a rate limit on the local backend (``LocalLimiter.take_now``,
+its RateLimit fields) and with an allowed network; then credential
 extraction (``credentials.find_credential``) and path normalisation
 (``pathnorm.normalise_path``) on their own. Prints the best of ``--repeat``
 runs in microseconds per call.
@@ -32,6 +34,10 @@ from keygate.gateway.auth.credentials import Sources, find_credential
 from keygate.gateway.auth.policy import Policy
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
+from keygate.gateway.http.clientip import client_address
+from keygate.gateway.limits.counts import QuotaCounts
+from keygate.gateway.limits.local import LocalLimiter
+from keygate.gateway.limits.rules import key_limits
 from keygate.gateway.request.pathnorm import normalise_path
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
@@ -79,6 +85,12 @@ def cases() -> dict[str, Callable[[], object]]:
         )
     )
     sources = Sources.parse(AuthSettings().sources)
+    limiter = LocalLimiter(QuotaCounts(verifier.store, 1000), "draft", 1000)
+    generous = [{"name": "generous", "limit": 1_000_000_000, "window": 1}]
+    limited = key_limits(principal.key_id, generous, None, [])
+    fenced = key_limits(principal.key_id, [], None, ["10.0.0.0/8", "127.0.0.0/8"])
+    assert limited is not None and fenced is not None and fenced.allowlist is not None
+    allowlist = fenced.allowlist
 
     def hot_path() -> bool:
         _, found = verifier.cached(token)
@@ -91,8 +103,25 @@ def cases() -> dict[str, Callable[[], object]]:
         assert found is not None
         return policy.allows(found.groups, "default", "GET", PATH)
 
+    def with_rate_limit() -> bool:
+        _, found = verifier.cached(token)
+        assert found is not None
+        allowed = policy.allows(found.groups, "default", "GET", PATH)
+        limiter.take_now(limited).check()
+        return allowed
+
+    def with_allowed_ips() -> bool:
+        _, found = verifier.cached(token)
+        assert found is not None
+        address = client_address("127.0.0.1", (), None)
+        assert address is not None and allowlist.allows(address)
+        return policy.allows(found.groups, "default", "GET", PATH)
+
     return {
         "hot path: digest → cache get → status → policy (Verifier.cached)": hot_path,
+        "  + a rate limit (local backend: GCRA, RateLimit fields)": with_rate_limit,
+        "  + allowed_ips (the peer's address in two networks)": with_allowed_ips,
+        "  LocalLimiter.take_now (one rate limit)": lambda: limiter.take_now(limited),
         "  the same with the format check first (a miss's order)": checked_first,
         "  keyformat.check_format": lambda: keyformat.check_format(token, PREFIX),
         "  keyformat.digest": lambda: keyformat.digest(token),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 round of 2 s runs (CI smoke)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up s per system (0: none)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    p.add_argument(
+        "--systems", default="", help="comma list: run only these systems (and the subject)"
+    )
     p.add_argument("--keys", type=int, default=1_000_000, help="keys in the zipf-1m store")
     p.add_argument("--sample", type=int, default=200_000, help="keys wrk picks from (Zipf)")
     p.add_argument("--sut-cpu", type=int, default=0, help="core of the system under test")
@@ -79,6 +83,14 @@ def preflight() -> str | None:
     if check.returncode != 0:
         return "`python -m keygate serve --help` failed:\n" + check.stderr.decode()[-2000:]
     return None
+
+
+def _only(sc: scenarios.Scenario, only: set[str]) -> scenarios.Scenario:
+    """``sc`` with only the systems of ``--systems`` (and its subject); all without it."""
+    if not only:
+        return sc
+    kept = tuple(n for n in sc.systems if n in only or n == sc.subject)
+    return dataclasses.replace(sc, systems=kept)
 
 
 def code_version() -> str:
@@ -181,6 +193,10 @@ class Bench:
     def start(self, wanted: set[str]) -> None:
         origin = systems.start_origin(self.layout)
         self.started.append(origin.proc)
+        if "keygate-redis" in wanted:
+            redis, port = systems.start_redis(self.layout)
+            self.started.append(redis)
+            self.layout = dataclasses.replace(self.layout, redis_port=port)
         self.systems["direct"] = origin
         for name in [n for n in systems.DESCRIPTIONS if n in wanted and n != "direct"]:
             say(f"starting {name}")
@@ -256,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     plan = [s for s in plan if not names or s.name in names]
+    only = {s.strip() for s in args.systems.split(",") if s.strip()}
+    plan = [_only(s, only) for s in plan]
     wanted = {n for s in plan for n in s.systems}
     signal.signal(signal.SIGTERM, _interrupt)
     load_before = os.getloadavg()[0]
@@ -269,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         # Flood files only when used: 200,000 tokens each take a second to make.
         floods = 200_000 if any(s.loads[-1].shape == "cycle" for s in plan) else 1
         tokens = bench.prepare(wanted, floods)
-        chosen = [s for s in scenarios.build(tokens, args.connections) if s.name in
-                  {p.name for p in plan}]
+        chosen = [_only(s, only) for s in scenarios.build(tokens, args.connections)
+                  if s.name in {p.name for p in plan}]
         code = code_version()
         bench.start(wanted)
         bench.run(chosen)

@@ -7,7 +7,10 @@ core next to wrk; every other system runs on the system-under-test core.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,9 @@ DESCRIPTIONS = {
     "keygate-nolog": "keygate, 1 worker, `server.access_log = false`",
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
+    "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
+    "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend "
+    "(its own redis-server on the load core)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
     "nginx-tls": "nginx terminating TLS, proxy_pass, upstream keep-alive, 1 worker",
     "keygate-tls": "keygate, 1 worker, TLS on the listener (the edge over TLS)",
@@ -68,6 +74,7 @@ class Layout:
     load_cpus: set[int] | None
     ready_timeout: float
     tls: tuple[Path, Path] | None = None  # certificate and key of the TLS systems
+    redis_port: int | None = None  # keygate-redis's own redis-server (start_redis)
 
 
 def write_tls_files(work: Path) -> tuple[Path, Path]:
@@ -92,6 +99,28 @@ def start_origin(lay: Layout) -> System:
     return System("direct", lay.origin_port, proc)
 
 
+def start_redis(lay: Layout) -> tuple[Proc, int]:
+    """A redis-server of the bench's own for keygate-redis, on the load core (as the
+    origin is): it must not take the system under test's core. No persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("keygate-redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(lay.work)]
+    proc = spawn("redis", argv, lay.work / "redis.log", cpus=lay.load_cpus)
+    deadline = time.monotonic() + lay.ready_timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer")
+
+
 def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> Path:
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
@@ -100,11 +129,17 @@ def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> 
     if name in TLS_SYSTEMS:
         assert lay.tls is not None
         tls = f'tls_cert_file = "{lay.tls[0]}"\ntls_key_file = "{lay.tls[1]}"\n'
+    redis = (
+        f'[ratelimit]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{lay.redis_port}/0"\n\n'
+        if name == "keygate-redis"
+        else ""
+    )
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
         f"access_log = {access_log}\n{no_edge}{tls}\n"
         f'[store]\nurl = "sqlite:///{db}"\n\n'
         "[auth]\ncache_size = 100000\n\n"
+        f"{redis}"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
         f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
     )
@@ -140,6 +175,8 @@ def start(name: str, lay: Layout) -> System:
             db = lay.large_db
         else:
             db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")  # each its own store
+            if name in ("keygate-limited", "keygate-redis"):
+                seed.generous_limit(db)
         conf = _keygate_conf(lay, name, port, db, workers)
         # Two workers on a 2-core machine: give them both cores (shared with wrk).
         both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())

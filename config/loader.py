@@ -23,13 +23,21 @@ from typing import Any
 from yarl import URL
 
 from keygate.config.declare import Declared, bare_type, declared
-from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
+from keygate.config.settings import (
+    AuthSettings,
+    RateLimitSettings,
+    Route,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
 
 ENV_PREFIX = "KEYGATE_"
 SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "store": StoreSettings,
     "auth": AuthSettings,
+    "ratelimit": RateLimitSettings,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -108,6 +116,7 @@ def _build(
         server=built["server"],
         store=built["store"],
         auth=built["auth"],
+        ratelimit=built["ratelimit"],
         routes=route_objs,
         source=source,
     )

@@ -130,6 +130,40 @@ class AuthSettings:
     ] = 0.02
 
 
+def _redis_url(value: str) -> str | None:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        return "must start with redis://, rediss:// or unix://"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Per-key rate limits and quotas (docs/reference.md#rate-limits-quotas-and-ip-allowlists)."""
+
+    # "local": in memory, per process; "redis": exact across workers and nodes.
+    backend: Literal["local", "redis"] = "local"
+    # May carry a password: never echoed or logged.
+    redis_url: Annotated[str, rule(check=_redis_url)] = "redis://127.0.0.1:6379/0"
+    # Names of keygate's Redis keys start with this (several gateways may share a Redis).
+    redis_prefix: Annotated[
+        str,
+        rule(
+            pattern=r"^[A-Za-z0-9_.:-]{1,64}" + END,
+            reason="must be 1-64 letters, digits, '_', '.', ':' or '-'",
+        ),
+    ] = "keygate"
+    # Seconds one Redis exchange may take before it counts as a failure.
+    redis_timeout: Annotated[float, rule(gt=0, le=10, reason="must be from 0 to 10 seconds")] = (
+        0.5
+    )
+    # Redis unreachable: true lets requests through (logged, counted); false
+    # answers 503 ratelimit_unavailable.
+    fail_open: bool = True
+    # Which RateLimit header fields answers carry: the IETF draft's
+    # (RateLimit, RateLimit-Policy), the legacy X-RateLimit-*, both, or none.
+    headers: Literal["draft", "legacy", "both", "none"] = "draft"
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     name: Name
@@ -161,6 +195,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     routes: tuple[Route, ...] = ()
     # Where the settings came from, for messages ("<defaults>" when no file).
     source: str = "<defaults>"

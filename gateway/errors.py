@@ -10,6 +10,7 @@ Hierarchy (status, default code)::
     ├── Unauthorized                  401 (missing_api_key | invalid_api_key |
     │                                      key_disabled | key_expired)
     ├── Forbidden                     403 forbidden
+    │   └── IpNotAllowed              403 ip_not_allowed
     ├── NotFound                      404 not_found (no_route at the proxy)
     ├── MethodNotAllowed              405 method_not_allowed
     ├── Conflict                      409 (name_taken | key_limit_reached |
@@ -17,9 +18,12 @@ Hierarchy (status, default code)::
     ├── TooLarge                      413 too_large
     ├── UnsupportedMediaType          415 unsupported_media_type
     ├── Invalid                       422 invalid, with per-field ``details``
+    ├── TooManyRequests               429 (rate_limited | quota_exceeded),
+    │                                      with Retry-After and violated_policies
     ├── HeadersTooLarge               431 headers_too_large
     ├── UpstreamUnavailable           502 upstream_unavailable
     ├── StoreUnavailable / Busy       503 store_unavailable / upstream_busy
+    ├── RateLimitUnavailable          503 ratelimit_unavailable
     └── UpstreamTimeout               504 upstream_timeout
 
 Messages are fixed sentences written here or by the caller; they never carry a
@@ -29,7 +33,7 @@ an error message).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 
@@ -47,7 +51,7 @@ class KeygateError(Exception):
         message: str | None = None,
         *,
         code: str | None = None,
-        details: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.code = code or self.default_code
@@ -117,6 +121,11 @@ class Forbidden(KeygateError):
     default_message = "The API key may not do this."
 
 
+class IpNotAllowed(Forbidden):
+    default_code = "ip_not_allowed"
+    default_message = "The API key may not be used from this address."
+
+
 class NotFound(KeygateError):
     status = 404
     default_code = "not_found"
@@ -156,6 +165,28 @@ class Invalid(KeygateError):
         super().__init__(message or "The request is not valid.", details=details)
 
 
+class TooManyRequests(KeygateError):
+    """429 (RFC 6585 §4): a rate limit (``rate_limited``) or the quota
+    (``quota_exceeded``); ``Retry-After`` in whole seconds, rounded up."""
+
+    status = 429
+    default_code = "rate_limited"
+    default_message = "Too many requests for this API key; retry later."
+
+    def __init__(self, code: str, violated: list[str], retry_after: int) -> None:
+        message = (
+            "The API key's quota is used up; retry when it resets."
+            if code == "quota_exceeded"
+            else self.default_message
+        )
+        super().__init__(
+            message,
+            code=code,
+            details={"violated_policies": violated},
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 class HeadersTooLarge(KeygateError):
     status = 431
     default_code = "headers_too_large"
@@ -177,6 +208,11 @@ class ServiceUnavailable(KeygateError):
 class StoreUnavailable(ServiceUnavailable):
     default_code = "store_unavailable"
     default_message = "The key store is unavailable."
+
+
+class RateLimitUnavailable(ServiceUnavailable):
+    default_code = "ratelimit_unavailable"
+    default_message = "The rate-limit store is unavailable."
 
 
 class UpstreamBusy(ServiceUnavailable):

@@ -8,10 +8,14 @@ For every request outside the admin prefix (docs/reference.md#the-proxy):
    credential;
 3. :func:`admit_cached` / :func:`admit` — the key verified (from memory, or
    from the store on a miss);
-4. :func:`authorise` — the group rules for the method, the Destination and
-   every method override; returns the check a form body must still pass;
+4. :func:`authorise` — the key's allowed IPs (:func:`check_address`), then
+   the group rules for the method, the Destination and every method
+   override; returns the check a form body must still pass;
 5. :func:`check_room` — the route's body limit and its free slots;
-6. :func:`upstream_target` and :func:`upstream_pairs` — what goes upstream.
+6. :func:`take_now` / :func:`take` — the key's rate limits, then its quota
+   (for a key that has some: ``principal.limits``); the answer carries the
+   returned :class:`~keygate.gateway.limits.usage.Usage`'s header fields;
+7. :func:`upstream_target` and :func:`upstream_pairs` — what goes upstream.
 
 The aiohttp handler (:mod:`keygate.gateway.http.handler`) and the edge
 (:mod:`keygate.gateway.http.edge`) differ only in how bytes come in and go
@@ -20,6 +24,7 @@ out; every rule lives here or below (auth/, request/, upstream/).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,11 +50,16 @@ from keygate.gateway.errors import (
     BadPath,
     BadRequest,
     Forbidden,
+    IpNotAllowed,
     KeygateError,
     NotFound,
     TooLarge,
     UpstreamBusy,
 )
+from keygate.gateway.http.clientip import client_address
+from keygate.gateway.limits import notices
+from keygate.gateway.limits.rules import KeyLimits
+from keygate.gateway.limits.usage import Usage
 from keygate.gateway.request.body import BodyCheck
 from keygate.gateway.request.destination import BadDestination, destination_path
 from keygate.gateway.request.headers import HOST_FIELD, Pairs, upstream_header_pairs
@@ -199,12 +209,18 @@ def authorise(
     headers: CIMultiDictProxy[str],
     raw_query: str,
     has_body: bool,
+    *,
+    peer: str,
 ) -> BodyCheck | None:
-    """Raise 403 unless the key may run ``method`` here, on a WebDAV Destination
-    too, and every method an override asks for (docs/security.md).
+    """Raise 403 unless the key may be used from the client's address (``peer``
+    is the TCP peer) and may run ``method`` here, on a WebDAV Destination too,
+    and every method an override asks for (docs/security.md).
 
     Returns the check a form body must still pass as it streams, if any.
     """
+    limits = principal.limits
+    if limits is not None and limits.allowlist is not None:
+        check_address(gw, limits, peer, headers.getall(_X_FORWARDED_FOR, ()))
     route = resolved.route
     route_name = route.name
     path = resolved.path
@@ -231,6 +247,82 @@ def authorise(
         return None
     scanner = form_scanner(headers.get(hdrs.CONTENT_TYPE), headers.get(hdrs.CONTENT_ENCODING))
     return BodyCheck(scanner, allowed)
+
+
+_X_FORWARDED_FOR = "X-Forwarded-For"
+
+
+def check_address(
+    gw: Gateway, limits: KeyLimits, peer: str, forwarded: list[str] | tuple[str, ...]
+) -> None:
+    """403 ``ip_not_allowed`` unless the client address (the TCP ``peer``, or
+    through ``server.trusted_proxies`` the ``forwarded`` X-Forwarded-For lines)
+    is in the key's ``allowed_ips``."""
+    allowlist = limits.allowlist
+    if allowlist is None:
+        return
+    address = client_address(peer, forwarded, gw.trusted)
+    if address is None or not allowlist.allows(address):
+        gw.notice(notices.IP_DENIED, limits.key_id)
+        raise IpNotAllowed()
+
+
+def take_now(gw: Gateway, principal: Principal) -> Usage | None:
+    """Count an authorised request against the key's rate limits and quota,
+    when the backend decides from memory; None: await :func:`take`.
+
+    The usage's header fields go on the answer, whatever it is; a refused
+    request's usage raises its 429 from ``usage.check()``. Call only for a
+    key whose ``principal.limits`` is set.
+    """
+    limits = principal.limits
+    assert limits is not None
+    if not limits.counted:
+        return _UNCOUNTED
+    found = gw.limiter.take_now(limits)
+    if found is not None and found.refusal is not None:
+        _refused(gw, limits, found)
+    return found
+
+
+async def take(gw: Gateway, principal: Principal) -> Usage:
+    """:func:`take_now` for a backend that must be asked (Redis); 503
+    ``ratelimit_unavailable`` when it cannot be and ``fail_open`` is false."""
+    limits = principal.limits
+    assert limits is not None
+    if not limits.counted:
+        return _UNCOUNTED
+    found = await gw.limiter.take(limits)
+    if found.refusal is not None:
+        _refused(gw, limits, found)
+    return found
+
+
+def take_later(gw: Gateway, principal: Principal) -> asyncio.Future[Usage]:
+    """:func:`take` as a future, for a caller driven by callbacks (the edge);
+    the caller passes its result through :func:`counted`."""
+    limits = principal.limits
+    assert limits is not None
+    return gw.limiter.take_later(limits)
+
+
+def counted(gw: Gateway, principal: Principal, usage: Usage) -> Usage:
+    """A :func:`take_later` result, its refusal noticed as :func:`take` notices it."""
+    if usage.refusal is not None:
+        assert principal.limits is not None
+        _refused(gw, principal.limits, usage)
+    return usage
+
+
+_UNCOUNTED = Usage([])
+
+
+def _refused(gw: Gateway, limits: KeyLimits, usage: Usage) -> None:
+    assert usage.refusal is not None
+    event = notices.QUOTA_EXCEEDED if usage.refusal.code == "quota_exceeded" else (
+        notices.RATE_LIMITED
+    )
+    gw.notice(event, limits.key_id)
 
 
 def admit_cached(gw: Gateway, resolved: Resolved) -> tuple[bytes, Principal | None]:

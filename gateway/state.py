@@ -21,6 +21,11 @@ from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.policy import Policy, RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
+from keygate.gateway.http.clientip import trusted_networks
+from keygate.gateway.limits.limiter import Limiter
+from keygate.gateway.limits.notices import TrafficNotice, no_notice
+from keygate.gateway.limits.rules import Allowlist
+from keygate.gateway.limits.usage import Usage
 from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.service import Services
 from keygate.gateway.store.base import Store
@@ -93,6 +98,12 @@ class Gateway:
     gates: dict[str, RouteGate]
     route_names: RouteNames
 
+    limiter: Limiter
+    # server.trusted_proxies, compiled; None: the TCP peer is always the client.
+    trusted: Allowlist | None = None
+    # Refusals for a key's address, rate limits or quota (gateway/limits/notices.py).
+    notice: TrafficNotice = no_notice
+
     def reconfigure(self, settings: Settings) -> None:
         """New requests take ``settings``' routes, limits and key sources
         (docs/reference.md#reloading-the-configuration).
@@ -109,6 +120,7 @@ class Gateway:
         self.routes = routes
         self.sources = sources
         self.gates = gates
+        self.trusted = trusted_networks(settings.server.trusted_proxies)
         self.route_names.replace(settings.routes)
 
     @property
@@ -127,6 +139,7 @@ class Gateway:
 store_key = web.AppKey("store", Store)
 usage_key = web.AppKey("usage", UsageRecorder)
 changes_key = web.AppKey("changes", ChangeFeed)
+limiter_key = web.AppKey("limiter", Limiter)
 gateway_key = web.AppKey("gateway", Gateway)
 pool_key = web.AppKey("pool", UpstreamPool)
 session_key = web.AppKey("session", aiohttp.ClientSession)
@@ -135,3 +148,5 @@ request_ids_key = web.AppKey("request_ids", RequestIds)
 request_id_key = web.RequestKey("request_id", str)
 key_id_key = web.RequestKey("key_id", str)
 route_key = web.RequestKey("route", str)
+# The rate-limit header fields of a counted request (added when its answer is prepared).
+ratelimit_key = web.RequestKey("ratelimit_usage", Usage)

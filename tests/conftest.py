@@ -77,13 +77,20 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def keygate_factory(
     tmp_path: Path, store_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]]
 ) -> GatewayFactory:
-    """``factory(routes, *, server=None, **auth)``: a running keygate on ``store_url``
-    (every one a test starts shares it), ``server`` and auth settings replaced."""
+    """``factory(routes, *, server=None, ratelimit=None, **auth)``: a running keygate on
+    ``store_url`` (every one a test starts shares it), ``server``, ``ratelimit`` and auth
+    settings replaced."""
 
     async def factory(
-        routes: tuple[Route, ...], *, server: dict[str, Any] | None = None, **auth: Any
+        routes: tuple[Route, ...],
+        *,
+        server: dict[str, Any] | None = None,
+        ratelimit: dict[str, Any] | None = None,
+        **auth: Any,
     ) -> Keygate:
-        settings = make_settings(tmp_path, routes, store_url, server=server, **auth)
+        settings = make_settings(
+            tmp_path, routes, store_url, server=server, ratelimit=ratelimit, **auth
+        )
         return await start_keygate(settings, aiohttp_client)
 
     return factory

@@ -23,6 +23,7 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
+from keygate.gateway.limits.rules import KeyLimits, key_limits
 from keygate.gateway.request.headers import identity_headers
 from keygate.gateway.store.records import ADMIN_GROUP, AuthRecord
 
@@ -45,6 +46,9 @@ class Principal:
     deadline: float  # monotonic time after which the entry must be re-read
     # Active key, active owner, no grace period: only expiry remains to check.
     usable: bool = False
+    # Rate limits, quota, allowed IPs, parsed once; None when the key has none
+    # (then they cost a request this one attribute test).
+    limits: KeyLimits | None = None
 
 
 def effective_groups(record: AuthRecord) -> tuple[str, ...]:
@@ -87,6 +91,14 @@ def principal_from(record: AuthRecord, ttl: float) -> Principal:
             and username is not None
             and record.owner_status == "active"
             and record.grace_until is None
+        ),
+        limits=key_limits(
+            record.key_id,
+            record.rate_limits,
+            record.quota,
+            record.allowed_ips,
+            record.quota_used,
+            record.quota_window,
         ),
     )
 

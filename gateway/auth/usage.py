@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from keygate.gateway import background
 from keygate.gateway.errors import KeygateError
@@ -25,6 +26,12 @@ class UsageRecorder:
         self._pending: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
+        # Other batches written on the same beat (quota counts: gateway/limits/counts.py).
+        self._also: list[Callable[[], Awaitable[None]]] = []
+
+    def also_flush(self, flush: Callable[[], Awaitable[None]]) -> None:
+        """Run ``flush`` after each of this batcher's flushes, and at stop."""
+        self._also.append(flush)
 
     def touch(self, key_id: str, now: float | None = None) -> None:
         self._pending[key_id] = time.time() if now is None else now
@@ -34,6 +41,11 @@ class UsageRecorder:
         return len(self._pending)
 
     async def flush(self) -> None:
+        await self._flush_stamps()
+        for flush in self._also:
+            await flush()
+
+    async def _flush_stamps(self) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}

@@ -8,7 +8,7 @@ from typing import Any
 
 from keygate.gateway.cli import output as out
 from keygate.gateway.cli.output import Result
-from keygate.gateway.cli.parser import Tree, json_object, positive_int
+from keygate.gateway.cli.parser import Tree, json_object, positive_int, quota, rate_limit
 from keygate.gateway.cli.runner import Env
 from keygate.gateway.service.keys import LIST_STATUSES, MAX_LIMIT
 
@@ -17,7 +17,17 @@ DEFAULT_OWNER = "admin"  # the first admin, created by ``keygate init``
 
 async def create(args: argparse.Namespace, env: Env) -> Result:
     body: dict[str, Any] = {"groups": args.groups, "owner": args.owner}
-    for name in ("name", "description", "expires_in", "expires_at", "webhook_url", "metadata"):
+    for name in (
+        "name",
+        "description",
+        "expires_in",
+        "expires_at",
+        "webhook_url",
+        "metadata",
+        "rate_limits",
+        "quota",
+        "allowed_ips",
+    ):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     issued = await env.services.keys.create(env.actor, body)
@@ -102,6 +112,8 @@ async def update(args: argparse.Namespace, env: Env) -> Result:
         "expires_at",
         "webhook_url",
         "metadata",
+        "rate_limits",
+        "allowed_ips",
     ):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
@@ -109,6 +121,10 @@ async def update(args: argparse.Namespace, env: Env) -> Result:
         body["expires_at"] = None
     if args.no_webhook_url:
         body["webhook_url"] = None
+    if args.quota is not None:
+        body["quota"] = args.quota
+    if args.no_quota:
+        body["quota"] = None
     key = (await env.services.keys.update(env.actor, args.id, body)).as_json()
     return Result(key, f"Updated key {key['id']}.\n\n{out.key_fields(key)}")
 
@@ -117,6 +133,8 @@ async def update(args: argparse.Namespace, env: Env) -> Result:
 EPILOG = """\
 examples:
   keygate keys create --group billing-read --name billing-sync --owner alice
+  keygate keys create --group default --rate-limit 100/60s --quota 100000/day \
+      --allow-ip 203.0.113.0/24
   keygate keys list --owner alice --status active
   keygate keys disable 3k9x2m0qzt7a
   keygate keys roll 3k9x2m0qzt7a --grace-seconds 3600
@@ -136,6 +154,52 @@ def _expiry(parser: argparse.ArgumentParser, *, update: bool) -> None:
     )
     if update:
         group.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+
+
+def _limits(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    """--rate-limit, --quota and --allow-ip (and on update, their removals)."""
+    verb = "replace the rate limits" if update else "a rate limit"
+    rates = parser.add_mutually_exclusive_group() if update else parser
+    rates.add_argument(
+        "--rate-limit",
+        dest="rate_limits",
+        action="append",
+        type=rate_limit,
+        metavar="[NAME=]N/WINDOW[:BURST]",
+        help=f"{verb}: N requests per WINDOW (60s, 5m, 1h, 1d), BURST at once "
+        "(default N); the name defaults to the window (repeat for up to 5)",
+    )
+    if update:
+        rates.add_argument(
+            "--clear-rate-limits",
+            dest="rate_limits",
+            action="store_const",
+            const=[],
+            help="remove every rate limit",
+        )
+    quotas = parser.add_mutually_exclusive_group() if update else parser
+    quotas.add_argument(
+        "--quota", type=quota, metavar="N/day|N/month", help="N requests per UTC day or month"
+    )
+    if update:
+        quotas.add_argument("--no-quota", action="store_true", help="remove the quota")
+    ips = parser.add_mutually_exclusive_group() if update else parser
+    ips.add_argument(
+        "--allow-ip",
+        dest="allowed_ips",
+        action="append",
+        metavar="CIDR",
+        help=("replace the addresses" if update else "an address or network")
+        + " the key may be used from (repeat for several; none: anywhere)",
+    )
+    if update:
+        ips.add_argument(
+            "--clear-allowed-ips",
+            dest="allowed_ips",
+            action="store_const",
+            const=[],
+            help="let the key be used from anywhere",
+        )
 
 
 def _key_id(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +240,7 @@ examples:
     _expiry(p, update=False)
     p.add_argument("--webhook-url", metavar="URL")
     p.add_argument("--metadata", type=json_object, metavar="JSON", help="a JSON object")
+    _limits(p, update=False)
 
     p = tree.command(
         keys,
@@ -246,6 +311,12 @@ examples:
         "--webhook-url",
         "--no-webhook-url",
         "--metadata",
+        "--rate-limit",
+        "--clear-rate-limits",
+        "--quota",
+        "--no-quota",
+        "--allow-ip",
+        "--clear-allowed-ips",
     )
     p = tree.command(
         keys,
@@ -280,3 +351,4 @@ examples:
     p.add_argument(
         "--metadata", type=json_object, metavar="JSON", help="replace the metadata (a JSON object)"
     )
+    _limits(p, update=True)

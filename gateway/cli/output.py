@@ -141,7 +141,29 @@ def key_fields(k: Mapping[str, Any]) -> str:
             ("expires", cell(k["expires_at"], "never")),
             ("webhook url", cell(k["webhook_url"])),
             ("metadata", cell(k["metadata"])),
+            ("rate limits", cell(rate_limits_text(k.get("rate_limits") or []), "none")),
+            ("quota", cell(quota_text(k), "none")),
+            ("allowed ips", cell(", ".join(k.get("allowed_ips") or []) or None, "anywhere")),
         ]
+    )
+
+
+def rate_limits_text(policies: Sequence[Mapping[str, Any]]) -> str | None:
+    """``burst=100/60s``, one per rate limit (``:B`` when the burst is not the limit)."""
+    parts = []
+    for p in policies:
+        burst = f":{p['burst']}" if p.get("burst") not in (None, p["limit"]) else ""
+        parts.append(f"{p['name']}={p['limit']}/{p['window']}s{burst}")
+    return ", ".join(parts) or None
+
+
+def quota_text(k: Mapping[str, Any]) -> str | None:
+    quota = k.get("quota")
+    if not quota:
+        return None
+    return (
+        f"{quota['limit']}/{quota['period']} ({k.get('quota_used')} used, resets "
+        f"{k.get('quota_resets_at')})"
     )
 
 

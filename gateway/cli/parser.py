@@ -155,3 +155,50 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError('must be a JSON object, like \'{"team": "billing"}\'')
     return value
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def rate_limit(text: str) -> dict[str, Any]:
+    """``[NAME=]LIMIT/WINDOW[:BURST]``: ``100/60s``, ``burst=20/1s:40``, ``1000/1h``.
+
+    WINDOW is seconds with an optional unit (s, m, h, d; a bare unit is one of
+    it: ``100/m``); the name defaults to the window as written.
+    """
+    name, sep, rest = text.partition("=")
+    if not sep:
+        name, rest = "", text
+    rest, sep, burst_text = rest.partition(":")
+    limit_text, sep_slash, window_text = rest.partition("/")
+    window_text = window_text.strip()
+    count, unit = window_text.rstrip("smhd") or "1", window_text[len(window_text.rstrip("smhd")):]
+    if (
+        not sep_slash
+        or not limit_text.strip().isdigit()
+        or not count.isdigit()
+        or len(unit) > 1
+        or (sep and not burst_text.strip().isdigit())
+    ):
+        raise argparse.ArgumentTypeError(
+            f"not a rate limit: {text!r} (use LIMIT/WINDOW like 100/60s, with an optional "
+            "NAME= in front and :BURST behind)"
+        )
+    window = int(count) * _SECONDS[unit or "s"]
+    policy: dict[str, Any] = {
+        "name": name.strip() or f"{count}{unit or 's'}",
+        "limit": int(limit_text),
+        "window": window,
+        "burst": int(burst_text) if sep else None,
+    }
+    return policy
+
+
+def quota(text: str) -> dict[str, Any]:
+    """``LIMIT/day`` or ``LIMIT/month``."""
+    limit_text, _, period = text.partition("/")
+    if not limit_text.strip().isdigit() or period.strip() not in ("day", "month"):
+        raise argparse.ArgumentTypeError(
+            f"not a quota: {text!r} (use LIMIT/day or LIMIT/month, like 100000/day)"
+        )
+    return {"limit": int(limit_text), "period": period.strip()}

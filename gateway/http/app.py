@@ -18,9 +18,14 @@ from keygate.gateway.auth.policy import RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
 from keygate.gateway.errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
+from keygate.gateway.http.clientip import trusted_networks
 from keygate.gateway.http.framing import check_framing
 from keygate.gateway.http.handler import proxy_handler
 from keygate.gateway.http.server import handler_limits
+from keygate.gateway.limits.counts import QuotaCounts
+from keygate.gateway.limits.limiter import Limiter
+from keygate.gateway.limits.local import LocalLimiter
+from keygate.gateway.limits.usage import LEGACY, LEGACY_NAMES
 from keygate.gateway.pipeline import internal_error
 from keygate.gateway.request.headers import X_REQUEST_ID, RequestIds, request_id_or_new
 from keygate.gateway.service import ServiceContext, Services
@@ -30,7 +35,9 @@ from keygate.gateway.state import (
     RouteNames,
     changes_key,
     gateway_key,
+    limiter_key,
     pool_key,
+    ratelimit_key,
     request_id_key,
     request_ids_key,
     session_key,
@@ -116,6 +123,20 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[X_REQUEST_ID] = request_id
 
 
+async def _add_ratelimit_fields(request: web.Request, response: web.StreamResponse) -> None:
+    """A counted request's RateLimit fields, last (as the edge writes them:
+    gateway/http/edge/wire.py); legacy ones replace an upstream's."""
+    usage = request.get(ratelimit_key)
+    if usage is None or not usage.fields:
+        return
+    headers = response.headers
+    if request.app[gateway_key].limiter.mode in LEGACY:
+        for name in LEGACY_NAMES:
+            headers.popall(name, None)
+    for name, value in usage.fields:
+        headers.add(name, value)
+
+
 Context = Callable[[web.Application], AsyncIterator[None]]
 
 
@@ -151,6 +172,15 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
         finally:
             await usage.stop()  # the last flush
 
+    async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+        limiter = make_limiter(settings, app[store_key], app[usage_key])
+        await limiter.start()
+        app[limiter_key] = limiter
+        try:
+            yield
+        finally:
+            await limiter.stop()
+
     async def changes_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app[store_key]
         cache = KeyCache(auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl)
@@ -162,7 +192,9 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
             # meanwhile is in this snapshot or in a notice still to come.
             memory.key_ids.update(await store.key_ids())
             app[changes_key] = feed
-            app[gateway_key] = _gateway(settings, store, memory, app[usage_key], feed)
+            app[gateway_key] = _gateway(
+                settings, store, memory, app[usage_key], feed, app[limiter_key]
+            )
             yield
         finally:
             await feed.stop()
@@ -183,7 +215,26 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
         finally:
             await session.close()
 
-    return [store_ctx, usage_ctx, changes_ctx, pool_ctx, session_ctx]
+    return [store_ctx, usage_ctx, limiter_ctx, changes_ctx, pool_ctx, session_ctx]
+
+
+def make_limiter(settings: Settings, store: Store, usage: UsageRecorder) -> Limiter:
+    """The ``ratelimit.backend``; its quota counts flush with the last-used batcher."""
+    config = settings.ratelimit
+    counts = QuotaCounts(store, settings.auth.cache_size)
+    usage.also_flush(counts.flush)
+    if config.backend == "redis":
+        from keygate.gateway.limits.redis import RedisLimiter  # only this backend needs redis
+
+        return RedisLimiter(
+            counts,
+            config.headers,
+            url=config.redis_url,
+            prefix=config.redis_prefix,
+            timeout=config.redis_timeout,
+            fail_open=config.fail_open,
+        )
+    return LocalLimiter(counts, config.headers, settings.auth.cache_size)
 
 
 # Seconds an idle upstream connection is kept for reuse.
@@ -191,7 +242,12 @@ UPSTREAM_KEEPALIVE = 15.0
 
 
 def _gateway(
-    settings: Settings, store: Store, memory: KeyMemory, usage: UsageRecorder, feed: ChangeFeed
+    settings: Settings,
+    store: Store,
+    memory: KeyMemory,
+    usage: UsageRecorder,
+    feed: ChangeFeed,
+    limiter: Limiter,
 ) -> Gateway:
     auth = settings.auth
     verifier = Verifier(
@@ -212,6 +268,8 @@ def _gateway(
         services=services,
         gates=route_gates(settings.routes, {}),
         route_names=route_names,
+        limiter=limiter,
+        trusted=trusted_networks(settings.server.trusted_proxies),
     )
 
 
@@ -236,6 +294,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         },
     )
     app.on_response_prepare.append(_add_request_id)
+    app.on_response_prepare.append(_add_ratelimit_fields)
 
     app[request_ids_key] = ids
     for ctx in lifecycle(settings, store):

@@ -1,13 +1,26 @@
-"""Who is on the other end: the TCP peer, and the client behind trusted proxies."""
+"""Who is on the other end: the TCP peer, and the client behind trusted proxies.
+
+The client address (docs/reference.md#the-client-address) is the TCP peer,
+unless the peer is in ``server.trusted_proxies``: then ``X-Forwarded-For`` is
+walked from the right, every line of it as one list (RFC 9110 §5.3), skipping
+hops that are trusted proxies too; the first one that is not is the client
+(OWASP API8: X-Forwarded-For is never believed by default). A hop may carry a
+port (``203.0.113.7:4711``, ``[2001:db8::7]:443``) or brackets; an IPv4-mapped
+IPv6 address is the IPv4 address it maps. A hop that is not an address stops
+the walk: the client is then the last address reached (the proxy that wrote
+it). The address decides a key's ``allowed_ips`` and is what logs and audit
+records show.
+"""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aiohttp import hdrs, web
 
-from keygate.config.settings import Network
+from keygate.gateway.limits.rules import Address, Allowlist, Network, parse_network
 
 
 def peer_ip(request: web.BaseRequest) -> str:
@@ -20,30 +33,56 @@ def peer_ip(request: web.BaseRequest) -> str:
     return "unknown"
 
 
-def client_ip(request: web.BaseRequest, trusted: Sequence[Network]) -> str:
-    """The client address for logs and audit.
-
-    X-Forwarded-For is believed only hop by hop from the right while each hop
-    is a configured trusted proxy (OWASP API8: never trust it by default).
-    """
-    peer = peer_ip(request)
-    if not trusted or not _is_trusted(peer, trusted):
-        return peer
-    values = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
-    hops = [h.strip() for v in values for h in v.split(",")]
-    for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            return peer  # garbage in the chain: stop believing it
-        if not _is_trusted(hop, trusted):
-            return hop
-    return peer
-
-
-def _is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def parse_address(text: str) -> Address | None:
+    """An address as a peer or an ``X-Forwarded-For`` hop gives it, or None."""
+    text = text.strip()
+    if text.startswith("["):  # [v6] or [v6]:port
+        inner, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        text = inner
+    elif text.count(":") == 1:  # v4:port
+        host, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
+        text = host
+    text = text.partition("%")[0]  # a zone names a local interface, not a host
     try:
-        ip = ipaddress.ip_address(address)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return any(ip in net for net in trusted)
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def trusted_networks(networks: Iterable[Network]) -> Allowlist | None:
+    """``server.trusted_proxies`` compiled (IPv4-mapped ones as IPv4); None when empty."""
+    nets = [parse_network(str(n)) for n in networks]
+    return Allowlist(nets) if nets else None
+
+
+def client_address(
+    peer: str, forwarded: Sequence[str], trusted: Allowlist | None
+) -> Address | None:
+    """The client's address (see the module docstring); None when the peer has none."""
+    address = parse_address(peer)
+    if trusted is None or address is None or not trusted.allows(address):
+        return address
+    hops = [hop for line in forwarded for hop in line.split(",")]
+    for hop in reversed(hops):
+        found = parse_address(hop)
+        if found is None:
+            return address  # garbage in the chain: believe nothing left of it
+        address = found
+        if not trusted.allows(found):
+            return found
+    return address
+
+
+def client_ip(request: web.BaseRequest, trusted: Allowlist | None) -> str:
+    """The client address as text, for logs and audit records."""
+    peer = peer_ip(request)
+    address = client_address(peer, request.headers.getall(hdrs.X_FORWARDED_FOR, ()), trusted)
+    return peer if address is None else str(address)

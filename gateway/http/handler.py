@@ -26,6 +26,7 @@ from keygate.gateway.state import (
     gateway_key,
     key_id_key,
     pool_key,
+    ratelimit_key,
     request_id_key,
     route_key,
     session_key,
@@ -53,14 +54,30 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     request[route_key] = route.name
     identity = None
     check: BodyCheck | None = None
+    peer = peer_ip(request)
     if resolved.credential is not None:
         digest, principal = pipeline.admit_cached(gw, resolved)
         if principal is None:
             principal = await pipeline.admit(gw, resolved, digest)
         request[key_id_key] = principal.key_id
         check = pipeline.authorise(
-            gw, resolved, principal, request.method, request.headers, query, request.body_exists
+            gw,
+            resolved,
+            principal,
+            request.method,
+            request.headers,
+            query,
+            request.body_exists,
+            peer=peer,
         )
+        if principal.limits is not None and request.method != hdrs.METH_CONNECT:
+            # Counted only once nothing else refuses it: the room first (as forward() does).
+            pipeline.check_room(route, gw.gates[route.name], request.content_length)
+            usage = pipeline.take_now(gw, principal)
+            if usage is None:
+                usage = await pipeline.take(gw, principal)
+            request[ratelimit_key] = usage
+            usage.check()
         identity = principal.identity
     return await forward(
         request,
@@ -73,7 +90,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             resolved,
             request.headers,
             identity,
-            client_ip=peer_ip(request),
+            client_ip=peer,
             proto=request.scheme,
             request_id=request[request_id_key],
         ),

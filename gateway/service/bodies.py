@@ -24,6 +24,7 @@ from msgspec import UNSET, UnsetType
 from keygate.config.declare import END, Declared, Name, declared, rule
 from keygate.gateway.auth.policy import MAX_RULES
 from keygate.gateway.service import validation as v
+from keygate.gateway.service.limitfields import AllowedIps, Quota, RateLimits
 
 # One line of text without leading or trailing white space; free text.
 ONE_LINE = rf"^[^\s{v.REFUSED_CHARS}](?:[^{v.REFUSED_CHARS}]*[^\s{v.REFUSED_CHARS}])?{END}"
@@ -127,7 +128,16 @@ class Body(msgspec.Struct, forbid_unknown_fields=True):
 
 class KeyCreate(Body, kw_only=True):
     exclusive = ("expires_at", "expires_in")
-    examples = [{"name": "billing-sync", "groups": ["default"], "expires_in": "90d"}]
+    examples = [
+        {"name": "billing-sync", "groups": ["default"], "expires_in": "90d"},
+        {
+            "name": "partner-feed",
+            "groups": ["default"],
+            "rate_limits": [{"name": "burst", "limit": 100, "window": 60, "burst": None}],
+            "quota": {"limit": 100000, "period": "day"},
+            "allowed_ips": ["203.0.113.0/24"],
+        },
+    ]
 
     name: KeyName | UnsetType = UNSET
     description: Description | UnsetType = ""
@@ -137,6 +147,9 @@ class KeyCreate(Body, kw_only=True):
     owner: Owner | UnsetType = None
     webhook_url: Webhook | UnsetType = None
     metadata: Metadata | UnsetType = {}
+    rate_limits: RateLimits | UnsetType = UNSET
+    quota: Quota | UnsetType = UNSET
+    allowed_ips: AllowedIps | UnsetType = UNSET
 
 
 class KeyPatch(Body):
@@ -150,6 +163,9 @@ class KeyPatch(Body):
     expires_in: ExpiresIn | UnsetType = UNSET
     webhook_url: Webhook | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
+    rate_limits: RateLimits | UnsetType = UNSET
+    quota: Quota | UnsetType = UNSET
+    allowed_ips: AllowedIps | UnsetType = UNSET
     status: (
         Annotated[
             Status,

@@ -16,10 +16,13 @@ from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.service.limitfields import limit_fields
 from keygate.gateway.store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
 
 LIST_STATUSES = ("active", "disabled", "revoked", "expired")
 MAX_LIMIT = 500
+LIMIT_FIELDS = ("rate_limits", "quota", "allowed_ips")
+ADMIN_LIMITS = "Only an admin may set a key's rate limits, quota or allowed IPs."
 
 
 # Aliases: inside the class, ``list`` names the method.
@@ -104,6 +107,7 @@ class KeyService:
         assert owner is not None and groups is not None
         assert req.description is not UNSET and req.webhook_url is not UNSET
         assert req.metadata is not UNSET
+        limits = _limits_given(actor, req, creating=True)
         token, key_id = keyformat.generate(self.ctx.auth.key_prefix)
         record = KeyRecord(
             id=key_id,
@@ -124,6 +128,9 @@ class KeyService:
             webhook_url=req.webhook_url,
             metadata=req.metadata,
             expires_by_admin=blocks.expiry_set_by_admin(actor, expires_at),
+            rate_limits=tuple(limits.get("rate_limits", ())),
+            quota=limits.get("quota"),
+            allowed_ips=tuple(limits.get("allowed_ips", ())),
         )
         audit = actor.audit(
             "key.create",
@@ -134,6 +141,7 @@ class KeyService:
                 "owner": owner.username,
                 "groups": groups,
                 "expires_at": expires_at.isoformat() if expires_at else None,
+                **limits,
             },
         )
         with conflicts.store_refusals():
@@ -167,6 +175,7 @@ class KeyService:
         errors.raise_if_any()
         if key.status == "revoked":
             raise conflicts.key_revoked()
+        fields.update(_limits_given(actor, req, creating=False))
         if not fields:
             return key
         changes = {k: (val.isoformat() if hasattr(val, "isoformat") else val)
@@ -263,6 +272,17 @@ class KeyService:
             if not may_hold(owner, g):
                 errors["groups"] = f"the owner may not hold group {g!r}"
                 return
+
+
+def _limits_given(actor: Actor, req: Any, *, creating: bool) -> dict[str, Any]:
+    """The limit fields a body sets, as stored. They are what an admin grants a
+    key: anyone else setting them (beyond none, on create) is 403."""
+    given = {n: getattr(req, n) for n in LIMIT_FIELDS if getattr(req, n) is not UNSET}
+    if not actor.is_admin and any(
+        not creating or value not in ([], None) for value in given.values()
+    ):
+        raise Forbidden(ADMIN_LIMITS)
+    return limit_fields(given)
 
 
 def may_hold(user: UserRecord, group: str) -> bool:

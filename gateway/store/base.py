@@ -41,6 +41,9 @@ KEY_WRITABLE = frozenset(
         "disabled_by_username",
         "disabled_by_admin",
         "expires_by_admin",
+        "rate_limits",
+        "quota",
+        "allowed_ips",
     }
 )
 # Called by ``update_key`` with the key as it stands inside the write's
@@ -193,6 +196,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
         """Merge epoch-second stamps into ``last_used_at``, never moving it back."""
+
+    @abc.abstractmethod
+    async def add_quota_used(
+        self, counts: Mapping[tuple[str, str], int]
+    ) -> dict[str, tuple[str | None, int]]:
+        """Add requests to keys' quota counts, in one transaction: ``counts`` maps
+        (key id, window name) to requests. A key whose stored window is that one
+        adds to it; one with an older window (or one of the other period, or
+        none) starts the new window at the count; a count for a window older
+        than the stored one is dropped. Returns each existing key's (window,
+        count) after the write."""
 
     @abc.abstractmethod
     async def change_seq(self) -> int:

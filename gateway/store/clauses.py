@@ -40,8 +40,10 @@ def set_list(fields: Mapping[str, Any], bind: Params, codec: Codec) -> str:
     ``updated_at`` always follows). A key's ``name`` also writes ``name_key``."""
     sets = []
     for name, value in fields.items():
-        if name in ("groups", "rules"):
-            value = codec.put_doc(list(value))
+        if name in ("groups", "rules", "rate_limits", "allowed_ips"):
+            value = codec.put_doc([dict(v) if isinstance(v, dict) else v for v in value])
+        elif name == "quota":
+            value = codec.put_doc(dict(value)) if value is not None else None
         elif name == "metadata":
             value = codec.put_doc(value)
         elif name == "expires_at":

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from keygate.gateway.limits import windows
+
 T = TypeVar("T")
 
 BUILTIN_GROUPS: dict[str, tuple[str, list[dict[str, Any]]]] = {
@@ -101,6 +103,14 @@ class KeyRecord:
     disabled_by_admin: bool = False
     # expires_at was set by an admin: its owner may only bring it forward.
     expires_by_admin: bool = False
+    # Limits (docs/reference.md#rate-limits-quotas-and-ip-allowlists): rate
+    # limits as {name, limit, window, burst}, the quota as {limit, period},
+    # allowed networks normalised; the quota's count in the window it names.
+    rate_limits: tuple[dict[str, Any], ...] = ()
+    quota: dict[str, Any] | None = None
+    allowed_ips: tuple[str, ...] = ()
+    quota_used: int = 0
+    quota_window: str | None = None
 
     @property
     def display(self) -> str:
@@ -136,6 +146,21 @@ class KeyRecord:
             "webhook_url": self.webhook_url,
             "metadata": self.metadata,
             "disabled_by": disabled_by,
+            "rate_limits": [dict(p) for p in self.rate_limits],
+            "quota": dict(self.quota) if self.quota is not None else None,
+            **self.quota_state(now),
+            "allowed_ips": list(self.allowed_ips),
+        }
+
+    def quota_state(self, now: datetime | None = None) -> dict[str, Any]:
+        """``quota_used`` in the current window (as last flushed) and ``quota_resets_at``."""
+        if self.quota is None:
+            return {"quota_used": None, "quota_resets_at": None}
+        at = (now or utcnow()).timestamp()
+        name, end = windows.window(self.quota["period"], at)
+        return {
+            "quota_used": self.quota_used if self.quota_window == name else 0,
+            "quota_resets_at": rfc3339(datetime.fromtimestamp(end, UTC)),
         }
 
 
@@ -155,6 +180,12 @@ class AuthRecord:
     owner_groups: tuple[str, ...]
     # A rolled-away token keeps working until this epoch time; None for current tokens.
     grace_until: float | None = None
+    # The key's limits, as KeyRecord holds them.
+    rate_limits: tuple[dict[str, Any], ...] = ()
+    quota: dict[str, Any] | None = None
+    allowed_ips: tuple[str, ...] = ()
+    quota_used: int = 0
+    quota_window: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

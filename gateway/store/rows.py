@@ -45,7 +45,7 @@ KEY_COLUMNS = (
     "seq, id, prefix, last4, name, description, status, groups, owner_id, owner_username, "
     "created_by_id, created_by_username, created_at, updated_at, last_used_at, expires_at, "
     "webhook_url, metadata, disabled_by_id, disabled_by_username, disabled_by_admin, "
-    "expires_by_admin"
+    "expires_by_admin, rate_limits, quota, allowed_ips, quota_used, quota_window"
 )
 USER_COLUMNS = "id, username, role, groups, status, created_at, updated_at"
 GROUP_COLUMNS = "name, description, rules, builtin, created_at, updated_at"
@@ -56,14 +56,17 @@ AUDIT_COLUMNS = (
 # A key (k) and its owner (u, LEFT JOINed: the owner may be gone).
 AUTH_COLUMNS = (
     "k.id, k.name, k.status, k.groups, k.expires_at, k.owner_id, "
-    "u.username, u.role, u.status, u.groups"
+    "u.username, u.role, u.status, u.groups, "
+    "k.rate_limits, k.quota, k.allowed_ips, k.quota_used, k.quota_window"
 )
+# Where the columns a lookup appends to AUTH_COLUMNS start.
+AUTH_WIDTH = 15
 # What ``key_values`` and ``audit_values`` fill, in this order.
 KEY_INSERT_COLUMNS = (
     "id, digest, prefix, last4, name, name_key, description, status, groups, owner_id, "
     "owner_username, created_by_id, created_by_username, created_at, updated_at, last_used_at, "
     "expires_at, webhook_url, metadata, disabled_by_id, disabled_by_username, "
-    "disabled_by_admin, expires_by_admin"
+    "disabled_by_admin, expires_by_admin, rate_limits, quota, allowed_ips"
 )
 AUDIT_INSERT_COLUMNS = (
     "at, action, target_type, target_id, actor_user_id, actor_username, actor_key_id, "
@@ -114,6 +117,11 @@ def key_from_row(row: Any, codec: Codec) -> KeyRecord:
         disabled_by_username=row[19],
         disabled_by_admin=bool(row[20]),
         expires_by_admin=bool(row[21]),
+        rate_limits=tuple(codec.doc(row[22])),
+        quota=codec.doc(row[23]) if row[23] is not None else None,
+        allowed_ips=tuple(codec.doc(row[24])),
+        quota_used=int(row[25]),
+        quota_window=row[26],
     )
 
 
@@ -173,6 +181,11 @@ def auth_from_row(row: Any, until: Any, codec: Codec) -> AuthRecord:
         owner_status=row[8],
         owner_groups=tuple(codec.doc(row[9])) if row[9] is not None else (),
         grace_until=codec.epoch(until),
+        rate_limits=tuple(codec.doc(row[10])),
+        quota=codec.doc(row[11]) if row[11] is not None else None,
+        allowed_ips=tuple(codec.doc(row[12])),
+        quota_used=int(row[13]),
+        quota_window=row[14],
     )
 
 
@@ -184,15 +197,16 @@ def match_key_rows(rows: Sequence[Any], digest: bytes, codec: Codec) -> KeyAuth:
     """
     if not rows:
         return KeyAuth(None, frozenset())
-    current = bytes(rows[0][11])
-    retired = [(bytes(row[12]), row) for row in rows if row[12] is not None]
+    until, now_at, old_at = AUTH_WIDTH, AUTH_WIDTH + 1, AUTH_WIDTH + 2
+    current = bytes(rows[0][now_at])
+    retired = [(bytes(row[old_at]), row) for row in rows if row[old_at] is not None]
     record = None
     if digest == current:
         record = auth_from_row(rows[0], None, codec)
     else:
         for old, row in retired:
             if digest == old:
-                record = auth_from_row(row, row[10], codec)
+                record = auth_from_row(row, row[until], codec)
                 break
     return KeyAuth(record, frozenset([current, *(old for old, _ in retired)]))
 
@@ -224,6 +238,9 @@ def key_values(key: KeyRecord, digest: bytes, codec: Codec) -> tuple[Any, ...]:
         key.disabled_by_username,
         codec.put_flag(key.disabled_by_admin),
         codec.put_flag(key.expires_by_admin),
+        codec.put_doc([dict(p) for p in key.rate_limits]),
+        codec.put_doc(dict(key.quota)) if key.quota is not None else None,
+        codec.put_doc(list(key.allowed_ips)),
     )
 
 

@@ -26,8 +26,28 @@ from keygate.gateway.store.records import (
     Page,
     utcnow,
 )
-from keygate.gateway.store.rows import AUTH_COLUMNS, KEY_COLUMNS, KEY_INSERT_COLUMNS, placeholders
+from keygate.gateway.store.rows import (
+    AUTH_COLUMNS,
+    AUTH_WIDTH,
+    KEY_COLUMNS,
+    KEY_INSERT_COLUMNS,
+    placeholders,
+)
 from keygate.gateway.store.sqlbase import Conn, SqlBase
+
+
+def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
+    """The SET list adding ``count`` requests of ``window`` to a key's quota count
+    (``Store.add_quota_used``): both expressions read the row as it was."""
+    newer = (
+        f"({stored} IS NULL OR length({stored}) != length({window}) "
+        f"OR {stored}{bytewise} < {window}{bytewise})"
+    )
+    return (
+        f"quota_used = CASE WHEN {stored} = {window} THEN quota_used + {count} "
+        f"WHEN {newer} THEN {count} ELSE quota_used END, "
+        f"quota_window = CASE WHEN {newer} THEN {window} ELSE {stored} END"
+    )
 
 
 class KeySql(SqlBase):
@@ -42,7 +62,7 @@ class KeySql(SqlBase):
             "WHERE r.digest = $1 ORDER BY until NULLS FIRST LIMIT 1",
             digest,
         )
-        return rows.auth_from_row(row, row[10], self.codec) if row is not None else None
+        return rows.auth_from_row(row, row[AUTH_WIDTH], self.codec) if row is not None else None
 
     async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
         # One row per retired digest (at most one: a roll drops earlier ones), or
@@ -74,7 +94,7 @@ class KeySql(SqlBase):
                 raise KeyLimitReached(max_keys)
             with self._duplicates():
                 row = await conn.fetchrow(
-                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ({placeholders(23)}) "
+                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ({placeholders(26)}) "
                     f"RETURNING {KEY_COLUMNS}",
                     *rows.key_values(key, digest, self.codec),
                 )

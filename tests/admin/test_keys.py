@@ -26,6 +26,11 @@ KEY_FIELDS = {
     "webhook_url",
     "metadata",
     "disabled_by",
+    "rate_limits",
+    "quota",
+    "quota_used",
+    "quota_resets_at",
+    "allowed_ips",
 }
 
 

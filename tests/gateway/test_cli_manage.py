@@ -345,3 +345,61 @@ def test_keys_disable_records_the_cli_as_disabled_by(run: Run, admin: dict[str, 
     assert ok(run, "keys", "enable", kid)["disabled_by"] is None
     code, out, _ = run("keys", "show", kid)
     assert next(x for x in out.splitlines() if x.startswith("disabled by")).split()[-1] == "-"
+
+
+# --- limits (docs/reference.md#rate-limits-quotas-and-ip-allowlists) ----------------
+def test_cli_keys_limits_round_trip(run: Run, admin: dict) -> None:
+    created = ok(
+        run,
+        "keys", "create", "--group", "default",
+        "--rate-limit", "100/60s", "--rate-limit", "burst=20/m:40", "--rate-limit", "10/s",
+        "--quota", "100000/day", "--allow-ip", "10.1.2.3/8", "--allow-ip", "::ffff:192.0.2.1",
+    )
+    key = created["key"]
+    assert key["rate_limits"] == [
+        {"name": "60s", "limit": 100, "window": 60, "burst": None},
+        {"name": "burst", "limit": 20, "window": 60, "burst": 40},
+        {"name": "1s", "limit": 10, "window": 1, "burst": None},
+    ]
+    assert key["quota"] == {"limit": 100000, "period": "day"}
+    assert key["quota_used"] == 0
+    assert key["allowed_ips"] == ["10.0.0.0/8", "192.0.2.1/32"]
+    code, out, _ = run("keys", "show", key["id"])
+    assert code == 0
+    assert "rate limits  60s=100/60s, burst=20/60s:40, 1s=10/1s" in out
+    assert "allowed ips  10.0.0.0/8, 192.0.2.1/32" in out
+    cleared = ok(
+        run, "keys", "update", key["id"],
+        "--clear-rate-limits", "--no-quota", "--clear-allowed-ips",
+    )
+    assert (cleared["rate_limits"], cleared["quota"], cleared["allowed_ips"]) == ([], None, [])
+    changed = ok(run, "keys", "update", key["id"], "--quota", "5/month", "--rate-limit", "1/1h")
+    assert changed["quota"] == {"limit": 5, "period": "month"}
+    assert changed["rate_limits"] == [{"name": "1h", "limit": 1, "window": 3600, "burst": None}]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rate-limit", "100"],
+        ["--rate-limit", "x/60s"],
+        ["--rate-limit", "100/60ms"],
+        ["--rate-limit", "100/60s:"],
+        ["--quota", "100/week"],
+        ["--quota", "lots/day"],
+    ],
+)
+def test_cli_keys_bad_limit_syntax_exits_2(run: Run, admin: dict, argv: list[str]) -> None:
+    code, _, err = run("keys", "create", "--group", "default", *argv)
+    assert code == 2 and "usage:" in err
+
+
+def test_cli_keys_limits_refused_with_details(run: Run, admin: dict) -> None:
+    lines = refused(
+        run, "keys", "create", "--group", "default",
+        "--rate-limit", "quota=5/1s", "--allow-ip", "10.0.0.0/33", code="invalid",
+    )
+    assert "  rate_limits: 'quota' names the quota: give the rate limit another name" in lines
+    assert (
+        "  allowed_ips: item 1: not an IP address or network (CIDR) ('10.0.0.0/33')" in lines
+    )

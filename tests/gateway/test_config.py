@@ -293,3 +293,41 @@ def test_config_bad_env_value_never_echoes_secret(environ: dict[str, str]) -> No
 def test_config_bad_file_never_echoes_secret(tmp_path: Path, text: str) -> None:
     message = config_error(write(tmp_path, text))
     assert SECRET not in message
+
+
+# --- [ratelimit] (docs/reference.md#ratelimit) ------------------------------------
+def test_config_ratelimit_section_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[ratelimit]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6380/2"\n'
+        'headers = "both"\n',
+    )
+    settings = load_settings(path, {"KEYGATE_RATELIMIT_FAIL_OPEN": "off"})
+    assert settings.ratelimit.backend == "redis"
+    assert settings.ratelimit.redis_url == "redis://127.0.0.1:6380/2"
+    assert settings.ratelimit.headers == "both"
+    assert settings.ratelimit.fail_open is False
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('backend = "memcached"', "ratelimit.backend: must be one of local, redis"),
+        ('headers = "all"', "ratelimit.headers: must be one of both, draft, legacy, none"),
+        (
+            f'redis_url = "http://:{SECRET}@cache.example"',
+            "ratelimit.redis_url: must start with redis://, rediss:// or unix://",
+        ),
+        ("redis_timeout = 0", "ratelimit.redis_timeout: must be from 0 to 10 seconds"),
+        ('redis_prefix = "a b"', "ratelimit.redis_prefix: must be 1-64 letters"),
+        ("fail_closed = true", "ratelimit.fail_closed: unknown setting"),
+    ],
+)
+def test_config_ratelimit_refused_in_one_line_without_the_value(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    path = write(tmp_path, f"[ratelimit]\n{line}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    message = str(info.value)
+    assert problem in message and "\n" not in message and SECRET not in message

@@ -122,6 +122,14 @@ RAW_ANSWERS: dict[str, tuple[bytes, bool]] = {
         False,
     ),
     "/raw/garbage": (b"this is not http\r\n\r\n", True),
+    "/raw/ratelimit": (
+        _canned(
+            'HTTP/1.1 200 OK\nRateLimit: "up";r=1;t=2\nX-RateLimit-Remaining: 7\n'
+            "X-Request-Id: upstream-id\nContent-Length: 2\n",
+            b"rl",
+        ),
+        False,
+    ),
 }
 
 
@@ -200,7 +208,11 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
         Route(name="pub", prefix="/pub", upstream=up.at("/_up"), public=True),
         Route(name="lim", prefix="/lim", upstream=raw.url, max_body_bytes=4),
     )
-    settings = make_settings(tmp, routes)
+    # No flush while the module runs: each gateway's quota counts stay its own
+    # (flushed, they would add up in the shared store).
+    settings = make_settings(
+        tmp, routes, max_keys_per_user=50, last_used_flush_interval=3600.0
+    )
     gateways: list[Keygate] = []
     try:
         edge = await start_keygate(settings, started_client)
@@ -217,6 +229,26 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
             "poster": await edge.make_key(["poster"], name="poster"),
             "disabled": await edge.make_key(["default"], name="disabled"),
         }
+        # Limits (docs/reference.md#rate-limits-quotas-and-ip-allowlists): one hourly
+        # request, then 429s; a quota of one; a roomy limit; addresses elsewhere and here.
+        tokens["hourly"] = await edge.make_key(
+            ["default"], name="hourly", rate_limits=[{"name": "h", "limit": 1, "window": 3600}]
+        )
+        tokens["quota"] = await edge.make_key(
+            ["default"], name="quota", quota={"limit": 1, "period": "day"}
+        )
+        tokens["roomy"] = await edge.make_key(
+            ["default"],
+            name="roomy",
+            rate_limits=[{"name": "roomy", "limit": 100000, "window": 100000}],
+            quota={"limit": 1000000, "period": "month"},
+        )
+        tokens["elsewhere"] = await edge.make_key(
+            ["default"], name="elsewhere", allowed_ips=["192.0.2.0/24"], rate_limits=[]
+        )
+        tokens["here"] = await edge.make_key(
+            ["limited"], name="here", allowed_ips=["127.0.0.1", "::1"]
+        )
         disabled_id = tokens["disabled"].split("_")[1]
         await edge.services.keys.set_status(actor, disabled_id, "disabled")
         valid = tokens["valid"]
@@ -228,6 +260,10 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
         gateways.append(plain)
         assert edge.client.server.runner.server.edge is not None
         assert plain.client.server.runner.server.edge is None
+        for kg in gateways:  # one frozen clock: the same counts give the same fields
+            limiter = kg.gw.limiter
+            limiter.clock = lambda: 1_800_000_000.25
+            limiter.origin = 1_800_000_000.25
         yield Pair(edge, plain, received, tokens)
     finally:
         for kg in reversed(gateways):
@@ -598,6 +634,35 @@ CASES += [
         headers=(("Destination", "/up/json"),),
     ),
     Case("destination move", "MOVE", "/raw/x", headers=(("Destination", "/raw/y"),)),
+    # Limits: the same fields, 429s and 403s on both (each counts for itself).
+    Case("rate limited", "GET", "/up/small", key="hourly"),
+    Case("rate limited raw", "GET", "/raw/x", key="hourly"),
+    Case("rate limited HEAD", "HEAD", "/up/head", key="hourly"),
+    Case("quota exceeded", "GET", "/raw/x", key="quota"),
+    Case("roomy limits", "GET", "/up/small", key="roomy"),
+    Case("roomy limits, upstream's own fields", "GET", "/raw/ratelimit", key="roomy"),
+    Case("roomy limits, streamed", "GET", "/up/chunked", key="roomy"),
+    Case("roomy limits, 204", "GET", "/up/204", key="roomy"),
+    Case("roomy limits, upstream 500", "GET", "/up/500", key="roomy"),
+    Case("roomy limits, forbidden", "GET", "/nowhere", key="roomy"),
+    Case(
+        "roomy limits, body",
+        "POST",
+        "/raw/x",
+        key="roomy",
+        headers=(("Content-Length", "5"),),
+        body=b"hello",
+    ),
+    Case("ip not allowed", "GET", "/up/small", key="elsewhere"),
+    Case(
+        "ip not allowed, spoofed forwarded-for",
+        "GET",
+        "/up/small",
+        key="elsewhere",
+        headers=(("X-Forwarded-For", "192.0.2.1"),),
+    ),
+    Case("ip allowed", "GET", "/up/small", key="here"),
+    Case("ip allowed, forbidden path", "GET", "/up/json", key="here"),
     Case(
         "identity, chunked",
         "POST",

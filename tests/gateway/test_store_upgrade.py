@@ -145,7 +145,7 @@ def test_upgrade_both_stores_have_the_same_versions_in_order() -> None:
 
 
 async def test_upgrade_applies_only_the_new_version(upgraded: Store) -> None:
-    assert upgraded.applied_on_open == (2,)
+    assert upgraded.applied_on_open == tuple(range(2, len(SQLITE_SCHEMA.steps) + 1))
     assert await upgraded.migrate() == []
 
 
@@ -193,3 +193,6 @@ async def test_upgrade_keeps_every_key_and_its_fields(upgraded: Store) -> None:
         assert key is not None
         assert (key.status, key.owner_username, key.groups) == (status, "alice", ("default",))
         assert (key.expires_at is None) == (expires is None)
+        # No limits until an admin sets some (docs/reference.md#rate-limits).
+        assert (key.rate_limits, key.quota, key.allowed_ips) == ((), None, ())
+        assert (key.quota_used, key.quota_window) == (0, None)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from keygate.config.loader import ConfigError, load_settings
-from keygate.config.settings import AuthSettings, Route, ServerSettings, StoreSettings
+from keygate.config.settings import (
+    AuthSettings,
+    RateLimitSettings,
+    Route,
+    ServerSettings,
+    StoreSettings,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "keygate.example.toml"
 
@@ -40,6 +46,7 @@ def test_config_limits_example_file_documents_the_defaults() -> None:
     assert settings.server == ServerSettings()
     assert settings.store == StoreSettings()
     assert settings.auth == AuthSettings()
+    assert settings.ratelimit == RateLimitSettings()
     (route,) = settings.routes
     defaults = Route(name=route.name, prefix=route.prefix, upstream=route.upstream)
     assert route == dataclasses.replace(defaults, strip_prefix=route.strip_prefix)

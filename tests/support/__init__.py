@@ -48,6 +48,11 @@ is a port nobody listens on.
 tests assert about, and ``settle`` for its change feed. ``pg`` — throwaway
 databases on the local PostgreSQL (fixtures ``pg_database``, ``pg_url``).
 
+``redis`` — the rate-limit tests' Redis: ``redis_prefix()`` for keys of one's
+own on the shared Redis (127.0.0.1:6379, never flushed), and
+:class:`PrivateRedis`, a ``redis-server`` on a free port that a test may kill
+and start again.
+
 ``secrets`` — credentials no log line may carry: ``secret()`` registers one,
 ``leaks()`` finds them; the hardening suite checks every test's log lines.
 """

@@ -18,7 +18,14 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from keygate.config.settings import AuthSettings, Route, ServerSettings, Settings, StoreSettings
+from keygate.config.settings import (
+    AuthSettings,
+    RateLimitSettings,
+    Route,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
 from keygate.gateway.auth import keyformat
 from keygate.gateway.http.app import build_app
 from keygate.gateway.http.server import KeygateRunner
@@ -57,6 +64,7 @@ def make_settings(
     store_url: str | None = None,
     *,
     server: Mapping[str, Any] | None = None,
+    ratelimit: Mapping[str, Any] | None = None,
     **auth: Any,
 ) -> Settings:
     """Settings for a gateway under test; its SQLite store (unless ``store_url``) in ``where``."""
@@ -66,6 +74,7 @@ def make_settings(
             url=store_url or f"sqlite:///{where}/keygate.db", change_poll_interval=0.05
         ),
         auth=replace(AuthSettings(last_used_flush_interval=0.1), **auth),
+        ratelimit=RateLimitSettings(**(ratelimit or {})),
         routes=routes,
     )
 
@@ -123,7 +132,7 @@ class Keygate:
 
 # pytest-aiohttp's aiohttp_client, or started_client outside a test's scope.
 ClientStarter = Callable[[TestServer], Awaitable[TestClient]]
-# The keygate_factory fixture: factory(routes, *, server=None, **auth).
+# The keygate_factory fixture: factory(routes, *, server=None, ratelimit=None, **auth).
 GatewayFactory = Callable[..., Awaitable[Keygate]]
 
 

@@ -24,6 +24,7 @@ from keygate.gateway.errors import BadPath, KeygateError
 from keygate.gateway.http.accesslog import access_message
 from keygate.gateway.http.edge.parse import Request
 from keygate.gateway.http.edge.wire import error_response, response_head
+from keygate.gateway.limits.usage import LEGACY, LEGACY_NAMES, Usage
 from keygate.gateway.pipeline import Resolved
 from keygate.gateway.request.headers import X_REQUEST_ID, request_id_or_new
 from keygate.gateway.request.pathnorm import normalise_path
@@ -65,6 +66,7 @@ class Exchange:
         "headers",
         "keep_alive",
         "key_id",
+        "limits_pending",
         "method",
         "principal",
         "query",
@@ -75,6 +77,7 @@ class Exchange:
         "started",
         "status",
         "target",
+        "usage",
         "version",
     )
 
@@ -100,6 +103,8 @@ class Exchange:
         self.status = 500
         self.sent = False  # any byte of the answer written
         self.abandoned = False  # the client left before the answer
+        self.usage: Usage | None = None  # a counted request's RateLimit fields
+        self.limits_pending = False  # the limiter must be awaited (the task's road)
 
 
 class Forwarding(WriteFlow):
@@ -151,7 +156,7 @@ class Forwarding(WriteFlow):
                 return HAND_OFF  # an https upstream: aiohttp's client speaks TLS
             x.digest, principal = pipeline.admit_cached(gw, resolved)
             if principal is not None:
-                self._admitted(x, principal)
+                x.limits_pending = self._admitted(x, principal)
             elif resolved.credential is None:
                 pipeline.check_room(resolved.route, gate, len(x.body) or None)
             # A miss is checked after its lookup, on the task's road.
@@ -166,6 +171,13 @@ class Forwarding(WriteFlow):
             return ANSWERED if keep_alive else CLOSED
         self._current = x
         edge.busy += 1
+        if x.limits_pending:  # a cached key whose limiter must be asked (Redis)
+            x.limits_pending = False
+            assert x.principal is not None
+            pipeline.take_later(gw, x.principal).add_done_callback(
+                lambda done: self._limited(x, done)
+            )
+            return FORWARDING
         if x.principal is not None or resolved.credential is None:
             conn = edge.pool.take(gate.origin.key)
             if conn is not None:
@@ -174,19 +186,51 @@ class Forwarding(WriteFlow):
         self.task = edge.loop.create_task(self._run(x, self._forward(x)))
         return FORWARDING
 
-    def _admitted(self, x: Exchange, principal: Principal) -> None:
-        """The key is verified: the rules, the form-body check, the room."""
+    def _admitted(self, x: Exchange, principal: Principal) -> bool:
+        """The key is verified: its address, the rules, the form-body check, the
+        room, its rate limits and quota. True: the limiter must be awaited."""
         resolved = x.resolved
         assert resolved is not None and x.gate is not None
+        gw = self._edge.gw
         x.principal = principal
         x.key_id = principal.key_id
         body = x.body
         check = pipeline.authorise(
-            self._edge.gw, resolved, principal, x.method, x.headers, x.query, bool(body)
+            gw, resolved, principal, x.method, x.headers, x.query, bool(body), peer=self._peer
         )
         if check is not None:
             check.whole(body)  # the whole body is here: checked before anything is sent
         pipeline.check_room(resolved.route, x.gate, len(body) or None)
+        if principal.limits is None:
+            return False
+        usage = x.usage = pipeline.take_now(gw, principal)
+        if usage is None:
+            return True
+        usage.check()
+        return False
+
+    def _limited(self, x: Exchange, done: asyncio.Future[Usage]) -> None:
+        """The limiter answered for a cached key: refuse, or forward as _start would."""
+        if self._current is not x:
+            return  # the client left meanwhile
+        edge = self._edge
+        gate = x.gate
+        assert gate is not None and gate.origin is not None
+        try:
+            assert x.principal is not None
+            usage = x.usage = pipeline.counted(edge.gw, x.principal, done.result())
+            usage.check()
+            conn = edge.pool.take(gate.origin.key)
+            if conn is None:
+                self.task = edge.loop.create_task(self._run(x, self._forward(x)))
+                return
+            self._send(x, conn)
+            return
+        except KeygateError as exc:
+            self._failed(x, exc)
+        except Exception:
+            self._failed(x, pipeline.internal_error(x.method, x.target))
+        self._finish(x)
 
     # -- forwarding ----------------------------------------------------------------
     def _upstream_pairs(self, x: Exchange) -> list[tuple[str, str]]:
@@ -276,15 +320,23 @@ class Forwarding(WriteFlow):
     ) -> tuple[bytes, bool]:
         """The upstream's answer head for the client, and whether it goes chunked;
         ``x.keep_alive`` becomes whether the connection stays open after it."""
+        headers = answer.headers
+        usage = x.usage
+        extra = None
+        if usage is not None and usage.fields:
+            extra = usage.fields
+            if self._edge.gw.limiter.mode in LEGACY:  # ours replace an upstream's
+                headers = [(n, v) for n, v in headers if n.lower() not in LEGACY_NAMES]
         head, chunked, x.keep_alive = response_head(
             x.version,
             answer.status,
             answer.reason,
-            answer.headers,
+            headers,
             method=x.method,
             body_length=body_length,
             keep_alive=x.keep_alive,
             request_id=x.request_id,
+            extra=extra,
         )
         return head, chunked
 
@@ -312,7 +364,12 @@ class Forwarding(WriteFlow):
         resolved, gate = x.resolved, x.gate
         assert resolved is not None and gate is not None and gate.origin is not None
         if resolved.credential is not None and x.principal is None:
-            self._admitted(x, await pipeline.admit(gw, resolved, x.digest))
+            x.limits_pending = self._admitted(x, await pipeline.admit(gw, resolved, x.digest))
+        if x.limits_pending:
+            assert x.principal is not None
+            x.limits_pending = False
+            usage = x.usage = await pipeline.take(gw, x.principal)
+            usage.check()
         self._gate_in(x)
         deadline = edge.loop.time() + resolved.route.timeout
         target = pipeline.upstream_target(gw, resolved)
@@ -395,12 +452,14 @@ class Forwarding(WriteFlow):
 
     def _refusal(self, exc: KeygateError, x: Exchange) -> tuple[bytes, bool]:
         """The JSON error as a whole answer, and whether the connection stays open."""
+        usage = x.usage
         return error_response(
             exc,
             version=x.version,
             method=x.method,
             keep_alive=x.keep_alive and not exc.closes_connection,
             request_id=x.request_id,
+            extra=usage.fields if usage is not None else None,
         )
 
     def _access_line(self, x: Exchange) -> str:

@@ -5,8 +5,10 @@ The edge protocol (:mod:`gateway.edge`) answers without aiohttp's
 answered. So the rules here are aiohttp's (``StreamResponse._prepare_headers``
 and ``Response._start``, aiohttp 3.x), in its order: the given headers, then
 Content-Length or Transfer-Encoding, a default Content-Type, Date, Server,
-Connection, and keygate's X-Request-Id last. ``tests/gateway/test_edge_parity``
-holds the two servers to it.
+Connection, keygate's X-Request-Id, and last a counted request's RateLimit
+fields (``extra``; aiohttp's side adds both in ``on_response_prepare``,
+gateway/http/app.py). ``tests/gateway/test_edge_parity`` holds the two
+servers to it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def response_head(
     body_length: int | None,
     keep_alive: bool,
     request_id: str,
+    extra: Pairs | None = None,
 ) -> tuple[bytes, bool, bool]:
     """(head bytes, chunked, keep_alive) for a response to a ``method`` request.
 
@@ -52,7 +55,7 @@ def response_head(
     when the headers have none); None streams the body: then it keeps the
     headers' Content-Length, or is chunked to HTTP/1.1 and ends the
     connection on HTTP/1.0. ``keep_alive`` is the request's wish; the result
-    says whether the connection stays open.
+    says whether the connection stays open. ``extra`` pairs come last.
     """
     return _head(
         version,
@@ -64,6 +67,7 @@ def response_head(
         keep_alive,
         rfc822_formatted_time(),
         request_id,
+        extra,
     )
 
 
@@ -81,6 +85,7 @@ def _head(
     keep_alive: bool,
     date: str,
     request_id: str | None,
+    extra: Pairs | None = None,
 ) -> tuple[bytes, bool, bool]:
     """The head; without ``request_id``, all of it up to X-Request-Id, for the caller to end.
 
@@ -146,20 +151,31 @@ def _head(
         elif version == "1.1":
             out.append("Connection: close\r\n")
     if id_line is not None:
-        out += (id_line, "\r\n")
+        out.append(id_line)
+        if extra:
+            out += [f"{name}: {value}\r\n" for name, value in extra]
+        out.append("\r\n")
     return _encode("".join(out)), chunked, keep_alive
 
 
 def error_response(
-    exc: KeygateError, *, version: str, method: str, keep_alive: bool, request_id: str
+    exc: KeygateError,
+    *,
+    version: str,
+    method: str,
+    keep_alive: bool,
+    request_id: str,
+    extra: Pairs | None = None,
 ) -> tuple[bytes, bool]:
-    """The JSON error as a whole response (head and body), and keep-alive."""
+    """The JSON error as a whole response (head and body), and keep-alive;
+    ``extra`` pairs come last."""
     body = exc.body()
-    extra = tuple(exc.headers.items()) if exc.headers else ()
+    given = tuple(exc.headers.items()) if exc.headers else ()
     lead, keep_alive = _error_head(
-        exc.status, extra, len(body), version, method, keep_alive, rfc822_formatted_time()
+        exc.status, given, len(body), version, method, keep_alive, rfc822_formatted_time()
     )
-    answer = b"%sX-Request-Id: %s\r\n\r\n" % (lead, _encode(request_id))
+    tail = "".join(f"{name}: {value}\r\n" for name, value in extra) if extra else ""
+    answer = b"%sX-Request-Id: %s\r\n%s\r\n" % (lead, _encode(request_id), _encode(tail))
     return (answer if method == "HEAD" else answer + body), keep_alive
 
 

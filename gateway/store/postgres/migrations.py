@@ -121,8 +121,18 @@ PG_V2 = [
          ORDER BY a.id DESC LIMIT 1) IS DISTINCT FROM owner_id""",
 ]
 
+# Rate limits, quotas and IP allowlists, as in the SQLite migration
+# (sqlite/migrations.py, version 3).
+PG_V3 = [
+    "ALTER TABLE keys ADD COLUMN rate_limits jsonb NOT NULL DEFAULT '[]', "
+    "ADD COLUMN quota jsonb, "
+    "ADD COLUMN allowed_ips jsonb NOT NULL DEFAULT '[]', "
+    "ADD COLUMN quota_used bigint NOT NULL DEFAULT 0, "
+    "ADD COLUMN quota_window text",
+]
+
 PG_SCHEMA = Schema(
-    steps=[(1, PG_V1), (2, PG_V2)],
+    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     record_version="INSERT INTO schema_version (version) VALUES ($1)",

@@ -40,6 +40,7 @@ from keygate.gateway.store.postgres.migrations import MIGRATION_LOCK, PG_SCHEMA
 from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.rows import Codec, as_is, epoch_seconds, json_text
 from keygate.gateway.store.sqlbase import CHANGE_RETENTION, Conn, Notices, Tx
+from keygate.gateway.store.sqlkeys import quota_sets
 from keygate.gateway.store.sqlstore import SqlStore
 
 T = TypeVar("T")
@@ -250,6 +251,41 @@ class PostgresStore(SqlStore):
             )
 
         await self._tx(tx)
+
+    async def add_quota_used(
+        self, counts: Mapping[tuple[str, str], int]
+    ) -> dict[str, tuple[str | None, int]]:
+        if not counts:
+            return {}
+        # Each statement adds one count per key: a key met in two windows (at
+        # midnight) takes two, the older window first. Ids sorted: a stable
+        # row-lock order between nodes, as in touch_last_used.
+        rounds: list[list[tuple[str, str, int]]] = []
+        for (key_id, window), count in sorted(counts.items(), key=lambda c: c[0][::-1]):
+            for batch in rounds:
+                if all(row[0] != key_id for row in batch):
+                    batch.append((key_id, window, count))
+                    break
+            else:
+                rounds.append([(key_id, window, count)])
+        sql = (
+            f"UPDATE keys k SET {quota_sets('k.quota_window', 'v.w', 'v.n', self.BYTEWISE)} "  # noqa: S608
+            "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(id, w, n) "
+            "WHERE k.id = v.id RETURNING k.id, k.quota_window, k.quota_used"
+        )
+
+        async def tx(conn: Conn) -> dict[str, tuple[str | None, int]]:
+            out: dict[str, tuple[str | None, int]] = {}
+            for batch in rounds:
+                batch.sort()
+                found = await conn.fetch(
+                    sql, [r[0] for r in batch], [r[1] for r in batch], [r[2] for r in batch]
+                )
+                for row in found:
+                    out[row[0]] = (row[1], int(row[2]))
+            return out
+
+        return await self._tx(tx)
 
 
 def _stale(exc: StoreUnavailable, on_pooled_connection: bool) -> bool:

@@ -117,8 +117,19 @@ SQLITE_V2 = [
                   ORDER BY a.id DESC LIMIT 1), '') != owner_id""",
 ]
 
+# Rate limits, quotas and IP allowlists (docs/reference.md#rate-limits-quotas-and-ip-allowlists):
+# JSON documents, and the quota's count in the window it names ("2026-12-01" for
+# a day, "2026-12" for a month), added to by every process's flushes.
+SQLITE_V3 = [
+    "ALTER TABLE keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE keys ADD COLUMN quota TEXT",
+    "ALTER TABLE keys ADD COLUMN allowed_ips TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE keys ADD COLUMN quota_used INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE keys ADD COLUMN quota_window TEXT",
+]
+
 SQLITE_SCHEMA = Schema(
-    steps=[(1, SQLITE_V1), (2, SQLITE_V2)],
+    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
     record_version=(

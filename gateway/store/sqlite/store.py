@@ -29,6 +29,7 @@ from keygate.gateway.store.rows import Codec, as_is, epoch_seconds, json_text
 from keygate.gateway.store.sqlbase import CHANGE_RETENTION, Conn, Notices, Tx
 from keygate.gateway.store.sqlite.connection import SQLiteConn
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
+from keygate.gateway.store.sqlkeys import quota_sets
 from keygate.gateway.store.sqlstore import SqlStore
 
 T = TypeVar("T")
@@ -171,6 +172,30 @@ class SQLiteStore(SqlStore):
 
         try:
             await self._tx(tx)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable from exc
+
+    async def add_quota_used(
+        self, counts: Mapping[tuple[str, str], int]
+    ) -> dict[str, tuple[str | None, int]]:
+        if not counts:
+            return {}
+        sql = (
+            f"UPDATE keys SET {quota_sets('quota_window', '$2', '$3', self.BYTEWISE)} "  # noqa: S608
+            "WHERE id = $1 RETURNING quota_window, quota_used"
+        )
+
+        async def tx(conn: Conn) -> dict[str, tuple[str | None, int]]:
+            out: dict[str, tuple[str | None, int]] = {}
+            # An older window first: a key met at midnight ends in the new one.
+            for (key_id, window), count in sorted(counts.items(), key=lambda c: c[0][::-1]):
+                row = await conn.fetchrow(sql, key_id, window, count)
+                if row is not None:
+                    out[key_id] = (row[0], int(row[1]))
+            return out
+
+        try:
+            return await self._tx(tx)
         except sqlite3.Error as exc:
             raise StoreUnavailable from exc
 
