@@ -176,6 +176,13 @@ SCHEMAS: dict[str, Schema] = {
             "webhook_url": nullable(STRING),
             "metadata": METADATA,
             "disabled_by": DISABLED_BY,
+            "avatar_url": nullable(
+                {
+                    "type": "string",
+                    "description": "Where GET serves the key's avatar (image/png); the URL "
+                    "changes with the image. null: no avatar.",
+                }
+            ),
         },
         required=(
             "id",
@@ -193,6 +200,7 @@ SCHEMAS: dict[str, Schema] = {
             "webhook_url",
             "metadata",
             "disabled_by",
+            "avatar_url",
         ),
         closed=False,
     ),

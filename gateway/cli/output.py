@@ -141,6 +141,7 @@ def key_fields(k: Mapping[str, Any]) -> str:
             ("expires", cell(k["expires_at"], "never")),
             ("webhook url", cell(k["webhook_url"])),
             ("metadata", cell(k["metadata"])),
+            ("avatar", cell(k.get("avatar_url"), "none")),
         ]
     )
 

@@ -17,6 +17,8 @@ BUILTIN_GROUPS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     ),
 }
 ADMIN_GROUP = "admin"
+# server.admin_prefix's default: where avatar_url points when no prefix is given.
+DEFAULT_ADMIN_PREFIX = "/_keygate"
 SELF_SERVICE_GROUP = "self-service"
 
 
@@ -101,6 +103,8 @@ class KeyRecord:
     disabled_by_admin: bool = False
     # expires_at was set by an admin: its owner may only bring it forward.
     expires_by_admin: bool = False
+    # The avatar's etag (key_avatars), None when the key has none.
+    avatar_etag: str | None = None
 
     @property
     def display(self) -> str:
@@ -113,7 +117,17 @@ class KeyRecord:
             return "expired"
         return self.status
 
-    def as_json(self, now: datetime | None = None) -> dict[str, Any]:
+    def avatar_url(self, admin_prefix: str = DEFAULT_ADMIN_PREFIX) -> str | None:
+        """Where the avatar is served; ``v`` changes with the image, so a client may
+        cache by URL (docs/admin-api.md#avatars)."""
+        if self.avatar_etag is None:
+            return None
+        base = admin_prefix.rstrip("/")
+        return f"{base}/api/v1/keys/{self.id}/avatar?v={self.avatar_etag[:16]}"
+
+    def as_json(
+        self, now: datetime | None = None, *, admin_prefix: str = DEFAULT_ADMIN_PREFIX
+    ) -> dict[str, Any]:
         created_by = None
         if self.created_by_id is not None:
             created_by = {"id": self.created_by_id, "username": self.created_by_username}
@@ -136,7 +150,18 @@ class KeyRecord:
             "webhook_url": self.webhook_url,
             "metadata": self.metadata,
             "disabled_by": disabled_by,
+            "avatar_url": self.avatar_url(admin_prefix),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarRecord:
+    """A key's avatar: the PNG keygate encoded, never the uploaded bytes."""
+
+    key_id: str
+    png: bytes
+    etag: str  # hex digest of ``png``
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +244,15 @@ class Change:
     seq: int
     kind: str
     ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of the audit trail; None matches anything."""
+
+    target_type: str | None = None  # key | user | group
+    target_id: str | None = None
+    actor: str | None = None  # the actor's username (cli:<os user> for the CLI)
 
 
 @dataclass(frozen=True, slots=True)

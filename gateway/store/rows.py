@@ -47,6 +47,11 @@ KEY_COLUMNS = (
     "webhook_url, metadata, disabled_by_id, disabled_by_username, disabled_by_admin, "
     "expires_by_admin"
 )
+# What every key read selects: KEY_COLUMNS, then the avatar's etag (NULL when
+# the key has none) from its own table, always as the LAST column, so that a
+# column added to KEY_COLUMNS never moves it (docs/admin-api.md#avatars).
+KEY_AVATAR_ETAG = "(SELECT a.etag FROM key_avatars a WHERE a.key_id = keys.id)"
+KEY_READ = f"{KEY_COLUMNS}, {KEY_AVATAR_ETAG}"
 USER_COLUMNS = "id, username, role, groups, status, created_at, updated_at"
 GROUP_COLUMNS = "name, description, rules, builtin, created_at, updated_at"
 AUDIT_COLUMNS = (
@@ -91,6 +96,7 @@ def placeholders(count: int) -> str:
 
 # --- reading ----------------------------------------------------------------
 def key_from_row(row: Any, codec: Codec) -> KeyRecord:
+    """A row of KEY_READ."""
     return KeyRecord(
         seq=row[0],
         id=row[1],
@@ -114,6 +120,7 @@ def key_from_row(row: Any, codec: Codec) -> KeyRecord:
         disabled_by_username=row[19],
         disabled_by_admin=bool(row[20]),
         expires_by_admin=bool(row[21]),
+        avatar_etag=row[len(row) - 1],  # KEY_READ's last column
     )
 
 

@@ -26,6 +26,7 @@ KEY_FIELDS = {
     "webhook_url",
     "metadata",
     "disabled_by",
+    "avatar_url",
 }
 
 
