@@ -32,7 +32,7 @@ PATH_PARAMETERS: dict[str, Schema] = {
     "username": {"description": "The username.", "schema": {"type": "string", "pattern": USERNAME}},
     "name": {"description": "The group name.", "schema": {"type": "string", "pattern": GROUP_NAME}},
     "asset": {
-        "description": "A Swagger UI file name.",
+        "description": "A file name of Swagger UI or of the console.",
         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
     },
 }
@@ -290,6 +290,11 @@ def _error(description: str) -> Schema:
 def _success(ep: Endpoint) -> Schema:
     if ep.ok == 204:
         return {"description": "Done; no body."}
+    if ep.ok == 308:
+        return {
+            "description": "Permanent redirect (RFC 9110 §15.4.9).",
+            "headers": {"Location": {"description": "Where to go.", "schema": {"type": "string"}}},
+        }
     if ep.response is not None:
         return {"description": "OK", "content": {"application/json": {"schema": ref(ep.response)}}}
     if ep.media == "application/json":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from keygate.admin.handlers import audit, avatars, docs, groups, health, keys, me, users
+from keygate.admin.handlers import audit, avatars, console, docs, groups, health, keys, me, users
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -104,6 +104,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         docs.docs_static,
         "docsAsset",
         "A Swagger UI asset, served from the installed swagger-ui-bundle",
+        "meta",
+        public=True,
+        not_found=True,
+        media="application/octet-stream",
+    ),
+    Endpoint(
+        "GET",
+        "/console",
+        console.console_redirect,
+        "consoleRedirect",
+        "Redirects to the web console, /console/",
+        "meta",
+        ok=308,
+        public=True,
+        media="text/html",
+    ),
+    Endpoint(
+        "GET",
+        "/console/",
+        console.console_page,
+        "console",
+        "The web console (sign in with a key)",
+        "meta",
+        public=True,
+        media="text/html",
+    ),
+    Endpoint(
+        "GET",
+        "/console/{asset}",
+        console.console_asset,
+        "consoleAsset",
+        "A web console file (script, style sheet, image)",
         "meta",
         public=True,
         not_found=True,

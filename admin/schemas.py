@@ -283,6 +283,20 @@ SCHEMAS: dict[str, Schema] = {
         required=("items", "next_cursor"),
         closed=False,
     ),
-    "Me": obj({"user": ref("User"), "key": ref("Key")}, required=("user", "key"), closed=False),
+    "Me": obj(
+        {
+            "user": ref("User"),
+            "key": ref("Key"),
+            "limits": obj(
+                {"max_keys_per_user": {"type": "integer", "minimum": 1}},
+                required=("max_keys_per_user",),
+                closed=False,
+                description="The settings a client needs to explain a refusal before it "
+                "happens (auth.max_keys_per_user: keys an owner may hold that are not revoked).",
+            ),
+        },
+        required=("user", "key", "limits"),
+        closed=False,
+    ),
 }
 SCHEMAS.update(request_bodies())
