@@ -5,7 +5,6 @@
 // session: the token is forgotten and the sign-in page shows the reason.
 
 const TOKEN = "keygate.console.token";
-const REASON = "keygate.console.reason";
 
 export const base = location.pathname.replace(/\/console(\/.*)?$/, "");
 export const apiBase = `${base}/api/v1`;
@@ -28,19 +27,10 @@ export const session = {
   token: () => sessionStorage.getItem(TOKEN),
   signIn(token) {
     sessionStorage.setItem(TOKEN, token);
-    sessionStorage.removeItem(REASON);
   },
-  signOut(reason) {
+  signOut() {
     sessionStorage.removeItem(TOKEN);
-    if (reason) sessionStorage.setItem(REASON, reason);
-    else sessionStorage.removeItem(REASON);
     forgetImages();
-  },
-  /** Why the last session ended (shown once on the sign-in page). */
-  takeReason() {
-    const reason = sessionStorage.getItem(REASON);
-    sessionStorage.removeItem(REASON);
-    return reason;
   },
 };
 

@@ -148,7 +148,7 @@ function start(me) {
 }
 
 function signOut(reason) {
-  session.signOut(reason);
+  session.signOut();
   ctx = null;
   shell = null;
   history.replaceState(null, "", location.pathname);
@@ -199,7 +199,7 @@ setUnauthorizedHandler((error) => {
 async function boot() {
   const token = session.token();
   if (!token) {
-    renderSignIn(session.takeReason());
+    renderSignIn(null);
     return;
   }
   try {
