@@ -247,7 +247,6 @@ export async function createKeyDialog(ctx, { owner: fixedOwner, onDone }) {
     } catch (err) {
       submit.disabled = false;
       if (!showErrors(err, fields)) flash(err.message, "error");
-      if (err instanceof ApiError && err.code === "key_limit_reached") flash(err.message, "error");
       return;
     }
     let avatarProblem = "";
