@@ -6,7 +6,7 @@
 
 import * as api from "./api.js";
 import { ApiError, base } from "./api.js";
-import { confirmDialog, dialog, field, flash, focusFirst, h, pageHeader, uid } from "./ui.js";
+import { append, confirmDialog, dialog, field, flash, focusFirst, h, pageHeader, uid } from "./ui.js";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -51,7 +51,7 @@ function groupCard(ctx, group) {
     group.description ? h("p", {}, group.description) : null,
     group.rules.length
       ? h("ul", { class: "rules" }, group.rules.map((r) => h("li", { class: "mono small" }, ruleText(r))))
-      : h("p", { class: "muted small" }, group.name === "admin" ? "The whole admin API." : group.name === "self-service" ? "The caller's own keys in the admin API." : "No rules: allows nothing at the proxy."),
+      : h("p", { class: "muted small" }, "No proxy rules: it allows nothing at the proxy."),
   );
 }
 
@@ -133,7 +133,7 @@ async function groupDialog(group, onDone) {
     rulesBox.append(editor.el);
   };
   (group ? group.rules : [null]).forEach(addRule);
-  form.append(
+  append(form, [
     name ? name.wrap : null,
     description.wrap,
     h("h3", {}, "Rules"),
@@ -141,7 +141,7 @@ async function groupDialog(group, onDone) {
     rulesBox,
     rulesError,
     h("button", { type: "button", class: "secondary small", onclick: () => addRule(null) }, "Add rule"),
-  );
+  ]);
   dlg.body.append(form);
   const save = h("button", { type: "submit", class: "primary", form: "group-form" }, group ? "Save" : "Create group");
   dlg.footer.append(h("button", { type: "button", class: "secondary", onclick: () => dlg.close() }, "Cancel"), save);

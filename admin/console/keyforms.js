@@ -7,7 +7,7 @@
 
 import * as api from "./api.js";
 import { ApiError } from "./api.js";
-import { checkboxGroup, confirmDialog, copyText, dialog, field, flash, focusFirst, h, uid } from "./ui.js";
+import { append, checkboxGroup, confirmDialog, copyText, dialog, field, flash, focusFirst, h, uid } from "./ui.js";
 
 const IMAGE_TYPES = "image/png,image/jpeg,image/gif,image/webp";
 const DAY = 86400;
@@ -205,7 +205,7 @@ export async function createKeyDialog(ctx, { owner: fixedOwner, onDone }) {
   if (ownerSelect) ownerSelect.addEventListener("change", ownerChanged);
   await ownerChanged();
 
-  form.append(fields.name.wrap, fields.description.wrap, fields.owner ? fields.owner.wrap : null, groupsBox, expiry.wrap, fields.webhook_url.wrap, fields.avatar.wrap, limitNote);
+  append(form, [fields.name.wrap, fields.description.wrap, fields.owner ? fields.owner.wrap : null, groupsBox, expiry.wrap, fields.webhook_url.wrap, fields.avatar.wrap, limitNote]);
   dlg.body.append(form);
   dlg.footer.append(h("button", { type: "button", class: "secondary", onclick: () => dlg.close() }, "Cancel"), submit);
   focusFirst(form);

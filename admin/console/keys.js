@@ -245,7 +245,7 @@ export async function renderKeyDetails(ctx, main, id) {
     key.status === "active" ? h("button", { type: "button", class: "secondary", onclick: async () => (await setEnabled(key, false)) && refresh() }, "Block") : null,
     key.status === "disabled" ? h("button", { type: "button", class: "secondary", onclick: async () => (await setEnabled(key, true)) && refresh() }, "Enable") : null,
     live ? h("button", { type: "button", class: "secondary", onclick: () => rollDialog(key, { onDone: refresh }) }, "Roll…") : null,
-    live ? h("button", { type: "button", class: "danger", onclick: async () => (await revokeKey(key)) && refresh() }, "Revoke…") : null,
+    live ? h("button", { type: "button", class: "secondary danger-text", onclick: async () => (await revokeKey(key)) && refresh() }, "Revoke…") : null,
     h("button", { type: "button", class: "danger", onclick: async () => { if (await deleteKey(key)) location.hash = "#/keys"; } }, "Delete…"),
   );
   main.append(

@@ -293,6 +293,12 @@ def test_console_self_service_sees_only_own_keys_and_no_admin_pages(
     nav = page.get_by_role("navigation", name="Console")
     for admin_page in ("Users", "Groups", "Audit"):
         expect(nav.get_by_role("link", name=admin_page)).to_have_count(0)
+    page.get_by_role("button", name="Create key").click()
+    dialog = page.get_by_role("dialog", name="Create an API key")
+    expect(dialog.get_by_label("Name")).to_have_value("erin-key-3")
+    expect(dialog.get_by_label("Owner")).to_have_count(0)  # only admins choose an owner
+    expect(dialog.get_by_role("checkbox")).to_have_count(2)  # what erin may hold
+    page.keyboard.press("Escape")
     page.goto(world.console + "#/users")
     expect(page.get_by_role("alert")).to_contain_text("admins only")
     expect(page.get_by_role("heading", name="My keys")).to_be_visible()

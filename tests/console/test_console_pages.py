@@ -40,6 +40,7 @@ def test_console_groups_rules_editor_and_delete_in_use_with_force(tab: Tab, worl
     tab.page.get_by_role("link", name="Groups").click()
     tab.page.get_by_role("button", name="New group").click()
     dialog = tab.page.get_by_role("dialog", name="New group")
+    expect(dialog.locator("form")).not_to_contain_text("null")
     dialog.get_by_label("Name").fill("reports-read")
     dialog.get_by_label("Description").fill("Read the reports")
     rule = dialog.locator("fieldset.rule-editor")
@@ -56,6 +57,10 @@ def test_console_groups_rules_editor_and_delete_in_use_with_force(tab: Tab, worl
     ]
 
     world.make_user("judy", ["reports-read"])
+    card.get_by_role("button", name="Edit").click()
+    edit = tab.page.get_by_role("dialog", name="Edit group reports-read")
+    expect(edit.locator("form")).not_to_contain_text("null")
+    edit.get_by_role("button", name="Cancel").click()
     card.get_by_role("button", name="Delete…").click()
     tab.page.get_by_role("dialog", name="Delete group reports-read?").get_by_role(
         "button", name="Delete group"
