@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -59,20 +60,31 @@ async def _read_body(request: web.Request) -> tuple[bool, Any]:
 
 
 async def _read_capped(request: web.Request) -> bytes:
+    return await read_capped(request, request.content.readany, MAX_BODY_BYTES)
+
+
+async def read_capped(
+    request: web.Request,
+    read: Callable[[], Awaitable[bytes]],
+    limit: int,
+    too_large: str | None = None,
+) -> bytes:
+    """Everything ``read`` returns until it returns b"", at most ``limit`` bytes
+    (413 beyond), each read bounded by ``server.body_idle_timeout`` (400)."""
     idle = gateway(request).settings.server.body_idle_timeout
     chunks: list[bytes] = []
     size = 0
     while True:
         try:
             async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
+                chunk = await read()
         except TimeoutError:
             raise BadRequest("The request body stalled.") from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge
+        if size > limit:
+            raise TooLarge(too_large)
         chunks.append(chunk)
 
 

@@ -32,7 +32,7 @@ PATH_PARAMETERS: dict[str, Schema] = {
     "username": {"description": "The username.", "schema": {"type": "string", "pattern": USERNAME}},
     "name": {"description": "The group name.", "schema": {"type": "string", "pattern": GROUP_NAME}},
     "asset": {
-        "description": "A Swagger UI file name.",
+        "description": "A file name of Swagger UI or of the console.",
         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
     },
 }
@@ -65,6 +65,23 @@ QUERY_PARAMETERS: dict[str, Schema] = {
         "is 422).",
         "schema": {"type": "string", "minLength": 1},
     },
+    "v": {
+        "description": "The image's version, as avatar_url gives it (so a client may cache by "
+        "URL); it does not select anything.",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+    },
+    "target_type": {
+        "description": "Only records about this kind of target.",
+        "schema": {"type": "string", "enum": ["key", "user", "group"]},
+    },
+    "target": {
+        "description": "Only records about this target: a key id, username or group name.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": QUERY_TEXT},
+    },
+    "actor": {
+        "description": "Only records of changes by this username (cli:<os user> for the CLI).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": QUERY_TEXT},
+    },
     "force": {
         "description": "Delete even when users or keys hold the group (it is removed from them).",
         "schema": {"type": "boolean", "default": False},
@@ -81,7 +98,9 @@ ERRORS: dict[int, tuple[str, str]] = {
     403: ("Forbidden", "forbidden: the key's effective groups do not allow this."),
     404: ("NotFound", "not_found (also for another owner's key)."),
     409: ("Conflict", "A conflict with the current state; see the operation for its codes."),
-    413: ("TooLarge", "too_large: the body is over 64 KiB."),
+    413: ("TooLarge", "too_large: the body is over 64 KiB (an avatar image: over 1 MiB)."),
+    415: ("UnsupportedMediaType", "unsupported_media_type: a Content-Encoding keygate "
+          "does not decode."),
     422: ("Invalid", "invalid: details name each refused field (unknown fields included)."),
     503: ("Unavailable", "store_unavailable."),
 }
@@ -189,9 +208,17 @@ def _operation(ep: Endpoint) -> Schema:
             "required": ep.body_required,
             "content": {"application/json": {"schema": ref(ep.body)}},
         }
+    if ep.upload:
+        op["requestBody"] = upload_body()
     if ep.public:
         op["security"] = []
     for status in statuses(ep):
+        if status == 304:
+            op["responses"]["304"] = {
+                "description": "If-None-Match names the current ETag: no body.",
+                "headers": {"ETag": ETAG_HEADER},
+            }
+            continue
         name, _ = ERRORS[status]
         response: Schema = {"$ref": f"#/components/responses/{name}"}
         if status == 409:
@@ -207,8 +234,35 @@ def _operation(ep: Endpoint) -> Schema:
     return op
 
 
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/octet-stream")
+ETAG_HEADER: Schema = {
+    "description": "The image's entity tag (RFC 9110 §8.8.3).",
+    "schema": {"type": "string"},
+}
+
+
+def upload_body() -> Schema:
+    """An image as the whole body, or as the ``file`` part of a form."""
+    binary: Schema = {"type": "string", "format": "binary"}
+    content: Schema = {media: {"schema": binary} for media in IMAGE_TYPES}
+    content["multipart/form-data"] = {
+        "schema": {
+            "type": "object",
+            "properties": {"file": binary},
+            "required": ["file"],
+            "additionalProperties": False,
+        }
+    }
+    return {
+        "required": True,
+        "description": "PNG, JPEG, GIF or WebP, at most 1 MiB. Anything else (SVG, HTML, "
+        "damaged or truncated images, polyglots, more than 4096×4096 pixels) is 422.",
+        "content": content,
+    }
+
+
 def statuses(ep: Endpoint) -> list[int]:
-    """Every error status the operation can answer (besides 405 for another method)."""
+    """Every status the operation can answer besides success (and 405 for another method)."""
     found = [400]  # bad_path on any path; bad_request and ambiguous_api_key below
     if not ep.public:
         found += [401, 403]
@@ -216,9 +270,13 @@ def statuses(ep: Endpoint) -> list[int]:
         found.append(404)
     if ep.conflicts:
         found.append(409)
-    if ep.body is not None:
+    if ep.etag:
+        found.append(304)
+    if ep.body is not None or ep.upload:
         found.append(413)
-    if ep.body is not None or ep.query:
+    if ep.upload:
+        found.append(415)
+    if ep.body is not None or ep.query or ep.upload:
         found.append(422)
     if not ep.public or ep.operation_id == "ready":
         found.append(503)
@@ -232,12 +290,23 @@ def _error(description: str) -> Schema:
 def _success(ep: Endpoint) -> Schema:
     if ep.ok == 204:
         return {"description": "Done; no body."}
+    if ep.ok == 308:
+        return {
+            "description": "Permanent redirect (RFC 9110 §15.4.9).",
+            "headers": {"Location": {"description": "Where to go.", "schema": {"type": "string"}}},
+        }
     if ep.response is not None:
         return {"description": "OK", "content": {"application/json": {"schema": ref(ep.response)}}}
     if ep.media == "application/json":
         return {
             "description": "An OpenAPI document.",
             "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    if ep.etag:
+        return {
+            "description": "The image.",
+            "headers": {"ETag": ETAG_HEADER},
+            "content": {ep.media: {"schema": {"type": "string", "format": "binary"}}},
         }
     if ep.media == "text/html":
         return {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from keygate.admin.handlers import audit, docs, groups, health, keys, me, users
+from keygate.admin.handlers import audit, avatars, console, docs, groups, health, keys, me, users
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,7 +38,9 @@ class Endpoint:
     forbidden: str = ""  # when 403 means more than "the key's groups do not allow this"
     admin_only: bool = False
     public: bool = False
-    media: str = "application/json"  # of a public, non-JSON success body
+    media: str = "application/json"  # of a non-JSON success body
+    upload: bool = False  # the request body is an image file (docs/admin-api.md#avatars)
+    etag: bool = False  # answers 304 to a matching If-None-Match
 
 
 def _key(method: str, path: str, handler: Handler, op: str, summary: str, **kw: object) -> Endpoint:
@@ -102,6 +104,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         docs.docs_static,
         "docsAsset",
         "A Swagger UI asset, served from the installed swagger-ui-bundle",
+        "meta",
+        public=True,
+        not_found=True,
+        media="application/octet-stream",
+    ),
+    Endpoint(
+        "GET",
+        "/console",
+        console.console_redirect,
+        "consoleRedirect",
+        "Redirects to the web console, /console/",
+        "meta",
+        ok=308,
+        public=True,
+        media="text/html",
+    ),
+    Endpoint(
+        "GET",
+        "/console/",
+        console.console_page,
+        "console",
+        "The web console (sign in with a key)",
+        "meta",
+        public=True,
+        media="text/html",
+    ),
+    Endpoint(
+        "GET",
+        "/console/{asset}",
+        console.console_asset,
+        "consoleAsset",
+        "A web console file (script, style sheet, image)",
         "meta",
         public=True,
         not_found=True,
@@ -174,6 +208,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body_required=False,
         not_found=True,
         conflicts=("key_revoked",),
+    ),
+    _key(
+        "PUT",
+        "/keys/{id}/avatar",
+        avatars.put_avatar,
+        "putKeyAvatar",
+        "Set the key's avatar: a PNG, JPEG, GIF or WebP image of at most 1 MiB, "
+        "re-encoded as a 256×256 PNG",
+        response="Key",
+        upload=True,
+        not_found=True,
+        conflicts=("key_revoked",),
+    ),
+    _key(
+        "GET",
+        "/keys/{id}/avatar",
+        avatars.get_avatar,
+        "getKeyAvatar",
+        "The key's avatar (image/png, with an ETag); 404 when it has none",
+        media="image/png",
+        query=("v",),
+        not_found=True,
+        etag=True,
+    ),
+    _key(
+        "DELETE",
+        "/keys/{id}/avatar",
+        avatars.delete_avatar,
+        "deleteKeyAvatar",
+        "Remove the key's avatar (done also when it has none)",
+        ok=204,
+        not_found=True,
     ),
     # --- users ------------------------------------------------------------------
     _admin(
@@ -297,7 +363,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The audit trail, newest first",
         "audit",
         response="AuditList",
-        query=PAGE,
+        query=("target_type", "target", "actor", *PAGE),
     ),
 )
 

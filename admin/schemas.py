@@ -189,6 +189,13 @@ SCHEMAS: dict[str, Schema] = {
                 {**TIME, "description": "When the quota window ends; null without a quota."}
             ),
             "allowed_ips": {"type": "array", "items": STRING},
+            "avatar_url": nullable(
+                {
+                    "type": "string",
+                    "description": "Where GET serves the key's avatar (image/png); the URL "
+                    "changes with the image. null: no avatar.",
+                }
+            ),
         },
         required=(
             "id",
@@ -211,6 +218,7 @@ SCHEMAS: dict[str, Schema] = {
             "quota_used",
             "quota_resets_at",
             "allowed_ips",
+            "avatar_url",
         ),
         closed=False,
     ),
@@ -293,6 +301,20 @@ SCHEMAS: dict[str, Schema] = {
         required=("items", "next_cursor"),
         closed=False,
     ),
-    "Me": obj({"user": ref("User"), "key": ref("Key")}, required=("user", "key"), closed=False),
+    "Me": obj(
+        {
+            "user": ref("User"),
+            "key": ref("Key"),
+            "limits": obj(
+                {"max_keys_per_user": {"type": "integer", "minimum": 1}},
+                required=("max_keys_per_user",),
+                closed=False,
+                description="The settings a client needs to explain a refusal before it "
+                "happens (auth.max_keys_per_user: keys an owner may hold that are not revoked).",
+            ),
+        },
+        required=("user", "key", "limits"),
+        closed=False,
+    ),
 }
 SCHEMAS.update(request_bodies())

@@ -52,3 +52,15 @@ def test_console_script_and_module_entry_point() -> None:
     scripts = _pyproject()["project"]["scripts"]
     assert scripts == {"keygate": "keygate.gateway.cli:main"}
     assert (ROOT / "src" / "keygate" / "__main__.py").is_file()
+
+
+def test_console_files_are_package_data_and_served() -> None:
+    # Every file of the console ships (package-data globs) and is on the allow-list.
+    from keygate.admin.handlers.console import ASSETS, CONSOLE_DIR, INDEX
+
+    globs = _pyproject()["tool"]["setuptools"]["package-data"]["keygate.admin"]
+    files = {p.name for p in (ROOT / "admin" / "console").iterdir() if p.is_file()}
+    assert files == {INDEX, *ASSETS}
+    for name in files:
+        assert any(Path("console", name).match(glob) for glob in globs), name
+    assert CONSOLE_DIR.is_dir()

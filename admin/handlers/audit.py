@@ -10,9 +10,13 @@ from keygate.admin.responses import json_response
 
 
 async def list_audit(request: web.Request) -> web.Response:
+    query = request.query
     items, cursor = await services(request).audit.list(
         actor(request),
-        limit=params.limit(request.query),
-        cursor=params.text(request.query, "cursor"),
+        limit=params.limit(query),
+        cursor=params.text(query, "cursor"),
+        target_type=params.text(query, "target_type"),
+        target=params.text(query, "target"),
+        actor_name=params.text(query, "actor"),
     )
     return json_response({"items": [r.as_json() for r in items], "next_cursor": cursor})

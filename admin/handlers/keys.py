@@ -6,14 +6,20 @@ from aiohttp import web
 
 from keygate.admin import params
 from keygate.admin.body import read_json, read_optional_json
-from keygate.admin.context import actor, services
+from keygate.admin.context import actor, gateway, services
 from keygate.admin.responses import json_response, no_content
 from keygate.gateway.service import IssuedKey
+from keygate.gateway.store.records import KeyRecord
 
 
-def issued(result: IssuedKey) -> dict[str, object]:
+def key_json(request: web.Request, key: KeyRecord) -> dict[str, object]:
+    """The key record, its ``avatar_url`` under this gateway's admin prefix."""
+    return key.as_json(admin_prefix=gateway(request).settings.server.admin_prefix)
+
+
+def issued(request: web.Request, result: IssuedKey) -> dict[str, object]:
     # The only responses that carry a token: it is shown once (docs/reference.md#token-format).
-    return {"key": result.key.as_json(), "token": result.token}
+    return {"key": key_json(request, result.key), "token": result.token}
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -27,35 +33,35 @@ async def list_keys(request: web.Request) -> web.Response:
         limit=params.limit(query),
         cursor=params.text(query, "cursor"),
     )
-    return json_response({"items": [k.as_json() for k in items], "next_cursor": cursor})
+    return json_response({"items": [key_json(request, k) for k in items], "next_cursor": cursor})
 
 
 async def create_key(request: web.Request) -> web.Response:
     body = await read_json(request)
     result = await services(request).keys.create(actor(request), body)
-    return json_response(issued(result), status=201)
+    return json_response(issued(request, result), status=201)
 
 
 async def get_key(request: web.Request) -> web.Response:
     key = await services(request).keys.get(actor(request), request.match_info["id"])
-    return json_response(key.as_json())
+    return json_response(key_json(request, key))
 
 
 async def update_key(request: web.Request) -> web.Response:
     body = await read_json(request)
     key = await services(request).keys.update(actor(request), request.match_info["id"], body)
-    return json_response(key.as_json())
+    return json_response(key_json(request, key))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     key = await services(request).keys.revoke(actor(request), request.match_info["id"])
-    return json_response(key.as_json())
+    return json_response(key_json(request, key))
 
 
 async def roll_key(request: web.Request) -> web.Response:
     body = await read_optional_json(request)  # {"grace_seconds": n}; none at all is {}
     result = await services(request).keys.roll(actor(request), request.match_info["id"], body)
-    return json_response(issued(result))
+    return json_response(issued(request, result))
 
 
 async def delete_key(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from keygate.admin.context import actor, gateway, services
+from keygate.admin.handlers.keys import key_json
 from keygate.admin.responses import json_response
 from keygate.gateway.errors import Unauthorized
 
@@ -17,4 +18,6 @@ async def me(request: web.Request) -> web.Response:
         # Deleted between verification and now: the key no longer authenticates.
         raise Unauthorized
     key = await services(request).keys.get(who, who.key_id)
-    return json_response({"user": user.as_json(), "key": key.as_json()})
+    limits = {"max_keys_per_user": gateway(request).settings.auth.max_keys_per_user}
+    body = {"user": user.as_json(), "key": key_json(request, key), "limits": limits}
+    return json_response(body)

@@ -15,6 +15,7 @@ EPILOG = """\
 examples:
   keygate audit list
   keygate audit list --limit 20 --json
+  keygate audit list --target-type key --target 3k9x2m0qzt7a
 
 Every change made through the admin API or the CLI is recorded in the same
 transaction as the change: who (user and key id, or cli:<os user>), what,
@@ -24,7 +25,12 @@ which record, which fields, when and from which address. Tokens never are.
 
 async def list_audit(args: argparse.Namespace, env: Env) -> Result:
     records, cursor = await env.services.audit.list(
-        env.actor, limit=args.limit, cursor=args.cursor
+        env.actor,
+        limit=args.limit,
+        cursor=args.cursor,
+        target_type=args.target_type,
+        target=args.target,
+        actor_name=args.actor,
     )
     items = [r.as_json() for r in records]
     note = f"more records: add --cursor {cursor} for the next page" if cursor else None
@@ -61,3 +67,6 @@ def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=positive_int, default=50, metavar="N", help="default 50")
     p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.add_argument("--target-type", choices=("key", "user", "group"), help="only this kind")
+    p.add_argument("--target", metavar="ID", help="only this key id, username or group name")
+    p.add_argument("--actor", metavar="USERNAME", help="only changes by this user")

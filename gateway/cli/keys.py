@@ -11,8 +11,14 @@ from keygate.gateway.cli.output import Result
 from keygate.gateway.cli.parser import Tree, json_object, positive_int, quota, rate_limit
 from keygate.gateway.cli.runner import Env
 from keygate.gateway.service.keys import LIST_STATUSES, MAX_LIMIT
+from keygate.gateway.store.records import KeyRecord
 
 DEFAULT_OWNER = "admin"  # the first admin, created by ``keygate init``
+
+
+def record(key: KeyRecord, env: Env) -> dict[str, Any]:
+    """The key record as the admin API shows it (``avatar_url`` under the admin prefix)."""
+    return key.as_json(admin_prefix=env.settings.server.admin_prefix)
 
 
 async def create(args: argparse.Namespace, env: Env) -> Result:
@@ -31,7 +37,7 @@ async def create(args: argparse.Namespace, env: Env) -> Result:
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     issued = await env.services.keys.create(env.actor, body)
-    key = issued.key.as_json()
+    key = record(issued.key, env)
     headline = f"Created key {key['id']} ({out.cell(key['name'])}) for {out.cell(args.owner)}."
     return Result({"key": key, "token": issued.token}, out.issued_text(headline, key, issued.token))
 
@@ -42,7 +48,7 @@ async def list_keys(args: argparse.Namespace, env: Env) -> Result:
         records, cursor = await env.services.keys.list(
             env.actor, limit=args.limit or 50, cursor=args.cursor, **query
         )
-        items = [r.as_json() for r in records]
+        items = [record(r, env) for r in records]
         note = None
         if cursor:
             note = f"more keys: add --cursor {cursor} for the next page, or --all for every page"
@@ -54,7 +60,7 @@ async def list_keys(args: argparse.Namespace, env: Env) -> Result:
         records, cursor = await env.services.keys.list(
             env.actor, limit=args.limit or MAX_LIMIT, cursor=cursor, **query
         )
-        items.extend(r.as_json() for r in records)
+        items.extend(record(r, env) for r in records)
         if not cursor:
             break
         if progress:
@@ -65,23 +71,23 @@ async def list_keys(args: argparse.Namespace, env: Env) -> Result:
 
 
 async def show(args: argparse.Namespace, env: Env) -> Result:
-    key = (await env.services.keys.get(env.actor, args.id)).as_json()
+    key = record(await env.services.keys.get(env.actor, args.id), env)
     return Result(key, out.key_fields(key))
 
 
 async def disable(args: argparse.Namespace, env: Env) -> Result:
-    key = (await env.services.keys.set_status(env.actor, args.id, "disabled")).as_json()
+    key = record(await env.services.keys.set_status(env.actor, args.id, "disabled"), env)
     return Result(key, f"Disabled key {key['id']} ({out.cell(key['name'])}).")
 
 
 async def enable(args: argparse.Namespace, env: Env) -> Result:
-    key = (await env.services.keys.set_status(env.actor, args.id, "active")).as_json()
+    key = record(await env.services.keys.set_status(env.actor, args.id, "active"), env)
     text = f"Enabled key {key['id']} ({out.cell(key['name'])}); status {key['status']}."
     return Result(key, text)
 
 
 async def revoke(args: argparse.Namespace, env: Env) -> Result:
-    key = (await env.services.keys.revoke(env.actor, args.id)).as_json()
+    key = record(await env.services.keys.revoke(env.actor, args.id), env)
     return Result(key, f"Revoked key {key['id']} ({out.cell(key['name'])}). This is final.")
 
 
@@ -92,7 +98,7 @@ async def delete(args: argparse.Namespace, env: Env) -> Result:
 
 async def roll(args: argparse.Namespace, env: Env) -> Result:
     issued = await env.services.keys.roll(env.actor, args.id, {"grace_seconds": args.grace_seconds})
-    key = issued.key.as_json()
+    key = record(issued.key, env)
     grace = (
         f"The old token keeps working for {args.grace_seconds} seconds."
         if args.grace_seconds
@@ -125,7 +131,7 @@ async def update(args: argparse.Namespace, env: Env) -> Result:
         body["quota"] = args.quota
     if args.no_quota:
         body["quota"] = None
-    key = (await env.services.keys.update(env.actor, args.id, body)).as_json()
+    key = record(await env.services.keys.update(env.actor, args.id, body), env)
     return Result(key, f"Updated key {key['id']}.\n\n{out.key_fields(key)}")
 
 
@@ -207,6 +213,8 @@ def _key_id(parser: argparse.ArgumentParser) -> None:
 
 
 def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
+    from keygate.gateway.cli import avatars  # it builds on this module's record()
+
     keys = tree.group(sub, "keys", "manage API keys", EPILOG)
 
     p = tree.command(
@@ -352,3 +360,4 @@ examples:
         "--metadata", type=json_object, metavar="JSON", help="replace the metadata (a JSON object)"
     )
     _limits(p, update=True)
+    avatars.register(tree, keys)

@@ -144,6 +144,7 @@ def key_fields(k: Mapping[str, Any]) -> str:
             ("rate limits", cell(rate_limits_text(k.get("rate_limits") or []), "none")),
             ("quota", cell(quota_text(k), "none")),
             ("allowed ips", cell(", ".join(k.get("allowed_ips") or []) or None, "anywhere")),
+            ("avatar", cell(k.get("avatar_url"), "none")),
         ]
     )
 

@@ -197,10 +197,13 @@ def announce(settings: Settings) -> None:
     workers = settings.server.workers
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes) or "none"
     scheme = "https" if settings.server.tls_cert_file is not None else "http"
+    base = f"{scheme}://{settings.server.listen}"
+    console = f"{base}{settings.server.admin_prefix.rstrip('/')}/console/"
     print(
-        f"keygate: listening on {scheme}://{settings.server.listen} with {workers} "
+        f"keygate: listening on {base} with {workers} "
         f"worker{'s' if workers != 1 else ''}; admin API at {settings.server.admin_prefix}; "
-        f"store {redact(settings.store.url)}; routes: {routes}",
+        f"store {redact(settings.store.url)}; routes: {routes}\n"
+        f"keygate: web console at {console} (sign in with an admin or self-service key)",
         file=sys.stderr,
         flush=True,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.audit import AuditService
+from keygate.gateway.service.avatars import AvatarService
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.service.groups import GroupService
 from keygate.gateway.service.keys import IssuedKey, KeyService
@@ -18,10 +19,18 @@ class Services:
     users: UserService
     groups: GroupService
     audit: AuditService
+    avatars: AvatarService
 
     @classmethod
     def build(cls, ctx: ServiceContext) -> Services:
-        return cls(KeyService(ctx), UserService(ctx), GroupService(ctx), AuditService(ctx))
+        keys = KeyService(ctx)
+        return cls(
+            keys,
+            UserService(ctx),
+            GroupService(ctx),
+            AuditService(ctx),
+            AvatarService(ctx, keys),
+        )
 
 
 __all__ = ["Actor", "IssuedKey", "ServiceContext", "Services"]

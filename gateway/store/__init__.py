@@ -13,7 +13,7 @@ tables (docs/reference.md#key-record):
 
 The SQL of one operation, say ``update_key``, is written in exactly one place:
 
-- ``sqlkeys.py``, ``sqlusers.py``, ``sqlgroups.py``: every operation both
+- ``sqlkeys.py``, ``sqlavatars.py``, ``sqlusers.py``, ``sqlgroups.py``: every operation both
   databases run alike, written once (``$1``-style parameters); ``sqlbase.py``:
   each write's audit record, the audit and change-feed reads, and the hooks
   each store fills in. ``SqlStore`` (``sqlstore.py``) gathers them;

@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 from keygate.gateway.store.records import (
     AuditEntry,
+    AuditQuery,
     AuditRecord,
     AuthRecord,
+    AvatarRecord,
     Change,
     GroupRecord,
     KeyAuth,
@@ -138,7 +140,23 @@ class Store(abc.ABC):
         ``grace_until`` (when in the future). KeyRevoked, NotFound."""
 
     @abc.abstractmethod
-    async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None: ...
+    async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
+        """Remove the key, its retired digests and its avatar. NotFound."""
+
+    # --- key avatars (docs/admin-api.md#avatars) -------------------------------
+    @abc.abstractmethod
+    async def put_avatar(
+        self, key_id: str, png: bytes, etag: str, *, audit: AuditEntry
+    ) -> KeyRecord:
+        """Set (or replace) the key's avatar; the key as it now reads. NotFound,
+        KeyRevoked."""
+
+    @abc.abstractmethod
+    async def get_avatar(self, key_id: str) -> AvatarRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_avatar(self, key_id: str, *, audit: AuditEntry) -> bool:
+        """Remove the key's avatar; False (nothing written) when it had none. NotFound."""
 
     # --- users ----------------------------------------------------------
     @abc.abstractmethod
@@ -191,7 +209,10 @@ class Store(abc.ABC):
 
     # --- audit, usage, changes -----------------------------------------
     @abc.abstractmethod
-    async def list_audit(self, limit: int, before_id: int | None) -> Page[AuditRecord]: ...
+    async def list_audit(
+        self, limit: int, before_id: int | None, query: AuditQuery | None = None
+    ) -> Page[AuditRecord]:
+        """Newest first, only records matching every field ``query`` sets."""
 
     @abc.abstractmethod
     async def touch_last_used(self, stamps: Mapping[str, float]) -> None:

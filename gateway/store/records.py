@@ -19,6 +19,8 @@ BUILTIN_GROUPS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     ),
 }
 ADMIN_GROUP = "admin"
+# server.admin_prefix's default: where avatar_url points when no prefix is given.
+DEFAULT_ADMIN_PREFIX = "/_keygate"
 SELF_SERVICE_GROUP = "self-service"
 
 
@@ -111,6 +113,8 @@ class KeyRecord:
     allowed_ips: tuple[str, ...] = ()
     quota_used: int = 0
     quota_window: str | None = None
+    # The avatar's etag (key_avatars), None when the key has none.
+    avatar_etag: str | None = None
 
     @property
     def display(self) -> str:
@@ -123,7 +127,17 @@ class KeyRecord:
             return "expired"
         return self.status
 
-    def as_json(self, now: datetime | None = None) -> dict[str, Any]:
+    def avatar_url(self, admin_prefix: str = DEFAULT_ADMIN_PREFIX) -> str | None:
+        """Where the avatar is served; ``v`` changes with the image, so a client may
+        cache by URL (docs/admin-api.md#avatars)."""
+        if self.avatar_etag is None:
+            return None
+        base = admin_prefix.rstrip("/")
+        return f"{base}/api/v1/keys/{self.id}/avatar?v={self.avatar_etag[:16]}"
+
+    def as_json(
+        self, now: datetime | None = None, *, admin_prefix: str = DEFAULT_ADMIN_PREFIX
+    ) -> dict[str, Any]:
         created_by = None
         if self.created_by_id is not None:
             created_by = {"id": self.created_by_id, "username": self.created_by_username}
@@ -150,6 +164,7 @@ class KeyRecord:
             "quota": dict(self.quota) if self.quota is not None else None,
             **self.quota_state(now),
             "allowed_ips": list(self.allowed_ips),
+            "avatar_url": self.avatar_url(admin_prefix),
         }
 
     def quota_state(self, now: datetime | None = None) -> dict[str, Any]:
@@ -162,6 +177,16 @@ class KeyRecord:
             "quota_used": self.quota_used if self.quota_window == name else 0,
             "quota_resets_at": rfc3339(datetime.fromtimestamp(end, UTC)),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarRecord:
+    """A key's avatar: the PNG keygate encoded, never the uploaded bytes."""
+
+    key_id: str
+    png: bytes
+    etag: str  # hex digest of ``png``
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +275,15 @@ class Change:
     seq: int
     kind: str
     ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of the audit trail; None matches anything."""
+
+    target_type: str | None = None  # key | user | group
+    target_id: str | None = None
+    actor: str | None = None  # the actor's username (cli:<os user> for the CLI)
 
 
 @dataclass(frozen=True, slots=True)

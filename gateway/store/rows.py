@@ -47,6 +47,11 @@ KEY_COLUMNS = (
     "webhook_url, metadata, disabled_by_id, disabled_by_username, disabled_by_admin, "
     "expires_by_admin, rate_limits, quota, allowed_ips, quota_used, quota_window"
 )
+# What every key read selects: KEY_COLUMNS, then the avatar's etag (NULL when
+# the key has none) from its own table, always as the LAST column, so that a
+# column added to KEY_COLUMNS never moves it (docs/admin-api.md#avatars).
+KEY_AVATAR_ETAG = "(SELECT a.etag FROM key_avatars a WHERE a.key_id = keys.id)"
+KEY_READ = f"{KEY_COLUMNS}, {KEY_AVATAR_ETAG}"
 USER_COLUMNS = "id, username, role, groups, status, created_at, updated_at"
 GROUP_COLUMNS = "name, description, rules, builtin, created_at, updated_at"
 AUDIT_COLUMNS = (
@@ -94,6 +99,7 @@ def placeholders(count: int) -> str:
 
 # --- reading ----------------------------------------------------------------
 def key_from_row(row: Any, codec: Codec) -> KeyRecord:
+    """A row of KEY_READ."""
     return KeyRecord(
         seq=row[0],
         id=row[1],
@@ -122,6 +128,7 @@ def key_from_row(row: Any, codec: Codec) -> KeyRecord:
         allowed_ips=tuple(codec.doc(row[24])),
         quota_used=int(row[25]),
         quota_window=row[26],
+        avatar_etag=row[len(row) - 1],  # KEY_READ's last column
     )
 
 

@@ -29,12 +29,19 @@ from keygate.gateway.store.base import Store
 from keygate.gateway.store.clauses import Params, set_list
 from keygate.gateway.store.errors import Unique, UniqueViolation
 from keygate.gateway.store.migrate import Schema, apply_pending
-from keygate.gateway.store.records import AuditEntry, AuditRecord, Change, Page, utcnow
+from keygate.gateway.store.records import (
+    AuditEntry,
+    AuditQuery,
+    AuditRecord,
+    Change,
+    Page,
+    utcnow,
+)
 from keygate.gateway.store.rows import (
     AUDIT_COLUMNS,
     AUDIT_INSERT_COLUMNS,
     GROUP_COLUMNS,
-    KEY_COLUMNS,
+    KEY_READ,
     USER_COLUMNS,
     Codec,
     placeholders,
@@ -47,7 +54,7 @@ Notices = list[tuple[str, str]]
 # this has long outlived cache_ttl anyway.
 CHANGE_RETENTION = 86400.0  # seconds
 # What an update of each table returns: the columns its record is read from.
-RETURNING = {"keys": KEY_COLUMNS, "users": USER_COLUMNS, "groups": GROUP_COLUMNS}
+RETURNING = {"keys": KEY_READ, "users": USER_COLUMNS, "groups": GROUP_COLUMNS}
 
 
 class Conn(Protocol):
@@ -162,11 +169,23 @@ class SqlBase(Store):
         return await apply_pending(conn, self.schema)
 
     # --- the trail: audit records and change notices --------------------------------
-    async def list_audit(self, limit: int, before_id: int | None) -> Page[AuditRecord]:
+    async def list_audit(
+        self, limit: int, before_id: int | None, query: AuditQuery | None = None
+    ) -> Page[AuditRecord]:
+        bind = Params(before_id if before_id is not None else 2**62)
+        where = "id < $1"
+        q = query or AuditQuery()
+        for column, value in (
+            ("target_type", q.target_type),
+            ("target_id", q.target_id),
+            ("actor_username", q.actor),
+        ):
+            if value is not None:
+                where += f" AND {column} = {bind(value)}"
         found = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id < $1 ORDER BY id DESC LIMIT $2",
-            before_id if before_id is not None else 2**62,
-            limit + 1,
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY id DESC "
+            f"LIMIT {bind(limit + 1)}",
+            *bind.values,
         )
         items = [rows.audit_from_row(r, self.codec) for r in found[:limit]]
         return Page(items, items[-1].id if len(found) > limit else None)

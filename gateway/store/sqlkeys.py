@@ -29,8 +29,8 @@ from keygate.gateway.store.records import (
 from keygate.gateway.store.rows import (
     AUTH_COLUMNS,
     AUTH_WIDTH,
-    KEY_COLUMNS,
     KEY_INSERT_COLUMNS,
+    KEY_READ,
     placeholders,
 )
 from keygate.gateway.store.sqlbase import Conn, SqlBase
@@ -95,7 +95,7 @@ class KeySql(SqlBase):
             with self._duplicates():
                 row = await conn.fetchrow(
                     f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ({placeholders(26)}) "
-                    f"RETURNING {KEY_COLUMNS}",
+                    f"RETURNING {KEY_READ}",
                     *rows.key_values(key, digest, self.codec),
                 )
             await self._finish(conn, audit, [("key-created", key.id)])
@@ -104,7 +104,7 @@ class KeySql(SqlBase):
         return await self._tx(tx)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        row = await self._fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        row = await self._fetchrow(f"SELECT {KEY_READ} FROM keys WHERE id = $1", key_id)
         return rows.key_from_row(row, self.codec) if row else None
 
     async def list_keys(self, query: KeyQuery) -> Page[KeyRecord]:
@@ -113,7 +113,7 @@ class KeySql(SqlBase):
             query, bind, self._now(), lower=self.LOWER, holds_group=self.HOLDS_GROUP
         )
         found = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys{where} ORDER BY seq DESC "
+            f"SELECT {KEY_READ} FROM keys{where} ORDER BY seq DESC "
             f"LIMIT {bind(query.limit + 1)}",
             *bind.values,
         )
@@ -134,7 +134,7 @@ class KeySql(SqlBase):
             # Locked as read: "revoked is final" and ``check`` hold against a
             # concurrent change of the same key.
             row = await conn.fetchrow(
-                f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
+                f"SELECT {KEY_READ} FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
             )
             if row is None:
                 raise NotFound("No such key.")
@@ -183,7 +183,7 @@ class KeySql(SqlBase):
             with self._duplicates():
                 rolled = await conn.fetchrow(
                     "UPDATE keys SET digest = $1, last4 = $2, updated_at = $3 WHERE id = $4 "
-                    f"RETURNING {KEY_COLUMNS}",
+                    f"RETURNING {KEY_READ}",
                     digest,
                     last4,
                     self.codec.put_time(now),
@@ -199,6 +199,8 @@ class KeySql(SqlBase):
             deleted = await conn.fetchval("DELETE FROM keys WHERE id = $1 RETURNING id", key_id)
             if deleted is None:
                 raise NotFound("No such key.")
+            # The foreign key cascades too; said here so no store setting decides it.
+            await conn.execute("DELETE FROM key_avatars WHERE key_id = $1", key_id)
             await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
             await self._finish(conn, audit, [("key", key_id)])
 

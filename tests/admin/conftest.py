@@ -45,6 +45,7 @@ async def roomy_api(keygate_factory: GatewayFactory, upstream: Recorder) -> Admi
 BOTH_STORES = frozenset(
     {
         "test_audit",
+        "test_avatars",
         "test_blocks",
         "test_eviction",
         "test_fuzz",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.support.admin import AdminApi, Member
 from tests.support.gateway import key_id
 
@@ -84,3 +86,27 @@ async def test_audit_refused_change_leaves_no_record(api: AdminApi) -> None:
     await api.patch("/groups/admin", api.admin, {"description": "x"})
     after = (await api.get("/audit", api.admin, params={"limit": "1"})).json["items"][0]["id"]
     assert after == before
+
+
+async def test_audit_filters_by_target_and_actor(api: AdminApi, alice: Member) -> None:
+    mine = (await api.post("/keys", alice.token, {"groups": ["self-service"]})).json["key"]["id"]
+    await api.patch(f"/keys/{mine}", api.admin, {"name": "renamed"})
+    by_target = await api.get("/audit", api.admin, params={"target_type": "key", "target": mine})
+    assert [i["action"] for i in by_target.json["items"]] == ["key.update", "key.create"]
+    by_actor = await api.get("/audit", api.admin, params={"actor": "alice"})
+    assert [i["target"]["id"] for i in by_actor.json["items"]] == [mine]
+    both = await api.get("/audit", api.admin, params={"target": mine, "actor": "admin"})
+    assert [i["action"] for i in both.json["items"]] == ["key.update"]
+    paged = await api.get("/audit", api.admin, params={"target": mine, "limit": "1"})
+    cursor = paged.json["next_cursor"]
+    rest = await api.get("/audit", api.admin, params={"target": mine, "cursor": cursor})
+    assert [i["action"] for i in rest.json["items"]] == ["key.create"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"target_type": "nope"}, {"target": ""}, {"actor": ""}, {"actor": "a\x00b"}],
+)
+async def test_audit_bad_filter_is_422(api: AdminApi, params: dict[str, str]) -> None:
+    reply = await api.get("/audit", api.admin, params=params)
+    assert (reply.status, reply.code) == (422, "invalid")

@@ -31,6 +31,7 @@ KEY_FIELDS = {
     "quota_used",
     "quota_resets_at",
     "allowed_ips",
+    "avatar_url",
 }
 
 

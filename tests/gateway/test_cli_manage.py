@@ -70,8 +70,9 @@ def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 def test_cli_every_command_has_help_with_an_example(run: Run) -> None:
     leaves = _leaf_commands(build_parser())
-    # serve, check-config, init, migrate + 9 keys + 5 users + 5 groups + audit list
-    assert len(leaves) == 24
+    # serve, check-config, init, migrate + 9 keys + 3 key avatar + 5 users + 5 groups
+    # + audit list
+    assert len(leaves) == 27
     for leaf in leaves:
         code, out, _ = run(*leaf, "--help")
         assert code == 0
@@ -403,3 +404,37 @@ def test_cli_keys_limits_refused_with_details(run: Run, admin: dict) -> None:
     assert (
         "  allowed_ips: item 1: not an IP address or network (CIDR) ('10.0.0.0/33')" in lines
     )
+
+
+# --- key avatars ----------------------------------------------------------------------
+def test_cli_keys_avatar_set_get_delete(run: Run, admin: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    key_id = ok(run, "keys", "create", "--group", "default", "--name", "pic")["key"]["id"]
+    source = tmp_path / "in.jpg"
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(source, format="JPEG")
+    record = ok(run, "keys", "avatar", "set", key_id, str(source))
+    assert record["avatar_url"].startswith(f"/_keygate/api/v1/keys/{key_id}/avatar?v=")
+    assert ok(run, "keys", "show", key_id)["avatar_url"] == record["avatar_url"]
+    target = tmp_path / "out.png"
+    got = ok(run, "keys", "avatar", "get", key_id, "--output", str(target))
+    assert got["output"] == str(target) and got["bytes"] == target.stat().st_size
+    with Image.open(target) as img:
+        assert (img.format, img.size) == ("PNG", (256, 256))
+    assert ok(run, "keys", "avatar", "delete", key_id) == {"id": key_id, "avatar_url": None}
+    assert ok(run, "keys", "show", key_id)["avatar_url"] is None
+    refused(run, "keys", "avatar", "get", key_id, "-o", str(target), code="not_found")
+
+
+def test_cli_keys_avatar_refuses_what_the_api_refuses(
+    run: Run, admin: dict[str, Any], tmp_path: Path
+) -> None:
+    key_id = ok(run, "keys", "create", "--group", "default")["key"]["id"]
+    svg = tmp_path / "x.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    lines = refused(run, "keys", "avatar", "set", key_id, str(svg), code="invalid")
+    assert lines[1].startswith("  file: ")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2 * 1024 * 1024))
+    refused(run, "keys", "avatar", "set", key_id, str(big), code="too_large")
+    refused(run, "keys", "avatar", "set", key_id, str(tmp_path / "missing.png"), code="invalid")

@@ -21,6 +21,7 @@ from keygate.gateway.store.errors import KeyRevoked, UniqueViolation
 from keygate.gateway.store.records import AuditEntry, KeyRecord, UserRecord, utcnow
 from keygate.gateway.store.sqlbase import Conn
 from keygate.gateway.store.sqlite.connection import bind
+from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
 from keygate.gateway.store.sqlite.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,7 +261,7 @@ async def test_store_migrations_apply_once_and_are_idempotent(tmp_path: Path) ->
     path = tmp_path / "m.db"
     first = SQLiteStore(path)
     await first.open()
-    assert first.applied_on_open == tuple(v for v, _ in SQLiteStore.schema.steps)
+    assert first.applied_on_open == tuple(version for version, _ in SQLITE_SCHEMA.steps)
     assert await first.migrate() == []
     await first.close()
     again = SQLiteStore(path)
@@ -274,7 +275,7 @@ async def test_store_migrations_apply_once_and_are_idempotent(tmp_path: Path) ->
         await again.close()
     async with aiosqlite.connect(path) as db:
         cur = await db.execute("SELECT version FROM schema_version")
-        assert list(await cur.fetchall()) == [(v,) for v, _ in SQLiteStore.schema.steps]
+        assert list(await cur.fetchall()) == [(version,) for version, _ in SQLITE_SCHEMA.steps]
 
 
 @pytest.mark.parametrize(

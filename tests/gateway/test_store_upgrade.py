@@ -145,7 +145,9 @@ def test_upgrade_both_stores_have_the_same_versions_in_order() -> None:
 
 
 async def test_upgrade_applies_only_the_new_version(upgraded: Store) -> None:
-    assert upgraded.applied_on_open == tuple(range(2, len(SQLITE_SCHEMA.steps) + 1))
+    # Every version after the first, once (a v1 store meets each later step).
+    later = tuple(version for version, _ in SQLITE_SCHEMA.steps if version > 1)
+    assert upgraded.applied_on_open == later
     assert await upgraded.migrate() == []
 
 

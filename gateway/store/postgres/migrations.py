@@ -131,8 +131,20 @@ PG_V3 = [
     "ADD COLUMN quota_window text",
 ]
 
+# Key avatars and the audit target index, as in the SQLite migration
+# (sqlite/migrations.py, version 4).
+PG_V4 = [
+    """CREATE TABLE key_avatars (
+        key_id text PRIMARY KEY REFERENCES keys (id) ON DELETE CASCADE,
+        png bytea NOT NULL,
+        etag text NOT NULL,
+        updated_at timestamptz NOT NULL
+    )""",
+    "CREATE INDEX audit_target ON audit (target_type, target_id, id)",
+]
+
 PG_SCHEMA = Schema(
-    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3)],
+    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3), (4, PG_V4)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     record_version="INSERT INTO schema_version (version) VALUES ($1)",

@@ -128,8 +128,23 @@ SQLITE_V3 = [
     "ALTER TABLE keys ADD COLUMN quota_window TEXT",
 ]
 
+# Key avatars (docs/admin-api.md#avatars): the re-encoded PNG only, never the
+# uploaded bytes; a table of its own so the keys table keeps its columns. Deleting
+# a key deletes its avatar (the store does it; the foreign key too). And an
+# index for the audit trail's target filter (docs/admin-api.md#audit-admin-only).
+SQLITE_V4 = [
+    """CREATE TABLE key_avatars (
+        key_id TEXT PRIMARY KEY REFERENCES keys (id) ON DELETE CASCADE,
+        png BLOB NOT NULL,
+        etag TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    # The console's key details and audit filters read one target's records.
+    "CREATE INDEX audit_target ON audit (target_type, target_id, id)",
+]
+
 SQLITE_SCHEMA = Schema(
-    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3)],
+    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3), (4, SQLITE_V4)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
     record_version=(
