@@ -103,6 +103,7 @@ ERRORS: dict[int, tuple[str, str]] = {
           "does not decode."),
     422: ("Invalid", "invalid: details name each refused field (unknown fields included)."),
     503: ("Unavailable", "store_unavailable."),
+    507: ("InsufficientStorage", "insufficient_storage: the store's disk is full."),
 }
 # RFC 9110 §11.6.1: every 401 carries a challenge.
 CHALLENGE: Schema = {
@@ -280,6 +281,8 @@ def statuses(ep: Endpoint) -> list[int]:
         found.append(422)
     if not ep.public or ep.operation_id == "ready":
         found.append(503)
+    if not ep.public and ep.method != "GET":
+        found.append(507)  # a change the store had no space to record
     return found
 
 

@@ -153,7 +153,23 @@ SCHEMAS: dict[str, Schema] = {
         required=("error",),
     ),
     "Health": obj(
-        {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "error": ref("ErrorBody")},
+        {
+            "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "description": "Per dependency (`/ready`): `store`.",
+                "additionalProperties": ref("Check"),
+            },
+            "error": ref("ErrorBody"),
+        },
+        required=("status",),
+    ),
+    "Check": obj(
+        {
+            "status": {"type": "string", "enum": ["ok", "not_writable", "unavailable"]},
+            "code": STRING,
+            "message": STRING,
+        },
         required=("status",),
     ),
     "ErrorBody": obj(

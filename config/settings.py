@@ -118,6 +118,14 @@ class AuthSettings:
     sources: Annotated[tuple[str, ...], rule(check=_sources)] = ("authorization", "x-api-key")
     cache_size: AtLeastOne = 100_000
     cache_ttl: Positive = 60.0
+    # While the store does not answer, a cached key past cache_ttl stays
+    # usable this many seconds more (Kong's db_resurrect_ttl, 30 s): a store
+    # restart or failover does not fail the traffic of keys in use. The price:
+    # a change this node cannot hear may apply up to cache_ttl + this late
+    # (README "What is guaranteed"). 0 turns it off.
+    stale_if_error: Annotated[
+        float, rule(ge=0, le=3600, reason="must be from 0 (off) to 3600 seconds")
+    ] = 30.0
     negative_cache_ttl: Positive = 5.0
     last_used_flush_interval: Positive = 1.0
     max_keys_per_user: AtLeastOne = 10

@@ -23,8 +23,10 @@ Hierarchy (status, default code)::
     ├── HeadersTooLarge               431 headers_too_large
     ├── UpstreamUnavailable           502 upstream_unavailable
     ├── StoreUnavailable / Busy       503 store_unavailable / upstream_busy
+    │   └── StoreTooNew               503 store_too_new (refused at open)
     ├── RateLimitUnavailable          503 ratelimit_unavailable
-    └── UpstreamTimeout               504 upstream_timeout
+    ├── UpstreamTimeout               504 upstream_timeout
+    └── InsufficientStorage           507 insufficient_storage (the store's disk is full)
 
 Messages are fixed sentences written here or by the caller; they never carry a
 presented credential (docs/reference.md#token-format: a token is never put in
@@ -215,6 +217,21 @@ class RateLimitUnavailable(ServiceUnavailable):
     default_message = "The rate-limit store is unavailable."
 
 
+class StoreTooNew(StoreUnavailable):
+    """The store's schema is newer than this keygate knows: refused at open,
+    before anything reads or writes it (an older keygate could misread it)."""
+
+    default_code = "store_too_new"
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"store schema {found} is newer than this keygate ({known}); "
+            "run the keygate version that wrote it, or a newer one"
+        )
+        self.found = found
+        self.known = known
+
+
 class UpstreamBusy(ServiceUnavailable):
     default_code = "upstream_busy"
     default_message = "The upstream has too many requests in flight."
@@ -224,3 +241,13 @@ class UpstreamTimeout(KeygateError):
     status = 504
     default_code = "upstream_timeout"
     default_message = "The upstream service did not answer in time."
+
+
+class InsufficientStorage(KeygateError):
+    """A write the store could not make for lack of space (RFC 4918 §11.5): SQLite's
+    ``SQLITE_FULL``, PostgreSQL's ``disk_full``. Nothing was written; reads, and
+    so the proxy, keep working, and the same write succeeds once space is freed."""
+
+    status = 507
+    default_code = "insufficient_storage"
+    default_message = "The key store has no space left to record this change."

@@ -1,4 +1,17 @@
-"""Public liveness and readiness probes."""
+"""Public liveness and readiness probes.
+
+``/health`` answers 200 while the process serves. ``/ready`` says, per
+dependency, what is wrong (docs/reference.md#probes):
+
+- ``checks.store.status`` ``ok``; ``unavailable`` (no answer: 503, so a load
+  balancer sends traffic elsewhere); ``not_writable`` (the disk is full or
+  read-only: 200 with ``"status": "degraded"``, because every key still
+  verifies and every request is still proxied — only admin changes fail, with
+  507 — and taking the gateway out of rotation would turn that into an
+  outage of all traffic).
+
+Messages are fixed wording: the probe is public.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +27,21 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    store = gateway(request).store
     try:
-        await gateway(request).store.ping()
+        await store.ping()
     except StoreUnavailable as exc:
         error = {"code": exc.code, "message": exc.message}
-        return json_response({"status": "unavailable", "error": error}, status=503)
-    return json_response({"status": "ok"})
+        return json_response(
+            {
+                "status": "unavailable",
+                "checks": {"store": {"status": "unavailable", **error}},
+                "error": error,
+            },
+            status=503,
+        )
+    problem = await store.write_problem()
+    if problem is not None:
+        check = {"status": "not_writable", "code": problem.code, "message": problem.message}
+        return json_response({"status": "degraded", "checks": {"store": check}})
+    return json_response({"status": "ok", "checks": {"store": {"status": "ok"}}})

@@ -125,8 +125,13 @@ class _IndexedLRU(LRUCache[bytes, Principal]):
 
 
 class KeyCache:
-    def __init__(self, size: int, ttl: float, negative_ttl: float) -> None:
+    def __init__(
+        self, size: int, ttl: float, negative_ttl: float, stale_if_error: float = 0.0
+    ) -> None:
         self.ttl = ttl
+        # An entry past its deadline is kept this much longer, for ``stale``:
+        # the verifier's answer while the store does not (auth.stale_if_error).
+        self.stale_if_error = stale_if_error
         self._entries = _IndexedLRU(size, self._unindex)
         # Bounded too: a flood of random well-formed tokens must not grow memory.
         self._negative: TTLCache[bytes, bool] = TTLCache(min(size, 100_000), negative_ttl)
@@ -154,10 +159,20 @@ class KeyCache:
             self.misses += 1
             return None
         if principal.deadline <= time.monotonic():
-            self._drop(digest)
+            if principal.deadline + self.stale_if_error <= time.monotonic():
+                self._drop(digest)
             self.misses += 1
             return None
         self.hits += 1
+        return principal
+
+    def stale(self, digest: bytes) -> Principal | None:
+        """The entry for ``digest`` though past ``cache_ttl``, while within
+        ``stale_if_error`` of it: only for when the store cannot be asked. A
+        change notice heard meanwhile has evicted it, as it evicts any entry."""
+        principal = self._entries.get(digest)
+        if principal is None or principal.deadline + self.stale_if_error <= time.monotonic():
+            return None
         return principal
 
     def is_known_unknown(self, digest: bytes) -> bool:

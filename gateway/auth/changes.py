@@ -70,15 +70,16 @@ class ChangeWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            # The store's outage is logged once by its health (store/health.py).
             try:
                 await self.tick()
                 if self._failing:
-                    log.warning("change feed recovered")
+                    log.debug("change feed recovered")
                     self._failing = False
             except (KeygateError, OSError) as exc:
                 self._last_version = None
                 if not self._failing:
-                    log.error("change feed unavailable: %s", type(exc).__name__)
+                    log.debug("change feed unavailable: %s", type(exc).__name__)
                     self._failing = True
 
 

@@ -2,7 +2,10 @@
 
 One dict assignment per request; a background task flushes at most one write
 per key per ``last_used_flush_interval``. A failed flush is merged back and
-retried, so a store outage loses no batch; a graceful stop flushes once more.
+retried on the next tick, so a store outage loses no batch while the process
+runs (the outage itself is logged once, by the store's health); a graceful
+stop flushes once more, and if that last flush fails too the stamps are
+dropped — said so, with their count.
 """
 
 from __future__ import annotations
@@ -41,21 +44,25 @@ class UsageRecorder:
         return len(self._pending)
 
     async def flush(self) -> None:
-        await self._flush_stamps()
+        """Write the pending stamps, then the other batches; a failed write
+        keeps its batch for the next flush."""
+        try:
+            await self._write()
+        except (KeygateError, OSError) as exc:
+            log.debug("last-used flush failed (%s); kept for the next one", type(exc).__name__)
         for flush in self._also:
             await flush()
 
-    async def _flush_stamps(self) -> None:
+    async def _write(self) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
         try:
             await self._store.touch_last_used(batch)
-        except (KeygateError, OSError) as exc:
-            # Keep the newer stamp of each key and retry on the next tick.
+        except (KeygateError, OSError):
+            # Keep the newer stamp of each key for the next flush.
             self._merge(batch)
-            log.warning("last-used flush failed, will retry: %s", type(exc).__name__)
-            return
+            raise
         except asyncio.CancelledError:
             self._merge(batch)  # stop() cancelled this flush: its final flush writes it
             raise
@@ -75,6 +82,19 @@ class UsageRecorder:
         self._task = asyncio.create_task(self._run(), name="keygate-usage")
 
     async def stop(self) -> None:
+        """Stop the loop and make the last flush; nothing retries after it."""
         task, self._task = self._task, None
         await background.stop(task)
-        await self.flush()
+        try:
+            await self._write()
+        except (KeygateError, OSError) as exc:
+            dropped, self._pending = len(self._pending), {}
+            log.warning(
+                "stopping with the store unavailable (%s): last-used stamps of %d "
+                "key%s dropped",
+                type(exc).__name__,
+                dropped,
+                "" if dropped == 1 else "s",
+            )
+        for flush in self._also:
+            await flush()

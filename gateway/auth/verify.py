@@ -11,6 +11,12 @@ include the token's (``KeyCache.key_digests``). Memory can lag the store by
 the time a change notice takes to arrive, so such a refusal also needs a
 change-feed catch-up that started at most ``catch_up_window`` before the
 request: a key created or rolled elsewhere before that is already applied.
+
+While the store does not answer, a cached key past ``cache_ttl`` is still
+admitted for ``auth.stale_if_error`` seconds more (``KeyCache.stale``), with
+the same status checks; each such answer is counted (``stale_served``, and
+in the store's health, whose recovery line reports it) and the first one of
+an outage is logged.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.cache import KeyCache, Principal, principal_from
@@ -28,11 +33,7 @@ from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.errors import StoreUnavailable, Unauthorized, key_disabled, key_expired
 from keygate.gateway.store.base import Store
 
-T = TypeVar("T")
-
 log = logging.getLogger("keygate.verify")
-# While the store is down, say so at most this often (seconds).
-OUTAGE_LOG_INTERVAL = 10.0
 # A refusal from memory (a key id missing from the in-memory set, or a digest
 # its key does not have) needs a change-feed check that started at most this
 # long before the request: under a flood of forged tokens the store sees at most
@@ -79,7 +80,9 @@ class Verifier:
         self.usage = usage
         self.prefix = key_prefix
         self.lookups = 0  # store queries for verification, by digest or key id (tests count them)
-        self._outage_logged = 0.0
+        # Requests admitted on a cached key past cache_ttl while the store did
+        # not answer (auth.stale_if_error).
+        self.stale_served = 0
         self.key_ids = key_ids
         self.catch_up = catch_up
         # Instance settings so tests can drive the coverage rule deterministically.
@@ -173,11 +176,35 @@ class Verifier:
 
         With ``token``, a key id that no key has, or a digest that the key's
         known digests do not include, is refused from memory after a catch-up.
+        When the store does not answer, a cached entry past its TTL may still
+        answer (``auth.stale_if_error``).
         """
+        try:
+            return await self._load(digest, token)
+        except StoreUnavailable:
+            principal = self.cache.stale(digest)
+            if principal is None:
+                raise
+            self._note_stale()
+            return self._admit(principal)
+
+    def _note_stale(self) -> None:
+        self.stale_served += 1
+        health = self.store.health
+        if health.stale_answers == 0:
+            log.warning(
+                "store unreachable: admitting cached keys past auth.cache_ttl for up to "
+                "%.0f s more (auth.stale_if_error); a change made meanwhile elsewhere is "
+                "not seen until the store answers",
+                self.cache.stale_if_error,
+            )
+        health.stale_answers += 1
+
+    async def _load(self, digest: bytes, token: str | None) -> Principal:
         if token is None:
             generation = self.cache.generation
             self.lookups += 1
-            record = await self._query(self.store.auth_lookup(digest))
+            record = await self.store.auth_lookup(digest)
         else:
             key_id = self.key_id_of(token)
             await self._refuse_from_memory(digest, key_id)
@@ -186,7 +213,7 @@ class Verifier:
             generation = self.cache.generation
             key_generation = self.cache.key_generation
             self.lookups += 1
-            found = await self._query(self.store.auth_lookup_key(key_id, digest))
+            found = await self.store.auth_lookup_key(key_id, digest)
             self.cache.put_key_digests(key_id, found.digests, key_generation)
             record = found.record
         if record is None:
@@ -217,20 +244,6 @@ class Verifier:
             digests = self.cache.key_digests(key_id)
             if digests is not None and digest not in digests:
                 raise _invalid()  # not remembered: see _check_miss
-
-    async def _query(self, query: Awaitable[T]) -> T:
-        try:
-            return await query
-        except StoreUnavailable:
-            now = time.monotonic()
-            if now - self._outage_logged >= OUTAGE_LOG_INTERVAL:
-                self._outage_logged = now
-                log.error(
-                    "key store unavailable: serving cached keys only (%d cached); "
-                    "uncached keys get 503 store_unavailable",
-                    len(self.cache),
-                )
-            raise
 
     async def verify(self, token: str) -> Principal:
         digest, principal = self.cached(token)

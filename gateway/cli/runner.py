@@ -11,6 +11,7 @@ from keygate.gateway.cli.output import Result
 from keygate.gateway.errors import StoreUnavailable
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.store import Store, open_store
+from keygate.gateway.store.health import explain, redact_url
 
 # A command needs one connection at a time; a pool would only hold idle ones.
 CLI_POOL_SIZE = 2
@@ -50,5 +51,11 @@ async def with_store(settings: Settings, handler: Handler, args: argparse.Namesp
         await store.open()
         ctx = ServiceContext(store, settings.auth)
         return await handler(args, Env(settings, ctx, Services.build(ctx), Actor.cli()))
+    except StoreUnavailable as exc:
+        # Name the store and the database's own reason, not only "unavailable".
+        message = explain(exc, redact_url(settings.store.url))
+        if message == exc.message:
+            raise
+        raise StoreUnavailable(message) from exc
     finally:
         await store.close()

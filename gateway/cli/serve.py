@@ -4,6 +4,14 @@ Nothing opens a store connection in the parent after preparation is closed, so
 a forked worker inherits no connection, thread or event loop. SIGTERM/SIGINT
 drain in-flight requests (``server.shutdown_timeout``), flush last-used stamps
 through ``cleanup_ctx`` and exit 0.
+
+Start-up never hangs: a failure (a file that is not a database, a corrupt
+table, a read-only directory, a store schema from a newer keygate, a port
+taken) is one line naming the store or the address and the database's own
+reason, then exit status 1, with every store connection closed. A stop signal
+at any moment of start-up abandons it: what was opened is closed within
+``STARTUP_ABANDON`` seconds, or the process leaves without waiting for it
+(nothing has been served, so nothing is lost).
 """
 
 from __future__ import annotations
@@ -13,17 +21,14 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
-from types import FrameType
+from collections.abc import Callable
 
 from aiohttp import web
-from yarl import URL
 
 from keygate.config import ConfigError
-from keygate.config.reload import reloadable
 from keygate.config.settings import Settings
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.accesslog import AccessLogger
@@ -39,22 +44,29 @@ from keygate.gateway.http.tls import ListenerTls
 from keygate.gateway.service import ServiceContext
 from keygate.gateway.service.bootstrap import create_first_admin
 from keygate.gateway.store import open_store
+from keygate.gateway.store.health import explain, redact_url
 
 log = logging.getLogger("keygate")
 
-# A worker that dies sooner than this after its start counts towards a crash loop.
-CRASH_WINDOW = 5.0
 # Seconds a thread may hold the GIL while another waits (see serve_worker).
 SWITCH_INTERVAL = 0.0005
-MAX_QUICK_CRASHES = 5
+# Seconds a start-up abandoned for a stop signal (or failed) may take to close
+# what it opened, and then that its store threads may take to end, before the
+# process leaves regardless: an SQLite statement waiting for another process's
+# lock cannot be interrupted (busy_timeout).
+STARTUP_ABANDON = 2.0
+THREADS_GRACE = 1.0
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP re-reads the configuration (docs/reference.md#reloading-the-configuration).
+# Held (blocked) until a handler exists: its default action ends the process.
+RELOAD_SIGNAL = (signal.SIGHUP,)
+Load = Callable[[], Settings]
 
 
-def redact(url: str) -> str:
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "<store url>"
-    return str(parsed.with_password("***")) if parsed.password else url
+class CannotListen(KeygateError):
+    def __init__(self, listen: str, exc: OSError) -> None:
+        super().__init__(f"cannot listen on {listen}: {exc.strerror or exc}")
 
 
 async def prepare_store(settings: Settings) -> str | None:
@@ -78,26 +90,25 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# SIGHUP re-reads the configuration (docs/reference.md#reloading-the-configuration).
-# Held (blocked) until a handler exists: its default action ends the process.
-RELOAD_SIGNAL = (signal.SIGHUP,)
-Load = Callable[[], Settings]
-
-
 async def _serve(
-    settings: Settings, *, reuse_port: bool, announce_bound: bool, load: Load | None = None
-) -> None:
+    settings: Settings,
+    *,
+    reuse_port: bool,
+    on_serving: Callable[[], None],
+    load: Load | None = None,
+) -> bool:
+    """Serve until SIGTERM/SIGINT (SIGHUP: re-read ``load()``); False when a
+    stop signal came before serving began."""
     server = settings.server
+    context = check(settings)
+    tls = ListenerTls(context) if context is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     # serve_worker blocked these signals; one sent during start-up is delivered
-    # now, to the handler above, and becomes a graceful stop.
+    # now, to the handler above, and abandons the start.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    context = check(settings)
-    tls = ListenerTls(context) if context is not None else None
     runner = KeygateRunner(
         build_app(settings),
         handle_signals=False,
@@ -105,8 +116,20 @@ async def _serve(
         access_log_class=AccessLogger,
         access_log=logging.getLogger("keygate.access") if server.access_log else None,
     )
-    await runner.setup()  # cleanup_ctx start: opens the store inside this process
+    started = False
+    give_up_at: float | None = None  # loop time by which an unfinished start is left
     try:
+        # cleanup_ctx start: opens the store inside this process.
+        setup = asyncio.ensure_future(runner.setup())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({setup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not setup.done():
+            give_up_at = loop.time() + STARTUP_ABANDON
+            setup.cancel()  # each resource closes what it had opened
+            await asyncio.wait({setup}, timeout=STARTUP_ABANDON)
+            return False
+        setup.result()  # a start-up failure raises here
         site = web.TCPSite(
             runner,
             server.host,
@@ -114,53 +137,133 @@ async def _serve(
             reuse_port=reuse_port or None,
             ssl_context=tls.context if tls is not None else None,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(server.listen, exc) from None
+        started = True
         if load is not None:
             loop.add_signal_handler(signal.SIGHUP, Reloader(runner, load, tls))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_SIGNAL)  # one held meanwhile: now
-        if announce_bound:
-            announce(settings)
+        on_serving()
         log.info("worker %d serving on %s", os.getpid(), server.listen)
         flusher = asyncio.create_task(flush_access_log_periodically())
         await stop.wait()
         flusher.cancel()
         log.info("worker %d stopping: draining in-flight requests", os.getpid())
+        return True
     finally:
         # Stop listening, wait for in-flight requests (shutdown_timeout), then
         # run cleanup_ctx in reverse: last-used flush before the store closes.
-        await runner.cleanup()
+        # A start that failed or was abandoned runs the cleanups of what it
+        # had opened (aiohttp does so for a startup that did not finish),
+        # within what is left of STARTUP_ABANDON.
+        if started:
+            await runner.cleanup()
+        else:
+            if give_up_at is None:
+                give_up_at = loop.time() + STARTUP_ABANDON
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    runner.cleanup(), timeout=max(0.1, give_up_at - loop.time())
+                )
+            # A store connection's thread may still hand a result back to this
+            # loop (aiosqlite stops its thread without waiting): keep the loop
+            # running until those threads end, or the time is up.
+            while _store_threads() and loop.time() < give_up_at:  # noqa: ASYNC110 - threads, no event
+                await asyncio.sleep(0.01)
         flush_access_log()
 
 
+def _store_threads() -> list[threading.Thread]:
+    """Threads that would hold the process's exit: not daemons, not the loop's
+    idle executor workers."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and not t.name.startswith("asyncio")
+    ]
+
+
+class Report:
+    """What a supervised worker tells its parent through a pipe: that it serves,
+    or why it could not start (the parent prints that one line)."""
+
+    SERVING = b"S"
+    FAILED = b"F"
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            os.write(self.fd, data)
+
+    def serving(self) -> None:
+        self._send(self.SERVING)
+
+    def failed(self, reason: str) -> None:
+        self._send(self.FAILED + reason.encode("utf-8", "replace")[:2048])
+
+
 def serve_worker(
-    settings: Settings, *, reuse_port: bool, announce: bool = False, load: Load | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool,
+    announce: bool = False,
+    report: Report | None = None,
+    load: Load | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT in this process (SIGHUP: re-read ``load()``);
     return the exit code."""
-    # Until the event loop's handlers exist, a stop signal waits (see _serve).
+    # Until the event loop's handlers exist, a stop or reload signal waits (see _serve).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS + RELOAD_SIGNAL)
     # The SQLite store answers from a thread that needs the GIL to hand its
     # result back. A busy event loop keeps the GIL for the whole switch
     # interval (5 ms by default), so every cache miss would wait that long.
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+    def on_serving() -> None:
+        if announce:
+            announce_bound(settings)
+        if report is not None:
+            report.serving()
+
     loop = new_loop()
+    failure: str | None = None
+    status = 1
     try:
-        loop.run_until_complete(
-            _serve(settings, reuse_port=reuse_port, announce_bound=announce, load=load)
+        served = loop.run_until_complete(
+            _serve(settings, reuse_port=reuse_port, on_serving=on_serving, load=load)
         )
     except KeygateError as exc:
-        print(f"keygate: {exc.message}", file=sys.stderr)
-        return 1
+        failure = explain(exc, redact_url(settings.store.url))
     except ConfigError as exc:  # a TLS file changed since it was checked
-        print(f"keygate: config error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        listen = settings.server.listen
-        print(f"keygate: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        failure, status = f"config error: {exc}", 2
     finally:
         loop.close()
+    if failure is not None:
+        if report is not None:
+            report.failed(failure)
+        else:
+            print(f"keygate: {failure}", file=sys.stderr, flush=True)
+        return leave_promptly(status)
+    if not served:
+        return leave_promptly(0)
     return 0
+
+
+def leave_promptly(code: int) -> int:
+    """``code``, once no thread (a store connection's) would hold the exit; past
+    ``THREADS_GRACE`` seconds the process leaves without waiting for them."""
+    deadline = time.monotonic() + THREADS_GRACE
+    for thread in _store_threads():
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
 
 
 def run(settings: Settings, load: Load | None = None) -> int:
@@ -172,7 +275,7 @@ def run(settings: Settings, load: Load | None = None) -> int:
     try:
         token = asyncio.run(prepare_store(settings))
     except KeygateError as exc:
-        print(f"keygate: {exc.message}", file=sys.stderr)
+        print(f"keygate: {explain(exc, redact_url(settings.store.url))}", file=sys.stderr)
         return 1
     if token is not None:
         print(
@@ -189,10 +292,12 @@ def run(settings: Settings, load: Load | None = None) -> int:
         )
     if settings.server.workers == 1:
         return serve_worker(settings, reuse_port=False, announce=True, load=load)
+    from keygate.gateway.cli.supervisor import supervise
+
     return supervise(settings, settings.server.workers, load)
 
 
-def announce(settings: Settings) -> None:
+def announce_bound(settings: Settings) -> None:
     """The start-up line, printed only once the port is bound."""
     workers = settings.server.workers
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes) or "none"
@@ -202,110 +307,8 @@ def announce(settings: Settings) -> None:
     print(
         f"keygate: listening on {base} with {workers} "
         f"worker{'s' if workers != 1 else ''}; admin API at {settings.server.admin_prefix}; "
-        f"store {redact(settings.store.url)}; routes: {routes}\n"
+        f"store {redact_url(settings.store.url)}; routes: {routes}\n"
         f"keygate: web console at {console} (sign in with an admin or self-service key)",
         file=sys.stderr,
         flush=True,
     )
-
-
-def supervise(settings: Settings, workers: int, load: Load | None = None) -> int:
-    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); restart crashes.
-    SIGHUP goes on to every worker (each re-reads the configuration)."""
-    # Bind once in the parent to fail fast with one clear line if the port is taken.
-    try:
-        probe = socket.create_server(
-            (settings.server.host, settings.server.port), reuse_port=True
-        )
-    except OSError as exc:
-        print(
-            f"keygate: cannot listen on {settings.server.listen}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    announce(settings)
-    stopping = False
-    children: dict[int, float] = {}
-    quick_crashes = 0
-
-    def spawn() -> None:
-        # The child inherits the blocked mask: a stop signal that arrives before
-        # its event loop can handle it is held, not fatal (see _serve).
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        signal.pthread_sigmask(signal.SIG_BLOCK, RELOAD_SIGNAL)
-        pid = os.fork()
-        if pid == 0:  # child
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # held until its loop handles it
-            probe.close()
-            code = serve_worker(reloads.settings, reuse_port=True, load=load)
-            os._exit(code)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_SIGNAL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        children[pid] = time.monotonic()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    reloads = ForwardReload(settings, load, children)
-    signal.signal(signal.SIGHUP, reloads.on_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_SIGNAL)
-    for _ in range(workers):
-        spawn()
-    probe.close()
-    status = 0
-    while children:
-        try:
-            pid, wait_status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-            continue
-        started = children.pop(pid, None)
-        if started is None:
-            continue
-        code = os.waitstatus_to_exitcode(wait_status)
-        if stopping:
-            if code != 0:
-                status = 1
-            continue
-        print(f"keygate: worker {pid} exited with {code}; starting another", file=sys.stderr)
-        if time.monotonic() - started < CRASH_WINDOW:
-            quick_crashes += 1
-            if quick_crashes >= MAX_QUICK_CRASHES:
-                print("keygate: workers keep crashing at start; giving up", file=sys.stderr)
-                on_signal(signal.SIGTERM, None)
-                status = 1
-                continue
-            time.sleep(min(0.2 * quick_crashes, 2.0))  # back off a crash loop
-        else:
-            quick_crashes = 0
-        spawn()
-    return status
-
-
-class ForwardReload:
-    """The supervisor's SIGHUP: on to every worker; the configuration a worker
-    started later gets is the one reloaded last (the workers log the outcome)."""
-
-    def __init__(self, settings: Settings, load: Load | None, children: Mapping[int, float]):
-        self.settings = settings
-        self._load = load
-        self._children = children
-
-    def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        for pid in list(self._children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
-        if self._load is not None:
-            with contextlib.suppress(ConfigError):  # refused: the workers log why
-                loaded = self._load()
-                check(loaded)
-                self.settings, _ = reloadable(self.settings, loaded)

@@ -183,7 +183,9 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
 
     async def changes_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app[store_key]
-        cache = KeyCache(auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl)
+        cache = KeyCache(
+            auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl, auth.stale_if_error
+        )
         memory = await KeyMemory.load(store, cache)
         feed = ChangeFeed(store, memory.apply, settings.store.change_poll_interval)
         await feed.start()
@@ -195,6 +197,9 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
             app[gateway_key] = _gateway(
                 settings, store, memory, app[usage_key], feed, app[limiter_key]
             )
+            # Started: from now on the store's outages and full disk are logged
+            # once each (store/health.py); a failure before this is start-up's.
+            store.health.reporting = True
             yield
         finally:
             await feed.stop()

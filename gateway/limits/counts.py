@@ -69,7 +69,7 @@ class QuotaCounts:
             totals = await self._store.add_quota_used(batch)
         except (KeygateError, OSError) as exc:
             self._merge(batch)
-            log.warning("quota count flush failed, will retry: %s", type(exc).__name__)
+            log.debug("quota count flush failed (%s); kept for the next one", type(exc).__name__)
             return
         except asyncio.CancelledError:
             self._merge(batch)  # the final flush at stop writes it

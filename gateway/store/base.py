@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from keygate.gateway.errors import InsufficientStorage, KeygateError
+from keygate.gateway.store.health import StoreHealth
 from keygate.gateway.store.records import (
     AuditEntry,
     AuditQuery,
@@ -28,6 +30,8 @@ from keygate.gateway.store.records import (
     Page,
     UserRecord,
 )
+
+FULL_MESSAGE = "The key store's disk is full: changes cannot be recorded until space is freed."
 
 # Fields of a key that ``update_key`` may write: an allow-list, never a passthrough.
 KEY_WRITABLE = frozenset(
@@ -63,6 +67,10 @@ class Store(abc.ABC):
     # The migration versions the last ``open()`` applied (``keygate migrate``
     # reports them; a later ``migrate()`` call finds nothing left to do).
     applied_on_open: tuple[int, ...] = ()
+    # What this process last saw of the store (``health.py``): each store
+    # reports its queries' outcomes there, so outages are logged once. Set by
+    # each store's ``__init__``.
+    health: StoreHealth
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -78,6 +86,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers a trivial query."""
+
+    async def write_problem(self) -> KeygateError | None:
+        """What a write would get now, when something says it would fail: the
+        last write found the disk full and none has succeeded since. Its
+        message is fixed wording, fit for a public probe (``/ready``)."""
+        return InsufficientStorage(FULL_MESSAGE) if self.health.full else None
 
     # --- verification -------------------------------------------------
     @abc.abstractmethod

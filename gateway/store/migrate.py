@@ -4,7 +4,10 @@ A store's steps live beside it (``sqlite/migrations.py``,
 ``postgres/migrations.py``): ``(version, statements)`` pairs, the same
 versions with the same meaning in both. Append a version; never edit one that
 has been applied. ``schema_version`` holds one row per applied version; a
-version at or below its highest is never run again.
+version at or below its highest is never run again. A store whose highest
+version is above every step known here was written by a newer keygate: it is
+refused (``StoreTooNew``) before anything reads or writes it, since this
+keygate could not know what the newer steps changed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from keygate.gateway.errors import StoreTooNew
 from keygate.gateway.store.records import BUILTIN_GROUPS
 
 if TYPE_CHECKING:
@@ -31,6 +35,11 @@ class Schema:
     version_table: str  # CREATE TABLE IF NOT EXISTS schema_version …
     record_version: str  # INSERT INTO schema_version …, with the version as $1
 
+    @property
+    def newest(self) -> int:
+        """The newest version this keygate knows."""
+        return max((version for version, _ in self.steps), default=0)
+
 
 async def apply_pending(
     conn: Conn, schema: Schema, *, statement_timeout: float | None = None
@@ -40,6 +49,8 @@ async def apply_pending(
     a step where the store supports it (a step may rewrite a large table)."""
     await conn.execute(schema.version_table)
     current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+    if current > schema.newest:
+        raise StoreTooNew(current, schema.newest)
     applied = []
     for version, statements in schema.steps:
         if version <= current:

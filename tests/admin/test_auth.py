@@ -176,12 +176,18 @@ async def test_query_string_key_is_ignored_by_default_sources(api: AdminApi) -> 
 
 
 async def test_ready_store_down_is_503_then_recovers(api: AdminApi, keygate: Keygate) -> None:
+    reply = await api.call("GET", PREFIX + "/ready")
+    assert reply.status == 200
+    assert reply.json == {"status": "ok", "checks": {"store": {"status": "ok"}}}
     store = keygate.gw.store
     await store.close()
     try:
         reply = await api.call("GET", PREFIX + "/ready")
         assert reply.status == 503
         assert reply.json["error"]["code"] == "store_unavailable"
+        # Which dependency is down, by name (issue 16).
+        assert reply.json["checks"]["store"]["status"] == "unavailable"
+        assert reply.json["checks"]["store"]["code"] == "store_unavailable"
         assert (await api.call("GET", PREFIX + "/health")).status == 200
     finally:
         await store.open()

@@ -3,6 +3,7 @@ applies other connections' notices and costs one probe per idle tick."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ async def test_changes_watcher_survives_a_store_outage(
                 raise StoreUnavailable
             return await super().data_version()
 
+    caplog.set_level(logging.DEBUG, "keygate.changes")  # the store logs outages; this debug
     st = OutageStore(other.path)
     await st.open()
     applied: Applied = []

@@ -258,3 +258,44 @@ async def test_postgres_unstorable_value_is_bad_request_not_500(node1: PostgresS
     # to the client's error instead of an internal one.
     with pytest.raises(BadRequest):
         await node1.get_user("a\u0000b")
+
+
+# --- issue 16: a newer store, a full disk ------------------------------------------
+async def test_postgres_store_from_newer_keygate_refused(pg_url: str) -> None:
+    from keygate.gateway.errors import StoreTooNew
+
+    store = PostgresStore(pg_url, pool_size=1)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        await conn.execute("INSERT INTO schema_version (version) VALUES (42)")
+    finally:
+        await conn.close()
+    with pytest.raises(StoreTooNew) as err:
+        await PostgresStore(pg_url, pool_size=1).open()
+    assert err.value.message.startswith("store schema 42 is newer than this keygate (2)")
+
+
+async def test_postgres_disk_full_is_insufficient_storage_logged_once(
+    node1: PostgresStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keygate.gateway.errors import InsufficientStorage
+
+    # PostgreSQL's disk_full (SQLSTATE 53100), as a write that cannot extend a
+    # table gets it: 507, not a 503 for an unreachable store.
+    node1.health.reporting = True
+
+    async def full(conn: object) -> None:
+        raise asyncpg.exceptions.DiskFullError("could not extend file: No space left on device")
+
+    for _ in range(3):
+        with pytest.raises(InsufficientStorage):
+            await node1._tx(full)
+    assert node1.health.full and not node1.health.down
+    assert caplog.text.count("out of space") == 1
+    assert await node1.write_problem() is not None
+    await add_user(node1, "hana")  # a write that succeeds: writable again
+    assert not node1.health.full
+    assert await node1.write_problem() is None
+    assert caplog.text.count("takes writes again") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import signal
 import time
 from pathlib import Path
@@ -155,6 +156,7 @@ class FlakyStore(SQLiteStore):
 async def test_usage_failed_flush_is_retried_without_loss(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, "keygate.usage")  # the store logs outages; this debug
     store = FlakyStore(tmp_path / "flaky.db")
     await store.open()
     try:
@@ -171,6 +173,29 @@ async def test_usage_failed_flush_is_retried_without_loss(
     finally:
         await store.close()
     assert "last-used flush failed" in caplog.text
+
+
+async def test_usage_stop_with_the_store_down_says_the_stamps_are_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing retries after the last flush: "will retry" was untrue.
+    store = FlakyStore(tmp_path / "flaky.db")
+    store.failures = 1_000
+    await store.open()
+    try:
+        recorder = UsageRecorder(store, 30)
+        recorder.start()
+        recorder.touch("key-one")
+        recorder.touch("key-two")
+        await recorder.stop()
+    finally:
+        await store.close()
+    assert recorder.pending == 0
+    assert "will retry" not in caplog.text
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1
+    assert dropped[0].levelname == "WARNING"
+    assert "last-used stamps of 2 keys dropped" in dropped[0].getMessage()
 
 
 async def test_usage_stop_during_a_flush_returns_and_keeps_the_stamp(store: SQLiteStore) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -174,3 +175,63 @@ async def test_store_outage_cached_keys_pass_uncached_503_and_recovery(
             await wait_for(stamped, within=within, every=0.1, what="the lost last-used batch")
     finally:
         assert node.stop(signal.SIGTERM) == 0, node.stderr()
+
+
+async def test_store_outage_stale_keys_work_logged_once_and_stamps_dropped_at_stop(
+    tmp_path: Path, upstream: Recorder, private_pg: tuple[int, list[str], list[str]]
+) -> None:
+    # Issue 16: cached keys past cache_ttl keep working while PostgreSQL is down
+    # (auth.stale_if_error); the outage is one line when it starts and one when
+    # it ends, with no traceback (asyncpg's pool logged one every few seconds);
+    # a stop during an outage says the last-used stamps were dropped.
+    port, start, stop = private_pg
+    env = node_env(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        KEYGATE_AUTH_CACHE_TTL="1",
+        KEYGATE_AUTH_STALE_IF_ERROR="30",
+    )
+    node = await serve_node(tmp_path, env, upstream.url)
+    stopped = False
+    try:
+        async with aiohttp.ClientSession() as session:
+            cached, _ = await _create_key(session, node)
+            uncached, _ = await _create_key(session, node)
+            assert await status_fresh(f"{node.url}/x", cached) == 200
+
+            await asyncio.to_thread(subprocess.run, stop, check=True, capture_output=True)
+            await asyncio.sleep(1.5)  # past cache_ttl
+            assert await status_fresh(f"{node.url}/x", cached) == 200
+            assert await status_fresh(f"{node.url}/x", uncached) == 503
+            async with session.get(f"{node.url}/_keygate/ready") as resp:
+                assert resp.status == 503
+                body = await resp.json()
+                assert body["checks"]["store"]["status"] == "unavailable"
+            await asyncio.sleep(5)  # asyncpg retries its pool floor meanwhile
+            assert await status_fresh(f"{node.url}/x", cached) == 200
+
+            await asyncio.to_thread(subprocess.run, start, check=True, capture_output=True)
+
+            async def recovered() -> bool:
+                return await status_fresh(f"{node.url}/x", uncached) == 200
+
+            await wait_for(recovered, within=20, every=0.1, what="recovery without restart")
+            await wait_for(
+                lambda: "answers again" in node.stderr(), within=5, what="the recovery line"
+            )
+
+            # Down again, a request to stamp, and a stop: nothing retries after it.
+            await asyncio.to_thread(subprocess.run, stop, check=True, capture_output=True)
+            stopped = True
+            assert await status_fresh(f"{node.url}/x", cached) == 200
+    finally:
+        code = node.stop(signal.SIGTERM)
+        if not stopped:
+            assert code == 0, node.stderr()
+    log = node.stderr()
+    assert "Traceback" not in log
+    assert "Failed to restore the pool connection floor" not in log
+    assert "will retry" not in log
+    assert log.count(" unreachable (") == 2, log  # two outages, a line each
+    first_back = [line for line in log.splitlines() if "answers again" in line]
+    assert len(first_back) == 1 and "requests were let through" in first_back[0], log
+    assert re.search(r"last-used stamps of \d+ keys? dropped", log), log

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from keygate.gateway import background
+from keygate.gateway.errors import KeygateError
 
 log = logging.getLogger("keygate.pglisten")
 
@@ -155,6 +156,10 @@ class PgChangeListener:
     async def _deliver(self) -> None:
         try:
             await self._on_notice()
+        except KeygateError as exc:
+            # The store does not answer (yet): its health says so once; the
+            # poll loop applies the change once it does.
+            log.debug("change notice handler: %s", type(exc).__name__, exc_info=exc)
         except Exception:
             # The poll loop still applies the change; do not drop LISTEN over it.
             log.exception("change notice handler failed")

@@ -15,12 +15,17 @@ made safe:
   commit to every node's ``PgChangeListener`` (``listener()``).
 
 Connection failures, a closed pool and timeouts (``command_timeout``) all raise
-StoreUnavailable, so callers answer 503 instead of hanging.
+StoreUnavailable, so callers answer 503 instead of hanging; a write that finds
+the server's disk full raises InsufficientStorage (507). Each is reported to
+the store's health (``health.py``), which logs an outage once: the pool's own
+"failed to restore the connection floor" traceback, repeated with back-off
+for as long as the server is away, goes to debug (``quiet_pool_log``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -28,7 +33,8 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
-from keygate.gateway.errors import BadRequest, StoreUnavailable
+from keygate.gateway.errors import BadRequest, InsufficientStorage, StoreUnavailable
+from keygate.gateway.store.health import StoreHealth, redact_url
 from keygate.gateway.store.migrate import apply_pending
 from keygate.gateway.store.postgres.listener import (
     CHANNEL,
@@ -60,6 +66,26 @@ STALE_CONNECTION = (
     asyncpg.InternalClientError,
     ConnectionError,
 )
+
+
+class _PoolFloorToDebug(logging.Filter):
+    """asyncpg's pool logs a traceback at WARNING each time it fails to reopen its
+    minimum of connections, every few seconds for as long as the server is
+    away. The store's health says it once; the traceback is for debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Failed to restore the pool connection floor"):
+            return True
+        if not logging.getLogger("keygate.store").isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def quiet_pool_log() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolFloorToDebug) for f in pool_log.filters):
+        pool_log.addFilter(_PoolFloorToDebug())
 
 
 async def _init_connection(conn: Any) -> None:
@@ -94,6 +120,7 @@ class PostgresStore(SqlStore):
         connect_timeout: float = 5.0,
     ) -> None:
         self.url = url  # may carry a password: never log it
+        self.health = StoreHealth(redact_url(url))
         self._pool_size = max(1, pool_size)
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
@@ -101,6 +128,7 @@ class PostgresStore(SqlStore):
 
     # --- lifecycle ------------------------------------------------------
     async def open(self) -> None:
+        quiet_pool_log()
         try:
             self._pool = await asyncpg.create_pool(
                 self.url,
@@ -122,7 +150,8 @@ class PostgresStore(SqlStore):
             if isinstance(exc, CONNECTION_ERRORS):
                 reason = str(exc) or "no answer in time"
                 raise StoreUnavailable(
-                    f"Cannot open the PostgreSQL store ({type(exc).__name__}: {reason})."
+                    f"Cannot open the PostgreSQL store at {self.health.name} "
+                    f"({type(exc).__name__}: {reason})."
                 ) from exc
             raise
 
@@ -161,6 +190,11 @@ class PostgresStore(SqlStore):
         try:
             async with pool.acquire(timeout=self._connect_timeout) as conn:
                 yield conn
+        except asyncpg.exceptions.DiskFullError as exc:
+            # SQLSTATE 53100 (an InsufficientResourcesError, so before the next
+            # clause): nothing was written; the server answered.
+            self.health.no_space(exc)
+            raise InsufficientStorage from exc
         except CONNECTION_ERRORS as exc:
             raise StoreUnavailable from exc
         except (asyncpg.DataError, UnicodeEncodeError) as exc:
@@ -176,7 +210,9 @@ class PostgresStore(SqlStore):
                     stage = "begin"
                     async with conn.transaction():
                         stage = "writing"
-                        return await fn(conn)
+                        result = await fn(conn)
+                self.health.wrote()
+                return result
             except RETRYABLE as exc:
                 # Deadlock or serialisation failure: rolled back, safe to run again.
                 if attempt == TX_ATTEMPTS:
@@ -186,6 +222,7 @@ class PostgresStore(SqlStore):
                 # nothing was written, so run again on a fresh one. Anything later
                 # (even at COMMIT) may have happened: never repeat it.
                 if not _stale(exc, stage == "begin") or attempt == TX_ATTEMPTS:
+                    self._unanswered(exc)
                     raise
         raise AssertionError("unreachable")
 
@@ -199,11 +236,19 @@ class PostgresStore(SqlStore):
             try:
                 async with self._conn() as conn:
                     acquired = True
-                    return await getattr(conn, method)(sql, *args)
+                    found = await getattr(conn, method)(sql, *args)
+                self.health.answered()
+                return found
             except StoreUnavailable as exc:
                 if not _stale(exc, acquired) or attempt == 2:
+                    self._unanswered(exc)
                     raise
         raise AssertionError("unreachable")
+
+    def _unanswered(self, exc: StoreUnavailable) -> None:
+        """Report a query that got no answer (not a store that is merely closed)."""
+        if exc.__cause__ is not None:
+            self.health.failed(exc)
 
     async def _finish(self, conn: Conn, audit: AuditEntry | None, changes: Notices) -> None:
         """Audit record, change notices and NOTIFY: the last step of every write.

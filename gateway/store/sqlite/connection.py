@@ -11,13 +11,17 @@ its values are bound in the order the placeholders appear.
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiosqlite
 
 _NUMBERED = re.compile(r"\$(\d+)")
+
+log = logging.getLogger("keygate.store")
 
 
 @functools.lru_cache(maxsize=512)
@@ -70,3 +74,22 @@ class SQLiteConn:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
+
+
+async def close_quietly(db: aiosqlite.Connection) -> None:
+    """Close, and so end the connection's thread (not a daemon: it would hold
+    the process's exit), even if SQLite complains."""
+    try:
+        await db.close()
+    except (sqlite3.Error, ValueError) as exc:
+        log.debug("closing an SQLite connection: %s", exc)
+
+
+async def rollback(db: aiosqlite.Connection) -> None:
+    """ROLLBACK if a transaction is open: a full disk or an I/O error may have
+    rolled it back already, and a failing ROLLBACK must not hide why."""
+    if db.in_transaction:
+        try:
+            await db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("ROLLBACK failed: %s", exc)

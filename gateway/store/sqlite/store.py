@@ -8,6 +8,12 @@ IMMEDIATE`` takes the write lock up front, so a count and the write that
 depends on it (the key limit) are one serialised step even across processes
 (the CLI and every worker share the file): no row or owner lock is needed on
 top.
+
+Failures (``faults.py``): a write that finds the disk full raises
+``InsufficientStorage`` (507), a database that does not answer as one
+``StoreUnavailable`` (503); each is reported to the store's ``health`` once.
+Opening never leaves a connection (a thread) behind, whatever fails. The WAL
+is kept small for small volumes (``wal.py``).
 """
 
 from __future__ import annotations
@@ -23,16 +29,45 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
-from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.errors import (
+    InsufficientStorage,
+    KeygateError,
+    StoreTooNew,
+    StoreUnavailable,
+)
+from keygate.gateway.store.base import FULL_MESSAGE
+from keygate.gateway.store.health import StoreHealth
 from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.rows import Codec, as_is, epoch_seconds, json_text
 from keygate.gateway.store.sqlbase import CHANGE_RETENTION, Conn, Notices, Tx
-from keygate.gateway.store.sqlite.connection import SQLiteConn
+from keygate.gateway.store.sqlite.connection import SQLiteConn, close_quietly, rollback
+from keygate.gateway.store.sqlite.faults import free_bytes, is_full, is_unavailable, read_only
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
+from keygate.gateway.store.sqlite.wal import WalKeeper, truncate_wal
 from keygate.gateway.store.sqlkeys import quota_sets
 from keygate.gateway.store.sqlstore import SqlStore
 
 T = TypeVar("T")
+
+# The WAL is kept small for small volumes: SQLite checkpoints on its own once
+# the WAL holds this many pages (its default, 1000, is 4 MiB of WAL) and then
+# truncates the file to WAL_SIZE_LIMIT bytes; after a burst of writes, once
+# quiet for CHECKPOINT_AFTER seconds, a WAL past CHECKPOINT_MIN_WAL is
+# checkpointed and truncated to nothing (``WalKeeper``), and so is this
+# process's WAL when it closes the store.
+WAL_AUTOCHECKPOINT_PAGES = 200
+WAL_SIZE_LIMIT = 1024 * 1024
+CHECKPOINT_AFTER = 0.5  # seconds
+CHECKPOINT_MIN_WAL = 128 * 1024  # bytes: a smaller WAL waits for the next burst
+# Free space that must appear on the volume after a write found it full
+# before the store says it may take writes again (a write then proves it).
+SPACE_BACK = 256 * 1024
+
+
+def _reason(exc: BaseException) -> str:
+    """SQLite's own words for a failure (the cause behind a keygate error)."""
+    cause = exc.__cause__ if isinstance(exc, KeygateError) and exc.__cause__ else exc
+    return str(cause) or type(cause).__name__
 
 
 def _time(value: float | None) -> datetime | None:
@@ -65,21 +100,38 @@ class SQLiteStore(SqlStore):
     HOLDS_GROUP = "EXISTS (SELECT 1 FROM json_each(groups) WHERE value = {})"
     WITHOUT_GROUP = "(SELECT json_group_array(value) FROM json_each(groups) WHERE value != {})"
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 10000,
+        checkpoint_after: float = CHECKPOINT_AFTER,
+    ) -> None:
         self.path = Path(path)
+        self.health = StoreHealth(str(self.path))
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._wal = WalKeeper(self._checkpoint, checkpoint_after)
+        self._free_at_full: int | None = None
 
     # --- lifecycle ------------------------------------------------------
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.create_function(self.LOWER, 1, _lower, deterministic=True)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            await db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            await db.create_function(self.LOWER, 1, _lower, deterministic=True)
+        except BaseException:
+            # The connection's thread would outlive the process's last line
+            # (it is not a daemon): close it whatever went wrong.
+            await close_quietly(db)
+            raise
         return db
 
     async def open(self) -> None:
@@ -88,26 +140,62 @@ class SQLiteStore(SqlStore):
             self._writer = await self._connect()
             self.applied_on_open = tuple(await self.migrate())
             self._reader = await self._connect()
-            await SQLiteConn(self._writer).execute(
-                "DELETE FROM changes WHERE at < $1", time.time() - CHANGE_RETENTION
+            await self._tx(
+                lambda conn: conn.execute(
+                    "DELETE FROM changes WHERE at < $1", time.time() - CHANGE_RETENTION
+                )
             )
-        except (OSError, sqlite3.Error) as exc:
+        except BaseException as exc:
+            # Whatever failed, or a stop signal that cancelled the start: no
+            # connection (and so no thread) is left behind.
             await self.close()
-            raise StoreUnavailable(f"Cannot open the SQLite store at {self.path}: {exc}.") from exc
+            if isinstance(exc, StoreTooNew) or not isinstance(
+                exc, (OSError, sqlite3.Error, StoreUnavailable, InsufficientStorage)
+            ):
+                raise
+            raise StoreUnavailable(
+                f"Cannot open the SQLite store at {self.path}: {_reason(exc)}."
+            ) from exc
 
     async def close(self) -> None:
+        # Pending checkpoint first: it takes the write lock and the writer.
+        await self._wal.stop()
         # A transaction still running for a cancelled caller ends first.
         async with self._write_lock:
-            for db in (self._reader, self._writer):
-                if db is not None:
-                    await db.close()
+            reader, writer = self._reader, self._writer
             self._reader = self._writer = None
+            if writer is not None and self._wal.dirty:
+                # Fold this process's writes back before it goes: the next
+                # process to open the file finds a short WAL.
+                await self._run_checkpoint(writer)
+            for db in (reader, writer):
+                if db is not None:
+                    await close_quietly(db)
 
     async def ping(self) -> None:
         try:
             await self._fetchval("SELECT 1")
         except (sqlite3.Error, ValueError, AttributeError) as exc:
             raise StoreUnavailable from exc
+
+    async def write_problem(self) -> KeygateError | None:
+        directory = self.path.parent
+        if read_only(directory):
+            return StoreUnavailable(
+                "The key store's file system is read-only: changes cannot be recorded.",
+                code="store_read_only",
+            )
+        if not self.health.full:
+            return None
+        free = free_bytes(directory)
+        before = self._free_at_full
+        if free is not None and before is not None and free - before >= SPACE_BACK:
+            # Space was freed since the write that failed: say so now, not
+            # only once some write happens to succeed (a probe that kept
+            # reporting "full" would never see one).
+            self.health.space_back(f"{free} bytes free")
+            return None
+        return InsufficientStorage(FULL_MESSAGE)
 
     # --- transactions and reads --------------------------------------------
     async def _tx(self, fn: Tx[T]) -> T:
@@ -127,23 +215,67 @@ class SQLiteStore(SqlStore):
             try:
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreUnavailable from exc
+                raise self._fault(exc) or StoreUnavailable() from exc
             try:
                 result = await fn(SQLiteConn(db))
                 await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await rollback(db)
+                fault = self._fault(exc)
+                if fault is None:
+                    raise
+                raise fault from exc
             except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
+                await rollback(db)
                 raise
+            self.health.wrote()
+            self._wal.wrote()
             return result
+
+    def _fault(self, exc: sqlite3.Error) -> KeygateError | None:
+        """The error a failed statement means for callers (None: leave it as it is),
+        reported to the store's health."""
+        if is_full(exc):
+            if not self.health.full:
+                self._free_at_full = free_bytes(self.path.parent)
+            self.health.no_space(exc)
+            return InsufficientStorage()
+        if is_unavailable(exc):
+            self.health.failed(exc)
+            return StoreUnavailable()
+        return None
+
+    async def _checkpoint(self) -> None:
+        """After a burst of writes (``WalKeeper``): fold the WAL into the database
+        and truncate it, so a small volume is not eaten by a WAL nobody needs.
+        A WAL still small (a last-used flush, a change or two) is left to the
+        next burst: a checkpoint costs fsyncs."""
+        try:
+            size = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except OSError:
+            return
+        if size < CHECKPOINT_MIN_WAL:
+            return
+        async with self._write_lock:
+            db = self._writer
+            if db is not None:
+                await self._run_checkpoint(db)
+
+    async def _run_checkpoint(self, db: aiosqlite.Connection) -> None:
+        if await truncate_wal(db, self._busy_timeout_ms, self.path):
+            self._wal.dirty = False
 
     async def _read(self, method: str, sql: str, *args: Any) -> Any:
         if self._reader is None:
             raise StoreUnavailable
         try:
-            return await getattr(SQLiteConn(self._reader), method)(sql, *args)
+            found = await getattr(SQLiteConn(self._reader), method)(sql, *args)
         except sqlite3.Error as exc:
+            if is_unavailable(exc):
+                self.health.failed(exc)
             raise StoreUnavailable from exc
+        self.health.answered()
+        return found
 
     async def _finish(self, conn: Conn, audit: AuditEntry | None, changes: Notices) -> None:
         if audit is not None:
@@ -172,7 +304,7 @@ class SQLiteStore(SqlStore):
 
         try:
             await self._tx(tx)
-        except sqlite3.Error as exc:
+        except sqlite3.Error as exc:  # one the store does not sort: still not a crash
             raise StoreUnavailable from exc
 
     async def add_quota_used(
