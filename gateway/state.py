@@ -17,6 +17,7 @@ from keygate.config.settings import Route, Settings
 from keygate.gateway.auth.cache import KeyCache
 from keygate.gateway.auth.changes import ChangeFeed
 from keygate.gateway.auth.credentials import Sources
+from keygate.gateway.auth.imported import ImportedDigests
 from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.policy import Policy, RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
@@ -35,14 +36,30 @@ from keygate.gateway.upstream.pool import UpstreamPool
 
 class KeyMemory:
     """What this process holds of the store: verified keys, every key id, the
-    compiled group rules. Change notices (this process's own writes, and the
-    change feed for everyone else's) keep it current."""
+    digests of imported keys, the compiled group rules. Change notices (this
+    process's own writes, and the change feed for everyone else's) keep it
+    current."""
 
     def __init__(self, store: Store, cache: KeyCache, key_ids: KeyIdSet, policy: Policy) -> None:
         self.store = store
         self.cache = cache
         self.key_ids = key_ids
         self.policy = policy
+        self.imported = ImportedDigests()
+
+    async def load_imported(self, after_seq: int = 0, upto_seq: int | None = None) -> None:
+        """Read imported keys' digests and ids (all, or one notice's seq span),
+        a chunk at a time so a million never sit in one list."""
+        while True:
+            chunk = await self.store.imported_keys(after_seq, upto_seq, IMPORT_CHUNK)
+            if not chunk:
+                return
+            self.imported.update(k.digest for k in chunk)
+            self.key_ids.update(k.key_id for k in chunk)
+            after_seq = chunk[-1].seq
+            self.imported.last_seq = max(self.imported.last_seq, after_seq)
+            if len(chunk) < IMPORT_CHUNK:
+                return
 
     @classmethod
     async def load(cls, store: Store, cache: KeyCache) -> KeyMemory:
@@ -54,8 +71,15 @@ class KeyMemory:
         self.cache.apply(kind, ref)
         if kind == "key-created":
             self.key_ids.add(ref)
+        elif kind == "keys-imported":
+            first, _, last = ref.partition(":")
+            await self.load_imported(int(first) - 1, int(last))
         if kind == "group":
             self.policy = await _policy(self.store)
+
+
+# Imported keys read per query at start-up and per announced batch.
+IMPORT_CHUNK = 50_000
 
 
 async def _policy(store: Store) -> Policy:

@@ -92,13 +92,37 @@ def _checksum6(value: int) -> str:
     return b[a] + b[b1] + b[c] + b[d] + b[e] + b[f]
 
 
+def well_formed(token: str, prefix: str) -> bool:
+    """Whether ``token`` is a keygate token: the shape and a valid checksum."""
+    if _shape(prefix).match(token) is None:
+        return False
+    return _checksum6(zlib.crc32(token[:-CHECKSUM_LEN].encode("ascii"))) == token[-CHECKSUM_LEN:]
+
+
 def check_format(token: str, prefix: str) -> None:
     """Raise :class:`TokenFormatError` unless ``token`` is well formed with a valid
     checksum. The hot-path form of :func:`parse`: no object is built."""
-    if _shape(prefix).match(token) is None:
+    if not well_formed(token, prefix):
         raise TokenFormatError
-    if _checksum6(zlib.crc32(token[:-CHECKSUM_LEN].encode("ascii"))) != token[-CHECKSUM_LEN:]:
-        raise TokenFormatError
+
+
+# An imported token (docs/reference.md#imported-keys): 16-256 visible ASCII
+# characters, anything but a space or a control character.
+IMPORTED_MIN = 16
+IMPORTED_MAX = 256
+_IMPORTED = re.compile(rf"[\x21-\x7e]{{{IMPORTED_MIN},{IMPORTED_MAX}}}\Z")
+
+
+def importable(token: str) -> bool:
+    """Whether ``token`` could be an imported key's."""
+    return _IMPORTED.match(token) is not None
+
+
+def imported_display(token: str) -> tuple[str, str]:
+    """(head, last 4) of an imported token's display form ``<head>…<last 4>``:
+    the first 4 characters too for a token of 32 or more, so a short token
+    never shows a large share of itself."""
+    return (token[:4] if len(token) >= 32 else ""), token[-4:]
 
 
 def parse(token: str, prefix: str) -> ParsedToken:

@@ -12,6 +12,13 @@ the time a change notice takes to arrive, so such a refusal also needs a
 change-feed catch-up that started at most ``catch_up_window`` before the
 request: a key created or rolled elsewhere before that is already applied.
 
+A token that is not keygate-formatted may be an imported key's
+(docs/reference.md#imported-keys): found by its digest alone. When the store
+holds imported keys, their digests are in memory (``ImportedDigests``): a
+digest not among them is refused like a forged key id, after the same
+catch-up rule; one among them is asked of the store. With no imported keys,
+such a token is refused by its format, as it always was.
+
 While the store does not answer, a cached key past ``cache_ttl`` is still
 admitted for ``auth.stale_if_error`` seconds more (``KeyCache.stale``), with
 the same status checks; each such answer is counted (``stale_served``, and
@@ -28,6 +35,7 @@ from collections.abc import Awaitable, Callable
 
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.cache import KeyCache, Principal, principal_from
+from keygate.gateway.auth.imported import ImportedDigests
 from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.errors import StoreUnavailable, Unauthorized, key_disabled, key_expired
@@ -74,6 +82,7 @@ class Verifier:
         *,
         key_ids: KeyIdSet | None = None,
         catch_up: Callable[[], Awaitable[None]] | None = None,
+        imported: ImportedDigests | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -85,6 +94,8 @@ class Verifier:
         self.stale_served = 0
         self.key_ids = key_ids
         self.catch_up = catch_up
+        # None: imported keys are not looked for (tools, tests).
+        self.imported = imported
         # Instance settings so tests can drive the coverage rule deterministically.
         self.catch_up_window = CATCH_UP_WINDOW
         self.clock: Callable[[], float] = time.monotonic
@@ -107,14 +118,29 @@ class Verifier:
         loaded, and a typo still never reaches the store.
         """
         if not token.isascii():
-            keyformat.check_format(token, self.prefix)  # raises: no digest of it
+            raise keyformat.TokenFormatError  # neither kind of token: no digest of it
         digest = keyformat.digest(token)
         principal = self.cache.get(digest)
         if principal is None:
-            keyformat.check_format(token, self.prefix)
-            self._check_miss(digest, token)
+            if keyformat.well_formed(token, self.prefix):
+                self._check_miss(digest, token)
+            else:
+                self._check_imported_miss(digest, token)
             return digest, None
         return digest, self._admit(principal)
+
+    def _check_imported_miss(self, digest: bytes, token: str) -> None:
+        """As :meth:`_check_miss`, for a token that is not keygate-formatted."""
+        imported = self.imported
+        if not imported or not keyformat.importable(token):
+            raise keyformat.TokenFormatError
+        if digest in imported:
+            return
+        now = self.clock()
+        if not self._covered(now):
+            return  # load() catches up first
+        self._refresh_early(now)
+        raise _invalid()
 
     def _check_miss(self, digest: bytes, token: str) -> None:
         """Raise on a cache miss that memory alone can refuse; return to ask the store."""
@@ -205,6 +231,11 @@ class Verifier:
             generation = self.cache.generation
             self.lookups += 1
             record = await self.store.auth_lookup(digest)
+        elif not keyformat.well_formed(token, self.prefix):
+            await self._refuse_imported(digest, token)
+            generation = self.cache.generation
+            self.lookups += 1
+            record = await self.store.auth_lookup(digest)
         else:
             key_id = self.key_id_of(token)
             await self._refuse_from_memory(digest, key_id)
@@ -224,6 +255,16 @@ class Verifier:
         check_status(principal, time.time())
         self.usage.touch(principal.key_id)
         return principal
+
+    async def _refuse_imported(self, digest: bytes, token: str) -> None:
+        """Raise unless ``token`` may be an imported key's that the store holds."""
+        imported = self.imported
+        if not imported or not keyformat.importable(token):
+            raise keyformat.TokenFormatError
+        if digest not in imported:
+            await self._catch_up(self.clock())
+            if digest not in imported:
+                raise _invalid()  # not remembered: see _check_miss
 
     async def _refuse_from_memory(self, digest: bytes, key_id: str) -> None:
         """Raise when memory, caught up with the change feed, knows the store

@@ -213,7 +213,7 @@ def _key_id(parser: argparse.ArgumentParser) -> None:
 
 
 def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
-    from keygate.gateway.cli import avatars  # it builds on this module's record()
+    from keygate.gateway.cli import avatars, imports  # they build on this module
 
     keys = tree.group(sub, "keys", "manage API keys", EPILOG)
 
@@ -361,3 +361,4 @@ examples:
     )
     _limits(p, update=True)
     avatars.register(tree, keys)
+    imports.register(tree, keys)

@@ -193,6 +193,7 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
             # Read after the feed noted its starting point: a key created
             # meanwhile is in this snapshot or in a notice still to come.
             memory.key_ids.update(await store.key_ids())
+            await memory.load_imported()
             app[changes_key] = feed
             app[gateway_key] = _gateway(
                 settings, store, memory, app[usage_key], feed, app[limiter_key]
@@ -256,7 +257,13 @@ def _gateway(
 ) -> Gateway:
     auth = settings.auth
     verifier = Verifier(
-        store, memory.cache, usage, auth.key_prefix, key_ids=memory.key_ids, catch_up=feed.tick
+        store,
+        memory.cache,
+        usage,
+        auth.key_prefix,
+        key_ids=memory.key_ids,
+        catch_up=feed.tick,
+        imported=memory.imported,
     )
     route_names = RouteNames(settings.routes)
     services = Services.build(

@@ -9,6 +9,7 @@ from keygate.gateway.service.audit import AuditService
 from keygate.gateway.service.avatars import AvatarService
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.service.groups import GroupService
+from keygate.gateway.service.imports.service import ImportService
 from keygate.gateway.service.keys import IssuedKey, KeyService
 from keygate.gateway.service.users import UserService
 
@@ -20,6 +21,7 @@ class Services:
     groups: GroupService
     audit: AuditService
     avatars: AvatarService
+    imports: ImportService
 
     @classmethod
     def build(cls, ctx: ServiceContext) -> Services:
@@ -30,6 +32,7 @@ class Services:
             GroupService(ctx),
             AuditService(ctx),
             AvatarService(ctx, keys),
+            ImportService(ctx),
         )
 
 

@@ -10,7 +10,7 @@ turn it into the client's 409 (``gateway/service/conflicts.py``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -24,6 +24,8 @@ from keygate.gateway.store.records import (
     AvatarRecord,
     Change,
     GroupRecord,
+    ImportedDigest,
+    ImportOutcome,
     KeyAuth,
     KeyQuery,
     KeyRecord,
@@ -149,13 +151,49 @@ class Store(abc.ABC):
         *,
         grace_until: datetime | None,
         audit: AuditEntry,
+        prefix: str | None = None,
     ) -> KeyRecord:
         """A new digest for the key; the old one keeps working until
-        ``grace_until`` (when in the future). KeyRevoked, NotFound."""
+        ``grace_until`` (when in the future). With ``prefix`` (an imported
+        key getting a keygate token) the key becomes a keygate key with that
+        prefix. KeyRevoked, NotFound."""
 
     @abc.abstractmethod
     async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
         """Remove the key, its retired digests and its avatar. NotFound."""
+
+    # --- imported keys (docs/reference.md#imported-keys) ----------------------------
+    @abc.abstractmethod
+    async def held_digests(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of ``digests`` the store holds, current or rolled away."""
+
+    @abc.abstractmethod
+    async def import_keys(
+        self,
+        keys: Sequence[tuple[KeyRecord, bytes]],
+        *,
+        audit: Callable[[KeyRecord], AuditEntry],
+    ) -> ImportOutcome:
+        """Insert imported keys (record, digest of the whole token) as one
+        transaction, skipping those whose digest the store holds already; an
+        audit record per key written and one change notice for the batch
+        (``keys-imported``, its seq span). No key limit applies. UniqueViolation
+        ``key_name`` when an owner already has one of the names; then nothing
+        is written."""
+
+    @abc.abstractmethod
+    async def imported_keys(
+        self, after_seq: int, upto_seq: int | None = None, limit: int = 50_000
+    ) -> list[ImportedDigest]:
+        """Imported keys with ``after_seq < seq <= upto_seq``, by seq, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def key_names(self, owner_id: str) -> set[str]:
+        """The case-folded names of the owner's keys."""
+
+    @abc.abstractmethod
+    async def count_keys(self, owner_id: str) -> int:
+        """The owner's keys that are not revoked."""
 
     # --- key avatars (docs/admin-api.md#avatars) -------------------------------
     @abc.abstractmethod

@@ -8,7 +8,7 @@ revoked key, a name its owner already uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,8 @@ from keygate.gateway.store.errors import KeyLimitReached, KeyRevoked
 from keygate.gateway.store.records import (
     AuditEntry,
     AuthRecord,
+    ImportedDigest,
+    ImportOutcome,
     KeyAuth,
     KeyQuery,
     KeyRecord,
@@ -27,13 +29,20 @@ from keygate.gateway.store.records import (
     utcnow,
 )
 from keygate.gateway.store.rows import (
+    AUDIT_INSERT_COLUMNS,
     AUTH_COLUMNS,
     AUTH_WIDTH,
     KEY_INSERT_COLUMNS,
+    KEY_INSERT_WIDTH,
     KEY_READ,
     placeholders,
 )
 from keygate.gateway.store.sqlbase import Conn, SqlBase
+
+# Imports queue behind each other (PostgreSQL: an advisory lock under this
+# name; SQLite's write lock already serialises them), so a batch's check of
+# which digests are held stays true until it commits. No user id has a NUL.
+IMPORT_LOCK = "\x00imports"
 
 
 def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
@@ -94,8 +103,8 @@ class KeySql(SqlBase):
                 raise KeyLimitReached(max_keys)
             with self._duplicates():
                 row = await conn.fetchrow(
-                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ({placeholders(26)}) "
-                    f"RETURNING {KEY_READ}",
+                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) "
+                    f"VALUES ({placeholders(KEY_INSERT_WIDTH)}) RETURNING {KEY_READ}",
                     *rows.key_values(key, digest, self.codec),
                 )
             await self._finish(conn, audit, [("key-created", key.id)])
@@ -161,7 +170,12 @@ class KeySql(SqlBase):
         *,
         grace_until: datetime | None,
         audit: AuditEntry,
+        prefix: str | None = None,
     ) -> KeyRecord:
+        # A new prefix makes the key a keygate key (an imported key, rolled).
+        native = "" if prefix is None else ", prefix = $5, imported = $6"
+        extra = () if prefix is None else (prefix, self.codec.put_flag(False))
+
         async def tx(conn: Conn) -> KeyRecord:
             row = await conn.fetchrow(
                 f"SELECT digest, status FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
@@ -182,12 +196,13 @@ class KeySql(SqlBase):
                 )
             with self._duplicates():
                 rolled = await conn.fetchrow(
-                    "UPDATE keys SET digest = $1, last4 = $2, updated_at = $3 WHERE id = $4 "
-                    f"RETURNING {KEY_READ}",
+                    f"UPDATE keys SET digest = $1, last4 = $2, updated_at = $3{native} "
+                    f"WHERE id = $4 RETURNING {KEY_READ}",
                     digest,
                     last4,
                     self.codec.put_time(now),
                     key_id,
+                    *extra,
                 )
             await self._finish(conn, audit, [("key", key_id)])
             return rows.key_from_row(rolled, self.codec)
@@ -205,3 +220,81 @@ class KeySql(SqlBase):
             await self._finish(conn, audit, [("key", key_id)])
 
         await self._tx(tx)
+
+    # --- imported keys (docs/reference.md#imported-keys) -----------------------
+    async def held_digests(self, digests: Sequence[bytes]) -> set[bytes]:
+        if not digests:
+            return set()
+        return await self._held(None, digests)
+
+    async def _held(self, conn: Conn | None, digests: Sequence[bytes]) -> set[bytes]:
+        # A rolled-away digest is held too: it may still be in its grace period.
+        among, args = self._among("digest", digests)
+        sql = (
+            f"SELECT digest FROM keys WHERE {among} "
+            f"UNION ALL SELECT digest FROM retired_digests WHERE {among}"
+        )
+        found = await (conn.fetch(sql, *args) if conn is not None else self._fetch(sql, *args))
+        return {bytes(r[0]) for r in found}
+
+    async def import_keys(
+        self,
+        keys: Sequence[tuple[KeyRecord, bytes]],
+        *,
+        audit: Callable[[KeyRecord], AuditEntry],
+    ) -> ImportOutcome:
+        if not keys:
+            return ImportOutcome([], 0)
+
+        async def tx(conn: Conn) -> ImportOutcome:
+            await self._lock_owner(conn, IMPORT_LOCK)
+            held = await self._held(conn, [d for _, d in keys])
+            fresh = [(k, d) for k, d in keys if d not in held]
+            if not fresh:
+                return ImportOutcome([], len(keys))
+            with self._duplicates():
+                await conn.executemany(
+                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) "
+                    f"VALUES ({placeholders(KEY_INSERT_WIDTH)})",
+                    [rows.key_values(k, d, self.codec) for k, d in fresh],
+                )
+            at = utcnow()
+            await conn.executemany(
+                f"INSERT INTO audit ({AUDIT_INSERT_COLUMNS}) VALUES ({placeholders(9)})",
+                [rows.audit_values(audit(k), at, self.codec) for k, _ in fresh],
+            )
+            ids = [k.id for k, _ in fresh]
+            among, args = self._among("id", ids)
+            first, last = await conn.fetchrow(
+                f"SELECT min(seq), max(seq) FROM keys WHERE {among}", *args
+            )
+            # One notice for the batch: every process reads the span's digests.
+            span = f"{first}:{last}"
+            await self._finish(conn, None, [("keys-imported", span)])
+            return ImportOutcome(ids, len(keys) - len(fresh), span)
+
+        return await self._tx(tx)
+
+    async def imported_keys(
+        self, after_seq: int, upto_seq: int | None = None, limit: int = 50_000
+    ) -> list[ImportedDigest]:
+        bind = Params(after_seq)
+        where = f"{self.IMPORTED} AND seq > $1"
+        if upto_seq is not None:
+            where += f" AND seq <= {bind(upto_seq)}"
+        found = await self._fetch(
+            f"SELECT seq, id, digest FROM keys WHERE {where} ORDER BY seq LIMIT {bind(limit)}",
+            *bind.values,
+        )
+        return [ImportedDigest(r[0], r[1], bytes(r[2])) for r in found]
+
+    async def key_names(self, owner_id: str) -> set[str]:
+        found = await self._fetch("SELECT name_key FROM keys WHERE owner_id = $1", owner_id)
+        return {r[0] for r in found}
+
+    async def count_keys(self, owner_id: str) -> int:
+        return int(
+            await self._fetchval(
+                "SELECT count(*) FROM keys WHERE owner_id = $1 AND status != 'revoked'", owner_id
+            )
+        )

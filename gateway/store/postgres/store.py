@@ -110,6 +110,8 @@ class PostgresStore(SqlStore):
     LOWER = "lower"
     HOLDS_GROUP = "groups @> jsonb_build_array({}::text)"
     WITHOUT_GROUP = "groups - {}::text"
+    ARRAYS = True
+    IMPORTED = "imported"
 
     def __init__(
         self,

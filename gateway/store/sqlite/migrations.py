@@ -143,8 +143,17 @@ SQLITE_V4 = [
     "CREATE INDEX audit_target ON audit (target_type, target_id, id)",
 ]
 
+# Imported keys (docs/reference.md#imported-keys): tokens of any format, found
+# by the digest of the whole token. Each process holds their digests in memory
+# (read in seq order, and by seq span when a change notice announces a batch),
+# so the partial index holds only them: a store with none pays nothing.
+SQLITE_V5 = [
+    "ALTER TABLE keys ADD COLUMN imported INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX keys_imported ON keys (seq) WHERE imported = 1",
+]
+
 SQLITE_SCHEMA = Schema(
-    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3), (4, SQLITE_V4)],
+    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3), (4, SQLITE_V4), (5, SQLITE_V5)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
     record_version=(

@@ -99,6 +99,8 @@ class SQLiteStore(SqlStore):
     LOWER = "kg_lower"
     HOLDS_GROUP = "EXISTS (SELECT 1 FROM json_each(groups) WHERE value = {})"
     WITHOUT_GROUP = "(SELECT json_group_array(value) FROM json_each(groups) WHERE value != {})"
+    ARRAYS = False
+    IMPORTED = "imported = 1"
 
     def __init__(
         self,
