@@ -165,6 +165,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         conflicts=("name_taken", "key_limit_reached"),
         forbidden="a self-service caller naming another owner",
     ),
+    _admin(
+        "POST",
+        "/keys/import",
+        keys.import_keys,
+        "importKeys",
+        "Import keys clients already hold (stored by digest; all or none)",
+        "keys",
+        response="ImportReport",
+        body="KeyImport",
+    ),
     _key("GET", "/keys/{id}", keys.get_key, "getKey", "One key", response="Key", not_found=True),
     _key(
         "PATCH",

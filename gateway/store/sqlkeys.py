@@ -41,8 +41,8 @@ from keygate.gateway.store.sqlbase import Conn, SqlBase
 
 # Imports queue behind each other (PostgreSQL: an advisory lock under this
 # name; SQLite's write lock already serialises them), so a batch's check of
-# which digests are held stays true until it commits. No user id has a NUL.
-IMPORT_LOCK = "\x00imports"
+# which digests are held stays true until it commits. No user id has a colon.
+IMPORT_LOCK = "keygate:imports"
 
 
 def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:

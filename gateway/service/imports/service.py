@@ -16,11 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from msgspec import UNSET
+
 from keygate.gateway.auth import keyformat
+from keygate.gateway.errors import Invalid, TooLarge
+from keygate.gateway.service import bodies
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
+from keygate.gateway.service.imports import jsonfile
 from keygate.gateway.service.imports.check import Defaults, Names, Valid, judge
-from keygate.gateway.service.imports.entries import Entry, Problem
+from keygate.gateway.service.imports.entries import Entry, Problem, Read
 from keygate.gateway.store.errors import UniqueViolation
 from keygate.gateway.store.records import KeyRecord, UserRecord, utcnow
 
@@ -61,6 +66,39 @@ class ImportReport:
 class ImportService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+
+    async def request(self, actor: Actor, body: Any) -> ImportReport:
+        """The admin API's import (docs/admin-api.md#import-keys): the body's
+        records, all or none; each refused one is named ``records[i]``."""
+        actor.require_admin()
+        req, errors = bodies.decode(bodies.KeyImport, body)
+        errors.raise_if_any()
+        if len(req.records) > bodies.MAX_IMPORT_RECORDS:
+            raise TooLarge(
+                f"At most {bodies.MAX_IMPORT_RECORDS} records per request: send the rest "
+                "in another (keys already present are skipped)."
+            )
+        found = Read()
+        for i, value in enumerate(req.records):
+            jsonfile.entry(value, i, found, label="a record")
+        assert req.groups is not UNSET
+        report = await self.run(
+            actor,
+            found.entries,
+            found.problems,
+            defaults=Defaults(
+                owner=req.owner if isinstance(req.owner, str) else actor.username,
+                groups=tuple(req.groups),
+                source=str(req.source),
+            ),
+            dry_run=bool(req.dry_run),
+        )
+        if report.invalid:
+            details = {f"records[{p.line}]": p.reason for p in report.invalid[:100]}
+            if not req.records:
+                details = {"records": "must hold at least one record"}
+            raise Invalid(details, "No key was imported: the records named are not valid.")
+        return report
 
     async def run(
         self,
