@@ -27,7 +27,7 @@ def test_csv_spreadsheet_export_bom_quotes_crlf_blank_lines() -> None:
     assert keys == [
         (2, "sheet-key-0001-abcdef", "billing sync", "default", None, "Billing, EU region"),
         (4, "sheet-key-0002-abcdef", "reports", "default", "2099-12-31T23:59:59Z",
-         "Reports\r\nsecond line"),
+         "Reports\nsecond line"),
         (7, "sheet-key-0003-abcdef", "billing sync", None, None, None),
     ]  # fmt: skip
 

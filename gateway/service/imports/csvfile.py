@@ -50,7 +50,8 @@ def read(data: bytes) -> Read:
                     owner=cells.get("owner") or None,
                     groups=cells.get("groups") or None,
                     expires_at=cells.get("expires_at") or None,
-                    description=cells.get("description") or None,
+                    # A spreadsheet's line break in a cell is CRLF; keygate keeps LF.
+                    description=(cells.get("description") or "").replace("\r\n", "\n") or None,
                 )
             )
     except csv.Error as exc:
