@@ -47,18 +47,18 @@ async def import_keys(args: argparse.Namespace, env: Env) -> Result:
             dry_run=args.dry_run,
             progress=bar.update,
         )
-    return Result(report.as_json(), summary(report), status=1 if report.invalid else 0)
+    if report.invalid:
+        # A refusal like any other: exit 1, each line and its reason on stderr.
+        many = len(report.invalid) != 1
+        raise Invalid(
+            {(f"line {p.line}" if p.line else "file"): p.reason for p in report.invalid},
+            f"Nothing imported: {len(report.invalid)} invalid line{'s' if many else ''} "
+            f"(of {report.total} keys read); fix {'them' if many else 'it'} and run again.",
+        )
+    return Result(report.as_json(), summary(report))
 
 
 def summary(report: ImportReport) -> str:
-    if report.invalid:
-        lines = [
-            f"Nothing imported: {len(report.invalid)} invalid "
-            f"line{'s' if len(report.invalid) != 1 else ''} "
-            f"(of {report.total} keys read); fix them and run again."
-        ]
-        lines += [f"  line {p.line}: {p.reason}" for p in report.invalid]
-        return "\n".join(lines)
     verb = "Would import" if report.dry_run else "Imported"
     lines = [
         f"{verb} {report.imported} keys; skipped {report.skipped} already present; 0 invalid."

@@ -30,8 +30,6 @@ class Result:
     doc: Any
     text: str
     note: str | None = None
-    # The exit status: 1 for a report of refused input (keys import).
-    status: int = 0
 
 
 def dumps(doc: Any) -> str:

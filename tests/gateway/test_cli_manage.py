@@ -72,7 +72,7 @@ def test_cli_every_command_has_help_with_an_example(run: Run) -> None:
     leaves = _leaf_commands(build_parser())
     # serve, check-config, init, migrate + 9 keys + 3 key avatar + 5 users + 5 groups
     # + audit list
-    assert len(leaves) == 27
+    assert len(leaves) == 29
     for leaf in leaves:
         code, out, _ = run(*leaf, "--help")
         assert code == 0

@@ -78,6 +78,8 @@ class ImportService:
                 f"At most {bodies.MAX_IMPORT_RECORDS} records per request: send the rest "
                 "in another (keys already present are skipped)."
             )
+        if not req.records:
+            raise Invalid({"records": "must hold at least one record"})
         found = Read()
         for i, value in enumerate(req.records):
             jsonfile.entry(value, i, found, label="a record")
@@ -95,8 +97,6 @@ class ImportService:
         )
         if report.invalid:
             details = {f"records[{p.line}]": p.reason for p in report.invalid[:100]}
-            if not req.records:
-                details = {"records": "must hold at least one record"}
             raise Invalid(details, "No key was imported: the records named are not valid.")
         return report
 
@@ -113,6 +113,8 @@ class ImportService:
         """Import ``entries`` (``problems``: lines a reader could not read)."""
         actor.require_admin()
         report = ImportReport(total=len(entries), dry_run=dry_run)
+        if not entries and not problems:
+            problems = [Problem(0, "the file holds no keys")]
         valid = await self._judge(entries, defaults, report)
         report.invalid = sorted([*problems, *report.invalid], key=lambda p: p.line)
         if report.invalid:
