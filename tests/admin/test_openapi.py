@@ -346,7 +346,7 @@ BASE: dict[str, dict[str, Any]] = {
 }
 # Checked after decoding: the rules by gateway.auth.policy, which knows the
 # routes, an import's records by the import rules (each named records[i]);
-# routes; the rest by checks the schema cannot state (a URL's host, a size, a zone).
+# the rest by checks the schema cannot state (a URL's host, a size, a zone).
 SERVICE_CHECKED = {"rules", "records"}
 
 
