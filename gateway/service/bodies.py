@@ -235,7 +235,6 @@ class KeyImport(Body, kw_only=True):
     examples = [
         {
             "records": [{"key": "3f8a0c1e-legacy-client-key", "name": "billing-sync"}],
-            "owner": "alice",
             "groups": ["default"],
         }
     ]

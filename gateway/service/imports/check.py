@@ -19,6 +19,8 @@ _ONE_LINE = re.compile(bodies.ONE_LINE)
 _FREE_TEXT = re.compile(bodies.FREE_TEXT)
 _USERNAME = re.compile(bodies.USERNAME_PATTERN)
 _GROUP_SPLIT = re.compile(r"[\s,;]+")
+# Anything but visible ASCII: spaces, controls, non-ASCII.
+_INVISIBLE = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class Valid:
 def key_problem(key: Any, prefix: str) -> str | None:
     if not isinstance(key, str) or not key:
         return "no key"
-    if not key.isascii() or not all(32 < ord(c) < 127 for c in key):
+    if _INVISIBLE.search(key) is not None:
         return "the key holds spaces, control or non-ASCII characters"
     if len(key) < keyformat.IMPORTED_MIN:
         return f"the key is shorter than {keyformat.IMPORTED_MIN} characters"

@@ -29,7 +29,7 @@ from keygate.gateway.service.imports.entries import Entry, Problem, Read
 from keygate.gateway.store.errors import UniqueViolation
 from keygate.gateway.store.records import KeyRecord, UserRecord, utcnow
 
-BATCH = 1000
+BATCH = 2000
 # A batch whose names another writer took meanwhile is named again and retried.
 NAME_ATTEMPTS = 3
 
