@@ -225,7 +225,7 @@ class GroupPatch(Body):
 
 
 # At most this many records in one import request (docs/admin-api.md#import-keys);
-# more is 413: a larger import is several requests (each one is idempotent).
+# more is 422: a larger import is several requests (each one is idempotent).
 MAX_IMPORT_RECORDS = 10_000
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 
 import orjson
 
@@ -54,9 +55,22 @@ async def test_import_empty_records_is_422(api: AdminApi) -> None:
     assert (reply.status, reply.details) == (422, {"records": "must hold at least one record"})
 
 
-async def test_import_over_10000_records_is_413(api: AdminApi) -> None:
+async def test_import_over_10000_records_is_422(api: AdminApi) -> None:
     records = [{"key": f"too-many-records-{i:06d}"} for i in range(10_001)]
     reply = await api.post("/keys/import", api.admin, {"records": records})
+    assert (reply.status, list(reply.details)) == (422, ["records"])
+    assert (await api.proxy("too-many-records-000000")).status == 401
+
+
+async def test_import_body_over_8_mib_is_413(api: AdminApi) -> None:
+    records = [{"key": f"huge-record-{i:08d}", "description": "x" * 900} for i in range(9500)]
+    reply = await api.call(
+        "POST",
+        "/keys/import",
+        api.admin,
+        headers={"Content-Type": "application/json"},
+        data=io.BytesIO(orjson.dumps({"records": records})),  # streamed: over 8 MiB
+    )
     assert (reply.status, reply.code) == (413, "too_large")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from msgspec import UNSET
 
 from keygate.gateway.auth import keyformat
-from keygate.gateway.errors import Invalid, TooLarge
+from keygate.gateway.errors import Invalid
 from keygate.gateway.service import bodies
 from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
@@ -74,9 +74,12 @@ class ImportService:
         req, errors = bodies.decode(bodies.KeyImport, body)
         errors.raise_if_any()
         if len(req.records) > bodies.MAX_IMPORT_RECORDS:
-            raise TooLarge(
-                f"At most {bodies.MAX_IMPORT_RECORDS} records per request: send the rest "
-                "in another (keys already present are skipped)."
+            # The schema's maxItems: refused as any schema violation is (422).
+            raise Invalid(
+                {
+                    "records": f"must hold at most {bodies.MAX_IMPORT_RECORDS} records: send "
+                    "the rest in another request (keys already present are skipped)"
+                }
             )
         if not req.records:
             raise Invalid({"records": "must hold at least one record"})
