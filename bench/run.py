@@ -187,8 +187,11 @@ class Bench:
             ready_timeout=120.0,
             tls=systems.write_tls_files(self.work) if wanted & systems.TLS_SYSTEMS else None,
         )
+        flood_foreign = seed.write_lines(
+            self.work / "flood_foreign.txt", seed.foreign_tokens(floods)
+        )
         return scenarios.Tokens(small.token, seed.bad_checksum(small.token), flood_ids,
-                                flood_secrets, zipf)
+                                flood_secrets, zipf, flood_foreign)
 
     def start(self, wanted: set[str]) -> None:
         origin = systems.start_origin(self.layout)

@@ -28,6 +28,7 @@ class Tokens:
     flood_ids: Path  # well-formed tokens with random key ids
     flood_secrets: Path  # the valid key's id with wrong secrets
     zipf_sample: Path  # tokens of the large store, rank order
+    flood_foreign: Path = Path()  # random tokens of other systems' shapes
 
 
 def build(t: Tokens, conns: int) -> list[Scenario]:
@@ -45,6 +46,9 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
                  (Load("cycle", str(t.flood_ids), conns),), (*CHECKERS, "hello", "keygate")),
         Scenario("flood-wrong-secret", "flood: the real key id, wrong secrets",
                  (Load("cycle", str(t.flood_secrets), conns),), (*CHECKERS, "hello", "keygate")),
+        Scenario("flood-foreign", "flood: random tokens of other formats (refused from memory)",
+                 (Load("cycle", str(t.flood_foreign), conns),),
+                 ("hello", "keygate", "keygate-imported"), subject="keygate-imported"),
         Scenario(f"valid-c{half}", f"valid key alone, {half} connections (mixed's valid load)",
                  (Load("static", t.valid, half),), ("bare", "keygate")),
         Scenario("mixed", f"{half} valid + {half} random-id flood connections at once",

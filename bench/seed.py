@@ -92,6 +92,55 @@ def random_tokens(n: int, key_id: str | None = None) -> list[str]:
     return out
 
 
+# Visible ASCII but the space (what an imported token may hold), without the
+# quote and backslash so a token file line is one header value as it stands.
+FOREIGN = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"\\")
+
+
+def foreign_tokens(n: int) -> list[str]:
+    """``n`` random tokens of other systems' shapes (16-48 visible ASCII
+    characters): not keygate-formatted, so only an imported key could match."""
+    raw = os.urandom(n * 49)
+    out = []
+    for i in range(n):
+        chunk = raw[i * 49 : i * 49 + 49]
+        out.append("".join(FOREIGN[b % len(FOREIGN)] for b in chunk[1 : 17 + chunk[0] % 33]))
+    return out
+
+
+def add_imported(db: Path, tokens: list[str]) -> None:
+    """Bulk-insert imported keys (docs/reference.md#imported-keys) into a closed
+    store, owned by its first admin, in one transaction."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        owner = conn.execute("SELECT id FROM users WHERE username = 'admin'").fetchone()[0]
+        now = time.time()
+        groups = orjson.dumps(["default"]).decode()
+        alphabet = keyformat.KEY_ID_ALPHABET
+        ids = os.urandom(len(tokens) * keyformat.KEY_ID_LEN)
+
+        def rows():  # type: ignore[no-untyped-def]
+            for i, token in enumerate(tokens):
+                kid = "".join(alphabet[b % 36] for b in ids[i * 12 : i * 12 + 12])
+                name = f"imported-{i:07d}"
+                yield (kid, hashlib.sha256(token.encode()).digest(), "", token[-4:], name,
+                       name, "active", groups, owner, "admin", owner, "admin", now, now, 1)
+
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -1048576")
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT OR IGNORE INTO keys (id, digest, prefix, last4, name, name_key, status, "
+            "groups, owner_id, owner_username, created_by_id, created_by_username, "
+            "created_at, updated_at, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows(),
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
 def bad_checksum(token: str) -> str:
     """``token`` with its checksum changed: refused before cache or store."""
     last = token[-1]

@@ -36,10 +36,14 @@ DESCRIPTIONS = {
     "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend "
     "(its own redis-server on the load core)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
+    "keygate-imported": "keygate, 1 worker, 10,000 imported keys besides its own",
     "nginx-tls": "nginx terminating TLS, proxy_pass, upstream keep-alive, 1 worker",
     "keygate-tls": "keygate, 1 worker, TLS on the listener (the edge over TLS)",
     "keygate-tls-nofast": "keygate, 1 worker, TLS, `server.fast_path = false`",
 }
+# keygate-imported's imported keys: enough that the refusals are decided by the
+# in-memory digest set, not by the format check.
+IMPORTED_KEYS = 10_000
 TLS_SYSTEMS = frozenset({"nginx-tls", "keygate-tls", "keygate-tls-nofast"})
 
 
@@ -177,6 +181,8 @@ def start(name: str, lay: Layout) -> System:
             db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")  # each its own store
             if name in ("keygate-limited", "keygate-redis"):
                 seed.generous_limit(db)
+            if name == "keygate-imported":
+                seed.add_imported(db, seed.foreign_tokens(IMPORTED_KEYS))
         conf = _keygate_conf(lay, name, port, db, workers)
         # Two workers on a 2-core machine: give them both cores (shared with wrk).
         both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())
