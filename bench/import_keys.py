@@ -137,11 +137,14 @@ def main() -> int:
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kg-import-")))
         source = work / "keys.csv"
+        tokens: set[str] = set()
+        while len(tokens) < args.keys:  # plain CSV cells: no comma or quote
+            tokens.update(t for t in seed.foreign_tokens(args.keys) if not set(t) & set(',"'))
+        chosen = sorted(tokens)[: args.keys]
         source.write_text("key,name\n" + "".join(
-            f"{t},client-{i % 5000}\n" for i, t in enumerate(seed.foreign_tokens(args.keys))
-            if "," not in t and '"' not in t
+            f"{t},client-{i % 5000}\n" for i, t in enumerate(chosen)
         ))  # fmt: skip
-        keys = source.read_text().count("\n") - 1
+        keys = len(chosen)
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         results = []
         print(f"import of {keys:,} keys into SQLite:")

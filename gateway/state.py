@@ -48,18 +48,15 @@ class KeyMemory:
         self.imported = ImportedDigests()
 
     async def load_imported(self, after_seq: int = 0, upto_seq: int | None = None) -> None:
-        """Read imported keys' digests and ids (all, or one notice's seq span),
-        a chunk at a time so a million never sit in one list."""
+        """Read imported keys' digests (all, or one notice's seq span), a chunk
+        at a time so a million never sit in one list. Their ids are not read:
+        an imported token carries none (``Store.key_ids``)."""
         while True:
-            chunk = await self.store.imported_keys(after_seq, upto_seq, IMPORT_CHUNK)
-            if not chunk:
+            page = await self.store.imported_keys(after_seq, upto_seq, IMPORT_CHUNK)
+            self.imported.update(page.digests)
+            if len(page.digests) < IMPORT_CHUNK:
                 return
-            self.imported.update(k.digest for k in chunk)
-            self.key_ids.update(k.key_id for k in chunk)
-            after_seq = chunk[-1].seq
-            self.imported.last_seq = max(self.imported.last_seq, after_seq)
-            if len(chunk) < IMPORT_CHUNK:
-                return
+            after_seq = page.last_seq
 
     @classmethod
     async def load(cls, store: Store, cache: KeyCache) -> KeyMemory:
@@ -79,7 +76,7 @@ class KeyMemory:
 
 
 # Imported keys read per query at start-up and per announced batch.
-IMPORT_CHUNK = 50_000
+IMPORT_CHUNK = 100_000
 
 
 async def _policy(store: Store) -> Policy:

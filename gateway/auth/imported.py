@@ -23,12 +23,10 @@ def _head(digest: bytes) -> int:
 
 
 class ImportedDigests:
-    __slots__ = ("_heads", "last_seq")
+    __slots__ = ("_heads",)
 
     def __init__(self) -> None:
         self._heads: set[int] = set()
-        # The highest ``keys.seq`` read so far (start-up reads in seq order).
-        self.last_seq = 0
 
     def update(self, digests: Iterable[bytes]) -> None:
         self._heads.update(_head(d) for d in digests)

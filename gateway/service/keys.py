@@ -231,6 +231,8 @@ class KeyService:
                 prefix=prefix if key.imported else None,
             )
         await self.ctx.notify("key", key_id)
+        if key.imported:
+            await self.ctx.notify("key-created", key_id)  # its id now names keygate tokens
         return IssuedKey(rolled, token)
 
     async def delete(self, actor: Actor, key_id: str) -> None:

@@ -24,7 +24,7 @@ from keygate.gateway.store.records import (
     AvatarRecord,
     Change,
     GroupRecord,
-    ImportedDigest,
+    ImportedPage,
     ImportOutcome,
     KeyAuth,
     KeyQuery,
@@ -111,7 +111,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def key_ids(self) -> list[str]:
-        """Every key id that could still authenticate (not revoked)."""
+        """Every key id that could still authenticate a keygate token (not
+        revoked, not imported: an imported token carries no key id; rolling an
+        imported key announces its id with a ``key-created`` notice)."""
 
     # --- keys -----------------------------------------------------------
     @abc.abstractmethod
@@ -184,8 +186,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def imported_keys(
         self, after_seq: int, upto_seq: int | None = None, limit: int = 50_000
-    ) -> list[ImportedDigest]:
-        """Imported keys with ``after_seq < seq <= upto_seq``, by seq, at most ``limit``."""
+    ) -> ImportedPage:
+        """The digests of imported keys with ``after_seq < seq <= upto_seq``, by
+        seq, at most ``limit``."""
 
     @abc.abstractmethod
     async def key_names(self, owner_id: str) -> set[str]:

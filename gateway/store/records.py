@@ -116,7 +116,7 @@ class KeyRecord:
     # The avatar's etag (key_avatars), None when the key has none.
     avatar_etag: str | None = None
     # Taken from another system with its token as the client holds it
-    # (docs/importing.md): ``prefix`` then holds the token's first 4
+    # (docs/reference.md#imported-keys): ``prefix`` then holds the token's first 4
     # characters, or nothing for a token shorter than 32.
     imported: bool = False
 
@@ -242,12 +242,12 @@ class ImportOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class ImportedDigest:
-    """One imported key as memory holds it (``Store.imported_keys``)."""
+class ImportedPage:
+    """Digests of imported keys in ``seq`` order (``Store.imported_keys``): plain
+    bytes, as memory holds them (a million at start-up)."""
 
-    seq: int
-    key_id: str
-    digest: bytes
+    digests: list[bytes]
+    last_seq: int  # the seq of the last one; 0 when there is none
 
 
 @dataclass(frozen=True, slots=True)

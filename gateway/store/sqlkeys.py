@@ -20,7 +20,7 @@ from keygate.gateway.store.errors import KeyLimitReached, KeyRevoked
 from keygate.gateway.store.records import (
     AuditEntry,
     AuthRecord,
-    ImportedDigest,
+    ImportedPage,
     ImportOutcome,
     KeyAuth,
     KeyQuery,
@@ -85,7 +85,9 @@ class KeySql(SqlBase):
         return rows.match_key_rows(found, digest, self.codec)
 
     async def key_ids(self) -> list[str]:
-        found = await self._fetch("SELECT id FROM keys WHERE status != 'revoked'")
+        found = await self._fetch(
+            f"SELECT id FROM keys WHERE status != 'revoked' AND NOT ({self.IMPORTED})"
+        )
         return [r[0] for r in found]
 
     # --- keys ---------------------------------------------------------------
@@ -204,7 +206,11 @@ class KeySql(SqlBase):
                     key_id,
                     *extra,
                 )
-            await self._finish(conn, audit, [("key", key_id)])
+            notices = [("key", key_id)]
+            if prefix is not None:
+                # Its id now names keygate tokens: every process's key id set learns it.
+                notices.append(("key-created", key_id))
+            await self._finish(conn, audit, notices)
             return rows.key_from_row(rolled, self.codec)
 
         return await self._tx(tx)
@@ -277,16 +283,16 @@ class KeySql(SqlBase):
 
     async def imported_keys(
         self, after_seq: int, upto_seq: int | None = None, limit: int = 50_000
-    ) -> list[ImportedDigest]:
+    ) -> ImportedPage:
         bind = Params(after_seq)
         where = f"{self.IMPORTED} AND seq > $1"
         if upto_seq is not None:
             where += f" AND seq <= {bind(upto_seq)}"
         found = await self._fetch(
-            f"SELECT seq, id, digest FROM keys WHERE {where} ORDER BY seq LIMIT {bind(limit)}",
+            f"SELECT seq, digest FROM keys WHERE {where} ORDER BY seq LIMIT {bind(limit)}",
             *bind.values,
         )
-        return [ImportedDigest(r[0], r[1], bytes(r[2])) for r in found]
+        return ImportedPage([bytes(r[1]) for r in found], found[-1][0] if found else 0)
 
     async def key_names(self, owner_id: str) -> set[str]:
         found = await self._fetch("SELECT name_key FROM keys WHERE owner_id = $1", owner_id)

@@ -129,7 +129,7 @@ async def test_import_dry_run_writes_nothing(kg: Keygate) -> None:
     report = await import_file(kg, "json", raw, dry_run=True)
     assert (report.imported, report.skipped, report.dry_run) == (2, 0, True)
     assert (await call(kg, "jsonl-key-0001-abcdef"))[0] == 401
-    assert await kg.gw.store.imported_keys(0) == []
+    assert (await kg.gw.store.imported_keys(0)).digests == []
 
 
 # --- the same rules as keygate's own keys ----------------------------------------------
@@ -272,7 +272,7 @@ async def test_import_bad_input_names_lines_and_writes_nothing(
     else:
         assert got == problems
     assert report.imported == 0
-    assert await keygate.gw.store.imported_keys(0) == []
+    assert (await keygate.gw.store.imported_keys(0)).digests == []
 
 
 async def test_import_without_owner_is_invalid(keygate: Keygate) -> None:

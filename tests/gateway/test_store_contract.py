@@ -19,6 +19,7 @@ from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.records import (
     AuditEntry,
     GroupRecord,
+    ImportedPage,
     KeyAuth,
     KeyQuery,
     KeyRecord,
@@ -935,15 +936,17 @@ async def test_import_keys_writes_skips_held_and_announces_one_span(store: Store
     outcome = await store.import_keys(again, audit=import_audit)
     assert (len(outcome.imported), outcome.skipped) == (1, 5)
     read = await store.imported_keys(0)
-    assert [k.digest for k in read] == [d for _, d in again]
-    assert native.id not in {k.key_id for k in read}
+    assert read.digests == [d for _, d in again]  # the native key's is not among them
     first, last = outcome.span.split(":") if outcome.span else ("", "")
     span = await store.imported_keys(int(first) - 1, int(last))
-    assert [k.digest for k in span] == [again[-1][1]]
+    assert (span.digests, span.last_seq) == ([again[-1][1]], int(last))
     # Paged by seq.
     page = await store.imported_keys(0, None, limit=2)
-    assert [k.digest for k in page] == [d for _, d in again[:2]]
-    assert (await store.imported_keys(page[-1].seq, None, limit=2))[0].digest == again[2][1]
+    assert page.digests == [d for _, d in again[:2]]
+    assert (await store.imported_keys(page.last_seq, None, limit=2)).digests[0] == again[2][1]
+    assert await store.imported_keys(int(last)) == ImportedPage([], 0)
+    # An imported token carries no key id: only keygate keys' ids are listed.
+    assert await store.key_ids() == [native.id]
 
 
 async def test_import_keys_audit_record_per_key(store: Store) -> None:
@@ -969,7 +972,6 @@ async def test_import_keys_found_by_digest_and_read_back(store: Store) -> None:
     assert stored is not None and stored.imported
     assert stored.display == "ZZZZ…ZZZZ"
     assert await store.held_digests([digest, new_digest()]) == {digest}
-    assert key.id in await store.key_ids()
 
 
 async def test_import_keys_name_clash_writes_nothing(store: Store) -> None:
@@ -1007,5 +1009,8 @@ async def test_roll_imported_key_becomes_a_keygate_key(store: Store) -> None:
     )
     assert not rolled.imported
     assert rolled.display == f"kg_{key.id}_…Qq11"
+    # Its id now names keygate tokens: announced as a new key id is.
+    assert key.id in await store.key_ids()
+    assert ("key-created", key.id) in [(c.kind, c.ref) for c in await store.changes_since(0)]
     old = await store.auth_lookup(digest)  # the imported token, in its grace
     assert old is not None and old.grace_until is not None

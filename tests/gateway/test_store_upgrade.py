@@ -207,12 +207,12 @@ async def test_upgrade_keys_are_not_imported_and_imports_work(upgraded: Store) -
     """Version 5: every key from before is a keygate key; imported ones can follow."""
     key = await upgraded.get_key("ownerdisabld")
     assert key is not None and not key.imported
-    assert await upgraded.imported_keys(0) == []
+    assert (await upgraded.imported_keys(0)).digests == []
     record = replace(key, id="importedkey0", name="legacy", prefix="", last4="1234", imported=True)
     digest = hashlib.sha256(b"legacy-client-key-1234").digest()
     outcome = await upgraded.import_keys([(record, digest)], audit=lambda k: AuditEntry(
         "key.import", "key", k.id))
     assert outcome.imported == ["importedkey0"]
-    assert [k.key_id for k in await upgraded.imported_keys(0)] == ["importedkey0"]
+    assert (await upgraded.imported_keys(0)).digests == [digest]
     found = await upgraded.auth_lookup(digest)
     assert found is not None and found.key_id == "importedkey0"
