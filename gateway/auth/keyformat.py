@@ -120,12 +120,6 @@ def check_format(token: str, prefix: str) -> None:
 # characters, anything but a space or a control character.
 IMPORTED_MIN = 16
 IMPORTED_MAX = 256
-_IMPORTED = re.compile(rf"[\x21-\x7e]{{{IMPORTED_MIN},{IMPORTED_MAX}}}\Z")
-
-
-def importable(token: str) -> bool:
-    """Whether ``token`` could be an imported key's."""
-    return _IMPORTED.match(token) is not None
 
 
 def imported_display(token: str) -> tuple[str, str]:
