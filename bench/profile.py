@@ -1,6 +1,7 @@
 """Profile keygate under wrk load with py-spy and print the top frames.
 
-    python bench/profile.py [--scenario valid|bad-checksum|flood-random-id] [--seconds 15]
+    python bench/profile.py [--scenario valid|bad-checksum|flood-random-id|flood-foreign]
+                            [--seconds 15]
 
 Starts the origin (nginx) and one keygate worker like ``run.py`` does, drives
 it with 50 wrk connections, samples it with ``py-spy record`` (pip install
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/profile.py", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--scenario", default="valid",
-                   choices=["valid", "bad-checksum", "flood-random-id"])
+                   choices=["valid", "bad-checksum", "flood-random-id", "flood-foreign"])
     p.add_argument("--seconds", type=float, default=15.0, help="sampling time")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--top", type=int, default=25, help="frames to print")
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             elif args.scenario == "flood-random-id":
                 arg = str(seed.write_lines(work / "flood.txt", seed.random_tokens(200_000)))
                 shape = "cycle"
+            elif args.scenario == "flood-foreign":  # on a store with imported keys
+                arg = str(seed.write_lines(work / "flood.txt", seed.foreign_tokens(200_000)))
+                shape = "cycle"
+                seed.add_imported(small.small_db, seed.foreign_tokens(systems.IMPORTED_KEYS))
             lay = systems.Layout(work, procs.free_port(), work / "none", work / "none",
                                  small.small_db, None, sut, load, 60.0)
             started.append(systems.start_origin(lay).proc)

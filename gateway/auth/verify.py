@@ -47,6 +47,12 @@ log = logging.getLogger("keygate.verify")
 # long before the request: under a flood of forged tokens the store sees at most
 # ~50 trivial queries a second, not one per request.
 CATCH_UP_WINDOW = 0.02
+# The same rule for tokens of other formats, with a wider window: imports are
+# bulk loads done ahead of a cut-over, and an unknown token of another format
+# is what a flood sends; so at most ~20 checks a second under such a flood
+# (each is a thread hop on SQLite), and a key imported elsewhere is admitted
+# by every process from 0.1 s after its batch committed.
+IMPORTED_CATCH_UP_WINDOW = 0.1
 
 
 def _invalid() -> Unauthorized:
@@ -98,6 +104,7 @@ class Verifier:
         self.imported = imported
         # Instance settings so tests can drive the coverage rule deterministically.
         self.catch_up_window = CATCH_UP_WINDOW
+        self.imported_window = IMPORTED_CATCH_UP_WINDOW
         self.clock: Callable[[], float] = time.monotonic
         self._key_id_at = len(key_prefix) + 1
         self._catching_up: asyncio.Future[None] | None = None
@@ -141,9 +148,10 @@ class Verifier:
         if digest in imported:
             return
         now = self.clock()
-        if not self._covered(now):
+        window = self.imported_window
+        if not self._covered(now, window):
             return  # load() catches up first
-        self._refresh_early(now)
+        self._refresh_early(now, window)
         raise _invalid()
 
     def _check_miss(self, digest: bytes, token: str) -> None:
@@ -178,12 +186,14 @@ class Verifier:
         self._refresh_early(now)
         return True
 
-    def _refresh_early(self, now: float) -> None:
+    def _refresh_early(self, now: float, window: float | None = None) -> None:
         """Under a stream of refusals from memory (a flood of forged keys), start
         the next catch-up in the background once the last covering one is half
         a window old, so coverage never lapses and refusals stay synchronous:
         at most two cheap change-feed checks a window, however many requests."""
-        if self.catch_up is None or self._covered_since >= now - self.catch_up_window / 2:
+        if window is None:
+            window = self.catch_up_window
+        if self.catch_up is None or self._covered_since >= now - window / 2:
             return
         task = self._catching_up
         if task is not None and not task.done():
@@ -196,10 +206,13 @@ class Verifier:
         task = self._catching_up = loop.create_task(self._run_catch_up(now))
         task.add_done_callback(_retrieve)
 
-    def _covered(self, arrived: float) -> bool:
-        """Whether memory holds every change committed up to ``catch_up_window``
-        before ``arrived`` (with no change feed, memory is all there is)."""
-        return self.catch_up is None or self._covered_since >= arrived - self.catch_up_window
+    def _covered(self, arrived: float, window: float | None = None) -> bool:
+        """Whether memory holds every change committed up to ``window`` (default
+        ``catch_up_window``) before ``arrived`` (with no change feed, memory is
+        all there is)."""
+        if window is None:
+            window = self.catch_up_window
+        return self.catch_up is None or self._covered_since >= arrived - window
 
     async def load(self, digest: bytes, token: str | None = None) -> Principal:
         """The miss path: one store lookup, then the same checks as a hit.

@@ -303,3 +303,27 @@ async def test_import_needs_an_admin(keygate: Keygate) -> None:
     found = read(b"key\nmember-key-000001\n", "csv")
     with pytest.raises(Forbidden):
         await keygate.services.imports.run(member, found.entries, defaults=Defaults("bob"))
+
+
+async def test_import_elsewhere_admitted_once_its_window_has_passed(kg: Keygate) -> None:
+    """Refusals of other formats trust memory for ``imported_window`` after a
+    catch-up; past it, a token imported by another process meanwhile is found."""
+    await import_file(kg, "json", b'{"key": "first-import-key-0001"}\n')
+    verifier = kg.gw.verifier
+    now = [1000.0]
+    verifier.clock = lambda: now[0]
+    with pytest.raises(Unauthorized):
+        await verifier.verify(random_token())  # a catch-up: memory covers "now"
+    other = open_store(kg.settings.store.url)
+    await other.open()
+    try:
+        services = Services.build(ServiceContext(other, kg.settings.auth))
+        found = read(b'{"key": "imported-elsewhere-0001"}\n', "json")
+        await services.imports.run(
+            Actor.cli(), found.entries, defaults=Defaults(owner="admin", groups=("default",))
+        )
+    finally:
+        await other.close()
+    now[0] += verifier.imported_window * 1.01
+    principal = await verifier.verify("imported-elsewhere-0001")
+    assert principal.username == "admin"
