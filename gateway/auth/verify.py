@@ -249,7 +249,7 @@ class Verifier:
             self.lookups += 1
             record = await self.store.auth_lookup(digest)
         elif not keyformat.well_formed(token, self.prefix):
-            await self._refuse_imported(digest, token)
+            await self._refuse_imported(digest)
             generation = self.cache.generation
             self.lookups += 1
             record = await self.store.auth_lookup(digest)
@@ -273,8 +273,8 @@ class Verifier:
         self.usage.touch(principal.key_id)
         return principal
 
-    async def _refuse_imported(self, digest: bytes, token: str) -> None:
-        """Raise unless ``token`` may be an imported key's that the store holds."""
+    async def _refuse_imported(self, digest: bytes) -> None:
+        """Raise unless ``digest`` may be an imported key's that the store holds."""
         imported = self.imported
         if not imported:
             raise keyformat.TokenFormatError

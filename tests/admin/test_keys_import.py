@@ -44,7 +44,7 @@ async def test_import_invalid_record_is_422_naming_it_and_writes_nothing(api: Ad
     assert (reply.status, reply.code) == (422, "invalid")
     assert reply.details == {
         "records[1]": "the key is shorter than 16 characters",
-        "records[2]": "the same key as line 0",
+        "records[2]": "the same key as records[0]",
         "records[3]": "a record must be a JSON object",
     }
     assert (await api.proxy(str(RECORDS[0]["key"]))).status == 401

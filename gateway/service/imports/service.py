@@ -97,6 +97,7 @@ class ImportService:
                 source=str(req.source),
             ),
             dry_run=bool(req.dry_run),
+            where="records[{}]",
         )
         if report.invalid:
             details = {f"records[{p.line}]": p.reason for p in report.invalid[:100]}
@@ -112,13 +113,15 @@ class ImportService:
         defaults: Defaults,
         dry_run: bool = False,
         progress: Progress | None = None,
+        where: str = "line {}",
     ) -> ImportReport:
-        """Import ``entries`` (``problems``: lines a reader could not read)."""
+        """Import ``entries`` (``problems``: lines a reader could not read);
+        ``where`` names an entry's line in a reason (the API: ``records[i]``)."""
         actor.require_admin()
         report = ImportReport(total=len(entries), dry_run=dry_run)
         if not entries and not problems:
             problems = [Problem(0, "the file holds no keys")]
-        valid = await self._judge(entries, defaults, report)
+        valid = await self._judge(entries, defaults, report, where)
         report.invalid = sorted([*problems, *report.invalid], key=lambda p: p.line)
         if report.invalid:
             return report
@@ -139,7 +142,7 @@ class ImportService:
         return report
 
     async def _judge(
-        self, entries: Sequence[Entry], defaults: Defaults, report: ImportReport
+        self, entries: Sequence[Entry], defaults: Defaults, report: ImportReport, where: str
     ) -> list[tuple[Valid, bytes]]:
         store = self.ctx.store
         groups = {g.name for g in await store.list_groups()}
@@ -161,7 +164,9 @@ class ImportService:
             digest = keyformat.digest(judged.token)
             first = seen.setdefault(digest, entry.line)
             if first != entry.line:
-                report.invalid.append(Problem(entry.line, f"the same key as line {first}"))
+                report.invalid.append(
+                    Problem(entry.line, f"the same key as {where.format(first)}")
+                )
                 continue
             valid.append((judged, digest))
         return valid
