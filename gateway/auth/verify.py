@@ -146,6 +146,10 @@ class Verifier:
         if not imported:
             raise keyformat.TokenFormatError
         if digest in imported:
+            # A deleted imported key's digest stays in the set: the store's "no"
+            # is remembered like any other unknown digest.
+            if self.cache.is_known_unknown(digest):
+                raise _invalid()
             return
         now = self.clock()
         window = self.imported_window

@@ -327,3 +327,19 @@ async def test_import_elsewhere_admitted_once_its_window_has_passed(kg: Keygate)
     now[0] += verifier.imported_window * 1.01
     principal = await verifier.verify("imported-elsewhere-0001")
     assert principal.username == "admin"
+
+
+async def test_deleted_imported_key_refused_then_remembered(
+    counting_keygate_factory: CountingFactory, upstream: Recorder
+) -> None:
+    kg, st = await counting_keygate_factory(default_route(upstream.url))
+    await import_file(kg, "json", b'{"key": "soon-deleted-key-0001", "name": "gone"}\n')
+    await settle(st)
+    keys, _ = await kg.services.keys.list(kg.actor(), search="gone")
+    await kg.services.keys.delete(kg.actor(), keys[0].id)
+    await settle(st)
+    before = st.auth_lookups
+    for _ in range(20):
+        status, body = await call(kg, "soon-deleted-key-0001")
+        assert (status, body["error"]["code"]) == (401, "invalid_api_key")
+    assert st.auth_lookups == before + 1  # then the negative cache answers
