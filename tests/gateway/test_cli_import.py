@@ -3,7 +3,10 @@ subprocesses on a real SQLite file (docs/reference.md#imported-keys)."""
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,3 +104,38 @@ def test_cli_export_never_writes_a_token_or_digest(cli: Run) -> None:
     text = csv_out.stdout + orjson.dumps(as_json).decode()
     for secret in ("9f2c7e1a4b8d3f6a0c5e", "4d9e8b7a6c5f4e3d2c1b", "digest", "webhook"):
         assert secret not in text
+
+
+def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    env = keygate_env(KEYGATE_STORE_URL=f"sqlite:///{tmp_path}/k.db")
+    assert run_keygate("init", env=env, cwd=tmp_path).returncode == 0
+    source = tmp_path / "keys.csv"
+    source.write_text("key\n" + "".join(f"terminal-key-{i:08d}\n" for i in range(3000)))
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keygate", "keys", "import", str(source), "--format", "csv",
+             "--owner", "admin"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=follower, timeout=120,
+            check=False,
+        )  # fmt: skip
+        os.close(follower)
+        follower = -1
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0
+    summary = proc.stdout.decode().splitlines()[0]
+    assert summary == "Imported 3000 keys; skipped 0 already present; 0 invalid."
+    # tqdm's bar on the terminal: the description, the count and the total.
+    assert b"importing" in drawn and b"3000/3000" in drawn
