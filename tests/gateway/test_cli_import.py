@@ -3,10 +3,14 @@ subprocesses on a real SQLite file (docs/reference.md#imported-keys)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +116,22 @@ def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     source = tmp_path / "keys.csv"
     source.write_text("key\n" + "".join(f"terminal-key-{i:08d}\n" for i in range(3000)))
     leader, follower = pty.openpty()
+    # A terminal of 100 columns (a fresh pty has none).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    drawn = bytearray()
+
+    def read_terminal() -> None:  # as a terminal would, while the command runs
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the other end closed: everything is read
+                return
+            if not chunk:
+                return
+            drawn.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal)
+    reader.start()
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "keygate", "keys", "import", str(source), "--format", "csv",
@@ -119,21 +139,10 @@ def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=follower, timeout=120,
             check=False,
         )  # fmt: skip
-        os.close(follower)
-        follower = -1
-        drawn = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal's other end is closed: all read
-                break
-            if not chunk:
-                break
-            drawn += chunk
     finally:
+        os.close(follower)
+        reader.join(timeout=10)
         os.close(leader)
-        if follower >= 0:
-            os.close(follower)
     assert proc.returncode == 0
     summary = proc.stdout.decode().splitlines()[0]
     assert summary == "Imported 3000 keys; skipped 0 already present; 0 invalid."
