@@ -252,6 +252,8 @@ BAD = [
     ("csv", b"key\nkg_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEF2dJnNT\n",
      [(2, "the key is a keygate token already: keygate would read it as one of its own")]),
     ("csv", b"", [(0, "the file holds no keys")]),
+    ("json", b'{"name": "keyless"}\n{"key": 1234567890123456789}\n',
+     [(1, "no key"), (2, "the key must be a string")]),
     ("json", b'[{"key": "fine-key-00000001"},\n{"key": "trunc', None),
     ("nginx-map", b'map $http_x_api_key $c {\n "fine-key-00000001" a;\n', None),
 ]  # fmt: skip

@@ -45,8 +45,10 @@ class Valid:
 
 
 def key_problem(key: Any, prefix: str) -> str | None:
-    if not isinstance(key, str) or not key:
+    if key is None or key == "":
         return "no key"
+    if not isinstance(key, str):
+        return "the key must be a string"
     if _INVISIBLE.search(key) is not None:
         return "the key holds spaces, control or non-ASCII characters"
     if len(key) < keyformat.IMPORTED_MIN:
