@@ -18,7 +18,9 @@ from keygate.gateway.auth.policy import RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
 from keygate.gateway.errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
+from keygate.gateway.forwardauth import AUTH_PATH
 from keygate.gateway.http.clientip import trusted_networks
+from keygate.gateway.http.forwardauth import forward_auth_handler
 from keygate.gateway.http.framing import check_framing
 from keygate.gateway.http.handler import proxy_handler
 from keygate.gateway.http.server import handler_limits
@@ -304,7 +306,13 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app[request_ids_key] = ids
     for ctx in lifecycle(settings, store):
         app.cleanup_ctx.append(ctx)
-    app.add_subapp(settings.server.admin_prefix, build_admin_app())
+    # Before the admin sub-app: its router would take these paths, and its
+    # middleware refuses the dot segments a forwarded path may hold, which
+    # forward-auth must judge as proxy mode does (docs/forward-auth.md).
+    admin_prefix = settings.server.admin_prefix
+    app.router.add_route("*", admin_prefix + AUTH_PATH, forward_auth_handler)
+    app.router.add_route("*", admin_prefix + AUTH_PATH + r"/{tail:[\s\S]*}", forward_auth_handler)
+    app.add_subapp(admin_prefix, build_admin_app())
     # No 100 Continue before the handler: proxy_handler invites the body once
     # the request is authenticated and allowed (RFC 9110 §10.1.1).
     # [\s\S], not ".": a decoded path may hold a line feed, and the proxy

@@ -22,6 +22,7 @@ from keygate.gateway import pipeline
 from keygate.gateway.auth.cache import Principal
 from keygate.gateway.errors import BadPath, KeygateError
 from keygate.gateway.http.accesslog import access_message
+from keygate.gateway.http.edge.authgate import AuthGate, start_auth
 from keygate.gateway.http.edge.parse import Request
 from keygate.gateway.http.edge.wire import error_response, response_head
 from keygate.gateway.limits.usage import LEGACY, LEGACY_NAMES, Usage
@@ -107,7 +108,7 @@ class Exchange:
         self.limits_pending = False  # the limiter must be awaited (the task's road)
 
 
-class Forwarding(WriteFlow):
+class Forwarding(AuthGate, WriteFlow):
     """The request half of :class:`~keygate.gateway.http.edge.protocol.EdgeProtocol`:
     the request in flight, and the task forwarding it unless upstream
     callbacks drive it."""
@@ -145,6 +146,14 @@ class Forwarding(WriteFlow):
         except BadPath:
             return HAND_OFF  # aiohttp routes it first (it may be an admin path)
         if pipeline.admin_bound(raw_path, path, edge.admin_prefix):
+            auth = start_auth(request, raw_path, query, edge)
+            if auth is not None:  # forward-auth: judged here too
+                tail, request_id = auth
+                x = Exchange(request, query, request_id, edge.loop.time())
+                done = self._forward_auth(request, x, tail)
+                if done is None:
+                    return CLOSED
+                return ANSWERED if done else FORWARDING
             return HAND_OFF  # the admin app's, and so are tricks aimed into its prefix
         request_id = request_id_or_new(headers.get(X_REQUEST_ID), edge.ids)
         x = Exchange(request, query, request_id, edge.loop.time())
@@ -185,6 +194,13 @@ class Forwarding(WriteFlow):
                 return FORWARDING
         self.task = edge.loop.create_task(self._run(x, self._forward(x)))
         return FORWARDING
+
+    def _spawn(self, x: Exchange, work: Coroutine[None, None, None]) -> None:
+        """Serve ``x`` on this connection's task (a forward-auth judgement that must wait)."""
+        edge = self._edge
+        self._current = x
+        edge.busy += 1
+        self.task = edge.loop.create_task(self._run(x, work))
 
     def _admitted(self, x: Exchange, principal: Principal) -> bool:
         """The key is verified: its address, the rules, the form-body check, the
