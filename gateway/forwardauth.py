@@ -99,6 +99,13 @@ def _one(headers: CIMultiDictProxy[str], name: str) -> str | None:
     return values[0].strip()
 
 
+def _only(*named: str | None) -> str | None:
+    given = [n for n in named if n is not None]
+    if len(given) > 1:
+        raise BadRequest("The forward-auth request names the request to judge twice.")
+    return given[0] if given else None
+
+
 def original_request(
     gw: Gateway,
     method: str,
@@ -115,19 +122,17 @@ def original_request(
     trusted = gw.trusted
     if trusted is None or address is None or not trusted.allows(address):
         raise UntrustedProxy()
-    target = _one(headers, X_FORWARDED_URI)
+    # Each proxy names the request one way; a second way present means a
+    # client added it and the proxy let it through: judge neither.
+    target = _only(_one(headers, X_FORWARDED_URI), _one(headers, X_ORIGINAL_URI), tail or None)
     if target is None:
-        target = _one(headers, X_ORIGINAL_URI)
-    if target is None:
-        if not tail:
-            raise BadRequest(
-                "The forward-auth request must name the request to judge "
-                "(X-Forwarded-Uri, X-Original-URI or a path after /auth)."
-            )
-        target = tail + "?" + raw_query if raw_query else tail
-    named = _one(headers, X_FORWARDED_METHOD)
-    if named is None:
-        named = _one(headers, X_ORIGINAL_METHOD)
+        raise BadRequest(
+            "The forward-auth request must name the request to judge "
+            "(X-Forwarded-Uri, X-Original-URI or a path after /auth)."
+        )
+    if tail and raw_query:  # Envoy's path_prefix: the query is the original's
+        target += "?" + raw_query
+    named = _only(_one(headers, X_FORWARDED_METHOD), _one(headers, X_ORIGINAL_METHOD), None)
     if named is not None:
         if not named or not _TCHAR.issuperset(named):
             raise BadRequest("The forward-auth request names a method that is not one.")

@@ -142,6 +142,12 @@ async def test_forward_auth_without_a_named_request_is_400(kg: Keygate) -> None:
         kg.port, http("GET", AUTH, [("X-Forwarded-Uri", "/a"), ("X-Forwarded-Uri", "/b")])
     )
     assert (twice.status, twice.code) == (400, "bad_request")
+    both = await exchange(
+        kg.port, http("GET", AUTH, [("X-Forwarded-Uri", "/a"), ("X-Original-URI", "/b")])
+    )
+    assert (both.status, both.code) == (400, "bad_request")
+    tail_too = await exchange(kg.port, http("GET", AUTH + "/a", [("X-Original-URI", "/b")]))
+    assert (tail_too.status, tail_too.code) == (400, "bad_request")
 
 
 async def test_forward_auth_401_carries_www_authenticate(kg: Keygate) -> None:
