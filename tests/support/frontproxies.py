@@ -129,7 +129,9 @@ async def run_caddy(where: Path, *, keygate: int, app: int) -> AsyncIterator[int
     assert CADDY is not None
     port = free_port()
     admin = free_port()
-    global_options = f"{{\n\tadmin 127.0.0.1:{admin}\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}}\n"
+    global_options = (
+        f"{{\n\tadmin 127.0.0.1:{admin}\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}}\n"
+    )
     site = recipe("caddyfile", keygate=keygate, app=app, listen=port)
     site = site.replace(f":{port} {{", f"http://:{port} {{", 1)
     conf = _write(where, "Caddyfile", global_options + site)
