@@ -155,11 +155,18 @@ class Judged:
     principal: Principal | None
 
 
-def begin(gw: Gateway, original: Original, headers: CIMultiDictProxy[str]) -> Judged:
-    """Proxy mode's first steps (docs/reference.md#the-proxy): the target and its
-    normalised path, the route, the credential, the key from memory
-    (``principal`` None with a credential: ask the store, :func:`admit`)."""
+def target(gw: Gateway, original: Original) -> tuple[str, str]:
+    """The normalised path and the query of the request to judge (proxy mode's
+    first step, docs/reference.md#the-proxy)."""
     _, path, query = pipeline.request_target(original.target, gw.settings.server.admin_prefix)
+    return path, query
+
+
+def begin(
+    gw: Gateway, original: Original, path: str, query: str, headers: CIMultiDictProxy[str]
+) -> Judged:
+    """The route, the credential and the key from memory, as proxy mode finds
+    them (``principal`` None with a credential: ask the store, :func:`admit`)."""
     if original.host is not None and "Destination" in headers:
         # A WebDAV Destination is judged against the client's Host, not ours.
         own = CIMultiDict(headers)

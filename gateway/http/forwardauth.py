@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from keygate.gateway import forwardauth
+from keygate.gateway import forwardauth, pipeline
 from keygate.gateway.errors import KeygateError, NotFound
 from keygate.gateway.http.clientip import peer_ip
-from keygate.gateway.state import gateway_key, key_id_key, ratelimit_key, route_key
+from keygate.gateway.metrics.counts import FORWARD_AUTH
+from keygate.gateway.state import gateway_key, key_id_key, mode_key, ratelimit_key, route_key
 
 
 async def forward_auth_handler(request: web.Request) -> web.StreamResponse:
@@ -21,12 +22,20 @@ async def forward_auth_handler(request: web.Request) -> web.StreamResponse:
     tail = forwardauth.auth_tail(raw_path, settings.server.admin_prefix)
     if not settings.forward_auth.enabled or tail is None:
         raise NotFound("No such admin endpoint.")
+    request[mode_key] = FORWARD_AUTH
     try:
         peer = peer_ip(request)
         original = forwardauth.original_request(
             gw, request.method, tail, raw_query, request.headers, peer
         )
-        judged = forwardauth.begin(gw, original, request.headers)
+        path, query = forwardauth.target(gw, original)
+        try:
+            judged = forwardauth.begin(gw, original, path, query, request.headers)
+        except KeygateError:
+            name = pipeline.route_name(gw, path)
+            if name is not None:
+                request[route_key] = name  # the access log's and the metrics'
+            raise
         request[route_key] = judged.resolved.route.name
         if judged.resolved.credential is not None:
             principal = judged.principal

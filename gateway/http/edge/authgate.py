@@ -54,8 +54,9 @@ class AuthGate:
             original = forwardauth.original_request(
                 gw, x.method, tail, x.query, x.headers, self._peer
             )
-            judged = forwardauth.begin(gw, original, x.headers)
-            x.route = judged.resolved.route.name
+            path, query = forwardauth.target(gw, original)
+            x.route = pipeline.route_name(gw, path)  # refused or not, the log names it
+            judged = forwardauth.begin(gw, original, path, query, x.headers)
             if judged.resolved.credential is not None:
                 principal = judged.principal
                 if principal is None:

@@ -193,6 +193,7 @@ class EdgeProtocol(Forwarding, asyncio.Protocol):
 
     def _refuse(self, exc: KeygateError, x: Exchange) -> bool:
         """Answer ``exc``; whether the connection stays open."""
+        x.code = exc.code
         answer, keep_alive = self._refusal(exc, x)
         self._write(answer)
         if not keep_alive:
@@ -239,6 +240,11 @@ class EdgeProtocol(Forwarding, asyncio.Protocol):
 
     def _log(self, x: Exchange) -> None:
         edge = self._edge
+        counts = edge.gw.metrics
+        if counts is not None:
+            counts.request(
+                x.route, x.method, x.status, edge.loop.time() - x.started, x.code, x.key_id, x.mode
+            )
         logger = edge.access_log
         if logger is None:
             return

@@ -56,6 +56,8 @@ class Edge:
         self._upstream_out: list[tuple[UpstreamConnection, bytes]] = []
         self._flusher: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        if gw.metrics is not None:
+            gw.metrics.busy.append(lambda: self.busy)
 
     def reconfigure(self, settings: Settings) -> None:
         """The limits new connections get (and the refusal delay, at once)."""
