@@ -47,7 +47,7 @@ X_FORWARDED_PROTO: Final = "X-Forwarded-Proto"
 X_ORIGINAL_METHOD: Final = "X-Original-Method"
 X_ORIGINAL_URI: Final = "X-Original-URI"
 X_KEYGATE_ERROR: Final = "X-Keygate-Error"
-NO_STORE: Final = (hdrs.CACHE_CONTROL, "no-store")
+NO_STORE: Final = (str(hdrs.CACHE_CONTROL), "no-store")
 
 # A public route's answer: the four headers present and empty, so a proxy that
 # copies them onto the forwarded request overwrites any a client forged.
@@ -226,6 +226,24 @@ def identity(judged: Judged) -> Mapping[str, str]:
     """The four X-Keygate-* headers of an allowed request (empty on a public route)."""
     principal = judged.principal
     return ANONYMOUS if principal is None else principal.identity
+
+
+_ANONYMOUS_PAIRS: Final = (*ANONYMOUS.items(), NO_STORE)
+
+
+def answer_pairs(judged: Judged) -> tuple[tuple[str, str], ...]:
+    """The allowed answer's header pairs: the identity, then no-store."""
+    principal = judged.principal
+    if principal is None:
+        return _ANONYMOUS_PAIRS
+    identity = principal.identity
+    return (
+        (X_KEYGATE_KEY_ID, identity[X_KEYGATE_KEY_ID]),
+        (X_KEYGATE_KEY_NAME, identity[X_KEYGATE_KEY_NAME]),
+        (X_KEYGATE_USER, identity[X_KEYGATE_USER]),
+        (X_KEYGATE_GROUPS, identity[X_KEYGATE_GROUPS]),
+        NO_STORE,
+    )
 
 
 def refusal(exc: KeygateError, nginx_compat: bool) -> KeygateError:

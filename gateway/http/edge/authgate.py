@@ -16,7 +16,7 @@ from keygate.gateway import forwardauth, pipeline
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.forwardauth import Judged
 from keygate.gateway.http.edge.parse import Request
-from keygate.gateway.http.edge.wire import response_head
+from keygate.gateway.http.edge.wire import allowed_head
 from keygate.gateway.request.headers import X_REQUEST_ID, request_id_or_new
 
 if TYPE_CHECKING:
@@ -108,16 +108,11 @@ class AuthGate:
 
     def _allow(self, x: Exchange, judged: Judged) -> None:
         """200, no body, the four identity headers, no-store, the RateLimit fields."""
-        pairs = list(forwardauth.identity(judged).items())
-        pairs.append(forwardauth.NO_STORE)
         usage = x.usage
-        head, _, x.keep_alive = response_head(
+        head, x.keep_alive = allowed_head(
             x.version,
-            200,
-            None,
-            pairs,
+            forwardauth.answer_pairs(judged),
             method=x.method,
-            body_length=0,
             keep_alive=x.keep_alive,
             request_id=x.request_id,
             extra=usage.fields if usage is not None and usage.fields else None,

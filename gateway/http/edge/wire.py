@@ -71,6 +71,36 @@ def response_head(
     )
 
 
+def allowed_head(
+    version: str,
+    pairs: tuple[tuple[str, str], ...],
+    *,
+    method: str,
+    keep_alive: bool,
+    request_id: str,
+    extra: Pairs | None = None,
+) -> tuple[bytes, bool]:
+    """A bodiless 200 with ``pairs`` (forward-auth's answer), and keep-alive: the
+    head up to X-Request-Id is the same for a key's every answer in one second,
+    so it is built once (as :func:`response_head` builds it)."""
+    lead, _, keep_alive = _bodiless_200(
+        version, pairs, method, keep_alive, rfc822_formatted_time()
+    )
+    tail = "".join(f"{name}: {value}\r\n" for name, value in extra) if extra else ""
+    return b"%sX-Request-Id: %s\r\n%s\r\n" % (lead, _encode(request_id), _encode(tail)), keep_alive
+
+
+@functools.lru_cache(maxsize=1024)
+def _bodiless_200(
+    version: str,
+    pairs: tuple[tuple[str, str], ...],
+    method: str,
+    keep_alive: bool,
+    date: str,
+) -> tuple[bytes, bool, bool]:
+    return _head(version, 200, None, pairs, method, 0, keep_alive, date, None)
+
+
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
