@@ -14,7 +14,7 @@ from keygate.config.settings import Route
 from keygate.gateway import pipeline
 from tests.support.gateway import GatewayFactory, Keygate, key_id
 from tests.support.polling import wait_for
-from tests.support.raw import Reply, exchange, http
+from tests.support.raw import Reply, connect, exchange, http
 from tests.support.upstreams import Recorder
 
 AUTH = "/_keygate/auth"
@@ -312,3 +312,30 @@ async def test_forward_auth_runs_every_decision_step_proxy_mode_runs(
     needed = steps["proxy"] - FORWARDING_STEPS
     assert {"resolve", "admit_cached", "admit", "authorise", "check_address"} <= needed
     assert needed <= steps["auth"], needed - steps["auth"]
+
+
+async def test_forward_auth_401_never_holds_the_proxys_connection(
+    keygate_factory: GatewayFactory, upstream: Recorder
+) -> None:
+    """One client's 401 must not delay the other clients' questions on the proxy's
+    keep-alive connection (auth.refusal_delay is for proxy-mode clients)."""
+    kg = await keygate_factory(
+        routes(upstream.url),
+        server=TRUSTED,
+        forward_auth={"enabled": True},
+        refusal_delay=9.0,  # applied, the second answer would time out
+    )
+    token = await kg.make_key(["default"])
+    async with connect(kg.port) as busy:
+        await busy.send(http("GET", "/_up/hold", [("Authorization", f"Bearer {token}")]))
+        await wait_for(lambda: upstream.holding == 1, within=5, what="the held request")
+        refused = http("GET", AUTH, [("X-Forwarded-Uri", "/x")])
+        allowed = http(
+            "GET", AUTH, [("X-Forwarded-Uri", "/x"), ("Authorization", f"Bearer {token}")]
+        )
+        async with connect(kg.port) as proxy:
+            await proxy.send(refused + allowed)
+            assert (await proxy.reply(within=3.0)).status == 401
+            assert (await proxy.reply(within=3.0)).status == 200
+        upstream.release.set()
+        assert (await busy.reply()).status == 200

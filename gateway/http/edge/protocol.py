@@ -29,6 +29,7 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.edge.exchange import CLOSED, HAND_OFF, Exchange, Forwarding
 from keygate.gateway.http.edge.parse import HeadParser
+from keygate.gateway.metrics.counts import FORWARD_AUTH
 
 if TYPE_CHECKING:
     from keygate.gateway.http.edge.server import Edge
@@ -198,7 +199,9 @@ class EdgeProtocol(Forwarding, asyncio.Protocol):
         self._write(answer)
         if not keep_alive:
             self.close()
-        elif exc.status == 401:
+        elif exc.status == 401 and x.mode != FORWARD_AUTH:
+            # Not a proxy asking for forward-auth: its one connection carries
+            # many clients' questions, and one client's 401 must not slow the rest.
             self._hold()
         return keep_alive
 
