@@ -16,6 +16,7 @@ Both front ends call these functions: the aiohttp handler
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -27,6 +28,7 @@ from keygate.gateway import pipeline
 from keygate.gateway.auth.cache import Principal
 from keygate.gateway.errors import BadRequest, Forbidden, KeygateError, UntrustedProxy
 from keygate.gateway.http.clientip import parse_address
+from keygate.gateway.limits.rules import Allowlist
 from keygate.gateway.limits.usage import Usage
 from keygate.gateway.pipeline import Resolved
 from keygate.gateway.request.headers import (
@@ -90,8 +92,7 @@ class Original:
     proto: str
 
 
-def _one(headers: CIMultiDictProxy[str], name: str) -> str | None:
-    values = headers.getall(name, ())
+def _one(values: list[str], name: str) -> str | None:
     if not values:
         return None
     if len(values) > 1:
@@ -106,6 +107,14 @@ def _only(*named: str | None) -> str | None:
     return given[0] if given else None
 
 
+@functools.lru_cache(maxsize=1024)
+def trusted_peer(peer: str, trusted: Allowlist | None) -> bool:
+    """Whether ``peer`` is in ``server.trusted_proxies`` (compiled: a reload makes
+    a new ``trusted``, so an entry never outlives the setting it was judged by)."""
+    address = parse_address(peer)
+    return trusted is not None and address is not None and trusted.allows(address)
+
+
 def original_request(
     gw: Gateway,
     method: str,
@@ -118,13 +127,16 @@ def original_request(
     (else 403 ``untrusted_proxy``): the X-Forwarded-* headers (Traefik, Caddy),
     X-Original-* (nginx), or the path after ``/auth`` (Envoy). ``Forwarded``
     (RFC 7239) is not read: no proxy's forward-auth sends it."""
-    address = parse_address(peer)
-    trusted = gw.trusted
-    if trusted is None or address is None or not trusted.allows(address):
+    if not trusted_peer(peer, gw.trusted):
         raise UntrustedProxy()
+    getall = headers.getall
     # Each proxy names the request one way; a second way present means a
     # client added it and the proxy let it through: judge neither.
-    target = _only(_one(headers, X_FORWARDED_URI), _one(headers, X_ORIGINAL_URI), tail or None)
+    target = _only(
+        _one(getall(X_FORWARDED_URI, []), X_FORWARDED_URI),
+        _one(getall(X_ORIGINAL_URI, []), X_ORIGINAL_URI),
+        tail or None,
+    )
     if target is None:
         raise BadRequest(
             "The forward-auth request must name the request to judge "
@@ -132,15 +144,25 @@ def original_request(
         )
     if tail and raw_query:  # Envoy's path_prefix: the query is the original's
         target += "?" + raw_query
-    named = _only(_one(headers, X_FORWARDED_METHOD), _one(headers, X_ORIGINAL_METHOD), None)
+    named = _only(
+        _one(getall(X_FORWARDED_METHOD, []), X_FORWARDED_METHOD),
+        _one(getall(X_ORIGINAL_METHOD, []), X_ORIGINAL_METHOD),
+    )
     if named is not None:
         if not named or not _TCHAR.issuperset(named):
             raise BadRequest("The forward-auth request names a method that is not one.")
         method = named.upper()
-    proto = (_one(headers, X_FORWARDED_PROTO) or "http").lower()
-    if proto not in ("http", "https"):
-        raise BadRequest("X-Forwarded-Proto must be http or https.")
-    return Original(method, target, _one(headers, X_FORWARDED_HOST), proto)
+    proto = _one(getall(X_FORWARDED_PROTO, []), X_FORWARDED_PROTO)
+    if proto is None:
+        proto = "http"
+    elif proto not in _PROTOS:
+        proto = proto.lower()
+        if proto not in _PROTOS:
+            raise BadRequest("X-Forwarded-Proto must be http or https.")
+    return Original(method, target, _one(getall(X_FORWARDED_HOST, []), X_FORWARDED_HOST), proto)
+
+
+_PROTOS: Final = frozenset(("http", "https"))
 
 
 @dataclass(slots=True)
