@@ -18,7 +18,7 @@ BIG_SIZE = 1 << 20  # the streamed-response scenario: 1 MiB
 _MAIN = """\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; multi_accept on; }}
@@ -148,11 +148,11 @@ def write_map_file(path: Path, tokens: list[str]) -> None:
     path.write_text("".join(f"{t} 1;\n" for t in tokens))
 
 
-def _conf(dir_: Path, body: str) -> Path:
+def _conf(dir_: Path, body: str, workers: int = 1) -> Path:
     dir_.mkdir(parents=True, exist_ok=True)
     dir_.chmod(0o755)
     conf = dir_ / "nginx.conf"
-    conf.write_text(_MAIN.format(dir=dir_, body=body))
+    conf.write_text(_MAIN.format(dir=dir_, body=body, workers=workers))
     return conf
 
 
@@ -181,9 +181,9 @@ def proxy_conf(
     return _conf(dir_, body)
 
 
-def authreq_conf(dir_: Path, port: int, keygate: int, origin: int) -> Path:
+def authreq_conf(dir_: Path, port: int, keygate: int, origin: int, workers: int = 1) -> Path:
     """nginx asking keygate (forward-auth) before forwarding to the origin itself."""
-    return _conf(dir_, _AUTHREQ.format(port=port, keygate=keygate, origin=origin))
+    return _conf(dir_, _AUTHREQ.format(port=port, keygate=keygate, origin=origin), workers)
 
 
 def start(name: str, conf: Path, cpus: set[int] | None) -> Proc:

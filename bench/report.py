@@ -108,6 +108,13 @@ def goal_notes(samples: Sequence[Sample], conns: int) -> list[str]:
             f"{auth_rps / proxy_rps:.2f}× req/s, {proxy_cpu / auth_cpu:.2f}× requests per "
             "keygate core (keygate's CPU µs/req in proxy mode ÷ in forward-auth; goal ≥ 1.5×)"
         )
+    two_cpu, two_rps = med(fa, "nginx2-authreq", "cpu"), med(fa, "nginx2-authreq", "rps")
+    if proxy_cpu and two_cpu and proxy_rps and two_rps:
+        notes.append(
+            f"- forward-auth, nginx on both cores ({fa}): nginx2-authreq ÷ keygate proxy mode = "
+            f"{two_rps / proxy_rps:.2f}× req/s, "
+            f"{proxy_cpu / two_cpu:.2f}× requests per keygate core"
+        )
     valid = f"valid-c{conns}"
     on, off = med(valid, "keygate", "rps"), med(valid, "keygate-nometrics", "rps")
     on_cpu, off_cpu = med(valid, "keygate", "cpu"), med(valid, "keygate-nometrics", "cpu")

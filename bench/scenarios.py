@@ -42,7 +42,8 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
         Scenario(f"forward-auth-c{conns}",
                  f"valid cached key, {conns} connections: nginx auth_request → keygate /auth "
                  "→ origin, next to nginx alone and keygate's proxy mode",
-                 (Load("static", t.valid, conns),), ("nginx", "keygate", "nginx-authreq")),
+                 (Load("static", t.valid, conns),),
+                 ("nginx", "keygate", "nginx-authreq", "nginx2-authreq")),
         Scenario("bad-checksum", "flood: one token with a wrong checksum",
                  (Load("static", t.bad_checksum, conns),), (*CHECKERS, "hello", "keygate")),
         Scenario("flood-random-id", "flood: valid checksums, random key ids (store misses)",

@@ -33,6 +33,8 @@ DESCRIPTIONS = {
     "keygate-nometrics": "keygate, 1 worker, `[metrics] enabled = false` (`keygate` counts them)",
     "nginx-authreq": "nginx `auth_request` → keygate `/_keygate/auth` (forward-auth) → origin; "
     "nginx (1 worker) on the load core, keygate on the SUT core; CPU and RSS are keygate's",
+    "nginx2-authreq": "the same with nginx's 2 workers on both cores (keygate still pinned to "
+    "the SUT core): more room for nginx, so keygate is nearer saturation",
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
     "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
@@ -141,7 +143,7 @@ def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> 
     sections = ""
     if name == "keygate-nometrics":
         sections += "[metrics]\nenabled = false\n\n"
-    if name == "nginx-authreq":
+    if name in ("nginx-authreq", "nginx2-authreq"):
         sections += "[forward_auth]\nenabled = true\nnginx_compat = true\n\n"
         tls += 'trusted_proxies = ["127.0.0.1/32"]\n'
     conf.write_text(
@@ -178,7 +180,7 @@ def start(name: str, lay: Layout) -> System:
         argv = [sys.executable, str(BENCH / "bare_forwarder.py"), str(port), origin,
                 str(lay.digests_file)]
         proc = spawn(name, argv, log, cpus=lay.sut_cpus, env=env)
-    elif name == "nginx-authreq":
+    elif name in ("nginx-authreq", "nginx2-authreq"):
         kport = free_port()
         db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")
         conf = _keygate_conf(lay, name, kport, db, 1)
@@ -186,9 +188,13 @@ def start(name: str, lay: Layout) -> System:
         keygate = spawn(f"{name}-keygate", argv, log, cpus=lay.sut_cpus, env=env, cwd=ROOT)
         try:
             wait_http(keygate, kport, "/_keygate/health", lay.ready_timeout)
-            nconf = nginx.authreq_conf(lay.work / f"nginx-{name}", port, kport, lay.origin_port)
-            # On the load core, as the origin: the comparison is per keygate core.
-            front = nginx.start(name, nconf, lay.load_cpus)
+            two = name == "nginx2-authreq"
+            nconf = nginx.authreq_conf(
+                lay.work / f"nginx-{name}", port, kport, lay.origin_port, 2 if two else 1
+            )
+            # On the load core, as the origin (the comparison is per keygate core);
+            # nginx2-authreq's two workers may run on either core.
+            front = nginx.start(name, nconf, None if two else lay.load_cpus)
             wait_http(front, port, "/", lay.ready_timeout)
         except RuntimeError:
             stop(keygate)

@@ -132,26 +132,34 @@ def original_request(
     getall = headers.getall
     # Each proxy names the request one way; a second way present means a
     # client added it and the proxy let it through: judge neither.
-    target = _only(
-        _one(getall(X_FORWARDED_URI, []), X_FORWARDED_URI),
-        _one(getall(X_ORIGINAL_URI, []), X_ORIGINAL_URI),
-        tail or None,
-    )
-    if target is None:
-        raise BadRequest(
-            "The forward-auth request must name the request to judge "
-            "(X-Forwarded-Uri, X-Original-URI or a path after /auth)."
+    uris = getall(X_FORWARDED_URI, []) + getall(X_ORIGINAL_URI, [])
+    target: str | None
+    if len(uris) == 1 and not tail:
+        target = uris[0].strip()
+    else:
+        target = _only(
+            _one(getall(X_FORWARDED_URI, []), X_FORWARDED_URI),
+            _one(getall(X_ORIGINAL_URI, []), X_ORIGINAL_URI),
+            tail or None,
         )
-    if tail and raw_query:  # Envoy's path_prefix: the query is the original's
-        target += "?" + raw_query
-    named = _only(
-        _one(getall(X_FORWARDED_METHOD, []), X_FORWARDED_METHOD),
-        _one(getall(X_ORIGINAL_METHOD, []), X_ORIGINAL_METHOD),
-    )
-    if named is not None:
-        if not named or not _TCHAR.issuperset(named):
-            raise BadRequest("The forward-auth request names a method that is not one.")
-        method = named.upper()
+        if target is None:
+            raise BadRequest(
+                "The forward-auth request must name the request to judge "
+                "(X-Forwarded-Uri, X-Original-URI or a path after /auth)."
+            )
+        if tail and raw_query:  # Envoy's path_prefix: the query is the original's
+            target += "?" + raw_query
+    assert target is not None
+    methods = getall(X_FORWARDED_METHOD, []) + getall(X_ORIGINAL_METHOD, [])
+    if methods:
+        if len(methods) > 1:
+            raise BadRequest("The forward-auth request names the method twice.")
+        named = methods[0].strip()
+        if named not in _METHODS:
+            if not named or not _TCHAR.issuperset(named):
+                raise BadRequest("The forward-auth request names a method that is not one.")
+            named = named.upper()
+        method = named
     proto = _one(getall(X_FORWARDED_PROTO, []), X_FORWARDED_PROTO)
     if proto is None:
         proto = "http"
@@ -163,6 +171,7 @@ def original_request(
 
 
 _PROTOS: Final = frozenset(("http", "https"))
+_METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
 @dataclass(slots=True)

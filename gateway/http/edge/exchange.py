@@ -148,13 +148,9 @@ class Forwarding(AuthGate, WriteFlow):
         gw = edge.gw
         method, target, headers = request.method, request.target, request.headers
         raw_path, _, query = target.partition("?")
-        try:
-            path = normalise_path(raw_path)
-        except BadPath:
-            return HAND_OFF  # aiohttp routes it first (it may be an admin path)
-        if pipeline.admin_bound(raw_path, path, edge.admin_prefix):
+        if raw_path.startswith(edge.auth_path):
             auth = start_auth(request, raw_path, query, edge)
-            if auth is not None:  # forward-auth: judged here too
+            if auth is not None:  # forward-auth: judged here as on aiohttp's side
                 tail, request_id = auth
                 x = Exchange(request, query, request_id, edge.loop.time())
                 x.mode = FORWARD_AUTH
@@ -162,6 +158,11 @@ class Forwarding(AuthGate, WriteFlow):
                 if done is None:
                     return CLOSED
                 return ANSWERED if done else FORWARDING
+        try:
+            path = normalise_path(raw_path)
+        except BadPath:
+            return HAND_OFF  # aiohttp routes it first (it may be an admin path)
+        if pipeline.admin_bound(raw_path, path, edge.admin_prefix):
             return HAND_OFF  # the admin app's, and so are tricks aimed into its prefix
         request_id = request_id_or_new(headers.get(X_REQUEST_ID), edge.ids)
         x = Exchange(request, query, request_id, edge.loop.time())
