@@ -82,7 +82,7 @@ def auth_tail(raw_path: str, admin_prefix: str) -> str | None:
     return tail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Original:
     """The request a proxy asks about, as it names it."""
 

@@ -16,7 +16,6 @@ from keygate.gateway import forwardauth, pipeline
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.forwardauth import Judged
 from keygate.gateway.http.edge.parse import Request
-from keygate.gateway.http.edge.wire import allowed_head
 from keygate.gateway.request.headers import X_REQUEST_ID, request_id_or_new
 
 if TYPE_CHECKING:
@@ -109,9 +108,11 @@ class AuthGate:
     def _allow(self, x: Exchange, judged: Judged) -> None:
         """200, no body, the four identity headers, no-store, the RateLimit fields."""
         usage = x.usage
-        head, x.keep_alive = allowed_head(
+        principal = judged.principal
+        head, x.keep_alive = self._edge.allowed.head(
             x.version,
-            forwardauth.answer_pairs(judged),
+            principal.identity if principal is not None else forwardauth.ANONYMOUS,
+            lambda: forwardauth.answer_pairs(judged),
             method=x.method,
             keep_alive=x.keep_alive,
             request_id=x.request_id,

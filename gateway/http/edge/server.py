@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp.web_protocol import RequestHandler
 
 from keygate.gateway.forwardauth import AUTH_PATH
+from keygate.gateway.http.edge.wire import AllowedHeads
 from keygate.gateway.http.logsetup import info_line_writer
 from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.upstream.connection import UpstreamConnection, UpstreamError
@@ -47,6 +48,7 @@ class Edge:
         self.ids = ids
         self.admin_prefix = gw.settings.server.admin_prefix
         self.auth_path = self.admin_prefix + AUTH_PATH  # forward-auth (authgate.py)
+        self.allowed = AllowedHeads()  # its answers' heads
         self.reconfigure(gw.settings)
         self.connections: set[EdgeProtocol] = set()
         self.busy = 0  # requests in flight
