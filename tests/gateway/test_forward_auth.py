@@ -5,6 +5,7 @@ decision as proxy mode — case by case, and step by step."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -339,3 +340,23 @@ async def test_forward_auth_401_never_holds_the_proxys_connection(
             assert (await proxy.reply(within=3.0)).status == 200
         upstream.release.set()
         assert (await busy.reply()).status == 200
+
+
+async def test_forward_auth_access_line_names_the_route_and_key(
+    kg: Keygate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused or not, the line names the route judged (and the key once known)."""
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    token = await kg.make_key(["default"])
+    assert (await ask(kg, "/pub/x")).status == 200
+    assert (await ask(kg, "/x")).status == 401  # refused while the route was resolved
+    assert (await ask(kg, "/x", token)).status == 200
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "aiohttp.access" and r.getMessage().startswith("method=")
+    ]
+    assert len(lines) == 3, lines
+    assert "path=/_keygate/auth status=200" in lines[0] and "route=pub" in lines[0]
+    assert "status=401" in lines[1] and "route=default" in lines[1] and "key_id=-" in lines[1]
+    assert f"key_id={key_id(token)} route=default" in lines[2]

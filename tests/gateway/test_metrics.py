@@ -5,7 +5,9 @@ from a request, and two real workers answering with the totals of both."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -277,5 +279,16 @@ async def test_metrics_two_workers_report_the_totals_of_both(
 
         for _ in range(4):  # several scrapes: whichever worker answers, the same totals
             await wait_for(totals, within=10, what="the totals of both workers")
+        # A worker killed outright: the supervisor marks it dead and starts another;
+        # what it counted still counts (a counter never goes back).
+        victim = min(node.access_pids())
+        os.kill(victim, signal.SIGKILL)
+        await wait_for(
+            lambda: f"worker {victim} was killed" in node.stderr(),
+            within=10,
+            what="the supervisor to notice",
+        )
+        for _ in range(4):
+            await wait_for(totals, within=10, what="the totals after a worker died")
     finally:
         assert node.stop() == 0
