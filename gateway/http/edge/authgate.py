@@ -54,8 +54,12 @@ class AuthGate:
                 gw, x.method, tail, x.query, x.headers, self._peer
             )
             path, query = forwardauth.target(gw, original)
-            x.route = pipeline.route_name(gw, path)  # refused or not, the log names it
-            judged = forwardauth.begin(gw, original, path, query, x.headers)
+            try:
+                judged = forwardauth.begin(gw, original, path, query, x.headers)
+            except KeygateError:
+                x.route = pipeline.route_name(gw, path)  # refused, the log names it too
+                raise
+            x.route = judged.resolved.route.name
             if judged.resolved.credential is not None:
                 principal = judged.principal
                 if principal is None:
