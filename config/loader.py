@@ -25,6 +25,8 @@ from yarl import URL
 from keygate.config.declare import Declared, bare_type, declared
 from keygate.config.settings import (
     AuthSettings,
+    ForwardAuthSettings,
+    MetricsSettings,
     RateLimitSettings,
     Route,
     ServerSettings,
@@ -38,6 +40,8 @@ SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "auth": AuthSettings,
     "ratelimit": RateLimitSettings,
+    "forward_auth": ForwardAuthSettings,
+    "metrics": MetricsSettings,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -117,6 +121,8 @@ def _build(
         store=built["store"],
         auth=built["auth"],
         ratelimit=built["ratelimit"],
+        forward_auth=built["forward_auth"],
+        metrics=built["metrics"],
         routes=route_objs,
         source=source,
     )

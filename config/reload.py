@@ -28,6 +28,8 @@ RESTART_ONLY: Final[dict[str, tuple[str, ...]]] = {
         "last_used_flush_interval",
         "max_keys_per_user",
     ),
+    # Counting is set up when a worker starts (gateway/metrics/).
+    "metrics": ("enabled",),
 }
 TLS_FILES: Final = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
 
