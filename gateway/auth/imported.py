@@ -2,12 +2,12 @@
 
 An imported token has no format to check and no key id to look up: only the
 digest of the whole token finds it. So that a random string is still refused
-without a store query, each process holds every imported key's digest. It
-keeps the first 8 bytes of each, as an int: a million of them take about
-70 MB, and a random token matches one by chance with odds of 1 in 2**64 / N
-(then the store is asked, and says no). The set only grows while the process
-runs: a deleted key's digest costs one store query if presented again, never
-a wrong answer.
+without a store query, each process holds every imported key's digest, as
+the store gives it (32 bytes): about 110 MB for a million, and a membership
+test is one hash of the presented digest, with no conversion on either side
+(the refusal of a flood of random tokens runs through here). The set only
+grows while the process runs: a deleted key's digest costs one store query
+if presented again (then the negative cache answers), never a wrong answer.
 
 Filled from the store at start (``KeyMemory.load_imported``) and kept current
 by the change feed: each imported batch is one ``keys-imported`` notice.
@@ -18,21 +18,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def _head(digest: bytes) -> int:
-    return int.from_bytes(digest[:8], "big")
-
-
 class ImportedDigests:
-    __slots__ = ("_heads",)
+    __slots__ = ("_digests",)
 
     def __init__(self) -> None:
-        self._heads: set[int] = set()
+        self._digests: set[bytes] = set()
 
     def update(self, digests: Iterable[bytes]) -> None:
-        self._heads.update(_head(d) for d in digests)
+        self._digests.update(digests)
 
     def __contains__(self, digest: bytes) -> bool:
-        return _head(digest) in self._heads
+        return digest in self._digests
 
     def __len__(self) -> int:
-        return len(self._heads)
+        return len(self._digests)
