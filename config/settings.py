@@ -108,6 +108,10 @@ class StoreSettings:
     pool_size: AtLeastOne = 10
     # How often workers look for changes made by other processes or nodes.
     change_poll_interval: Positive = 0.2
+    # SQLite: read a cache miss's key on the event loop (a read-only connection,
+    # microseconds when the file is in memory; a cold page waits for the disk
+    # with the loop). Off: on the reader thread (docs/architecture.md#cache-misses).
+    sqlite_loop_reads: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,7 +155,11 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
             app[store_key] = shared_store
             yield
             return
-        store = open_store(settings.store.url, pool_size=settings.store.pool_size)
+        store = open_store(
+            settings.store.url,
+            pool_size=settings.store.pool_size,
+            loop_reads=settings.store.sqlite_loop_reads,
+        )
         await store.open()  # closes what it opened itself if it fails
         app[store_key] = store
         try:

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from keygate.config.settings import AuthSettings
 from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.store.lookups import ReadNow
 from keygate.gateway.store.sqlbase import Tx
 from keygate.gateway.store.sqlite.store import SQLiteStore
 from tests.support.gateway import Keygate, default_route, key_id, make_settings, start_keygate
@@ -47,6 +48,14 @@ class OutageStore(SQLiteStore):
         if self.down:
             raise self._lost()
         return await super()._tx(fn)
+
+    def _auth_rows_now(self) -> ReadNow | None:
+        # A lookup on the loop that meets an I/O error hands its batch to the
+        # reader thread (store/sqlite/loopreads.py), whose read fails as above.
+        read = super()._auth_rows_now()
+        if read is None:
+            return None
+        return lambda key_ids: None if self.down else read(key_ids)
 
 
 Start = Callable[..., Awaitable[tuple[Keygate, OutageStore]]]

@@ -110,6 +110,7 @@ class PostgresStore(SqlStore):
     LOWER = "lower"
     HOLDS_GROUP = "groups @> jsonb_build_array({}::text)"
     WITHOUT_GROUP = "groups - {}::text"
+    ID_LIST = "= ANY($1::text[])"  # one prepared statement whatever the batch's size
 
     def __init__(
         self,
@@ -156,6 +157,8 @@ class PostgresStore(SqlStore):
             raise
 
     async def close(self) -> None:
+        if self.key_lookups is not None:
+            await self.key_lookups.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:

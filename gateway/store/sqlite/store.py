@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,11 +37,13 @@ from keygate.gateway.errors import (
 )
 from keygate.gateway.store.base import FULL_MESSAGE
 from keygate.gateway.store.health import StoreHealth
+from keygate.gateway.store.lookups import ReadNow
 from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.rows import Codec, as_is, epoch_seconds, json_text
 from keygate.gateway.store.sqlbase import CHANGE_RETENTION, Conn, Notices, Tx
 from keygate.gateway.store.sqlite.connection import SQLiteConn, close_quietly, rollback
 from keygate.gateway.store.sqlite.faults import free_bytes, is_full, is_unavailable, read_only
+from keygate.gateway.store.sqlite.loopreads import LoopReader
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
 from keygate.gateway.store.sqlite.wal import WalKeeper, truncate_wal
 from keygate.gateway.store.sqlkeys import quota_sets
@@ -99,6 +101,7 @@ class SQLiteStore(SqlStore):
     LOWER = "kg_lower"
     HOLDS_GROUP = "EXISTS (SELECT 1 FROM json_each(groups) WHERE value = {})"
     WITHOUT_GROUP = "(SELECT json_group_array(value) FROM json_each(groups) WHERE value != {})"
+    ID_LIST = "IN (SELECT value FROM json_each($1))"
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class SQLiteStore(SqlStore):
         *,
         busy_timeout_ms: int = 10000,
         checkpoint_after: float = CHECKPOINT_AFTER,
+        loop_reads: bool = True,
     ) -> None:
         self.path = Path(path)
         self.health = StoreHealth(str(self.path))
@@ -115,6 +119,8 @@ class SQLiteStore(SqlStore):
         self._write_lock = asyncio.Lock()
         self._wal = WalKeeper(self._checkpoint, checkpoint_after)
         self._free_at_full: int | None = None
+        # Verification lookups on the event loop (loopreads.py); off, on the reader thread.
+        self._loop_reader = LoopReader(self.path) if loop_reads else None
 
     # --- lifecycle ------------------------------------------------------
     async def _connect(self) -> aiosqlite.Connection:
@@ -140,6 +146,8 @@ class SQLiteStore(SqlStore):
             self._writer = await self._connect()
             self.applied_on_open = tuple(await self.migrate())
             self._reader = await self._connect()
+            if self._loop_reader is not None:
+                self._loop_reader.open()
             await self._tx(
                 lambda conn: conn.execute(
                     "DELETE FROM changes WHERE at < $1", time.time() - CHANGE_RETENTION
@@ -158,6 +166,10 @@ class SQLiteStore(SqlStore):
             ) from exc
 
     async def close(self) -> None:
+        if self.key_lookups is not None:
+            await self.key_lookups.close()
+        if self._loop_reader is not None:
+            self._loop_reader.close()
         # Pending checkpoint first: it takes the write lock and the writer.
         await self._wal.stop()
         # A transaction still running for a cancelled caller ends first.
@@ -292,6 +304,23 @@ class SQLiteStore(SqlStore):
         return "name_key" in str(exc)
 
     # --- what SQLite does its own way ----------------------------------------------
+    def _id_list(self, key_ids: list[str]) -> str:
+        return orjson.dumps(key_ids).decode()
+
+    def _auth_rows_now(self) -> ReadNow | None:
+        reader = self._loop_reader
+        if reader is None:
+            return None
+        sql = self._auth_sql()
+
+        def read(key_ids: list[str]) -> Sequence[Any] | None:
+            found = reader.fetch(sql, self._id_list(key_ids))
+            if found is not None:
+                self.health.answered()
+            return found
+
+        return read
+
     async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
         if not stamps:
             return
