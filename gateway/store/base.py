@@ -255,6 +255,11 @@ class Store(abc.ABC):
         the store has none (then every change-feed check reads the notices)."""
         return None
 
+    def data_version_now(self) -> int | None:
+        """``data_version`` read synchronously for a few microseconds on the event
+        loop, or None when the store cannot (then ``data_version`` is awaited)."""
+        return None
+
     def listener(self, on_notice: Callable[[], Awaitable[object]]) -> ChangeListener | None:
         """A channel that pushes change notices as they commit (PostgreSQL's
         LISTEN/NOTIFY), calling ``on_notice``; None when the store has none

@@ -244,3 +244,27 @@ async def test_unknown_key_ids_are_refused_through_a_batch(kg: Keygate) -> None:
     await wait_for(lambda: _refused(kg, token), what="the delete")
     with pytest.raises(Unauthorized):
         await kg.gw.verifier.verify(token)
+
+
+async def test_sqlite_loop_probe_moves_with_other_commits_and_reads_see_them(
+    sqlite_store: SQLiteStore, tmp_path: Path
+) -> None:
+    token = await make_key(sqlite_store)
+    kid = key_id(token)
+    first = sqlite_store.data_version_now()
+    assert first is not None and sqlite_store.data_version_now() == first  # nothing committed
+    for name in ("one", "two"):
+        other = sqlite3.connect(tmp_path / "k.db", isolation_level=None)
+        try:
+            other.execute("UPDATE keys SET name = ? WHERE id = ?", (name, kid))
+        finally:
+            other.close()
+        moved = sqlite_store.data_version_now()
+        assert moved is not None and moved != first
+        first = moved
+        rows = await sqlite_store.key_lookups.rows(kid) if sqlite_store.key_lookups else []
+        if not rows:
+            await sqlite_store.auth_lookup_key(kid, b"")
+            assert sqlite_store.key_lookups is not None
+            rows = await sqlite_store.key_lookups.rows(kid)
+        assert rows[0][1] == name

@@ -49,6 +49,12 @@ class CountingStore(SQLiteStore):
         self.version_probes += 1
         return await super().data_version()
 
+    def data_version_now(self) -> int | None:
+        version = super().data_version_now()
+        if version is not None:
+            self.version_probes += 1
+        return version
+
 
 async def settle(st: CountingStore) -> None:
     """Wait until the app's change watcher has applied every notice written so far.

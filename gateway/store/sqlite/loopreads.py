@@ -47,13 +47,16 @@ class LoopReader:
         self.fallbacks = 0  # batches sent to the thread instead
 
     def open(self) -> None:
-        uri = self._path.resolve().as_uri() + "?mode=ro"
+        # Opened read-write but made read-only by query_only: a mode=ro
+        # connection may map the WAL index without write access, a mode
+        # SQLite documents for read-only media, not for a live WAL.
         try:
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             log.debug("no read-only connection for lookups on the loop: %s", exc)
             return
         try:
+            db.execute("PRAGMA query_only = 1")
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         except sqlite3.Error as exc:
@@ -70,6 +73,20 @@ class LoopReader:
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+    def data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` on this connection: it moves whenever
+        another connection (any process's writer) commits. None: not available."""
+        db = self._db
+        if db is None:
+            return None
+        try:
+            # fetchall: a statement left unfinished would hold its read
+            # transaction open, and the connection would never see a new commit.
+            return int(db.execute("PRAGMA data_version").fetchall()[0][0])
+        except sqlite3.Error as exc:
+            log.debug("data_version on the loop failed (%s)", exc)
+            return None
 
     def fetch(self, sql: str, *args: Any) -> Sequence[Any] | None:
         """The rows of ``sql`` (``$n`` parameters), or None: ask the thread."""

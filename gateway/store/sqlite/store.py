@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ from keygate.gateway.store.sqlite.connection import SQLiteConn, close_quietly, r
 from keygate.gateway.store.sqlite.faults import free_bytes, is_full, is_unavailable, read_only
 from keygate.gateway.store.sqlite.loopreads import LoopReader
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
+from keygate.gateway.store.sqlite.wake import WakeListener, notify, wake_dir
 from keygate.gateway.store.sqlite.wal import WalKeeper, truncate_wal
 from keygate.gateway.store.sqlkeys import quota_sets
 from keygate.gateway.store.sqlstore import SqlStore
@@ -121,6 +122,8 @@ class SQLiteStore(SqlStore):
         self._free_at_full: int | None = None
         # Verification lookups on the event loop (loopreads.py); off, on the reader thread.
         self._loop_reader = LoopReader(self.path) if loop_reads else None
+        # The transaction running wrote change notices: wake the listeners (wake.py).
+        self._noticed = False
 
     # --- lifecycle ------------------------------------------------------
     async def _connect(self) -> aiosqlite.Connection:
@@ -228,6 +231,7 @@ class SQLiteStore(SqlStore):
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise self._fault(exc) or StoreUnavailable() from exc
+            self._noticed = False
             try:
                 result = await fn(SQLiteConn(db))
                 await db.execute("COMMIT")
@@ -242,6 +246,8 @@ class SQLiteStore(SqlStore):
                 raise
             self.health.wrote()
             self._wal.wrote()
+            if self._noticed:
+                notify(wake_dir(self.path))
             return result
 
     def _fault(self, exc: sqlite3.Error) -> KeygateError | None:
@@ -292,6 +298,7 @@ class SQLiteStore(SqlStore):
     async def _finish(self, conn: Conn, audit: AuditEntry | None, changes: Notices) -> None:
         if audit is not None:
             await self._audit(conn, audit)
+        self._noticed = self._noticed or bool(changes)
         for kind, ref in changes:
             await conn.execute(
                 "INSERT INTO changes (kind, ref, at) VALUES ($1, $2, $3)", kind, ref, time.time()
@@ -302,6 +309,10 @@ class SQLiteStore(SqlStore):
 
     def _names_clash(self, exc: BaseException) -> bool:
         return "name_key" in str(exc)
+
+    def listener(self, on_notice: Callable[[], Awaitable[object]]) -> WakeListener:
+        """Wake-ups from the other processes' commits (wake.py); the caller starts it."""
+        return WakeListener(self.path, on_notice)
 
     # --- what SQLite does its own way ----------------------------------------------
     def _id_list(self, key_ids: list[str]) -> str:
@@ -363,3 +374,9 @@ class SQLiteStore(SqlStore):
     async def data_version(self) -> int:
         """Changes whenever another connection commits: a near-free poll."""
         return int(await self._fetchval("PRAGMA data_version"))
+
+    def data_version_now(self) -> int | None:
+        """The same on the loop-read connection: no thread hand-off, so the change
+        feed can afford to look often (gateway/auth/changes.py)."""
+        reader = self._loop_reader
+        return None if reader is None else reader.data_version()
