@@ -168,7 +168,12 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
             await store.close()
 
     async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
-        usage = UsageRecorder(app[store_key], auth.last_used_flush_interval)
+        usage = UsageRecorder(
+            app[store_key],
+            auth.last_used_flush_interval,
+            auth.last_used_resolution,
+            memory=auth.cache_size,
+        )
         usage.start()
         app[usage_key] = usage
         try:

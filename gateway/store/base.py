@@ -229,8 +229,13 @@ class Store(abc.ABC):
         """Newest first, only records matching every field ``query`` sets."""
 
     @abc.abstractmethod
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
-        """Merge epoch-second stamps into ``last_used_at``, never moving it back."""
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
+        """Merge epoch-second stamps into ``last_used_at``, never moving it back,
+        and leaving alone a row whose stamp is less than ``resolution`` seconds
+        older than the new one (``auth.last_used_resolution``): however many
+        nodes use a key, its row is written at most once per resolution."""
 
     @abc.abstractmethod
     async def add_quota_used(

@@ -37,9 +37,11 @@ class CountingStore(SQLiteStore):
         self.auth_lookups += 1
         return await super().auth_lookup_key(key_id, digest)
 
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
         self.touch_batches.append(dict(stamps))
-        await super().touch_last_used(stamps)
+        await super().touch_last_used(stamps, resolution)
 
     async def changes_since(self, seq: int) -> list[Change]:
         self.changes_reads += 1

@@ -332,14 +332,17 @@ class SQLiteStore(SqlStore):
 
         return read
 
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
         if not stamps:
             return
 
         async def tx(conn: Conn) -> None:
             await conn.executemany(
-                "UPDATE keys SET last_used_at = max(coalesce(last_used_at, 0), $1) WHERE id = $2",
-                [(stamp, key_id) for key_id, stamp in stamps.items()],
+                "UPDATE keys SET last_used_at = $1 WHERE id = $2 "
+                "AND (last_used_at IS NULL OR last_used_at < $1 - $3)",
+                [(stamp, key_id, resolution) for key_id, stamp in stamps.items()],
             )
 
         try:
