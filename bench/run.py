@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description=__doc__,
         epilog="scenarios: valid-c1, valid-c50, bad-checksum, flood-random-id, "
-        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib, tls-c50. "
+        "flood-wrong-secret, flood-foreign, features-on, valid-c25, mixed, zipf-1m, post-c50, "
+        "stream-1mib, tls-c50. "
         "See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -165,6 +166,8 @@ class Bench:
         flood_secrets = seed.write_lines(
             self.work / "flood_secrets.txt", seed.random_tokens(floods, small.key_id)
         )
+        flood_foreign = seed.write_lines(self.work / "flood_foreign.txt",
+                                         seed.foreign_tokens(floods))
         sample: list[str] = []
         large = self.work / "large.db"
         zipf = self.work / "zipf_sample.txt"
@@ -203,7 +206,7 @@ class Bench:
             large_pg=large_pg,
         )
         return scenarios.Tokens(small.token, seed.bad_checksum(small.token), flood_ids,
-                                flood_secrets, zipf)
+                                flood_secrets, flood_foreign, zipf)
 
     def start(self, wanted: set[str]) -> None:
         origin = systems.start_origin(self.layout)
@@ -280,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {problem}", file=sys.stderr)
         return 2
     # The plan (scenario and system names) does not depend on the tokens seeded later.
-    plan = scenarios.build(scenarios.Tokens("", "", Path(), Path(), Path()), args.connections)
+    plan = scenarios.build(
+        scenarios.Tokens("", "", Path(), Path(), Path(), Path()), args.connections
+    )
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(names) - {s.name for s in plan}
     if unknown:

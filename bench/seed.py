@@ -175,10 +175,40 @@ def write_digests(path: Path, tokens: list[str]) -> Path:
 GENEROUS = [{"name": "generous", "limit": 1_000_000_000, "window": 1, "burst": None}]
 
 
+def foreign_tokens(n: int) -> list[str]:
+    """``n`` random credentials in other services' shapes (``sk_live_…``, ``ghp_…``,
+    bare hex): not keygate's format, so refused before the cache and the store
+    (with key import, also looked up in the imported-digest set, in memory)."""
+    secret_map = bytes.maketrans(
+        bytes(range(256)), bytes(ord(keyformat.BASE62[b % 62]) for b in range(256))
+    )
+    raw = os.urandom(n * 40).translate(secret_map).decode()
+    shapes = ("sk_live_{}", "ghp_{}", "{}")
+    return [shapes[i % 3].format(raw[i * 40 : i * 40 + 40]) for i in range(n)]
+
+
 def generous_limit(db: Path) -> None:
     """Give every key of a (closed) small store the :data:`GENEROUS` rate limit."""
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE keys SET rate_limits = ?", (orjson.dumps(GENEROUS).decode(),))
+
+
+# A quota no bench load reaches, and an allowlist the bench's client matches.
+GENEROUS_QUOTA = {"limit": 10**15, "period": "month"}
+LOOPBACK = ["127.0.0.0/8"]
+
+
+def every_feature(db: Path) -> None:
+    """Every key of a (closed) small store with every per-key feature on: a
+    generous rate limit and quota (local backend) and an allowlist that matches.
+    Identity headers go upstream on every keyed route; the access log is on by
+    default. (Metrics and webhooks: see ``systems.FEATURES_ON``.)"""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE keys SET rate_limits = ?, quota = ?, allowed_ips = ?",
+            (orjson.dumps(GENEROUS).decode(), orjson.dumps(GENEROUS_QUOTA).decode(),
+             orjson.dumps(LOOPBACK).decode()),
+        )
 
 
 # --- PostgreSQL: the large store's keys in a database of the bench's own -------
