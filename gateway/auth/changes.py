@@ -32,8 +32,17 @@ Apply = Callable[[str, str], Awaitable[None]]
 
 
 class ChangeWatcher:
-    def __init__(self, store: Store, apply: Apply, interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        apply: Apply,
+        interval: float,
+        pushed: Callable[[], bool] | None = None,
+    ) -> None:
         self._store = store
+        # True while every commit is pushed to this process (a live LISTEN): the
+        # poll loop then rests, so an idle node costs the database no query.
+        self._pushed = pushed
         self._apply = apply
         self._interval = interval
         self._seq = 0
@@ -110,6 +119,8 @@ class ChangeWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            if self._pushed is not None and self._pushed():
+                continue
             await self._checked_tick()
 
     async def _checked_tick(self, seen: int | None = None) -> None:
@@ -132,7 +143,7 @@ class ChangeFeed:
     while the listener is down)."""
 
     def __init__(self, store: Store, apply: Apply, interval: float) -> None:
-        self.watcher = ChangeWatcher(store, apply, interval)
+        self.watcher = ChangeWatcher(store, apply, interval, self._pushed)
         self._listener = store.listener(self.watcher.poll)
 
     async def start(self) -> None:
@@ -148,6 +159,10 @@ class ChangeFeed:
         if self._listener is not None:
             await self._listener.stop()
         await self.watcher.stop()
+
+    def _pushed(self) -> bool:
+        listener = self._listener
+        return listener is not None and listener.delivers_all()
 
     async def tick(self) -> None:
         """Apply what is pending now (see :meth:`ChangeWatcher.tick`)."""

@@ -88,6 +88,10 @@ class WakeListener:
         self._sock, self.path = sock, path
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
+    def delivers_all(self) -> bool:
+        """Best effort (a process may not be able to write here): never."""
+        return False
+
     async def stop(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
