@@ -272,6 +272,22 @@ def test_quota_policy_field_gives_the_calendar_window() -> None:
     assert fields["RateLimit-Policy"] == f'"p0";q=100;w=60, "quota";q=1000;w={28 * 86400}'
 
 
+@pytest.mark.parametrize(
+    ("moment", "days"),
+    [
+        ("2027-02-28T23:59:59", 28),
+        ("2027-03-01T00:00:00", 31),  # the day after: remembered per day, not per month
+        ("2028-02-29T12:00:00", 29),
+        ("2026-04-30T23:59:59", 30),
+        ("2026-12-31T23:59:59.999", 31),
+    ],
+)
+def test_quota_month_length_follows_the_calendar(moment: str, days: int) -> None:
+    assert windows.length("month", at(moment)) == days * 86400
+    assert windows.length("month", at(moment)) == days * 86400  # remembered: the same
+    assert windows.length("day", at(moment)) == 86400
+
+
 def test_quota_counts_what_other_processes_flushed() -> None:
     """The local backend's view: the store's total (read back at each flush) plus
     what this process counted since; a key starts from what the store held."""
