@@ -70,7 +70,7 @@ class ChangeWatcher:
         await background.stop(ticking)
 
     def _probe(self) -> None:
-        """The quick probe: a timer callback, a task only when the counter moved
+        """The probe on the loop: a timer callback, a task only when the counter moved
         (none while the last one still reads the notices)."""
         loop = asyncio.get_running_loop()
         ticking = self._ticking
@@ -100,7 +100,7 @@ class ChangeWatcher:
 
     async def tick(self, seen: int | None = None) -> None:
         """One check: read notices only when the cheap probe says something moved
-        (``seen``: what the quick probe just read).
+        (``seen``: what the probe on the loop just read).
 
         One at a time: a tick that saw the probe move owns the notices until
         they are applied, so a concurrent one (a verifier's catch-up beside
