@@ -299,3 +299,31 @@ def test_quota_counts_what_other_processes_flushed() -> None:
     stale = key_limits("r" * 12, [], {"limit": 10, "period": "day"}, [], 8, "2026-12-04")
     assert stale is not None  # yesterday's count does not count today
     assert sum(lim.take_now(stale).refusal is None for _ in range(12)) == 10
+
+
+def _general(lim: LocalLimiter, limits: Any) -> Usage:
+    """The general road for the same request (what the straight road must equal)."""
+    at = lim.clock()
+    return lim._take(limits, at, at - lim.origin, lim._states(limits.key_id))
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [(), ((5, 1, None),), ((5, 1, None), (100, 60, 3))],
+    ids=["quota alone", "a rate limit and the quota", "two rate limits and the quota"],
+)
+def test_quota_straight_road_answers_as_the_general_one(policies: tuple[Any, ...]) -> None:
+    """Request by request, through a quota of 4 running out and rate limits
+    refusing: the same fields, refusals and counts either way."""
+    limits = limits_of(*policies, quota={"limit": 4, "period": "day"})
+    clock = Clock(at("2027-02-10T10:00:00"))
+    fast, slow = limiter(clock), limiter(clock)
+    for i in range(8):
+        clock.now += 0.05 * (i % 3)
+        a, b = fast.take_now(limits), _general(slow, limits)
+        assert a.fields == b.fields, i
+        assert (a.refusal is None) == (b.refusal is None), i
+        if a.refusal is not None:
+            assert b.refusal is not None
+            assert (a.refusal.code, a.refusal.headers) == (b.refusal.code, b.refusal.headers)
+        assert fast.counts._pending == slow.counts._pending, i
