@@ -212,7 +212,11 @@ def lifecycle(
             app[store_key] = shared_store
             yield
             return
-        store = open_store(settings.store.url, pool_size=settings.store.pool_size)
+        store = open_store(
+            settings.store.url,
+            pool_size=settings.store.pool_size,
+            loop_reads=settings.store.sqlite_loop_reads,
+        )
         await store.open()  # closes what it opened itself if it fails
         app[store_key] = store
         try:
@@ -221,7 +225,12 @@ def lifecycle(
             await store.close()
 
     async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
-        usage = UsageRecorder(app[store_key], auth.last_used_flush_interval)
+        usage = UsageRecorder(
+            app[store_key],
+            auth.last_used_flush_interval,
+            auth.last_used_resolution,
+            memory=auth.cache_size,
+        )
         usage.start()
         app[usage_key] = usage
         try:
