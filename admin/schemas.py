@@ -191,7 +191,13 @@ SCHEMAS: dict[str, Schema] = {
             "created_by": nullable(USER_REF),
             "created_at": TIME,
             "updated_at": TIME,
-            "last_used_at": nullable(TIME),
+            "last_used_at": nullable(
+                {
+                    **TIME,
+                    "description": "The last successful authentication, to "
+                    "auth.last_used_resolution (60 s by default); null: never used.",
+                }
+            ),
             "expires_at": nullable(TIME),
             "webhook_url": nullable(STRING),
             "metadata": METADATA,

@@ -270,8 +270,13 @@ class Store(abc.ABC):
         """Newest first, only records matching every field ``query`` sets."""
 
     @abc.abstractmethod
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
-        """Merge epoch-second stamps into ``last_used_at``, never moving it back."""
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
+        """Merge epoch-second stamps into ``last_used_at``, never moving it back,
+        and leaving alone a row whose stamp is less than ``resolution`` seconds
+        older than the new one (``auth.last_used_resolution``): however many
+        nodes use a key, its row is written at most once per resolution."""
 
     @abc.abstractmethod
     async def add_quota_used(
@@ -296,6 +301,11 @@ class Store(abc.ABC):
         the store has none (then every change-feed check reads the notices)."""
         return None
 
+    def data_version_now(self) -> int | None:
+        """``data_version`` read synchronously for a few microseconds on the event
+        loop, or None when the store cannot (then ``data_version`` is awaited)."""
+        return None
+
     def listener(self, on_notice: Callable[[], Awaitable[object]]) -> ChangeListener | None:
         """A channel that pushes change notices as they commit (PostgreSQL's
         LISTEN/NOTIFY), calling ``on_notice``; None when the store has none
@@ -309,3 +319,8 @@ class ChangeListener(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def delivers_all(self) -> bool:
+        """Whether every commit is pushed now (a live LISTEN): the change poll can
+        rest meanwhile. False for best-effort wake-ups."""
+        ...

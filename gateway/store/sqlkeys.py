@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from keygate.gateway.errors import NotFound
 from keygate.gateway.store import rows
 from keygate.gateway.store.base import KEY_WRITABLE, KeyCheck
 from keygate.gateway.store.clauses import Params, key_filter, writable
 from keygate.gateway.store.errors import KeyLimitReached, KeyRevoked
+from keygate.gateway.store.lookups import KeyLookups, ReadNow
 from keygate.gateway.store.records import (
     AuditEntry,
     AuthRecord,
@@ -60,6 +61,14 @@ def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
 
 
 class KeySql(SqlBase):
+    # "k.id is one of the ids in parameter $1", and that parameter from a list.
+    ID_LIST: ClassVar[str]
+    # The batcher of verification lookups (lookups.py), made at the first miss.
+    key_lookups: KeyLookups | None = None
+
+    def _id_list(self, key_ids: list[str]) -> Any:
+        return key_ids
+
     # --- verification -------------------------------------------------------
     async def auth_lookup(self, digest: bytes) -> AuthRecord | None:
         # The current digest, else a rolled-away one still in its grace period.
@@ -74,15 +83,30 @@ class KeySql(SqlBase):
         return rows.auth_from_row(row, row[AUTH_WIDTH], self.codec) if row is not None else None
 
     async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
-        # One row per retired digest (at most one: a roll drops earlier ones), or
-        # one row with NULLs when the key has none; no row when no key has the id.
-        found = await self._fetch(
+        # Batched with the other misses of this loop pass (lookups.py).
+        lookups = self.key_lookups
+        if lookups is None:
+            lookups = self.key_lookups = KeyLookups(self._auth_rows, self._auth_rows_now())
+        found = await lookups.rows(key_id)
+        return rows.match_key_rows(found, digest, self.codec)
+
+    def _auth_sql(self) -> str:
+        """``auth_lookup_key``'s statement for a list of key ids (``ID_LIST``'s one
+        parameter): one row per retired digest (at most one: a roll drops earlier
+        ones), or one row with NULLs when the key has none; none for an id no
+        key has."""
+        return (
             f"SELECT {AUTH_COLUMNS}, r.until, k.digest, r.digest FROM keys k "
             "LEFT JOIN users u ON u.id = k.owner_id "
-            "LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id = $1",
-            key_id,
+            f"LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id {self.ID_LIST}"
         )
-        return rows.match_key_rows(found, digest, self.codec)
+
+    async def _auth_rows(self, key_ids: list[str]) -> list[Any]:
+        return await self._fetch(self._auth_sql(), self._id_list(key_ids))
+
+    def _auth_rows_now(self) -> ReadNow | None:
+        """A synchronous ``_auth_rows`` safe to run on the event loop, if the store has one."""
+        return None
 
     async def key_ids(self) -> list[str]:
         found = await self._fetch(

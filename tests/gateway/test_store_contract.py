@@ -855,6 +855,28 @@ async def test_touch_last_used_never_moves_back(store: Store) -> None:
     assert abs(await stamp(k2.id) - (t - 10)) < 0.001
 
 
+async def test_touch_last_used_leaves_a_stamp_newer_than_the_resolution(store: Store) -> None:
+    """auth.last_used_resolution: a row is rewritten at most once per resolution,
+    whichever node sends the stamp."""
+    alice = await make_user(store, "alice")
+    k = await make_key(store, alice)
+    t = utcnow().timestamp()
+
+    async def stamp() -> float:
+        got = await store.get_key(k.id)
+        assert got is not None and got.last_used_at is not None
+        return got.last_used_at.timestamp()
+
+    await store.touch_last_used({k.id: t}, 60.0)  # none stored: written
+    assert abs(await stamp() - t) < 0.001
+    await store.touch_last_used({k.id: t + 59}, 60.0)  # another node, 59 s later: left alone
+    assert abs(await stamp() - t) < 0.001
+    await store.touch_last_used({k.id: t + 61}, 60.0)  # a resolution later: written
+    assert abs(await stamp() - (t + 61)) < 0.001
+    await store.touch_last_used({k.id: t + 62})  # resolution 0: every newer stamp
+    assert abs(await stamp() - (t + 62)) < 0.001
+
+
 async def test_touch_last_used_concurrent_batches_keep_newest(store: Store) -> None:
     alice = await make_user(store, "alice")
     keys = [await make_key(store, alice) for _ in range(5)]
