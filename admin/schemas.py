@@ -283,7 +283,8 @@ SCHEMAS: dict[str, Schema] = {
             "total": {"type": "integer", "description": "Records read."},
             "imported": {"type": "integer", "description": "Keys written (a dry run: that "
                          "would be)."},
-            "skipped": {"type": "integer", "description": "Keys already present (by digest)."},
+            "skipped": {"type": "integer", "description": "Keys already present (by digest), "
+                         "or whose token was rolled away."},
             "invalid": {
                 "type": "array",
                 "items": obj(

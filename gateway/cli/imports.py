@@ -61,7 +61,8 @@ async def import_keys(args: argparse.Namespace, env: Env) -> Result:
 def summary(report: ImportReport) -> str:
     verb = "Would import" if report.dry_run else "Imported"
     lines = [
-        f"{verb} {report.imported} keys; skipped {report.skipped} already present; 0 invalid."
+        f"{verb} {report.imported} keys; skipped {report.skipped} already present "
+        "or rolled away; 0 invalid."
     ]
     for owner, keys, limit in report.over_limit:
         lines.append(
@@ -86,8 +87,10 @@ examples:
 
 A key keeps working exactly as clients send it: only the SHA-256 digest of
 the whole token is stored. Keys already present are skipped, so running an
-import again completes it. Any invalid line stops the import before anything
-is written (exit 1), and the summary names each line and its reason.
+import again completes it; a token rolled away (or a revoked key's) is never
+imported again, while a deleted key is forgotten and imported anew. Any
+invalid line stops the import before anything is written (exit 1), and the
+summary names each line and its reason.
 """
 
 

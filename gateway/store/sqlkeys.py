@@ -211,6 +211,16 @@ class KeySql(SqlBase):
             if row[1] == "revoked":
                 raise KeyRevoked
             now = utcnow()
+            # The token rolled away never comes back through an import, whatever
+            # becomes of the key (docs/reference.md#imported-keys). Every roll is
+            # recorded: a key once imported is a keygate key after its first roll.
+            await conn.execute(
+                "INSERT INTO import_tombstones (digest, key_id, retired_at) "
+                "VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+                row[0],
+                key_id,
+                self.codec.put_time(now),
+            )
             # Earlier grace tokens end now: only the token being replaced gets a grace.
             await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
             if grace_until is not None and grace_until > now:
@@ -258,11 +268,13 @@ class KeySql(SqlBase):
         return await self._held(None, digests)
 
     async def _held(self, conn: Conn | None, digests: Sequence[bytes]) -> set[bytes]:
-        # A rolled-away digest is held too: it may still be in its grace period.
+        # A rolled-away digest is held too, in its grace period or long after:
+        # an import never brings a rolled-away token back.
         among, args = self._among("digest", digests)
         sql = (
             f"SELECT digest FROM keys WHERE {among} "
-            f"UNION ALL SELECT digest FROM retired_digests WHERE {among}"
+            f"UNION ALL SELECT digest FROM retired_digests WHERE {among} "
+            f"UNION ALL SELECT digest FROM import_tombstones WHERE {among}"
         )
         found = await (conn.fetch(sql, *args) if conn is not None else self._fetch(sql, *args))
         return {bytes(r[0]) for r in found}

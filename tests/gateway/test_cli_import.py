@@ -48,7 +48,9 @@ def test_cli_import_kong_then_again_skips(cli: Run) -> None:
             "--owner", "admin", "--group", "default")  # fmt: skip
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "Imported 3 keys; skipped 0 already present; 0 invalid.\n"
+    assert proc.stdout == (
+        "Imported 3 keys; skipped 0 already present or rolled away; 0 invalid.\n"
+    )
     # Not a terminal: no progress bar, nothing at all on stderr.
     assert proc.stderr == ""
     assert ok_json(cli, *args) == {
@@ -79,7 +81,7 @@ def test_cli_import_dry_run_and_limits_report(cli: Run, tmp_path: Path) -> None:
     proc = cli("keys", "import", str(many), "--format", "json", "--owner", "admin", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == (
-        "Would import 12 keys; skipped 0 already present; 0 invalid."
+        "Would import 12 keys; skipped 0 already present or rolled away; 0 invalid."
     )
     assert "admin would hold 13 keys, above auth.max_keys_per_user (10)" in proc.stdout
     assert [k["name"] for k in ok_json(cli, "keys", "list")["items"]] == ["admin"]
@@ -145,6 +147,8 @@ def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
         os.close(leader)
     assert proc.returncode == 0
     summary = proc.stdout.decode().splitlines()[0]
-    assert summary == "Imported 3000 keys; skipped 0 already present; 0 invalid."
+    assert summary == (
+        "Imported 3000 keys; skipped 0 already present or rolled away; 0 invalid."
+    )
     # tqdm's bar on the terminal: the description, the count and the total.
     assert b"importing" in drawn and b"3000/3000" in drawn

@@ -159,6 +159,26 @@ async def test_imported_key_rolled_gets_a_keygate_token(kg: Keygate) -> None:
     assert (await call(kg, "jsonl-key-0001-abcdef"))[0] == 200  # in its grace
 
 
+@pytest.mark.parametrize("grace", [0, 60])
+async def test_imported_key_rolled_away_never_comes_back(kg: Keygate, grace: int) -> None:
+    """A leaked legacy token rolled away stays out however often the import
+    runs again, after a second roll or a revoke too; a deleted key is forgotten."""
+    raw = b'{"key": "rolled-away-key-0001", "name": "leak"}\n'
+    await import_file(kg, "json", raw)
+    keys, _ = await kg.services.keys.list(kg.actor(), search="leak")
+    await kg.services.keys.roll(kg.actor(), keys[0].id, {"grace_seconds": grace})
+    again = await import_file(kg, "json", raw)
+    assert (again.imported, again.skipped) == (0, 1)
+    dry = await import_file(kg, "json", raw, dry_run=True)
+    assert (dry.imported, dry.skipped) == (0, 1)
+    await kg.services.keys.roll(kg.actor(), keys[0].id, {})
+    await kg.services.keys.revoke(kg.actor(), keys[0].id)
+    await kg.services.keys.delete(kg.actor(), keys[0].id)
+    again = await import_file(kg, "json", raw)
+    assert (again.imported, again.skipped) == (0, 1)
+    assert (await call(kg, "rolled-away-key-0001"))[0] == 401
+
+
 async def test_imported_key_works_as_an_admin_credential(kg: Keygate) -> None:
     await import_file(kg, "json", b'{"key": "admin-legacy-key-0001", "groups": ["admin"]}\n')
     resp = await kg.client.get(

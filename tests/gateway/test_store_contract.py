@@ -1036,3 +1036,46 @@ async def test_roll_imported_key_becomes_a_keygate_key(store: Store) -> None:
     assert ("key-created", key.id) in [(c.kind, c.ref) for c in await store.changes_since(0)]
     old = await store.auth_lookup(digest)  # the imported token, in its grace
     assert old is not None and old.grace_until is not None
+
+
+@pytest.mark.parametrize("grace", [None, "past", "future"])
+async def test_rolled_away_imported_token_stays_held_for_good(
+    store: Store, grace: str | None
+) -> None:
+    """An import run again never brings back a token rolled away, with or
+    without a grace period, after a second roll, a revoke or a delete."""
+    alice = await make_user(store, "alice", groups=("default",))
+    key, digest = imported_key(alice, "leaked", "leaked-legacy-token-0001")
+    await store.import_keys([(key, digest)], audit=import_audit)
+    until = {
+        None: None,
+        "past": utcnow() - timedelta(seconds=1),
+        "future": utcnow() + timedelta(hours=1),
+    }[grace]
+    await store.roll_key(key.id, new_digest(), "Aa11", grace_until=until, audit=audit("r"))
+    assert await store.held_digests([digest]) == {digest}
+    again, _ = imported_key(alice, "leaked", "leaked-legacy-token-0001")
+    outcome = await store.import_keys([(again, digest)], audit=import_audit)
+    assert (outcome.imported, outcome.skipped) == ([], 1)
+    # A second roll drops the retired digest; the record of the first stays.
+    await store.roll_key(key.id, new_digest(), "Bb22", grace_until=until, audit=audit("r"))
+    assert await store.held_digests([digest]) == {digest}
+    await store.update_key(key.id, {"status": "revoked"}, audit=audit("key.revoke"))
+    assert await store.held_digests([digest]) == {digest}
+    await store.delete_key(key.id, audit=audit("key.delete"))
+    assert await store.held_digests([digest]) == {digest}
+    outcome = await store.import_keys([(again, digest)], audit=import_audit)
+    assert (outcome.imported, outcome.skipped) == ([], 1)
+    assert await store.auth_lookup(digest) is None
+
+
+async def test_deleted_imported_key_is_forgotten(store: Store) -> None:
+    """Deleting an imported key (never rolled) forgets it: an import re-creates it."""
+    alice = await make_user(store, "alice", groups=("default",))
+    key, digest = imported_key(alice, "gone", "deleted-legacy-token-01")
+    await store.import_keys([(key, digest)], audit=import_audit)
+    await store.delete_key(key.id, audit=audit("key.delete"))
+    assert await store.held_digests([digest]) == set()
+    again, _ = imported_key(alice, "gone", "deleted-legacy-token-01")
+    outcome = await store.import_keys([(again, digest)], audit=import_audit)
+    assert (outcome.imported, outcome.skipped) == ([again.id], 0)

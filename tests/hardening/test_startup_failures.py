@@ -176,7 +176,10 @@ async def test_startup_failed_open_leaves_no_thread(tmp_path: Path, case: str) -
         await store.open()
         await store.close()
         conn = sqlite3.connect(db)
-        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (7, 0)")
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, 0)",
+            (SQLITE_SCHEMA.newest + 1,),
+        )
         conn.commit()
         conn.close()
         expected = StoreTooNew

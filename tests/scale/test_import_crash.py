@@ -70,7 +70,8 @@ def test_import_killed_mid_way_leaves_whole_batches_and_a_rerun_completes(
     again = run_keygate(*args, env=env, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[0] == (
-        f"Imported {KEYS - count} keys; skipped {count} already present; 0 invalid."
+        f"Imported {KEYS - count} keys; skipped {count} already present "
+        "or rolled away; 0 invalid."
     )
     count, audits, digests = imported(db)
     assert (count, audits) == (KEYS, KEYS)

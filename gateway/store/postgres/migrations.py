@@ -149,8 +149,18 @@ PG_V5 = [
     "CREATE INDEX keys_imported ON keys (seq) WHERE imported",
 ]
 
+# Rolled-away tokens kept for good, as in the SQLite migration
+# (sqlite/migrations.py, version 7).
+PG_V7 = [
+    """CREATE TABLE import_tombstones (
+        digest bytea PRIMARY KEY,
+        key_id text NOT NULL,
+        retired_at timestamptz NOT NULL
+    )""",
+]
+
 PG_SCHEMA = Schema(
-    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3), (4, PG_V4), (5, PG_V5)],
+    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3), (4, PG_V4), (5, PG_V5), (7, PG_V7)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     record_version="INSERT INTO schema_version (version) VALUES ($1)",

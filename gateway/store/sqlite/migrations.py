@@ -152,8 +152,28 @@ SQLITE_V5 = [
     "CREATE INDEX keys_imported ON keys (seq) WHERE imported = 1",
 ]
 
+# Tokens rolled away (docs/reference.md#imported-keys): a roll without a grace
+# period keeps no retired digest, and a later roll or a revoke drops the one it
+# kept, so an import run again would bring a leaked legacy token back. Each
+# rolled-away digest is recorded here for good; neither a later roll nor
+# deleting the key removes it. (Version 6 is another change's number.)
+SQLITE_V7 = [
+    """CREATE TABLE import_tombstones (
+        digest BLOB PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        retired_at REAL NOT NULL
+    )""",
+]
+
 SQLITE_SCHEMA = Schema(
-    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3), (4, SQLITE_V4), (5, SQLITE_V5)],
+    steps=[
+        (1, SQLITE_V1),
+        (2, SQLITE_V2),
+        (3, SQLITE_V3),
+        (4, SQLITE_V4),
+        (5, SQLITE_V5),
+        (7, SQLITE_V7),
+    ],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
     record_version=(
