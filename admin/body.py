@@ -15,11 +15,9 @@ from aiohttp import hdrs, web
 
 from keygate.admin.context import gateway
 from keygate.gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
+from keygate.gateway.service.validation import MAX_DEPTH, too_deep
 
 MAX_BODY_BYTES = 64 * 1024
-# Deeper documents are refused here: orjson serialises at most 254 levels, and
-# no admin field needs more than a handful (metadata is echoed back).
-MAX_DEPTH = 64
 
 
 async def read_json(request: web.Request, limit: int = MAX_BODY_BYTES) -> Any:
@@ -116,20 +114,3 @@ def is_json_type(content_type: str) -> bool:
     """``application/json`` or a structured ``+json`` type (RFC 6839 §3.1)."""
     main, _, sub = content_type.lower().partition("/")
     return main == "application" and (sub == "json" or sub.endswith("+json"))
-
-
-def too_deep(value: Any, limit: int) -> bool:
-    """Whether arrays/objects nest deeper than ``limit``; iterative, so no recursion limit."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False

@@ -48,8 +48,11 @@ MAX_IMPORT_BYTES = 8 * 1024 * 1024
 
 
 async def import_keys(request: web.Request) -> web.Response:
+    # Refused before up to 8 MiB are read and decoded: only an admin may import.
+    who = actor(request)
+    who.require_admin()
     body = await read_json(request, MAX_IMPORT_BYTES)
-    report = await services(request).imports.request(actor(request), body)
+    report = await services(request).imports.request(who, body)
     return json_response(report.as_json())
 
 

@@ -48,10 +48,15 @@ async def import_keys(args: argparse.Namespace, env: Env) -> Result:
             progress=bar.update,
         )
     if report.invalid:
-        # A refusal like any other: exit 1, each line and its reason on stderr.
+        # A refusal like any other: exit 1, each line and its reason on stderr;
+        # every problem listed (two of one place are joined), and counted.
+        details: dict[str, str] = {}
+        for p in report.invalid:
+            place = p.place()
+            details[place] = f"{details[place]}; {p.reason}" if place in details else p.reason
         many = len(report.invalid) != 1
         raise Invalid(
-            {(f"line {p.line}" if p.line else "file"): p.reason for p in report.invalid},
+            details,
             f"Nothing imported: {len(report.invalid)} invalid line{'s' if many else ''} "
             f"(of {report.total} keys read); fix {'them' if many else 'it'} and run again.",
         )

@@ -25,6 +25,10 @@ MAX_METADATA_BYTES = 16384
 DURATION_RE = re.compile(r"([1-9][0-9]{0,9})([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 WITHIN_100_YEARS = "must be within 100 years"
+# JSON documents nesting deeper are refused (the admin API's bodies, imported
+# records): orjson serialises at most 254 levels, Python's json module gives
+# up near 1000, and no field needs more than a handful (metadata is echoed back).
+MAX_DEPTH = 64
 
 # Characters no text field may hold: C0 and C1 controls, the Unicode line and
 # paragraph separators, and the bidirectional overrides and isolates that make
@@ -153,3 +157,20 @@ def query_text(value: str | None, field: str, errors: Errors, *, max_len: int = 
         errors[field] = f"must be at most {max_len} characters"
     elif _REFUSED_RE.search(value):
         errors[field] = "must not contain control characters"
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit``; iterative, so no recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from keygate.admin.body import MAX_BODY_BYTES, too_deep
+from keygate.admin.body import MAX_BODY_BYTES
+from keygate.gateway.service.validation import too_deep
 from tests.support.admin import API, AdminApi
 from tests.support.gateway import Keygate
 from tests.support.raw import fetch, http

@@ -8,6 +8,7 @@ import io
 
 import orjson
 
+from keygate.gateway.service.imports import read
 from tests.support.admin import AdminApi, Member
 
 RECORDS = [
@@ -99,3 +100,49 @@ async def test_import_unknown_field_and_bad_shape(api: AdminApi) -> None:
     assert (reply.status, reply.details) == (422, {"colour": "unknown field"})
     reply = await api.post("/keys/import", api.admin, {"records": {"key": "x"}})
     assert (reply.status, reply.details) == (422, {"records": "must be a list of key records"})
+
+
+def _nested_metadata(depth: int) -> dict[str, object]:
+    """Metadata that makes its record nest ``depth`` levels."""
+    inner: dict[str, object] = {}
+    for _ in range(depth - 2):
+        inner = {"a": inner}
+    return inner
+
+
+async def test_import_record_depth_as_files_have_it(api: AdminApi) -> None:
+    """A record nesting 62 levels is imported, as from a file; one level more is
+    refused, as from a file (docs/reference.md#imported-keys)."""
+    ok = {"key": "deep-enough-key-0001", "metadata": _nested_metadata(62)}
+    reply = await api.post("/keys/import", api.admin, {"records": [ok], "dry_run": True})
+    assert (reply.status, reply.json["imported"]) == (200, 1), reply.raw
+    deeper = {"key": "too-deep-key-000001", "metadata": _nested_metadata(63)}
+    reply = await api.post("/keys/import", api.admin, {"records": [deeper]})
+    assert (reply.status, reply.code) == (400, "bad_request")
+    # The same records in a file: the same verdicts.
+    assert read(orjson.dumps(ok), "json").problems == []
+    assert [p.reason for p in read(orjson.dumps(deeper), "json").problems] == [
+        "a key record nests deeper than 62 levels"
+    ]
+
+
+async def test_import_source_is_keygates_not_the_records(api: AdminApi) -> None:
+    record = {"key": "provenance-key-0001", "metadata": {"imported_from": "evil", "crm": 1}}
+    reply = await api.post("/keys/import", api.admin, {"records": [record], "source": "crm"})
+    assert reply.status == 200, reply.raw
+    keys = (await api.get("/keys", api.admin, params={"search": "key-"})).json["items"]
+    (key,) = [k for k in keys if k["display"] == "…0001" and k["metadata"].get("crm") == 1]
+    assert key["metadata"] == {"imported_from": "crm", "crm": 1}
+
+
+async def test_import_non_admin_refused_before_the_body_is_read(
+    api: AdminApi, alice: Member
+) -> None:
+    # Neither valid JSON nor a valid gzip stream: refused as not an admin, unread.
+    for headers, data in [
+        ({"Content-Type": "application/json"}, b"{not json"),
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"\x1f\x8bjunk"),
+        ({"Content-Type": "text/plain"}, b"records"),
+    ]:
+        reply = await api.call("POST", "/keys/import", alice.token, headers=headers, data=data)
+        assert (reply.status, reply.code) == (403, "forbidden"), reply.raw

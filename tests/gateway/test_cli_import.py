@@ -75,6 +75,50 @@ def test_cli_import_invalid_lines_exit_1_with_reasons(cli: Run, tmp_path: Path) 
     assert [k["name"] for k in listed["items"]] == ["admin"]
 
 
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# The attack review's files (F4, F7, I7): each refused with its reasons, never a traceback.
+HOSTILE = [
+    ("json", _nested(100_000), ["  line 1: not valid: nests deeper than 62 levels"]),
+    ("json", '{"key": "deep-metadata-key-01", "metadata": {"a": ' + _nested(5000) + "}}\n",
+     ["  line 1: not valid: nests deeper than 62 levels"]),
+    # Deeper than a request's body may nest is refused from a file too.
+    ("json", '{"key": "deep-metadata-key-02", "metadata": {"a": ' + _nested(100) + "}}\n",
+     ["  line 1: a key record nests deeper than 62 levels"]),
+    ("kong", '{"data": [{"key": "kong-deep-tags-0001", "tags": ' + _nested(3000) + "}]}",
+     ["  file: not valid: nests deeper than 62 levels"]),
+    ("kong", '{"data": [{"key": "kong-deep-tags-0002", "tags": ' + _nested(100) + "}]}",
+     ["  line 1 (credential 1): a credential nests deeper than 62 levels"]),
+    ("kong", '{"data":[{"key":"KongTtlKey000003","ttl":300000000000}]}',
+     ["  line 1 (credential 1): ttl must be at most 3153600000 seconds (100 years)"]),
+    ("kong", '{"data":[{"key":"KongTtlKey000004","ttl":99999999999999999999}]}',
+     ["  line 1 (credential 1): ttl must be at most 3153600000 seconds (100 years)"]),
+    ("kong", '{"data":[{"key":null},{"nokey":1},"str"]}', [
+        "  line 1 (credential 1): no key",
+        "  line 1 (credential 2): no key",
+        "  line 1 (credential 3): a credential must be a JSON object",
+    ]),
+    ("kong", '{"data":[{"key":"kong-twice-key-0001"},{"key":"kong-twice-key-0001"}]}',
+     ["  line 1 (credential 2): the same key as line 1 (credential 1)"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "text", "reasons"), HOSTILE)
+def test_cli_import_hostile_files_named_not_crashed(
+    cli: Run, tmp_path: Path, fmt: str, text: str, reasons: list[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    proc = cli("keys", "import", str(bad), "--format", fmt, "--owner", "admin", "--dry-run")
+    assert proc.returncode == 1
+    first, *listed = proc.stderr.splitlines()
+    n = len(reasons)
+    assert first.startswith(f"error: invalid: Nothing imported: {n} invalid line"), first
+    assert listed == reasons
+
+
 def test_cli_import_dry_run_and_limits_report(cli: Run, tmp_path: Path) -> None:
     many = tmp_path / "many.jsonl"
     many.write_text("".join(f'{{"key": "dry-run-key-{i:08d}"}}\n' for i in range(12)))

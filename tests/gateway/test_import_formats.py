@@ -140,6 +140,11 @@ def test_kong_pages_saved_in_an_array() -> None:
         (b'{"data": []}', "the file holds no keys"),
         (b'{"data": [{"key": "kong-key-0001-abcdef", "ttl": "soon"}]}',
          "ttl must be a number of seconds or null"),
+        (b'{"data": [{"key": "kong-key-0001-abcdef", "ttl": 3153600001}]}',
+         "ttl must be at most 3153600000 seconds (100 years)"),
+        (b'{"data": [{"key": "kong-key-0001-abcdef", "ttl": 99999999999999999999}]}',
+         "ttl must be at most 3153600000 seconds (100 years)"),
+        (b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid: nests deeper than 62 levels"),
     ],
 )  # fmt: skip
 def test_kong_damaged(raw: bytes, reason: str) -> None:

@@ -112,7 +112,9 @@ def judge(
         description
     ):
         return "description must be at most 1000 characters without control characters"
-    metadata = {"imported_from": defaults.source, **entry.metadata}
+    # The source is keygate's record of where the key came from: a record's
+    # own ``imported_from`` does not replace it.
+    metadata = {**entry.metadata, "imported_from": defaults.source}
     problem = v.metadata_problem(metadata)
     if problem is not None:
         return f"metadata {problem}"

@@ -8,6 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from keygate.gateway.service.validation import MAX_DEPTH
+
+# How deep one record (a file's line, a request's record) may nest: the admin
+# API's body limit less the two levels around a record there
+# (``{"records": [record]}``), so a file and a request accept the same records.
+RECORD_DEPTH = MAX_DEPTH - 2
+TOO_DEEP = f"nests deeper than {RECORD_DEPTH} levels"
+
 
 @dataclass(slots=True)
 class Entry:
@@ -21,15 +29,24 @@ class Entry:
     expires_at: Any = None  # RFC 3339 text, or a datetime a reader computed
     description: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Which record of its line, where a line may hold several (a Kong listing
+    # on one line): "credential 2".
+    item: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
     line: int  # 0: the file as a whole
     reason: str
+    item: str | None = None  # Entry.item
 
     def as_json(self) -> dict[str, Any]:
         return {"line": self.line, "reason": self.reason}
+
+    def place(self) -> str:
+        """Where in a file: its line, and the record of that line if named."""
+        at = f"line {self.line}" if self.line else "file"
+        return f"{at} ({self.item})" if self.item else at
 
 
 @dataclass(slots=True)
@@ -37,8 +54,8 @@ class Read:
     entries: list[Entry] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
-    def problem(self, line: int, reason: str) -> None:
-        self.problems.append(Problem(line, reason))
+    def problem(self, line: int, reason: str, item: str | None = None) -> None:
+        self.problems.append(Problem(line, reason, item))
 
 
 class Lines:

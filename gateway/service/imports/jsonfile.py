@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from keygate.gateway.service.imports.entries import Entry, Lines, Read, decode
+from keygate.gateway.service.imports.entries import (
+    RECORD_DEPTH,
+    TOO_DEEP,
+    Entry,
+    Lines,
+    Read,
+    decode,
+)
+from keygate.gateway.service.validation import too_deep
 
 FIELDS = ("key", "name", "owner", "groups", "expires_at", "description", "metadata")
 _DECODER = json.JSONDecoder()
@@ -32,6 +40,9 @@ def read(data: bytes) -> Read:
             except ValueError as exc:
                 out.problem(number, f"not valid JSON ({_why(exc)})")
                 continue
+            except RecursionError:  # far deeper than any record may nest
+                out.problem(number, f"not valid: {TOO_DEEP}")
+                continue
             entry(value, number, out)
     return out
 
@@ -48,6 +59,9 @@ def _array(text: str, out: Read) -> None:
             value, end = _DECODER.raw_decode(text, at)
         except ValueError as exc:
             out.problem(lines.at(at), f"not valid JSON ({_why(exc)}; truncated?)")
+            return
+        except RecursionError:  # where such an element ends is not known: stop here
+            out.problem(lines.at(at), f"not valid: {TOO_DEEP}")
             return
         entry(value, lines.at(at), out)
         at = _skip(text, end)
@@ -77,6 +91,9 @@ def entry(value: Any, line: int, out: Read, *, label: str = "a key record") -> N
     """An entry from one JSON object, or the reason it is not one."""
     if not isinstance(value, dict):
         out.problem(line, f"{label} must be a JSON object")
+        return
+    if too_deep(value, RECORD_DEPTH):
+        out.problem(line, f"{label} {TOO_DEEP}")
         return
     unknown = [k for k in value if k not in FIELDS]
     if unknown:

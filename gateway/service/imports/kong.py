@@ -17,7 +17,18 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from keygate.gateway.service.imports.entries import Entry, Lines, Read, decode
+from keygate.gateway.service.imports.entries import (
+    RECORD_DEPTH,
+    TOO_DEEP,
+    Entry,
+    Lines,
+    Read,
+    decode,
+)
+from keygate.gateway.service.validation import MAX_EXPIRY, too_deep
+
+# A longer ttl is refused, as an expiry more than 100 years away is.
+MAX_TTL = int(MAX_EXPIRY.total_seconds())
 
 
 def read(data: bytes, now: datetime | None = None) -> Read:
@@ -31,17 +42,22 @@ def read(data: bytes, now: datetime | None = None) -> Read:
         line = getattr(exc, "lineno", 0)
         out.problem(line, "not valid JSON (truncated?)")
         return out
+    except RecursionError:  # far deeper than any credential may nest
+        out.problem(0, f"not valid: {TOO_DEEP}")
+        return out
     pages = doc if isinstance(doc, list) else [doc]
     lines = Lines(text)
     at = 0
     when = now or datetime.now(UTC)
+    number = 0
     for page in pages:
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             out.problem(0, "not a Kong key-auth listing (an object with a 'data' list)")
             return out
         for credential in page["data"]:
             at, line = _line_of(text, lines, credential, at)
-            _credential(credential, line, when, out)
+            number += 1
+            _credential(credential, line, f"credential {number}", when, out)
     return out
 
 
@@ -57,9 +73,12 @@ def _line_of(text: str, lines: Lines, credential: Any, at: int) -> tuple[int, in
     return at, lines.at(at)
 
 
-def _credential(credential: Any, line: int, now: datetime, out: Read) -> None:
+def _credential(credential: Any, line: int, item: str, now: datetime, out: Read) -> None:
     if not isinstance(credential, dict):
-        out.problem(line, "a credential must be a JSON object")
+        out.problem(line, "a credential must be a JSON object", item)
+        return
+    if too_deep(credential, RECORD_DEPTH):
+        out.problem(line, f"a credential {TOO_DEEP}", item)
         return
     consumer = credential.get("consumer")
     consumer = consumer if isinstance(consumer, dict) else {}
@@ -67,9 +86,12 @@ def _credential(credential: Any, line: int, now: datetime, out: Read) -> None:
     ttl = credential.get("ttl")
     expires: Any = None
     if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
+        if ttl > MAX_TTL:
+            out.problem(line, f"ttl must be at most {MAX_TTL} seconds (100 years)", item)
+            return
         expires = now + timedelta(seconds=ttl)
     elif ttl not in (None, 0):
-        out.problem(line, "ttl must be a number of seconds or null")
+        out.problem(line, "ttl must be a number of seconds or null", item)
         return
     kong = {
         "id": credential.get("id"),
@@ -83,5 +105,6 @@ def _credential(credential: Any, line: int, now: datetime, out: Read) -> None:
             name=name if isinstance(name, str) else None,
             expires_at=expires,
             metadata={"kong": kong},
+            item=item,
         )
     )

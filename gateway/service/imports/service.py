@@ -122,7 +122,7 @@ class ImportService:
         if not entries and not problems:
             problems = [Problem(0, "the file holds no keys")]
         valid = await self._judge(entries, defaults, report, where)
-        report.invalid = sorted([*problems, *report.invalid], key=lambda p: p.line)
+        report.invalid = sorted([*problems, *report.invalid], key=_in_file_order)
         if report.invalid:
             return report
         if dry_run:
@@ -154,18 +154,20 @@ class ImportService:
             users[username] = await store.get_user(username)
         now = utcnow()
         prefix = self.ctx.auth.key_prefix
-        seen: dict[bytes, int] = {}
+        # By entry, not line: one line may hold several (a Kong listing).
+        seen: dict[bytes, Entry] = {}
         valid: list[tuple[Valid, bytes]] = []
         for entry in entries:
             judged = judge(entry, defaults, users, groups, prefix, now)
             if isinstance(judged, str):
-                report.invalid.append(Problem(entry.line, judged))
+                report.invalid.append(Problem(entry.line, judged, entry.item))
                 continue
             digest = keyformat.digest(judged.token)
-            first = seen.setdefault(digest, entry.line)
-            if first != entry.line:
+            first = seen.setdefault(digest, entry)
+            if first is not entry:
+                earlier = where.format(first.line) + (f" ({first.item})" if first.item else "")
                 report.invalid.append(
-                    Problem(entry.line, f"the same key as {where.format(first)}")
+                    Problem(entry.line, f"the same key as {earlier}", entry.item)
                 )
                 continue
             valid.append((judged, digest))
@@ -242,6 +244,12 @@ class ImportService:
             if count > limit:
                 report.over_limit.append((user.username, count, limit))
         report.over_limit.sort()
+
+
+def _in_file_order(problem: Problem) -> tuple[int, int, str]:
+    # By line, then by the record of the line: "credential 9" before "credential 10".
+    item = problem.item or ""
+    return problem.line, len(item), item
 
 
 def _batches(valid: list[tuple[Valid, bytes]]) -> list[list[tuple[Valid, bytes]]]:
