@@ -136,6 +136,8 @@ def register(tree: Tree, keys: argparse._SubParsersAction) -> None:
         "write every key record (never a token or digest) as CSV or JSON",
         handler=export_keys,
         epilog="examples:\n  keygate keys export --format csv > keys.csv\n"
-        "  keygate keys export --format json > keys.json\n",
+        "  keygate keys export --format json > keys.json\n\n"
+        "In CSV, a cell starting with =, +, -, @, a tab or a carriage return is\n"
+        "written with a ' before it: spreadsheets show it as text, not a formula.\n",
     )
     p.add_argument("--format", choices=exports.FORMATS, default="json", help="default json")

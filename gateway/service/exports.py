@@ -55,9 +55,14 @@ async def rows(keys: KeyService, actor: Actor) -> AsyncIterator[dict[str, Any]]:
             return
 
 
+# A cell starting with one of these is read as a formula by spreadsheets
+# (OWASP, "CSV Injection"): a key's name or description is its owner's text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def as_csv(records: list[dict[str, Any]]) -> str:
     """One row per key; groups space-separated (as ``keys import`` reads them),
-    metadata as JSON text."""
+    metadata as JSON text; a cell that would start a formula starts with ``'``."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(FIELDS)
@@ -68,5 +73,11 @@ def as_csv(records: list[dict[str, Any]]) -> str:
             "metadata": orjson.dumps(r["metadata"]).decode(),
             "imported": "true" if r["imported"] else "false",
         }
-        writer.writerow(["" if cells[n] is None else cells[n] for n in FIELDS])
+        writer.writerow([spreadsheet_safe(cells[n]) for n in FIELDS])
     return out.getvalue()
+
+
+def spreadsheet_safe(value: Any) -> str:
+    """``value`` as a cell no spreadsheet evaluates: a leading ``'`` makes it text."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text

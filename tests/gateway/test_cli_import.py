@@ -3,7 +3,9 @@ subprocesses on a real SQLite file (docs/reference.md#imported-keys)."""
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import os
 import pty
 import struct
@@ -154,6 +156,55 @@ def test_cli_export_never_writes_a_token_or_digest(cli: Run) -> None:
     text = csv_out.stdout + orjson.dumps(as_json).decode()
     for secret in ("9f2c7e1a4b8d3f6a0c5e", "4d9e8b7a6c5f4e3d2c1b", "digest", "webhook"):
         assert secret not in text
+
+
+def test_cli_export_csv_neutralises_formulas_and_import_keeps_cells(
+    cli: Run, tmp_path: Path
+) -> None:
+    """Cells a spreadsheet would evaluate start with ' in the export (OWASP CSV
+    injection); the importer reads every cell exactly as written."""
+    sheet = tmp_path / "inject.csv"
+    sheet.write_text(
+        "key,name,description\n"
+        'InjectKey0000001,"=HYPERLINK(""http://x"")",=cmd|\'/c calc\'!A1\n'
+        "+InjectKey000002,@SUM(1),-1\n"
+        "InjectKey0000003,+1,\"\tTAB first\"\n"
+        "InjectKey0000004,'=quoted,'-already\n"
+    )
+    assert cli("keys", "import", str(sheet), "--format", "csv", "--owner", "admin",
+               "--group", "default").returncode == 0  # fmt: skip
+    by_name = {k["name"]: k for k in ok_json(cli, "keys", "export", "--format", "json")}
+    # Nothing un-escaped on the way in: a leading ' is part of the cell.
+    assert by_name["'=quoted"]["description"] == "'-already"
+    assert by_name["@SUM(1)"]["display"] == "…0002"
+    exported = cli("keys", "export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    cells = {(r["name"], r["description"]) for r in rows}
+    assert cells >= {
+        ("'=HYPERLINK(\"http://x\")", "'=cmd|'/c calc'!A1"),
+        ("'@SUM(1)", "'-1"),
+        ("'+1", "'\tTAB first"),
+        ("'=quoted", "'-already"),  # starts with ', not a formula: as it is
+    }
+    for r in rows:
+        for value in r.values():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), r
+
+
+def test_cli_import_csv_duplicate_column_refused(cli: Run, tmp_path: Path) -> None:
+    for header in ("key,key,name", "key,name,Name"):
+        sheet = tmp_path / "dup.csv"
+        sheet.write_text(f"{header}\nDupColumnKey0001,DupColumnKey0002,x\n")
+        proc = cli("keys", "import", str(sheet), "--format", "csv", "--owner", "admin")
+        assert proc.returncode == 1
+        twice = header.split(",")[1].lower()
+        assert proc.stderr.splitlines()[1:] == [
+            f"  line 1: the header names the column '{twice}' twice"
+        ]
+    # Blank header cells (a spreadsheet's unused columns) are not columns.
+    sheet.write_text("key,name,,\nBlankColumnsKey01,ok,,\n")
+    proc = cli("keys", "import", str(sheet), "--format", "csv", "--owner", "admin", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:

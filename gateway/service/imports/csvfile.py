@@ -3,7 +3,10 @@
 ``expires_at`` and ``description``; other columns are ignored (pure).
 
 What spreadsheets write is read: a UTF-8 BOM, quoted fields holding commas or
-line breaks, CRLF line ends, blank lines. A row with fewer fields than the
+line breaks, CRLF line ends, blank lines. A column named twice is refused.
+Cells are read exactly as written: a leading ``'`` (what ``keys export`` puts
+before a cell that would start a formula) is kept, since a key must match to
+the character what its clients send. A row with fewer fields than the
 header, or a quote left open at the end, is how a truncated file shows.
 """
 
@@ -34,6 +37,12 @@ def read(data: bytes) -> Read:
                 header = [cell.strip().lower() for cell in row]
                 if "key" not in header:
                     out.problem(first, "the header names no 'key' column")
+                    return out
+                named = [name for name in header if name]  # blank: an unused column
+                twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+                if twice is not None:
+                    # Which of the two holds the key (or the name) is anyone's guess.
+                    out.problem(first, f"the header names the column {twice[:40]!r} twice")
                     return out
                 continue
             if len(row) < len(header):
