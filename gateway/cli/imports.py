@@ -48,16 +48,16 @@ async def import_keys(args: argparse.Namespace, env: Env) -> Result:
             progress=bar.update,
         )
     if report.invalid:
-        # A refusal like any other: exit 1, each line and its reason on stderr;
-        # every problem listed (two of one place are joined), and counted.
+        # A refusal like any other: exit 1, each line and its reasons on stderr
+        # (two of one place joined), as many listed as counted.
         details: dict[str, str] = {}
         for p in report.invalid:
             place = p.place()
             details[place] = f"{details[place]}; {p.reason}" if place in details else p.reason
-        many = len(report.invalid) != 1
+        many = len(details) != 1
         raise Invalid(
             details,
-            f"Nothing imported: {len(report.invalid)} invalid line{'s' if many else ''} "
+            f"Nothing imported: {len(details)} invalid line{'s' if many else ''} "
             f"(of {report.total} keys read); fix {'them' if many else 'it'} and run again.",
         )
     return Result(report.as_json(), summary(report))

@@ -104,6 +104,12 @@ HOSTILE = [
     ]),
     ("kong", '{"data":[{"key":"kong-twice-key-0001"},{"key":"kong-twice-key-0001"}]}',
      ["  line 1 (credential 2): the same key as line 1 (credential 1)"]),
+    ("json", '[{"key":null},{"nokey":1},{"key":"json-twice-key-001"},{"key":"json-twice-key-001"}]',
+     ["  line 1 (record 1): no key", "  line 1 (record 2): unknown field 'nokey'",
+      "  line 1 (record 4): the same key as line 1 (record 3)"]),
+    # nginx reads entries, not lines: two on one line are listed together.
+    ("nginx-map", '"short1" a; "short2" b;\n',
+     ["  line 1: the key is shorter than 16 characters; the key is shorter than 16 characters"]),
 ]  # fmt: skip
 
 

@@ -54,7 +54,9 @@ def _array(text: str, out: Read) -> None:
     at = _skip(text, text.index("[") + 1)
     if text.startswith("]", at):
         return
+    number = 0
     while True:
+        number += 1  # an array may be one line: its records are numbered too
         try:
             value, end = _DECODER.raw_decode(text, at)
         except ValueError as exc:
@@ -63,7 +65,7 @@ def _array(text: str, out: Read) -> None:
         except RecursionError:  # where such an element ends is not known: stop here
             out.problem(lines.at(at), f"not valid: {TOO_DEEP}")
             return
-        entry(value, lines.at(at), out)
+        entry(value, lines.at(at), out, item=f"record {number}")
         at = _skip(text, end)
         if text.startswith(",", at):
             at = _skip(text, at + 1)
@@ -87,21 +89,23 @@ def _why(exc: ValueError) -> str:
     return str(msg or "invalid").split(":")[0]
 
 
-def entry(value: Any, line: int, out: Read, *, label: str = "a key record") -> None:
+def entry(
+    value: Any, line: int, out: Read, *, label: str = "a key record", item: str | None = None
+) -> None:
     """An entry from one JSON object, or the reason it is not one."""
     if not isinstance(value, dict):
-        out.problem(line, f"{label} must be a JSON object")
+        out.problem(line, f"{label} must be a JSON object", item)
         return
     if too_deep(value, RECORD_DEPTH):
-        out.problem(line, f"{label} {TOO_DEEP}")
+        out.problem(line, f"{label} {TOO_DEEP}", item)
         return
     unknown = [k for k in value if k not in FIELDS]
     if unknown:
-        out.problem(line, f"unknown field {str(unknown[0])[:40]!r}")
+        out.problem(line, f"unknown field {str(unknown[0])[:40]!r}", item)
         return
     metadata = value.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        out.problem(line, "metadata must be a JSON object")
+        out.problem(line, "metadata must be a JSON object", item)
         return
     out.entries.append(
         Entry(
@@ -113,5 +117,6 @@ def entry(value: Any, line: int, out: Read, *, label: str = "a key record") -> N
             expires_at=value.get("expires_at"),
             description=value.get("description"),
             metadata=dict(metadata or {}),
+            item=item,
         )
     )
