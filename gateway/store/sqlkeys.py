@@ -203,6 +203,9 @@ class KeySql(SqlBase):
         extra = () if prefix is None else (prefix, self.codec.put_flag(False))
 
         async def tx(conn: Conn) -> KeyRecord:
+            # After an import batch that checked this key's digest as held: else
+            # the batch could write the token being rolled away as a new key.
+            await self._lock_owner(conn, IMPORT_LOCK)
             row = await conn.fetchrow(
                 f"SELECT digest, status FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
             )
