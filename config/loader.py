@@ -30,6 +30,8 @@ from keygate.config.settings import (
     ServerSettings,
     Settings,
     StoreSettings,
+    WebhookEndpoint,
+    WebhookSettings,
 )
 
 ENV_PREFIX = "KEYGATE_"
@@ -38,6 +40,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "auth": AuthSettings,
     "ratelimit": RateLimitSettings,
+    "webhooks": WebhookSettings,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -87,11 +90,16 @@ def _build(
     if unknown:
         raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]")
     built: dict[str, Any] = {}
+    endpoints: tuple[WebhookEndpoint, ...] = ()
     for section, cls in SECTIONS.items():
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
+        if section == "webhooks":
+            values = dict(values)
+            endpoints = _endpoints(source, values.pop("endpoints", []))
         built[section] = _section(source, section, cls, values, env, overrides.get(section, {}))
+    built["webhooks"] = dataclasses.replace(built["webhooks"], endpoints=endpoints)
     routes = raw.get("routes", [])
     if not isinstance(routes, list):
         raise ConfigError(f"{source}: routes must be an array of tables ([[routes]])")
@@ -117,6 +125,7 @@ def _build(
         store=built["store"],
         auth=built["auth"],
         ratelimit=built["ratelimit"],
+        webhooks=built["webhooks"],
         routes=route_objs,
         source=source,
     )
@@ -186,6 +195,32 @@ def _route(source: str, index: int, raw: Any) -> Route:
     kwargs["prefix"] = normalise_prefix(source, where, kwargs["prefix"])
     kwargs["upstream"] = check_upstream(source, f"{where}.upstream", kwargs["upstream"])
     return Route(**kwargs)
+
+
+def _endpoints(source: str, raw: Any) -> tuple[WebhookEndpoint, ...]:
+    """[[webhooks.endpoints]]: each judged like a route; a secret is never echoed."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: webhooks.endpoints must be an array of tables")
+    fields = declared(WebhookEndpoint)
+    out = []
+    for index, table in enumerate(raw):
+        where = f"webhooks.endpoints[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where}: must be a table")
+        values: dict[str, Any] = {}
+        for name, value in table.items():
+            if name not in fields:
+                raise ConfigError(f"{source}: {where}.{name}: unknown setting")
+            values[name] = _typed(source, f"{where}.{name}", fields[name], value)
+        for name, f in fields.items():
+            if f.required and name not in values:
+                raise ConfigError(f"{source}: {where}.{name}: missing (required)")
+        kwargs = {n: _valid(source, f"{where}.{n}", fields[n], v) for n, v in values.items()}
+        out.append(WebhookEndpoint(**kwargs))
+    urls = [e.url for e in out]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{source}: webhooks.endpoints: the same url twice")
+    return tuple(out)
 
 
 def _typed(source: str, name: str, field: Declared, value: Any) -> Any:

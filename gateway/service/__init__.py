@@ -11,6 +11,7 @@ from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.service.groups import GroupService
 from keygate.gateway.service.keys import IssuedKey, KeyService
 from keygate.gateway.service.users import UserService
+from keygate.gateway.service.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class Services:
     groups: GroupService
     audit: AuditService
     avatars: AvatarService
+    webhooks: WebhookService
 
     @classmethod
     def build(cls, ctx: ServiceContext) -> Services:
@@ -30,6 +32,7 @@ class Services:
             GroupService(ctx),
             AuditService(ctx),
             AvatarService(ctx, keys),
+            WebhookService(ctx, keys),
         )
 
 

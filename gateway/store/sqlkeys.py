@@ -34,6 +34,7 @@ from keygate.gateway.store.rows import (
     placeholders,
 )
 from keygate.gateway.store.sqlbase import Conn, SqlBase
+from keygate.gateway.webhooks import events
 
 
 def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
@@ -51,6 +52,19 @@ def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
 
 
 class KeySql(SqlBase):
+    async def _new_webhook_url(
+        self, conn: Conn, key_id: str, url: str, secret: str | None
+    ) -> None:
+        """A URL set again is given another chance (a 410 stopped it), and the
+        key gets ``secret`` unless it has one already."""
+        await conn.execute("DELETE FROM webhook_gone WHERE url = $1", url)
+        if secret is not None:
+            await conn.execute(
+                "UPDATE keys SET webhook_secret = $2 WHERE id = $1 AND webhook_secret IS NULL",
+                key_id,
+                secret,
+            )
+
     # --- verification -------------------------------------------------------
     async def auth_lookup(self, digest: bytes) -> AuthRecord | None:
         # The current digest, else a rolled-away one still in its grace period.
@@ -81,7 +95,13 @@ class KeySql(SqlBase):
 
     # --- keys ---------------------------------------------------------------
     async def create_key(
-        self, key: KeyRecord, digest: bytes, *, max_keys: int, audit: AuditEntry
+        self,
+        key: KeyRecord,
+        digest: bytes,
+        *,
+        max_keys: int,
+        audit: AuditEntry,
+        webhook_secret: str | None = None,
     ) -> KeyRecord:
         async def tx(conn: Conn) -> KeyRecord:
             # Count and insert as one step for this owner, across processes and nodes.
@@ -98,8 +118,14 @@ class KeySql(SqlBase):
                     f"RETURNING {KEY_READ}",
                     *rows.key_values(key, digest, self.codec),
                 )
+            if webhook_secret is not None:
+                await conn.execute(
+                    "UPDATE keys SET webhook_secret = $2 WHERE id = $1", key.id, webhook_secret
+                )
+            created = rows.key_from_row(row, self.codec)
+            await self._key_event(conn, events.CREATED, created, audit)
             await self._finish(conn, audit, [("key-created", key.id)])
-            return rows.key_from_row(row, self.codec)
+            return created
 
         return await self._tx(tx)
 
@@ -127,6 +153,7 @@ class KeySql(SqlBase):
         *,
         audit: AuditEntry,
         check: KeyCheck | None = None,
+        webhook_secret: str | None = None,
     ) -> KeyRecord:
         writable(fields, KEY_WRITABLE)
 
@@ -148,8 +175,15 @@ class KeySql(SqlBase):
                 row = await self._update(conn, "keys", "id = $1", (key_id,), writes)
             if writes.get("status") == "revoked":
                 await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
+            updated = rows.key_from_row(row, self.codec)
+            if updated.webhook_url is not None and "webhook_url" in writes:
+                await self._new_webhook_url(conn, key_id, updated.webhook_url, webhook_secret)
+            event = events.for_status(current.status, updated.status)
+            if event is None and set(writes) != {"status"}:
+                event = events.UPDATED
+            await self._key_event(conn, event, updated, audit)
             await self._finish(conn, audit, [("key", key_id)])
-            return rows.key_from_row(row, self.codec)
+            return updated
 
         return await self._tx(tx)
 
@@ -189,16 +223,31 @@ class KeySql(SqlBase):
                     self.codec.put_time(now),
                     key_id,
                 )
+            key = rows.key_from_row(rolled, self.codec)
+            await self._key_event(conn, events.ROLLED, key, audit)
             await self._finish(conn, audit, [("key", key_id)])
-            return rows.key_from_row(rolled, self.codec)
+            return key
 
         return await self._tx(tx)
 
     async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
         async def tx(conn: Conn) -> None:
-            deleted = await conn.fetchval("DELETE FROM keys WHERE id = $1 RETURNING id", key_id)
-            if deleted is None:
+            row = await conn.fetchrow(
+                f"SELECT {KEY_READ}, webhook_secret, webhook_secret_prev, "
+                f"webhook_secret_prev_until FROM keys WHERE id = $1{self.FOR_UPDATE}",
+                key_id,
+            )
+            if row is None:
                 raise NotFound("No such key.")
+            n = len(row)
+            # The key's row goes: its event keeps what signs it (docs/webhooks.md).
+            signing = [row[n - 3]] if row[n - 3] else []
+            until = self.codec.time(row[n - 1])
+            if row[n - 2] and until is not None and until > utcnow():
+                signing.append(row[n - 2])
+            gone = rows.key_from_row(tuple(row)[: n - 3], self.codec)
+            await self._key_event(conn, events.DELETED, gone, audit, secrets=signing)
+            await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
             # The foreign key cascades too; said here so no store setting decides it.
             await conn.execute("DELETE FROM key_avatars WHERE key_id = $1", key_id)
             await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from keygate.gateway.store.sqlavatars import AvatarSql
 from keygate.gateway.store.sqlgroups import GroupSql
+from keygate.gateway.store.sqlhooks import HookSql
 from keygate.gateway.store.sqlkeys import KeySql
 from keygate.gateway.store.sqlusers import UserSql
 
 
-class SqlStore(KeySql, AvatarSql, UserSql, GroupSql):
+class SqlStore(KeySql, AvatarSql, UserSql, GroupSql, HookSql):
     """A ``Store`` on SQL tables; a subclass adds connections and its dialect
     (the abstract parts of ``SqlBase``)."""
