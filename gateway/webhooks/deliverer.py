@@ -48,7 +48,8 @@ LEASE_TTL = 10.0  # seconds; renewed every pass, so a dead holder is replaced th
 CLAIM_MARGIN = 5.0  # seconds past the timeout a claim outlives its attempt
 MAX_IN_FLIGHT = 32
 CLAIM_BATCH = 32
-EXPIRY_EVERY = 30.0  # seconds between two looks for keys about to expire
+# Polls between two looks for keys about to expire (30 s at the default poll).
+EXPIRY_EVERY = 30
 USER_AGENT = f"keygate-webhooks/{__version__}"
 
 
@@ -64,13 +65,12 @@ class Deliverer:
         settings: WebhookSettings,
         *,
         resolver: AbstractResolver | None = None,
-        expiry_every: float = EXPIRY_EVERY,
     ) -> None:
         self.store = store
         self.settings = settings
         self.holder = holder_id()
         self._resolver = resolver
-        self._expiry_every = expiry_every
+        self._expiry_every = EXPIRY_EVERY * settings.poll_interval
         self._last_expiry = float("-inf")
         self._bell = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
