@@ -282,6 +282,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ok=202,
         response="WebhookTest",
         not_found=True,
+        conflicts=("no_webhook_url",),
     ),
     _key(
         "POST",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from keygate.gateway.errors import Invalid
+from keygate.gateway.service import conflicts
 from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
@@ -59,7 +59,7 @@ class WebhookService:
         """A ``key.test`` event to the key's webhook_url; its webhook-id."""
         key = await self.keys.get(actor, key_id)
         if key.webhook_url is None:
-            raise Invalid({"webhook_url": "the key has no webhook_url to send a test to"})
+            raise conflicts.no_webhook_url()
         msg_id = await self.ctx.store.add_event(
             key_id, events.TEST, {"user": actor.username, "key_id": actor.key_id}
         )
