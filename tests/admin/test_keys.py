@@ -109,9 +109,10 @@ async def test_update_admin_field_is_written(
     assert reply.status == 200, reply.raw
     assert {k: reply.json[k] for k in expect} == expect
     # The first webhook_url brings the key's signing secret, shown in this answer only.
-    secret = reply.json.pop("webhook_secret", None)
+    answered = reply.json
+    secret = answered.pop("webhook_secret", None)
     assert (secret is not None) == ("webhook_url" in change)
-    assert (await api.get(f"/keys/{key['id']}", api.admin)).json == reply.json
+    assert (await api.get(f"/keys/{key['id']}", api.admin)).json == answered
 
 
 async def test_update_disable_then_enable_restores_proxy_access(api: AdminApi) -> None:
