@@ -74,10 +74,15 @@ async def hooks_factory(
 ) -> HookFactory:
     """``factory(**webhook settings)``: a keygate with these webhook settings over FAST."""
 
-    async def factory(**webhooks: Any) -> Keygate:
-        settings = make_settings(tmp_path, default_route(upstream.url), store_url)
+    async def factory(
+        *, url: str | None = None, admin_token: str | None = None, **webhooks: Any
+    ) -> Keygate:
+        """``url``: another store than the test's; ``admin_token``: its admin exists."""
+        settings = make_settings(tmp_path, default_route(upstream.url), url or store_url)
         settings = dataclasses.replace(settings, webhooks=WebhookSettings(**{**FAST, **webhooks}))
-        return await start_keygate(settings, aiohttp_client, resolver=resolver)
+        return await start_keygate(
+            settings, aiohttp_client, resolver=resolver, admin_token=admin_token
+        )
 
     return factory
 
