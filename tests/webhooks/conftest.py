@@ -55,6 +55,7 @@ HookFactory = Callable[..., Awaitable[Keygate]]
 async def receiver() -> AsyncIterator[Receiver]:
     r = await start_receiver()
     yield r
+    r.release.set()
     assert r.server is not None
     await r.server.close()
 

@@ -4,7 +4,8 @@ delivery and answers as its path says.
 ``/ok`` 200; ``/fail/N`` 500 for the first N deliveries of each webhook-id,
 then 200; ``/redirect`` 302 to ``/ok``; ``/gone`` 410; ``/busy`` 429 with
 ``Retry-After: 2`` once per webhook-id, then 200; ``/hang`` never answers;
-``/big`` 500 with a 5000-byte body.
+``/big`` 500 with a 5000-byte body; ``/hang1`` holds the first delivery of
+each webhook-id until ``release`` is set, then answers 200.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Receiver:
     server: TestServer | None = None
     got: list[Delivery] = field(default_factory=list)
     seen: Counter[tuple[str, str]] = field(default_factory=Counter)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str) -> str:
         assert self.server is not None
@@ -71,6 +73,8 @@ class Receiver:
             return web.Response(status=200)
         if path == "/hang":
             await asyncio.sleep(3600)
+        if path == "/hang1" and count == 1:
+            await self.release.wait()
         if path == "/big":
             return web.Response(status=500, body=b"x" * 5000)
         return web.Response(status=200, text="thanks")
