@@ -38,7 +38,7 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
         Scenario(f"valid-c{conns}", f"valid cached key, {conns} connections",
                  (Load("static", t.valid, conns),),
                  (*PROXIES, "hello", "keygate", "keygate-nolog", "keygate-nofast",
-                  "keygate-w2", "keygate-limited", "keygate-redis")),
+                  "keygate-w2", "keygate-limited", "keygate-redis", "keygate-webhooks")),
         Scenario("bad-checksum", "flood: one token with a wrong checksum",
                  (Load("static", t.bad_checksum, conns),), (*CHECKERS, "hello", "keygate")),
         Scenario("flood-random-id", "flood: valid checksums, random key ids (store misses)",

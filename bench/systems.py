@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keygate.gateway.http.tls import CIPHERS
+from keygate.gateway.webhooks.signing import new_secret
 
 from . import nginx, seed
 from .procs import Proc, free_port, spawn, wait_http
@@ -35,6 +36,8 @@ DESCRIPTIONS = {
     "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
     "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend "
     "(its own redis-server on the load core)",
+    "keygate-webhooks": "keygate, 1 worker, every key with a webhook_url and an operator "
+    "endpoint for key.* (the deliverer running)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
     "nginx-tls": "nginx terminating TLS, proxy_pass, upstream keep-alive, 1 worker",
     "keygate-tls": "keygate, 1 worker, TLS on the listener (the edge over TLS)",
@@ -134,12 +137,20 @@ def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> 
         if name == "keygate-redis"
         else ""
     )
+    hooks = (
+        "[webhooks]\nallow_http = true\nallow_private = true\n"
+        "[[webhooks.endpoints]]\n"
+        f'url = "http://127.0.0.1:{lay.origin_port}/ops"\n'
+        f'secret = "{new_secret()}"\nevents = ["key.*"]\n\n'
+        if name == "keygate-webhooks"
+        else ""
+    )
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
         f"access_log = {access_log}\n{no_edge}{tls}\n"
         f'[store]\nurl = "sqlite:///{db}"\n\n'
         "[auth]\ncache_size = 100000\n\n"
-        f"{redis}"
+        f"{redis}{hooks}"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
         f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
     )
@@ -177,6 +188,8 @@ def start(name: str, lay: Layout) -> System:
             db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")  # each its own store
             if name in ("keygate-limited", "keygate-redis"):
                 seed.generous_limit(db)
+            if name == "keygate-webhooks":
+                seed.webhooks_everywhere(db, f"http://127.0.0.1:{lay.origin_port}/hook")
         conf = _keygate_conf(lay, name, port, db, workers)
         # Two workers on a 2-core machine: give them both cores (shared with wrk).
         both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())
