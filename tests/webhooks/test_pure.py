@@ -55,7 +55,7 @@ def test_config_bad_endpoint_is_refused_without_echoing_the_secret(
 def test_config_retry_schedule_from_the_environment() -> None:
     hooks = load_settings(None, {"KEYGATE_WEBHOOKS_RETRY_SCHEDULE": "0.5, 2"}).webhooks
     assert hooks.retry_schedule == (0.5, 2.0)
-    with pytest.raises(ConfigError, match="webhooks.retry_schedule"):
+    with pytest.raises(ConfigError, match=r"webhooks\.retry_schedule"):
         load_settings(None, {"KEYGATE_WEBHOOKS_RETRY_SCHEDULE": "-1"})
 
 
