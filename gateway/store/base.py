@@ -203,6 +203,9 @@ class Store(abc.ABC):
     async def release_lease(self, name: str, holder: str) -> None: ...
 
     @abc.abstractmethod
+    async def webhook_work(self, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
     async def fan_out(self, fan: Callable[[str, str | None], list[Target]]) -> int: ...
 
     @abc.abstractmethod

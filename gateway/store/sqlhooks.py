@@ -187,6 +187,19 @@ class HookSql(SqlBase):
             )
         )
 
+    async def webhook_work(self, now: datetime) -> bool:
+        """Whether an event waits to be fanned out or a delivery is due: one
+        read, so an idle deliverer takes no write lock."""
+        at = self.codec.put_time(now)
+        found = await self._fetchval(
+            "SELECT EXISTS (SELECT 1 FROM webhook_events WHERE fanned = $1) "
+            "OR EXISTS (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' "
+            "AND next_attempt_at <= $2 AND (claimed_until IS NULL OR claimed_until < $2))",
+            self.codec.put_flag(False),
+            at,
+        )
+        return bool(found)
+
     async def fan_out(self, fan: Fan) -> int:
         """New events into deliveries, one per receiver ``fan`` names; how many events."""
 

@@ -78,6 +78,8 @@ class Deliverer:
         self._session: aiohttp.ClientSession | None = None
         self._endpoint_secrets = {e.url: e.secret for e in settings.endpoints}
         self._failing = False
+        self._renew_at = float("-inf")
+        self._bell_rang = True
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -109,6 +111,7 @@ class Deliverer:
 
     def ring(self) -> None:
         """Something was written: look now rather than at the next poll."""
+        self._bell_rang = True
         self._bell.set()
 
     # --- the loop --------------------------------------------------------------------
@@ -121,6 +124,7 @@ class Deliverer:
                     log.info("webhook deliveries resumed")
                     self._failing = False
             except (KeygateError, OSError) as exc:
+                self._renew_at = float("-inf")
                 if not self._failing:
                     log.warning("webhook deliveries paused: %s", type(exc).__name__)
                     self._failing = True
@@ -136,13 +140,20 @@ class Deliverer:
     async def tick(self) -> bool:
         """One pass; whether it found work (then the next pass comes at once)."""
         store = self.store
-        if store.ONE_DELIVERER and not await store.take_lease(LEASE, self.holder, LEASE_TTL):
-            return False
-        busy = False
         clock = time.monotonic()
+        if store.ONE_DELIVERER and clock >= self._renew_at:
+            if not await store.take_lease(LEASE, self.holder, LEASE_TTL):
+                return False
+            # Renewed well before it ends; a holder that died is replaced
+            # LEASE_TTL after its last renewal.
+            self._renew_at = clock + LEASE_TTL / 3
+        busy = False
         if clock - self._last_expiry >= self._expiry_every:
             self._last_expiry = clock
             busy = await store.expiry_notices(utcnow()) > 0
+        if not busy and not self._bell_rang and not await store.webhook_work(utcnow()):
+            return False  # idle: one read, no write lock taken
+        self._bell_rang = False
         busy = await store.fan_out(self._fan) > 0 or busy
         room = MAX_IN_FLIGHT - len(self._in_flight)
         if room <= 0:
