@@ -100,7 +100,10 @@ class HookSql(SqlBase):
         """An event about the key as it stands (a test ping); its webhook-id."""
 
         async def tx(conn: Conn) -> str:
-            row = await conn.fetchrow(f"SELECT {KEY_READ} FROM keys WHERE id = $1", key_id)
+            # Locked as read, like every key write: the key's events stay in order.
+            row = await conn.fetchrow(
+                f"SELECT {KEY_READ} FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
+            )
             if row is None:
                 raise NotFound("No such key.")
             return await self._append(conn, event, rows.key_from_row(row, self.codec), actor)
@@ -219,11 +222,14 @@ class HookSql(SqlBase):
                 for target in fan(event, url):
                     if target.url not in gone:
                         await self._insert_delivery(conn, _delivery_id(), seq, key_id, target)
+            # By seq, each one read: an event with a lower seq may commit only
+            # now (another key's), and is fanned out by the next pass.
+            seqs = [row[0] for row in found]
             await conn.execute(
-                "UPDATE webhook_events SET fanned = $1 WHERE seq <= $2 AND fanned = $3",
+                "UPDATE webhook_events SET fanned = $1 WHERE seq IN "
+                f"({', '.join(f'${n}' for n in range(2, len(seqs) + 2))})",
                 self.codec.put_flag(True),
-                found[-1][0],
-                self.codec.put_flag(False),
+                *seqs,
             )
             return len(found)
 
@@ -338,7 +344,7 @@ class HookSql(SqlBase):
             found = await conn.fetch(
                 f"SELECT {KEY_READ} FROM keys WHERE status = 'active' "
                 "AND expires_at IS NOT NULL AND expires_at <= $1 AND expires_at > $2 "
-                "ORDER BY expires_at LIMIT $3",
+                f"ORDER BY expires_at LIMIT $3{self.FOR_UPDATE}",
                 self.codec.put_time(now + EXPIRING),
                 self.codec.put_time(now - EXPIRED_LOOKBACK),
                 EXPIRY_BATCH,
@@ -392,7 +398,9 @@ class HookSql(SqlBase):
                 )
             if due is None:
                 return False
-            row = await conn.fetchrow(f"SELECT {KEY_READ} FROM keys WHERE id = $1", key_id)
+            row = await conn.fetchrow(
+                f"SELECT {KEY_READ} FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
+            )
             if row is None:
                 return False
             await self._append(conn, event, rows.key_from_row(row, self.codec), None, at=now)
