@@ -274,7 +274,9 @@ async def test_postgres_store_from_newer_keygate_refused(pg_url: str) -> None:
         await conn.close()
     with pytest.raises(StoreTooNew) as err:
         await PostgresStore(pg_url, pool_size=1).open()
-    assert err.value.message.startswith("store schema 42 is newer than this keygate (2)")
+    assert err.value.message.startswith(
+        f"store schema 42 is newer than this keygate ({PG_SCHEMA.newest})"
+    )
 
 
 async def test_postgres_disk_full_is_insufficient_storage_logged_once(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from keygate.gateway.errors import StoreTooNew, StoreUnavailable
+from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
 from keygate.gateway.store.sqlite.store import SQLiteStore
 from tests.support.processes import keygate_env
 from tests.support.raw import free_port
@@ -155,7 +156,8 @@ def test_startup_store_schema_from_newer_keygate_refused(
     conn.close()
     result, _ = _run(tmp_path, db, command)
     line = _one_line(result)
-    assert "store schema 99 is newer than this keygate (2)" in line, line
+    newest = SQLITE_SCHEMA.newest
+    assert f"store schema 99 is newer than this keygate ({newest})" in line, line
 
 
 # --- nothing left behind ------------------------------------------------------------
