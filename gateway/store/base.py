@@ -206,6 +206,9 @@ class Store(abc.ABC):
     async def webhook_work(self, now: datetime) -> bool: ...
 
     @abc.abstractmethod
+    async def prune_webhooks(self, before: datetime) -> int: ...
+
+    @abc.abstractmethod
     async def fan_out(self, fan: Callable[[str, str | None], list[Target]]) -> int: ...
 
     @abc.abstractmethod

@@ -190,6 +190,26 @@ class HookSql(SqlBase):
             )
         )
 
+    async def prune_webhooks(self, before: datetime) -> int:
+        """Forget deliveries that ended before ``before``, and events with no
+        delivery left (their fan-out done); how many events went."""
+        at = self.codec.put_time(before)
+
+        async def tx(conn: Conn) -> int:
+            await conn.execute(
+                "DELETE FROM webhook_deliveries WHERE status != 'pending' AND updated_at < $1", at
+            )
+            gone = await conn.fetch(
+                "DELETE FROM webhook_events WHERE fanned = $1 AND created_at < $2 AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = webhook_events.seq) "
+                "RETURNING seq",
+                self.codec.put_flag(True),
+                at,
+            )
+            return len(gone)
+
+        return await self._tx(tx)
+
     async def webhook_work(self, now: datetime) -> bool:
         """Whether an event waits to be fanned out or a delivery is due: one
         read, so an idle deliverer takes no write lock."""

@@ -51,6 +51,10 @@ CLAIM_BATCH = 32
 # Polls between two looks for keys about to expire (30 s at the default poll).
 EXPIRY_EVERY = 30
 USER_AGENT = f"keygate-webhooks/{__version__}"
+# Ended deliveries (and events with none left) are kept this long for the
+# deliveries list, then pruned, once an hour (docs/webhooks.md#delivery).
+RETENTION = timedelta(days=30)
+PRUNE_EVERY = 3600.0  # seconds
 
 
 def holder_id() -> str:
@@ -79,6 +83,7 @@ class Deliverer:
         self._endpoint_secrets = {e.url: e.secret for e in settings.endpoints}
         self._failing = False
         self._renew_at = float("-inf")
+        self._prune_at = float("-inf")
         self._bell_rang = True
 
     # --- lifecycle -----------------------------------------------------------------
@@ -148,6 +153,9 @@ class Deliverer:
             # LEASE_TTL after its last renewal.
             self._renew_at = clock + LEASE_TTL / 3
         busy = False
+        if clock >= self._prune_at:
+            self._prune_at = clock + PRUNE_EVERY
+            await store.prune_webhooks(utcnow() - RETENTION)
         if clock - self._last_expiry >= self._expiry_every:
             self._last_expiry = clock
             busy = await store.expiry_notices(utcnow()) > 0

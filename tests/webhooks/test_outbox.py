@@ -88,3 +88,20 @@ async def test_outbox_in_order_per_key_and_gone(st_: Store) -> None:
 @pytest.fixture
 def st_(store: Store) -> Store:
     return store
+
+
+async def test_outbox_prune_keeps_pending_and_recent(st_: Store) -> None:
+    owner = await make_user(st_, "rui")
+    done = await make_key(st_, owner, "done", webhook_url="https://h.example/d")
+    waiting = await make_key(st_, owner, "waiting", webhook_url="https://h.example/w")
+    await make_key(st_, owner, "silent")  # an event with no receiver
+    await drain(st_)
+    now = utcnow()
+    for c in await st_.claim("me", now, 30, 10):
+        if c.key_id == done.id:
+            await st_.record_attempt(c, "me", Outcome("delivered", status=200), audit=None)
+    assert await st_.prune_webhooks(now - timedelta(days=1)) == 0  # all recent
+    pruned = await st_.prune_webhooks(utcnow() + timedelta(seconds=1))
+    assert pruned == 2  # the delivered one's event and the silent key's
+    assert (await st_.list_deliveries(done.id, 10, None, targets=("key",)))[0] == []
+    assert len((await st_.list_deliveries(waiting.id, 10, None, targets=("key",)))[0]) == 1
