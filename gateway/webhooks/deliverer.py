@@ -215,7 +215,9 @@ class Deliverer:
             )
         try:
             await self.store.record_attempt(claimed, self.holder, outcome, audit=audit)
-        except (KeygateError, OSError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
             # The claim expires and the delivery is tried again: at least once.
             log.warning("webhook attempt not recorded (%s): %s", claimed.id, type(exc).__name__)
 

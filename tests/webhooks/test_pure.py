@@ -116,3 +116,16 @@ def test_schedule_delays_retry_after_and_abandon() -> None:
 )
 def test_events_filters(filters: tuple[str, ...], event: str, taken: bool) -> None:
     assert events.matches(filters, event) is taken
+
+
+def test_reload_holds_webhook_settings_for_a_restart() -> None:
+    import dataclasses
+
+    from keygate.config.reload import reloadable
+    from keygate.config.settings import Settings, WebhookSettings
+
+    running = Settings()
+    new = dataclasses.replace(running, webhooks=WebhookSettings(allow_http=True, timeout=3))
+    kept, held = reloadable(running, new)
+    assert kept.webhooks == running.webhooks
+    assert sorted(held) == ["webhooks.allow_http", "webhooks.timeout"]
