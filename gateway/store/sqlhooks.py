@@ -161,6 +161,14 @@ class HookSql(SqlBase):
     async def take_lease(self, name: str, holder: str, ttl: float) -> bool:
         """Hold (or keep holding) the lease ``name`` for ``ttl`` seconds."""
         now = utcnow()
+        # A lease another holder keeps is seen with a read: waiting workers
+        # take no write lock.
+        held = await self._fetchrow(
+            "SELECT holder, until FROM webhook_leases WHERE name = $1", name
+        )
+        until = self.codec.time(held[1]) if held is not None else None
+        if held is not None and held[0] != holder and until is not None and until > now:
+            return False
 
         async def tx(conn: Conn) -> bool:
             until = self.codec.put_time(now + timedelta(seconds=ttl))
