@@ -3,6 +3,7 @@ workers deliver each event once (docs/webhooks.md#delivery)."""
 
 from __future__ import annotations
 
+import json
 import signal
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.polling import wait_for
-from tests.support.processes import node_env, serve_node
+from tests.support.processes import node_env, run_keygate, serve_node
 from tests.support.upstreams import Recorder
 from tests.webhooks.receiver import Receiver
 
@@ -104,5 +105,26 @@ async def test_two_workers_deliver_each_event_once(
         await wait_for(lambda: len(receiver.at("/ok")) >= 20, within=20, what="20 deliveries")
         ids = Counter(d.msg_id for d in receiver.at("/ok"))
         assert len(ids) == 20 and set(ids.values()) == {1}
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+async def test_events_committed_while_no_server_runs_are_delivered_at_start(
+    tmp_path: Path, upstream: Recorder, receiver: Receiver
+) -> None:
+    """The CLI writes the outbox; a server started later delivers."""
+    env = node_env(f"sqlite:///{tmp_path}/kg.db", **HOOKS)
+    assert run_keygate("init", env=env, cwd=tmp_path).returncode == 0
+    made = run_keygate(
+        "keys", "create", "--group", "default", "--webhook-url", receiver.url("/ok"), "--json",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    secret = json.loads(made.stdout)["webhook_secret"]
+    assert receiver.got == []
+    node = await serve_node(tmp_path, env, upstream.url)
+    try:
+        await wait_for(lambda: receiver.at("/ok"), within=10, what="the delivery")
+        assert receiver.at("/ok")[0].verify(secret)["type"] == "key.created"
     finally:
         assert node.stop() == 0, node.stderr()
