@@ -147,13 +147,22 @@ class HookSql(SqlBase):
         per key and expiry, whichever process gets there first; how many."""
 
         async def tx(conn: Conn) -> int:
+            soon, now_at = self.codec.put_time(now + EXPIRING_SOON), self.codec.put_time(now)
+            # Only keys whose due notice is not yet marked: a pass that finds
+            # nothing to send reads a few index entries and locks nothing.
             found = await conn.fetch(
                 f"SELECT {KEY_READ} FROM keys WHERE status = 'active' "
                 "AND expires_at IS NOT NULL AND expires_at <= $1 AND expires_at > $2 "
+                "AND NOT EXISTS (SELECT 1 FROM webhook_expiry_sent m WHERE m.key_id = keys.id "
+                "AND m.expires_at = keys.expires_at AND m.kind = CASE "
+                "WHEN keys.expires_at <= $4 THEN 'expired' "
+                "WHEN keys.expires_at <= $5 THEN '1d' ELSE '7d' END) "
                 f"ORDER BY expires_at LIMIT $3{self.FOR_UPDATE}",
                 self.codec.put_time(now + EXPIRING),
                 self.codec.put_time(now - EXPIRED_LOOKBACK),
                 EXPIRY_BATCH,
+                now_at,
+                soon,
             )
             written = 0
             for row in found:

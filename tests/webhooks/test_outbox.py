@@ -105,3 +105,29 @@ async def test_outbox_prune_keeps_pending_and_recent(st_: Store) -> None:
     assert pruned == 2  # the delivered one's event and the silent key's
     assert (await st_.list_deliveries(done.id, 10, None, targets=("key",)))[0] == []
     assert len((await st_.list_deliveries(waiting.id, 10, None, targets=("key",)))[0]) == 1
+
+
+async def test_outbox_expiry_notices_7d_1d_expired_once_each(st_: Store) -> None:
+    """The clock is the caller's: the store is asked as if days had passed."""
+    owner = await make_user(st_, "sam")
+    now = utcnow()
+    key = await make_key(
+        st_, owner, "exp", webhook_url="https://h.example/e", expires_at=now + timedelta(days=10)
+    )
+    assert await st_.expiry_notices(now) == 0  # 10 days left: nothing yet
+    for days, written in ((3.5, 1), (3.6, 0), (9.5, 1), (9.6, 0), (10.5, 1), (11, 0)):
+        at = now + timedelta(days=days)
+        assert await asyncio.gather(st_.expiry_notices(at), st_.expiry_notices(at)) in (
+            [written, 0], [0, written],
+        ), days  # fmt: skip
+    # A new expiry date makes the notices due again.
+    await st_.update_key(
+        key.id, {"expires_at": now + timedelta(days=20)}, audit=audit("key.update")
+    )
+    assert await st_.expiry_notices(now + timedelta(days=14)) == 1
+    await drain(st_)
+    items, _ = await st_.list_deliveries(key.id, 50, None, targets=("key",))
+    assert [d.event for d in reversed(items)] == [
+        "key.created", "key.expiring", "key.expiring", "key.expired",
+        "key.updated", "key.expiring",
+    ]  # fmt: skip

@@ -184,6 +184,8 @@ PG_V5 = [
     )""",
     "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
     "CREATE INDEX webhook_deliveries_key ON webhook_deliveries (key_id, event_seq)",
+    # Expiry notices look for keys by when they expire.
+    "CREATE INDEX keys_expires ON keys (expires_at)",
     "CREATE TABLE webhook_gone (url text PRIMARY KEY, at timestamptz NOT NULL)",
     """CREATE TABLE webhook_expiry_sent (
         key_id text NOT NULL,

@@ -188,6 +188,8 @@ SQLITE_V5 = [
     )""",
     "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
     "CREATE INDEX webhook_deliveries_key ON webhook_deliveries (key_id, event_seq)",
+    # Expiry notices look for keys by when they expire.
+    "CREATE INDEX keys_expires ON keys (expires_at)",
     "CREATE TABLE webhook_gone (url TEXT PRIMARY KEY, at REAL NOT NULL)",
     """CREATE TABLE webhook_expiry_sent (
         key_id TEXT NOT NULL,
