@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from keygate.admin.params import DEFAULT_LIMIT
 from keygate.admin.schemas import GROUP_NAME, KEY_ID, QUERY_TEXT, SCHEMAS, USERNAME, Schema, ref
@@ -125,6 +125,10 @@ TAGS = [
     {"name": "users", "description": "Admin only."},
     {"name": "groups", "description": "Admin only. Built-in groups are read-only."},
     {"name": "audit", "description": "Admin only."},
+    {
+        "name": "forward-auth",
+        "description": "For nginx, Caddy, Traefik and Envoy in front (docs/forward-auth.md).",
+    },
 ]
 
 
@@ -161,7 +165,10 @@ def document(
     schemes = security_schemes(sources)
     paths: dict[str, dict[str, Schema]] = {}
     for ep in endpoints:
-        paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
+        op = paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
+        if ep.optional_key:
+            op["security"] = [{}, *({name: []} for name in schemes)]
+    paths.update(copy.deepcopy(FORWARD_AUTH_PATHS))
     schemas = copy.deepcopy(SCHEMAS)
     if routes is not None:
         schemas["Rule"]["properties"]["route"]["enum"] = ["*", *routes]
@@ -193,6 +200,59 @@ def document(
     }
 
 
+def _forward_auth(operation_id: str, summary: str, tail: bool) -> Schema:
+    """Forward-auth (docs/forward-auth.md): served next to the admin API, any method."""
+    identity = {
+        name: {"description": text, "schema": {"type": "string"}}
+        for name, text in (
+            ("X-Keygate-Key-Id", "The key's id (empty on a public route)."),
+            ("X-Keygate-Key-Name", "The key's name (empty on a public route)."),
+            ("X-Keygate-User", "The key owner's username (empty on a public route)."),
+            ("X-Keygate-Groups", "The key's effective groups, comma-separated, sorted."),
+            ("Cache-Control", "Always no-store."),
+        )
+    }
+    op: Schema = {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": "May the request named by X-Forwarded-Method/-Uri (Traefik, Caddy), "
+        "X-Original-Method/-URI (nginx) or the path after /auth (Envoy) pass? Any method. "
+        "Only peers in server.trusted_proxies are believed (else 403 untrusted_proxy); "
+        "off unless [forward_auth] enabled = true (404). Refusals are proxy mode's "
+        "(docs/forward-auth.md); with nginx_compat a 4xx other than 401 is 403 with "
+        "X-Keygate-Error.",
+        "tags": ["forward-auth"],
+        "security": [{}],
+        "parameters": [
+            {"name": "X-Forwarded-Method", "in": "header", "schema": {"type": "string"}},
+            {"name": "X-Forwarded-Uri", "in": "header", "schema": {"type": "string"}},
+            {"name": "X-Original-Method", "in": "header", "schema": {"type": "string"}},
+            {"name": "X-Original-URI", "in": "header", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "Allowed: no body.", "headers": identity},
+            **{
+                str(status): {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+                for status in (400, 401, 403, 404, 503)
+            },
+            "429": _error("rate_limited or quota_exceeded, with Retry-After (not with "
+                          "nginx_compat: 403)."),
+        },
+    }
+    if tail:
+        op["parameters"].insert(
+            0,
+            {
+                "name": "tail",
+                "in": "path",
+                "required": True,
+                "description": "The original path (Envoy ext_authz path_prefix).",
+                "schema": {"type": "string"},
+            },
+        )
+    return op
+
+
 def _operation(ep: Endpoint) -> Schema:
     op: Schema = {
         "operationId": ep.operation_id,
@@ -217,6 +277,11 @@ def _operation(ep: Endpoint) -> Schema:
         op["requestBody"] = upload_body()
     if ep.public:
         op["security"] = []
+    if ep.media == "text/plain":
+        op["responses"][str(ep.ok)] = {
+            "description": "Prometheus text exposition format 0.0.4.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
     for status in statuses(ep):
         if status == 304:
             op["responses"]["304"] = {
@@ -269,7 +334,7 @@ def upload_body() -> Schema:
 def statuses(ep: Endpoint) -> list[int]:
     """Every status the operation can answer besides success (and 405 for another method)."""
     found = [400]  # bad_path on any path; bad_request and ambiguous_api_key below
-    if not ep.public:
+    if not ep.public or ep.optional_key:
         found += [401, 403]
     if ep.not_found:
         found.append(404)
@@ -385,3 +450,11 @@ def _schema_30(schema: Schema) -> None:
     for key in ("oneOf", "anyOf", "allOf"):
         for child in schema.get(key, []):
             _schema_30(child)
+
+
+FORWARD_AUTH_PATHS: Final[dict[str, dict[str, Schema]]] = {
+    "/auth": {"get": _forward_auth("forwardAuth", "Forward-auth: may this request pass?", False)},
+    "/auth/{tail}": {
+        "get": _forward_auth("forwardAuthPath", "Forward-auth with the path after /auth", True)
+    },
+}

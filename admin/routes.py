@@ -22,6 +22,7 @@ from keygate.admin.handlers import (
     health,
     keys,
     me,
+    metrics,
     users,
     webhooks,
 )
@@ -52,6 +53,8 @@ class Endpoint:
     media: str = "application/json"  # of a non-JSON success body
     upload: bool = False  # the request body is an image file (docs/admin-api.md#avatars)
     etag: bool = False  # answers 304 to a matching If-None-Match
+    # Public from some addresses, else a key (the metrics: [metrics] allow).
+    optional_key: bool = False
 
 
 def _key(method: str, path: str, handler: Handler, op: str, summary: str, **kw: object) -> Endpoint:
@@ -87,6 +90,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "meta",
         response="Health",
         public=True,
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        metrics.metrics,
+        "metrics",
+        "Prometheus metrics, text format: from a peer in [metrics] allow, or with an admin "
+        "key (401/403 otherwise); 404 when [metrics] enabled = false",
+        "meta",
+        public=True,
+        optional_key=True,
+        not_found=True,
+        media="text/plain",
     ),
     Endpoint(
         "GET",

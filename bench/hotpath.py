@@ -131,7 +131,35 @@ def cases() -> dict[str, Callable[[], object]]:
             headers, "", sources, PREFIX
         ),
         "pathnorm.normalise_path (plain path)": lambda: normalise_path(PATH),
+        **_metrics_cases(),
         "pathnorm.normalise_path (dots, %7E, //)": lambda: normalise_path("/v1/./a/%7eb//c/../42"),
+    }
+
+
+def _metrics_cases() -> dict[str, Callable[[], object]]:
+    """One request's counting: keygate's plain integers (Counts.request: a counter,
+    a histogram, a decision) against prometheus-client's own Counter and
+    Histogram doing the same (a lock per increment)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from keygate.gateway.metrics.counts import BUCKETS, Counts
+
+    counts = Counts()
+    registry = CollectorRegistry()
+    requests = Counter("r", "r", ["route", "method", "code"], registry=registry)
+    duration = Histogram("d", "d", ["route"], buckets=BUCKETS, registry=registry)
+    decisions = Counter("a", "a", ["result", "mode"], registry=registry)
+
+    def library() -> None:
+        requests.labels("default", "GET", "200").inc()
+        duration.labels("default").observe(0.0042)
+        decisions.labels("allowed", "proxy").inc()
+
+    return {
+        "metrics: Counts.request (plain integers, keygate's)": lambda: counts.request(
+            "default", "GET", 200, 0.0042, None, "3k9x2m0qzt7a", "proxy"
+        ),
+        "metrics: prometheus-client Counter+Histogram+Counter": library,
     }
 
 

@@ -18,7 +18,7 @@ BIG_SIZE = 1 << 20  # the streamed-response scenario: 1 MiB
 _MAIN = """\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; multi_accept on; }}
@@ -75,6 +75,56 @@ _PROXY = """\
 
 _CHECK = "            if ($kg_allowed = 0) { return 401; }\n"
 
+# The "nginx-authreq" system: docs/forward-auth.md's nginx recipe, with the
+# bench's keep-alive settings, asking keygate's /_keygate/auth for each request.
+_AUTHREQ = """\
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 128;
+        keepalive_requests 10000000;
+    }}
+    upstream keygate {{
+        server 127.0.0.1:{keygate};
+        keepalive 128;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            auth_request /_keygate_auth;
+            auth_request_set $kg_key_id $upstream_http_x_keygate_key_id;
+            auth_request_set $kg_key_name $upstream_http_x_keygate_key_name;
+            auth_request_set $kg_user $upstream_http_x_keygate_user;
+            auth_request_set $kg_groups $upstream_http_x_keygate_groups;
+            proxy_set_header X-Keygate-Key-Id $kg_key_id;
+            proxy_set_header X-Keygate-Key-Name $kg_key_name;
+            proxy_set_header X-Keygate-User $kg_user;
+            proxy_set_header X-Keygate-Groups $kg_groups;
+            proxy_set_header Authorization "";
+            proxy_set_header X-API-Key "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+            proxy_pass http://origin;
+        }}
+        location = /_keygate_auth {{
+            internal;
+            proxy_pass http://keygate/_keygate/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Uri "";
+            proxy_set_header X-Forwarded-Method "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
 # The "nginx-tls" reference: what keygate's TLS listener is set to (TLS 1.2+,
 # ECDHE AEAD suites), session cache off as keygate has none.
 _TLS = """\
@@ -98,11 +148,11 @@ def write_map_file(path: Path, tokens: list[str]) -> None:
     path.write_text("".join(f"{t} 1;\n" for t in tokens))
 
 
-def _conf(dir_: Path, body: str) -> Path:
+def _conf(dir_: Path, body: str, workers: int = 1) -> Path:
     dir_.mkdir(parents=True, exist_ok=True)
     dir_.chmod(0o755)
     conf = dir_ / "nginx.conf"
-    conf.write_text(_MAIN.format(dir=dir_, body=body))
+    conf.write_text(_MAIN.format(dir=dir_, body=body, workers=workers))
     return conf
 
 
@@ -129,6 +179,11 @@ def proxy_conf(
     if map_file is not None:
         body = _MAP.format(map_file=map_file) + body
     return _conf(dir_, body)
+
+
+def authreq_conf(dir_: Path, port: int, keygate: int, origin: int, workers: int = 1) -> Path:
+    """nginx asking keygate (forward-auth) before forwarding to the origin itself."""
+    return _conf(dir_, _AUTHREQ.format(port=port, keygate=keygate, origin=origin), workers)
 
 
 def start(name: str, conf: Path, cpus: set[int] | None) -> Proc:

@@ -87,6 +87,45 @@ def scenario_table(sc: Scenario, samples: Sequence[Sample]) -> list[str]:
     return [*out, ""]
 
 
+def goal_notes(samples: Sequence[Sample], conns: int) -> list[str]:
+    """The two ratios issue 13 sets goals for, from the same run's medians."""
+
+    def med(scenario: str, system: str, what: str) -> float | None:
+        runs = [s for s in samples if s.scenario == scenario and s.system == system]
+        if not runs:
+            return None
+        if what == "rps":
+            return _med([s.results[0].rps for s in runs])
+        return _med([s.cpu_us_per_request for s in runs])
+
+    notes = []
+    fa = f"forward-auth-c{conns}"
+    proxy_cpu, auth_cpu = med(fa, "keygate", "cpu"), med(fa, "nginx-authreq", "cpu")
+    proxy_rps, auth_rps = med(fa, "keygate", "rps"), med(fa, "nginx-authreq", "rps")
+    if proxy_cpu and auth_cpu and proxy_rps and auth_rps:
+        notes.append(
+            f"- forward-auth ({fa}): nginx-authreq ÷ keygate proxy mode = "
+            f"{auth_rps / proxy_rps:.2f}× req/s, {proxy_cpu / auth_cpu:.2f}× requests per "
+            "keygate core (keygate's CPU µs/req in proxy mode ÷ in forward-auth; goal ≥ 1.5×)"
+        )
+    two_cpu, two_rps = med(fa, "nginx2-authreq", "cpu"), med(fa, "nginx2-authreq", "rps")
+    if proxy_cpu and two_cpu and proxy_rps and two_rps:
+        notes.append(
+            f"- forward-auth, nginx on both cores ({fa}): nginx2-authreq ÷ keygate proxy mode = "
+            f"{two_rps / proxy_rps:.2f}× req/s, "
+            f"{proxy_cpu / two_cpu:.2f}× requests per keygate core"
+        )
+    valid = f"valid-c{conns}"
+    on, off = med(valid, "keygate", "rps"), med(valid, "keygate-nometrics", "rps")
+    on_cpu, off_cpu = med(valid, "keygate", "cpu"), med(valid, "keygate-nometrics", "cpu")
+    if on and off and on_cpu and off_cpu:
+        notes.append(
+            f"- metrics ({valid}): keygate (metrics on) ÷ keygate-nometrics = {on / off:.2f}× "
+            f"req/s, {off_cpu / on_cpu:.2f}× requests per core (goal ≥ 0.97×)"
+        )
+    return notes
+
+
 def render(
     scenarios: Sequence[Scenario],
     samples: Sequence[Sample],

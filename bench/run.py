@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description=__doc__,
         epilog="scenarios: valid-c1, valid-c50, bad-checksum, flood-random-id, "
-        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib, tls-c50. "
+        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib, tls-c50, "
+        "forward-auth-c50. "
         "See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -202,6 +203,7 @@ class Bench:
             say(f"starting {name}")
             system = systems.start(name, self.layout)  # raises if it does not come up
             self.started.append(system.proc)
+            self.started.extend(system.extra)
             self.systems[name] = system
 
     def run_once(self, sc: scenarios.Scenario, name: str, rnd: int, seconds: float) -> None:
@@ -306,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     startup = {n: s.proc.ready_after or 0.0 for n, s in bench.systems.items()}
     header = machine_header(args, load_before, code)
-    table = report.render(chosen, bench.samples, startup, header, bench.notes)
+    notes = [*bench.notes, *report.goal_notes(bench.samples, args.connections)]
+    table = report.render(chosen, bench.samples, startup, header, notes)
     print(table)
     if args.output:
         args.output.write_text(table)

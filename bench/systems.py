@@ -18,7 +18,7 @@ from keygate.gateway.http.tls import CIPHERS
 from keygate.gateway.webhooks.signing import new_secret
 
 from . import nginx, seed
-from .procs import Proc, free_port, spawn, wait_http
+from .procs import Proc, free_port, spawn, stop, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -31,6 +31,11 @@ DESCRIPTIONS = {
     "bare": "bench/bare_forwarder.py (aiohttp, sha256 → dict)",
     "keygate": "keygate, 1 worker",
     "keygate-nolog": "keygate, 1 worker, `server.access_log = false`",
+    "keygate-nometrics": "keygate, 1 worker, `[metrics] enabled = false` (`keygate` counts them)",
+    "nginx-authreq": "nginx `auth_request` → keygate `/_keygate/auth` (forward-auth) → origin; "
+    "nginx (1 worker) on the load core, keygate on the SUT core; CPU and RSS are keygate's",
+    "nginx2-authreq": "the same with nginx's 2 workers on both cores (keygate still pinned to "
+    "the SUT core): more room for nginx, so keygate is nearer saturation",
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
     "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
@@ -51,6 +56,7 @@ class System:
     name: str
     port: int
     proc: Proc  # whose process tree is measured
+    extra: tuple[Proc, ...] = ()  # started with it, not measured (nginx-authreq's nginx)
 
     @property
     def url(self) -> str:
@@ -145,9 +151,15 @@ def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> 
         if name == "keygate-webhooks"
         else ""
     )
+    sections = ""
+    if name == "keygate-nometrics":
+        sections += "[metrics]\nenabled = false\n\n"
+    if name in ("nginx-authreq", "nginx2-authreq"):
+        sections += "[forward_auth]\nenabled = true\nnginx_compat = true\n\n"
+        tls += 'trusted_proxies = ["127.0.0.1/32"]\n'
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
-        f"access_log = {access_log}\n{no_edge}{tls}\n"
+        f"access_log = {access_log}\n{no_edge}{tls}\n{sections}"
         f'[store]\nurl = "sqlite:///{db}"\n\n'
         "[auth]\ncache_size = 100000\n\n"
         f"{redis}{hooks}"
@@ -179,6 +191,26 @@ def start(name: str, lay: Layout) -> System:
         argv = [sys.executable, str(BENCH / "bare_forwarder.py"), str(port), origin,
                 str(lay.digests_file)]
         proc = spawn(name, argv, log, cpus=lay.sut_cpus, env=env)
+    elif name in ("nginx-authreq", "nginx2-authreq"):
+        kport = free_port()
+        db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")
+        conf = _keygate_conf(lay, name, kport, db, 1)
+        argv = [sys.executable, "-m", "keygate", "serve", "--config", str(conf)]
+        keygate = spawn(f"{name}-keygate", argv, log, cpus=lay.sut_cpus, env=env, cwd=ROOT)
+        try:
+            wait_http(keygate, kport, "/_keygate/health", lay.ready_timeout)
+            two = name == "nginx2-authreq"
+            nconf = nginx.authreq_conf(
+                lay.work / f"nginx-{name}", port, kport, lay.origin_port, 2 if two else 1
+            )
+            # On the load core, as the origin (the comparison is per keygate core);
+            # nginx2-authreq's two workers may run on either core.
+            front = nginx.start(name, nconf, None if two else lay.load_cpus)
+            wait_http(front, port, "/", lay.ready_timeout)
+        except RuntimeError:
+            stop(keygate)
+            raise
+        return System(name, port, keygate, (front,))
     elif name.startswith("keygate"):
         workers = 2 if name == "keygate-w2" else 1
         if name == "keygate-1m":

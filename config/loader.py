@@ -25,6 +25,8 @@ from yarl import URL
 from keygate.config.declare import Declared, bare_type, declared
 from keygate.config.settings import (
     AuthSettings,
+    ForwardAuthSettings,
+    MetricsSettings,
     RateLimitSettings,
     Route,
     ServerSettings,
@@ -41,6 +43,8 @@ SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "ratelimit": RateLimitSettings,
     "webhooks": WebhookSettings,
+    "forward_auth": ForwardAuthSettings,
+    "metrics": MetricsSettings,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -126,6 +130,8 @@ def _build(
         auth=built["auth"],
         ratelimit=built["ratelimit"],
         webhooks=built["webhooks"],
+        forward_auth=built["forward_auth"],
+        metrics=built["metrics"],
         routes=route_objs,
         source=source,
     )

@@ -31,6 +31,8 @@ RESTART_ONLY: Final[dict[str, tuple[str, ...]]] = {
     ),
     # The deliverer and the services are built with them (docs/webhooks.md).
     "webhooks": tuple(f.name for f in dataclasses.fields(WebhookSettings)),
+    # Counting is set up when a worker starts (gateway/metrics/).
+    "metrics": ("enabled",),
 }
 TLS_FILES: Final = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
 

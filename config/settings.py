@@ -240,6 +240,31 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuthSettings:
+    """``{admin_prefix}/auth`` for proxies that ask keygate (docs/forward-auth.md)."""
+
+    # Off by default: the endpoint believes headers naming another request,
+    # which only a deliberately configured proxy should send.
+    enabled: bool = False
+    # nginx's auth_request relays only 2xx, 401 and 403 (anything else is its
+    # 500): every other client-side refusal is answered 403 with
+    # X-Keygate-Error naming it (a 429 keeps its Retry-After).
+    nginx_compat: bool = False
+
+
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """``{admin_prefix}/metrics`` in Prometheus' text format (docs/reference.md#metrics)."""
+
+    enabled: bool = True
+    # Peers that may scrape without a key; anyone else needs an admin key.
+    allow: Annotated[tuple[Network, ...], rule(decode=_networks)] = _LOOPBACK
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: Name
     # Normalised by the loader (config.loader.normalise_prefix, check_upstream).
@@ -272,6 +297,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     routes: tuple[Route, ...] = ()
     # Where the settings came from, for messages ("<defaults>" when no file).
     source: str = "<defaults>"

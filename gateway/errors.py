@@ -10,7 +10,8 @@ Hierarchy (status, default code)::
     ├── Unauthorized                  401 (missing_api_key | invalid_api_key |
     │                                      key_disabled | key_expired)
     ├── Forbidden                     403 forbidden
-    │   └── IpNotAllowed              403 ip_not_allowed
+    │   ├── IpNotAllowed              403 ip_not_allowed
+    │   └── UntrustedProxy            403 untrusted_proxy (forward-auth)
     ├── NotFound                      404 not_found (no_route at the proxy)
     ├── MethodNotAllowed              405 method_not_allowed
     ├── Conflict                      409 (name_taken | key_limit_reached |
@@ -126,6 +127,11 @@ class Forbidden(KeygateError):
 class IpNotAllowed(Forbidden):
     default_code = "ip_not_allowed"
     default_message = "The API key may not be used from this address."
+
+
+class UntrustedProxy(Forbidden):
+    default_code = "untrusted_proxy"
+    default_message = "Only a trusted proxy may ask about another request."
 
 
 class NotFound(KeygateError):

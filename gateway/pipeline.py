@@ -187,6 +187,13 @@ def resolve(
 _DESTINATION = "Destination"
 
 
+def route_name(gw: Gateway, path: str) -> str | None:
+    """The name of the route ``path`` would take: for the access log and the
+    metrics of a request refused while it was resolved (a missing key)."""
+    route = gw.routes.match(path)
+    return None if route is None else route.name
+
+
 def _destination(
     gw: Gateway, route: Route, headers: CIMultiDictProxy[str], scheme: str
 ) -> Destination:

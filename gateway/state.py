@@ -27,6 +27,8 @@ from keygate.gateway.limits.limiter import Limiter
 from keygate.gateway.limits.notices import TrafficNotice, no_notice
 from keygate.gateway.limits.rules import Allowlist
 from keygate.gateway.limits.usage import Usage
+from keygate.gateway.metrics.counts import Counts
+from keygate.gateway.metrics.exposition import Publisher
 from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.service import Services
 from keygate.gateway.store.base import Store
@@ -45,19 +47,27 @@ class KeyMemory:
         self.cache = cache
         self.key_ids = key_ids
         self.policy = policy
+        # Change notices applied, by where they came from: this process's own
+        # writes, or the change feed (keygate_invalidations_total).
+        self.invalidations = {"local": 0, "feed": 0}
 
     @classmethod
     async def load(cls, store: Store, cache: KeyCache) -> KeyMemory:
         """Memory with the store's rules; key ids are read once the feed runs."""
         return cls(store, cache, KeyIdSet(), await _policy(store))
 
-    async def apply(self, kind: str, ref: str) -> None:
+    async def apply(self, kind: str, ref: str, source: str = "local") -> None:
         """Evict what a change affects; a group change also recompiles the rules."""
+        self.invalidations[source] += 1
         self.cache.apply(kind, ref)
         if kind == "key-created":
             self.key_ids.add(ref)
         if kind == "group":
             self.policy = await _policy(self.store)
+
+    async def from_feed(self, kind: str, ref: str) -> None:
+        """:meth:`apply` for a notice the change feed brought."""
+        await self.apply(kind, ref, "feed")
 
 
 async def _policy(store: Store) -> Policy:
@@ -105,6 +115,8 @@ class Gateway:
     trusted: Allowlist | None = None
     # Refusals for a key's address, rate limits or quota (gateway/limits/notices.py).
     notice: TrafficNotice = no_notice
+    # This process's metrics (gateway/metrics/); None when [metrics] is off.
+    metrics: Counts | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         """New requests take ``settings``' routes, limits and key sources
@@ -150,9 +162,14 @@ deliverer_key = web.AppKey("deliverer", Deliverer)
 # Set before the app starts (tests): what webhook receivers' names resolve
 # with, at write and at connect time; unset, the system's resolver.
 webhook_resolver_key = web.AppKey("webhook_resolver", AbstractResolver)
+# With several workers: where this one publishes its metrics (absent otherwise).
+metrics_publisher_key = web.AppKey("metrics_publisher", Publisher)
 # Per-request facts for the access log and the response (typed request storage).
 request_id_key = web.RequestKey("request_id", str)
 key_id_key = web.RequestKey("key_id", str)
 route_key = web.RequestKey("route", str)
 # The rate-limit header fields of a counted request (added when its answer is prepared).
 ratelimit_key = web.RequestKey("ratelimit_usage", Usage)
+# For the metrics: keygate's refusal code, and forward-auth's mode.
+error_code_key = web.RequestKey("error_code", str)
+mode_key = web.RequestKey("mode", str)

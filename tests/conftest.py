@@ -86,10 +86,19 @@ async def keygate_factory(
         *,
         server: dict[str, Any] | None = None,
         ratelimit: dict[str, Any] | None = None,
+        forward_auth: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
         **auth: Any,
     ) -> Keygate:
         settings = make_settings(
-            tmp_path, routes, store_url, server=server, ratelimit=ratelimit, **auth
+            tmp_path,
+            routes,
+            store_url,
+            server=server,
+            ratelimit=ratelimit,
+            forward_auth=forward_auth,
+            metrics=metrics,
+            **auth,
         )
         return await start_keygate(settings, aiohttp_client)
 

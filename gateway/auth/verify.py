@@ -80,6 +80,7 @@ class Verifier:
         self.usage = usage
         self.prefix = key_prefix
         self.lookups = 0  # store queries for verification, by digest or key id (tests count them)
+        self.hits = 0  # cache hits (keygate_key_cache_lookups_total{result="hit"})
         # Requests admitted on a cached key past cache_ttl while the store did
         # not answer (auth.stale_if_error).
         self.stale_served = 0
@@ -114,6 +115,7 @@ class Verifier:
             keyformat.check_format(token, self.prefix)
             self._check_miss(digest, token)
             return digest, None
+        self.hits += 1
         return digest, self._admit(principal)
 
     def _check_miss(self, digest: bytes, token: str) -> None:

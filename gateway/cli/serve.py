@@ -96,6 +96,7 @@ async def _serve(
     reuse_port: bool,
     on_serving: Callable[[], None],
     load: Load | None = None,
+    metrics_dir: str | None = None,
 ) -> bool:
     """Serve until SIGTERM/SIGINT (SIGHUP: re-read ``load()``); False when a
     stop signal came before serving began."""
@@ -110,7 +111,7 @@ async def _serve(
     # now, to the handler above, and abandons the start.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     runner = KeygateRunner(
-        build_app(settings),
+        build_app(settings, metrics_dir=metrics_dir),
         handle_signals=False,
         shutdown_timeout=server.shutdown_timeout,
         access_log_class=AccessLogger,
@@ -213,9 +214,11 @@ def serve_worker(
     announce: bool = False,
     report: Report | None = None,
     load: Load | None = None,
+    metrics_dir: str | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT in this process (SIGHUP: re-read ``load()``);
-    return the exit code."""
+    return the exit code. ``metrics_dir``: where a supervisor's workers share
+    their metrics."""
     # Until the event loop's handlers exist, a stop or reload signal waits (see _serve).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS + RELOAD_SIGNAL)
     # The SQLite store answers from a thread that needs the GIL to hand its
@@ -234,7 +237,13 @@ def serve_worker(
     status = 1
     try:
         served = loop.run_until_complete(
-            _serve(settings, reuse_port=reuse_port, on_serving=on_serving, load=load)
+            _serve(
+                settings,
+                reuse_port=reuse_port,
+                on_serving=on_serving,
+                load=load,
+                metrics_dir=metrics_dir,
+            )
         )
     except KeygateError as exc:
         failure = explain(exc, redact_url(settings.store.url))

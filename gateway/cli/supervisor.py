@@ -15,6 +15,9 @@ not start (``serve.Report``). The parent:
   (the store down for a moment) is retried with the same back-off;
 - on SIGTERM/SIGINT, at any moment (a back-off wait included), stops every
   worker gracefully and exits 0 once they have;
+- keeps the workers' metrics directory (gateway/metrics/exposition.py): a
+  fresh one for each start, a dead worker's gauges marked dead
+  (``mark_process_dead``, its counters still count), removed at the end;
 - on SIGHUP, sends it on to every worker (each re-reads the configuration and
   logs the outcome) and re-reads it too, so a worker started later serves the
   configuration reloaded last.
@@ -26,9 +29,11 @@ import contextlib
 import fcntl
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -46,6 +51,7 @@ from keygate.gateway.cli.serve import (
     serve_worker,
 )
 from keygate.gateway.http.reload import check
+from keygate.gateway.metrics.exposition import mark_process_dead
 
 BACKOFF_FIRST = 0.1  # seconds before the first restart
 BACKOFF_MAX = 30.0
@@ -115,6 +121,11 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             _nonblocking(fd)
+        # Where the workers publish their metrics; fresh for each start, so no
+        # number of an earlier run is counted again.
+        self.metrics_dir = (
+            tempfile.mkdtemp(prefix="keygate-metrics-") if settings.metrics.enabled else None
+        )
 
     # --- signals ------------------------------------------------------------
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -150,7 +161,11 @@ class Supervisor:
             try:
                 self._become_worker(read_end)
                 code = serve_worker(
-                    self.settings, reuse_port=True, report=Report(write_end), load=self._load
+                    self.settings,
+                    reuse_port=True,
+                    report=Report(write_end),
+                    load=self._load,
+                    metrics_dir=self.metrics_dir,
                 )
             except BaseException:
                 traceback.print_exc()
@@ -179,6 +194,9 @@ class Supervisor:
             if pid == 0:
                 return
             worker = self.workers.pop(pid, None)
+            if self.metrics_dir is not None:
+                # Its gauges (requests in flight) no longer count; its counters do.
+                mark_process_dead(pid, self.metrics_dir)
             if worker is not None:
                 self._read(worker)
                 os.close(worker.fd)
@@ -253,6 +271,8 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return self.status
 
     def _wait(self, until: float | None) -> None:

@@ -4,7 +4,9 @@ the admin sub-app, the proxy route."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -19,7 +21,9 @@ from keygate.gateway.auth.policy import RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.auth.verify import Verifier
 from keygate.gateway.errors import KeygateError, MethodNotAllowed, NotFound, TooLarge
+from keygate.gateway.forwardauth import AUTH_PATH
 from keygate.gateway.http.clientip import trusted_networks
+from keygate.gateway.http.forwardauth import forward_auth_handler
 from keygate.gateway.http.framing import check_framing
 from keygate.gateway.http.handler import proxy_handler
 from keygate.gateway.http.server import handler_limits
@@ -28,8 +32,11 @@ from keygate.gateway.limits.limiter import Limiter
 from keygate.gateway.limits.local import LocalLimiter
 from keygate.gateway.limits.notices import no_notice
 from keygate.gateway.limits.usage import LEGACY, LEGACY_NAMES
+from keygate.gateway.metrics.counts import ADMIN, ADMIN_MODE, PROXY, Counts
+from keygate.gateway.metrics.exposition import PUBLISH_INTERVAL, Publisher
 from keygate.gateway.pipeline import internal_error
 from keygate.gateway.request.headers import X_REQUEST_ID, RequestIds, request_id_or_new
+from keygate.gateway.request.pathnorm import is_under
 from keygate.gateway.service import ServiceContext, Services
 from keygate.gateway.state import (
     Gateway,
@@ -37,12 +44,17 @@ from keygate.gateway.state import (
     RouteNames,
     changes_key,
     deliverer_key,
+    error_code_key,
     gateway_key,
+    key_id_key,
     limiter_key,
+    metrics_publisher_key,
+    mode_key,
     pool_key,
     ratelimit_key,
     request_id_key,
     request_ids_key,
+    route_key,
     session_key,
     store_key,
     usage_key,
@@ -66,6 +78,7 @@ def error_response(exc: KeygateError) -> web.Response:
 
 
 def _refusal(request: web.Request, exc: KeygateError) -> web.Response:
+    request[error_code_key] = exc.code
     response = error_response(exc)
     if exc.closes_connection or not request.content.is_eof():
         # The body of a refused request is still on its way (or, after an
@@ -91,13 +104,11 @@ def _from_http_exception(exc: web.HTTPException) -> KeygateError:
 def error_middleware(ids: RequestIds) -> Middleware:
     """Render every refusal as the JSON error (docs/reference.md#status-codes-and-errors),
     never a traceback; give every request its X-Request-Id (the client's, or a
-    new one from ``ids``)."""
+    new one from ``ids``); count it in the metrics when they are on."""
 
-    @web.middleware
-    async def middleware(
+    async def handle(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID), ids)
         if not request.rel_url.raw_path and request.match_info.http_exception is not None:
             # An absolute-form target with an empty path ("GET http://h HTTP/1.1")
             # means "/" (RFC 9110 §4.2.3), but aiohttp's router matches no route for it.
@@ -116,7 +127,49 @@ def error_middleware(ids: RequestIds) -> Middleware:
         except Exception:
             return error_response(internal_error(request.method, request.raw_path))
 
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID), ids)
+        gw = request.app.get(gateway_key)
+        counts = gw.metrics if gw is not None else None
+        if counts is None:
+            return await handle(request, handler)
+        counts.in_flight += 1
+        started = time.monotonic()
+        status = CLIENT_GONE
+        try:
+            response = await handle(request, handler)
+            status = response.status
+            return response
+        finally:
+            counts.in_flight -= 1
+            _count(request, counts, status, time.monotonic() - started)
+
     return middleware
+
+
+# The status a request is counted with when its client left before the answer
+# (nginx's 499).
+CLIENT_GONE = 499
+
+
+def _count(request: web.Request, counts: Counts, status: int, seconds: float) -> None:
+    route = request.get(route_key)
+    mode = request.get(mode_key, PROXY)
+    admin_prefix = request.app[gateway_key].settings.server.admin_prefix
+    if route is None and is_under(request.path, admin_prefix):
+        route, mode = ADMIN, ADMIN_MODE
+    counts.request(
+        route,
+        request.method,
+        status,
+        seconds,
+        request.get(error_code_key),
+        request.get(key_id_key),
+        mode,
+    )
 
 
 async def _expect_later(request: web.Request) -> None:
@@ -146,7 +199,9 @@ async def _add_ratelimit_fields(request: web.Request, response: web.StreamRespon
 Context = Callable[[web.Application], AsyncIterator[None]]
 
 
-def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Context]:
+def lifecycle(
+    settings: Settings, shared_store: Store | None = None, metrics_dir: str | None = None
+) -> list[Context]:
     """One ``cleanup_ctx`` per resource, in the order they depend on each other.
 
     Each opens one thing, publishes it under its own app key, and closes it
@@ -194,7 +249,7 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
             auth.cache_size, auth.cache_ttl, auth.negative_cache_ttl, auth.stale_if_error
         )
         memory = await KeyMemory.load(store, cache)
-        feed = ChangeFeed(store, memory.apply, settings.store.change_poll_interval)
+        feed = ChangeFeed(store, memory.from_feed, settings.store.change_poll_interval)
         await feed.start()
         try:
             # Read after the feed noted its starting point: a key created
@@ -253,7 +308,43 @@ def lifecycle(settings: Settings, shared_store: Store | None = None) -> list[Con
         finally:
             await session.close()
 
-    return [store_ctx, usage_ctx, limiter_ctx, changes_ctx, webhooks_ctx, pool_ctx, session_ctx]
+    async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+        """With several workers: this one's numbers, published to their directory
+        (gateway/metrics/exposition.py) every PUBLISH_INTERVAL and as it stops."""
+        gw = app[gateway_key]
+        counts = gw.metrics
+        if counts is None or metrics_dir is None:
+            yield
+            return
+        publisher = Publisher(metrics_dir)
+        app[metrics_publisher_key] = publisher
+        publisher.publish(gw, counts)
+
+        async def publish() -> None:
+            while True:
+                await asyncio.sleep(PUBLISH_INTERVAL)
+                publisher.publish(gw, counts)
+
+        task = asyncio.create_task(publish())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            publisher.publish(gw, counts)  # the last requests of a stopping worker
+            publisher.close()
+
+    return [
+        store_ctx,
+        usage_ctx,
+        limiter_ctx,
+        changes_ctx,
+        webhooks_ctx,
+        metrics_ctx,
+        pool_ctx,
+        session_ctx,
+    ]
 
 
 def make_limiter(settings: Settings, store: Store, usage: UsageRecorder) -> Limiter:
@@ -334,14 +425,19 @@ def _gateway(
         route_names=route_names,
         limiter=limiter,
         trusted=trusted_networks(settings.server.trusted_proxies),
+        metrics=Counts() if settings.metrics.enabled else None,
     )
 
 
-def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
+def build_app(
+    settings: Settings, *, store: Store | None = None, metrics_dir: str | None = None
+) -> web.Application:
     """The whole gateway as one aiohttp application.
 
     ``store`` lets tests share an opened store; otherwise one is opened from
     ``settings.store.url`` inside ``cleanup_ctx`` (never at import or before a fork).
+    ``metrics_dir`` is the directory the supervisor's workers share their
+    metrics in (gateway/metrics/exposition.py); None for a single process.
     """
     from keygate.admin.app import build_admin_app  # the one place gateway mounts admin
 
@@ -361,9 +457,15 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app.on_response_prepare.append(_add_ratelimit_fields)
 
     app[request_ids_key] = ids
-    for ctx in lifecycle(settings, store):
+    for ctx in lifecycle(settings, store, metrics_dir):
         app.cleanup_ctx.append(ctx)
-    app.add_subapp(settings.server.admin_prefix, build_admin_app())
+    # Before the admin sub-app: its router would take these paths, and its
+    # middleware refuses the dot segments a forwarded path may hold, which
+    # forward-auth must judge as proxy mode does (docs/forward-auth.md).
+    admin_prefix = settings.server.admin_prefix
+    app.router.add_route("*", admin_prefix + AUTH_PATH, forward_auth_handler)
+    app.router.add_route("*", admin_prefix + AUTH_PATH + r"/{tail:[\s\S]*}", forward_auth_handler)
+    app.add_subapp(admin_prefix, build_admin_app())
     # No 100 Continue before the handler: proxy_handler invites the body once
     # the request is authenticated and allowed (RFC 9110 §10.1.1).
     # [\s\S], not ".": a decoded path may hold a line feed, and the proxy

@@ -20,6 +20,7 @@ from keygate.gateway import pipeline
 from keygate.gateway.errors import KeygateError, MethodNotAllowed
 from keygate.gateway.http.clientip import peer_ip
 from keygate.gateway.http.websocket import forward_websocket, is_websocket
+from keygate.gateway.metrics.counts import Counts
 from keygate.gateway.request.body import BodyCheck, RequestBody
 from keygate.gateway.request.headers import Pairs
 from keygate.gateway.state import (
@@ -49,7 +50,13 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     _, path, query = pipeline.request_target(
         request.raw_path, gw.settings.server.admin_prefix
     )
-    resolved = pipeline.resolve(gw, request.headers, path, query, request.scheme)
+    try:
+        resolved = pipeline.resolve(gw, request.headers, path, query, request.scheme)
+    except KeygateError:
+        name = pipeline.route_name(gw, path)
+        if name is not None:
+            request[route_key] = name
+        raise
     route = resolved.route
     request[route_key] = route.name
     identity = None
@@ -96,6 +103,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         ),
         body_idle_timeout=gw.settings.server.body_idle_timeout,
         check=check,
+        counts=gw.metrics,
     )
 
 
@@ -109,6 +117,7 @@ async def forward(
     pairs: Pairs,
     body_idle_timeout: float,
     check: BodyCheck | None = None,
+    counts: Counts | None = None,
 ) -> web.StreamResponse:
     """Relay an allowed ``request`` to ``target`` (the encoded path and query on
     the gate's upstream) with header ``pairs``, and the answer back.
@@ -143,6 +152,7 @@ async def forward(
             await body.prefetch()  # checked whole before anything is sent
         origin = gate.origin
         answer: Answer
+        started = pool.loop.time()
         if origin is not None:
             deadline = pool.loop.time() + route.timeout
             answer = await open_answer(pool, origin, request.method, target, pairs, body, deadline)
@@ -150,6 +160,8 @@ async def forward(
             answer = await open_https_answer(
                 session, gate.url_of(target), request.method, pairs, body, gate.timeout
             )
+        if counts is not None:
+            counts.upstream_time(route.name, pool.loop.time() - started)
         try:
             return await respond(request, answer)
         finally:

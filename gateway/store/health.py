@@ -65,6 +65,7 @@ class StoreHealth:
         # outage (auth.stale_if_error); reported, and reset, when it ends.
         self.stale_answers = 0
         self.reporting = False
+        self.errors = 0  # queries that failed or found no space (keygate_store_errors_total)
 
     @property
     def down(self) -> bool:
@@ -76,6 +77,7 @@ class StoreHealth:
 
     def failed(self, exc: BaseException) -> None:
         """A query got no answer (connection refused or lost, timeout, I/O error)."""
+        self.errors += 1
         if self.down_since is None:
             self.down_since = time.monotonic()
             self.down_reason = describe(exc)
@@ -109,6 +111,7 @@ class StoreHealth:
 
     def no_space(self, exc: BaseException) -> None:
         """A write found the store's disk full (nothing was written)."""
+        self.errors += 1
         if self.full_since is None:
             self.full_since = time.monotonic()
             self.full_reason = describe(exc)

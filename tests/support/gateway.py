@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from keygate.config.settings import (
     AuthSettings,
+    ForwardAuthSettings,
+    MetricsSettings,
     RateLimitSettings,
     Route,
     ServerSettings,
@@ -66,6 +68,8 @@ def make_settings(
     *,
     server: Mapping[str, Any] | None = None,
     ratelimit: Mapping[str, Any] | None = None,
+    forward_auth: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
     **auth: Any,
 ) -> Settings:
     """Settings for a gateway under test; its SQLite store (unless ``store_url``) in ``where``."""
@@ -76,6 +80,8 @@ def make_settings(
         ),
         auth=replace(AuthSettings(last_used_flush_interval=0.1), **auth),
         ratelimit=RateLimitSettings(**(ratelimit or {})),
+        forward_auth=ForwardAuthSettings(**(forward_auth or {})),
+        metrics=MetricsSettings(**(metrics or {})),
         routes=routes,
     )
 

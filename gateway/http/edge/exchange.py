@@ -22,9 +22,11 @@ from keygate.gateway import pipeline
 from keygate.gateway.auth.cache import Principal
 from keygate.gateway.errors import BadPath, KeygateError
 from keygate.gateway.http.accesslog import access_message
+from keygate.gateway.http.edge.authgate import AuthGate, start_auth
 from keygate.gateway.http.edge.parse import Request
 from keygate.gateway.http.edge.wire import error_response, response_head
 from keygate.gateway.limits.usage import LEGACY, LEGACY_NAMES, Usage
+from keygate.gateway.metrics.counts import FORWARD_AUTH, PROXY
 from keygate.gateway.pipeline import Resolved
 from keygate.gateway.request.headers import X_REQUEST_ID, request_id_or_new
 from keygate.gateway.request.pathnorm import normalise_path
@@ -59,6 +61,7 @@ class Exchange:
         "abandoned",
         "answer",
         "body",
+        "code",
         "conn",
         "digest",
         "gate",
@@ -68,6 +71,7 @@ class Exchange:
         "key_id",
         "limits_pending",
         "method",
+        "mode",
         "principal",
         "query",
         "request_id",
@@ -77,6 +81,7 @@ class Exchange:
         "started",
         "status",
         "target",
+        "upstream_at",
         "usage",
         "version",
     )
@@ -105,9 +110,12 @@ class Exchange:
         self.abandoned = False  # the client left before the answer
         self.usage: Usage | None = None  # a counted request's RateLimit fields
         self.limits_pending = False  # the limiter must be awaited (the task's road)
+        self.code: str | None = None  # keygate's refusal code (metrics)
+        self.mode = PROXY  # or FORWARD_AUTH (metrics)
+        self.upstream_at = 0.0  # loop time the request went upstream
 
 
-class Forwarding(WriteFlow):
+class Forwarding(AuthGate, WriteFlow):
     """The request half of :class:`~keygate.gateway.http.edge.protocol.EdgeProtocol`:
     the request in flight, and the task forwarding it unless upstream
     callbacks drive it."""
@@ -140,6 +148,16 @@ class Forwarding(WriteFlow):
         gw = edge.gw
         method, target, headers = request.method, request.target, request.headers
         raw_path, _, query = target.partition("?")
+        if raw_path.startswith(edge.auth_path):
+            auth = start_auth(request, raw_path, query, edge)
+            if auth is not None:  # forward-auth: judged here as on aiohttp's side
+                tail, request_id = auth
+                x = Exchange(request, query, request_id, edge.loop.time())
+                x.mode = FORWARD_AUTH
+                done = self._forward_auth(request, x, tail)
+                if done is None:
+                    return CLOSED
+                return ANSWERED if done else FORWARDING
         try:
             path = normalise_path(raw_path)
         except BadPath:
@@ -163,6 +181,8 @@ class Forwarding(WriteFlow):
         except Exception as exc:
             if isinstance(exc, KeygateError):
                 error = exc
+                if x.route is None:
+                    x.route = pipeline.route_name(gw, path)
             else:
                 error = pipeline.internal_error(method, target)
             x.status = error.status
@@ -185,6 +205,13 @@ class Forwarding(WriteFlow):
                 return FORWARDING
         self.task = edge.loop.create_task(self._run(x, self._forward(x)))
         return FORWARDING
+
+    def _spawn(self, x: Exchange, work: Coroutine[None, None, None]) -> None:
+        """Serve ``x`` on this connection's task (a forward-auth judgement that must wait)."""
+        edge = self._edge
+        self._current = x
+        edge.busy += 1
+        self.task = edge.loop.create_task(self._run(x, work))
 
     def _admitted(self, x: Exchange, principal: Principal) -> bool:
         """The key is verified: its address, the rules, the form-body check, the
@@ -262,7 +289,8 @@ class Forwarding(WriteFlow):
             head += body
         self._gate_in(x)
         x.conn = conn
-        deadline = self._edge.loop.time() + resolved.route.timeout
+        x.upstream_at = now = self._edge.loop.time()
+        deadline = now + resolved.route.timeout
         conn.start(head, deadline, x.method == "HEAD", self._on_upstream, send=False)
         self._edge.queue_upstream(conn, head)
 
@@ -296,6 +324,7 @@ class Forwarding(WriteFlow):
             if answer is None:
                 answer = x.answer = PooledAnswer(conn, x.method, None, None)
                 x.status = answer.status
+                self._upstream_time(x)
             data = answer.whole_body()
             if data is None:
                 # Not all here: the head goes now, the body as it comes.
@@ -308,6 +337,11 @@ class Forwarding(WriteFlow):
         except Exception:
             self._failed(x, pipeline.internal_error(x.method, x.target))
         self._finish(x)
+
+    def _upstream_time(self, x: Exchange) -> None:
+        counts = self._edge.gw.metrics
+        if counts is not None and x.route is not None:
+            counts.upstream_time(x.route, self._edge.loop.time() - x.upstream_at)
 
     def _answer_whole(self, x: Exchange, answer: Answer, data: bytes) -> None:
         answer.close()
@@ -371,13 +405,15 @@ class Forwarding(WriteFlow):
             usage = x.usage = await pipeline.take(gw, x.principal)
             usage.check()
         self._gate_in(x)
-        deadline = edge.loop.time() + resolved.route.timeout
+        x.upstream_at = now = edge.loop.time()
+        deadline = now + resolved.route.timeout
         target = pipeline.upstream_target(gw, resolved)
         pairs = self._upstream_pairs(x)
         answer = x.answer = await open_answer(
             edge.pool, gate.origin, x.method, target, pairs, x.body, deadline, fresh=fresh
         )
         x.status = answer.status
+        self._upstream_time(x)
         data = answer.whole_body()
         if data is not None:
             self._answer_whole(x, answer, data)
@@ -420,6 +456,7 @@ class Forwarding(WriteFlow):
 
     def _failed(self, x: Exchange, exc: KeygateError) -> None:
         x.status = exc.status
+        x.code = exc.code
         if x.sent:
             # Mid-answer: cut the connection, so the message ends short of its
             # length or final chunk instead of looking complete.

@@ -29,6 +29,7 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from keygate.gateway.errors import KeygateError
 from keygate.gateway.http.edge.exchange import CLOSED, HAND_OFF, Exchange, Forwarding
 from keygate.gateway.http.edge.parse import HeadParser
+from keygate.gateway.metrics.counts import FORWARD_AUTH
 
 if TYPE_CHECKING:
     from keygate.gateway.http.edge.server import Edge
@@ -193,11 +194,14 @@ class EdgeProtocol(Forwarding, asyncio.Protocol):
 
     def _refuse(self, exc: KeygateError, x: Exchange) -> bool:
         """Answer ``exc``; whether the connection stays open."""
+        x.code = exc.code
         answer, keep_alive = self._refusal(exc, x)
         self._write(answer)
         if not keep_alive:
             self.close()
-        elif exc.status == 401:
+        elif exc.status == 401 and x.mode != FORWARD_AUTH:
+            # Not a proxy asking for forward-auth: its one connection carries
+            # many clients' questions, and one client's 401 must not slow the rest.
             self._hold()
         return keep_alive
 
@@ -239,6 +243,11 @@ class EdgeProtocol(Forwarding, asyncio.Protocol):
 
     def _log(self, x: Exchange) -> None:
         edge = self._edge
+        counts = edge.gw.metrics
+        if counts is not None:
+            counts.request(
+                x.route, x.method, x.status, edge.loop.time() - x.started, x.code, x.key_id, x.mode
+            )
         logger = edge.access_log
         if logger is None:
             return

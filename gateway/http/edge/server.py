@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp.web_protocol import RequestHandler
 
+from keygate.gateway.forwardauth import AUTH_PATH
+from keygate.gateway.http.edge.wire import AllowedHeads
 from keygate.gateway.http.logsetup import info_line_writer
 from keygate.gateway.request.headers import RequestIds
 from keygate.gateway.upstream.connection import UpstreamConnection, UpstreamError
@@ -45,6 +47,8 @@ class Edge:
         self.loop = asyncio.get_running_loop()
         self.ids = ids
         self.admin_prefix = gw.settings.server.admin_prefix
+        self.auth_path = self.admin_prefix + AUTH_PATH  # forward-auth (authgate.py)
+        self.allowed = AllowedHeads()  # its answers' heads
         self.reconfigure(gw.settings)
         self.connections: set[EdgeProtocol] = set()
         self.busy = 0  # requests in flight
@@ -56,6 +60,8 @@ class Edge:
         self._upstream_out: list[tuple[UpstreamConnection, bytes]] = []
         self._flusher: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        if gw.metrics is not None:
+            gw.metrics.busy.append(lambda: self.busy)
 
     def reconfigure(self, settings: Settings) -> None:
         """The limits new connections get (and the refusal delay, at once)."""

@@ -14,6 +14,7 @@ servers to it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Final
 
@@ -69,6 +70,51 @@ def response_head(
         request_id,
         extra,
     )
+
+
+_MAX_ALLOWED_HEADS: Final = 4096
+
+
+class AllowedHeads:
+    """Forward-auth's bodiless 200s (:func:`response_head` framing): the head up
+    to X-Request-Id is the same for one key's every answer in one second, so
+    it is built once per key, version, method and keep-alive, and kept while
+    the second lasts."""
+
+    __slots__ = ("_date", "_heads")
+
+    def __init__(self) -> None:
+        self._date = ""
+        self._heads: dict[tuple[int, str, str, bool], tuple[object, bytes, bool]] = {}
+
+    def head(
+        self,
+        version: str,
+        owner: object,
+        pairs: Callable[[], tuple[tuple[str, str], ...]],
+        *,
+        method: str,
+        keep_alive: bool,
+        request_id: str,
+        extra: Pairs | None = None,
+    ) -> tuple[bytes, bool]:
+        """The head for ``pairs()`` (the same for as long as ``owner`` lives), and
+        whether the connection stays open."""
+        date = rfc822_formatted_time()
+        heads = self._heads
+        if date != self._date or len(heads) > _MAX_ALLOWED_HEADS:
+            heads.clear()  # a new second: a new Date (or many keys: start again)
+            self._date = date
+        key = (id(owner), version, method, keep_alive)
+        found = heads.get(key)
+        if found is None or found[0] is not owner:
+            lead, _, still = _head(version, 200, None, pairs(), method, 0, keep_alive, date, None)
+            found = heads[key] = (owner, lead, still)
+        _, lead, keep_alive = found
+        tail = "".join(f"{name}: {value}\r\n" for name, value in extra) if extra else ""
+        return b"%sX-Request-Id: %s\r\n%s\r\n" % (lead, _encode(request_id), _encode(tail)), (
+            keep_alive
+        )
 
 
 def _encode(text: str) -> bytes:

@@ -1,0 +1,36 @@
+"""``GET {admin_prefix}/metrics``: Prometheus' text format (docs/reference.md#metrics).
+
+Scraped from a peer in ``[metrics] allow`` without a key, or with a key in
+the ``admin`` group from anywhere else (401/403 otherwise, as the admin API
+answers). With several workers the answer is every worker's totals.
+"""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from keygate.admin.auth import authenticate
+from keygate.admin.context import gateway
+from keygate.gateway.errors import NotFound
+from keygate.gateway.http.clientip import parse_address, peer_ip, trusted_networks
+from keygate.gateway.metrics.exposition import CONTENT_TYPE, render_one
+from keygate.gateway.pipeline import split_target
+from keygate.gateway.state import metrics_publisher_key
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    counts = gw.metrics
+    if counts is None:
+        raise NotFound("Metrics are turned off ([metrics] enabled = false).")
+    allow = trusted_networks(gw.settings.metrics.allow)
+    address = parse_address(peer_ip(request))
+    if allow is None or address is None or not allow.allows(address):
+        _, raw_query = split_target(request.raw_path)
+        actor = await authenticate(request, gw, raw_query)
+        actor.require_admin()
+    publisher = request.config_dict.get(metrics_publisher_key)
+    body = publisher.render(gw, counts) if publisher is not None else render_one(gw, counts)
+    return web.Response(
+        body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE, hdrs.CACHE_CONTROL: "no-store"}
+    )
