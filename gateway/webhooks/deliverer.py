@@ -82,6 +82,7 @@ class Deliverer:
         self._session: aiohttp.ClientSession | None = None
         self._endpoint_secrets = {e.url: e.secret for e in settings.endpoints}
         self._failing = False
+        self.passes = 0  # loop passes done (tests wait for the first)
         self._renew_at = float("-inf")
         self._prune_at = float("-inf")
         self._bell_rang = True
@@ -125,6 +126,7 @@ class Deliverer:
             busy = False
             try:
                 busy = await self.tick()
+                self.passes += 1
                 if self._failing:
                     log.info("webhook deliveries resumed")
                     self._failing = False
@@ -139,8 +141,12 @@ class Deliverer:
                 await asyncio.sleep(0)
                 continue
             self._bell.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+            # a cancellation that arrives as the bell rings (bpo-42130),
+            # and stop() would wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._bell.wait(), self.settings.poll_interval)
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await self._bell.wait()
 
     async def tick(self) -> bool:
         """One pass; whether it found work (then the next pass comes at once)."""

@@ -5,16 +5,22 @@ claimed by exactly one of several concurrent deliverers."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from keygate.config.settings import WebhookSettings
 from keygate.gateway.store.base import Store
 from keygate.gateway.store.errors import UniqueViolation
 from keygate.gateway.store.hookrecords import Outcome, Target
 from keygate.gateway.store.records import utcnow
+from keygate.gateway.store.sqlite.store import SQLiteStore
+from keygate.gateway.webhooks.deliverer import Deliverer
 from tests.gateway.test_store_contract import audit, make_key, make_user, store, store_url
+from tests.support.polling import wait_for
 
 __all__ = ["store", "store_url"]  # the contract's fixtures: SQLite and PostgreSQL
 
@@ -131,3 +137,21 @@ async def test_outbox_expiry_notices_7d_1d_expired_once_each(st_: Store) -> None
         "key.created", "key.expiring", "key.expiring", "key.expired",
         "key.updated", "key.expiring",
     ]  # fmt: skip
+
+
+async def test_deliverer_stops_when_rung_as_it_is_stopped(tmp_path: Path) -> None:
+    """A bell rung just before stop() (a last traffic notice) must not keep the
+    loop alive: asyncio.wait_for on Python 3.11 could swallow that cancellation."""
+    st = SQLiteStore(tmp_path / "bell.db")
+    await st.open()
+    try:
+        for _ in range(5):
+            deliverer = Deliverer(st, WebhookSettings(poll_interval=5))
+            await deliverer.start()
+            await wait_for(lambda d=deliverer: d.passes >= 1, within=5, what="a first pass")
+            deliverer.ring()
+            started = time.monotonic()
+            await asyncio.wait_for(deliverer.stop(), 10)
+            assert time.monotonic() - started < 1.0  # not a poll interval (5 s) or more
+    finally:
+        await st.close()
