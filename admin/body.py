@@ -22,15 +22,16 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_DEPTH = 64
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_json(request: web.Request, limit: int = MAX_BODY_BYTES) -> Any:
     """The decoded body, or ``None`` when the request has none (the services
     refuse ``None`` where an object is required, as they refuse a JSON null).
 
     ``client_max_size`` limits only ``read()``, and a chunked body has no
     Content-Length to trust, so the stream is read with a running cap
-    (STYLE: aiohttp traps).
+    (STYLE: aiohttp traps). ``limit``: a larger cap for one endpoint (an
+    import's records), before and after decoding.
     """
-    present, value = await _read_body(request)
+    present, value = await _read_body(request, limit)
     return value if present else None
 
 
@@ -41,11 +42,15 @@ async def read_optional_json(request: web.Request) -> Any:
     return value if present else {}
 
 
-async def _read_body(request: web.Request) -> tuple[bool, Any]:
+async def _read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> tuple[bool, Any]:
     declared = request.content_length
-    if declared is not None and declared > MAX_BODY_BYTES:
+    if declared is not None and declared > limit:
         raise TooLarge
-    data = decoded(await _read_capped(request), request.headers.get(hdrs.CONTENT_ENCODING))
+    data = decoded(
+        await read_capped(request, request.content.readany, limit),
+        request.headers.get(hdrs.CONTENT_ENCODING),
+        limit,
+    )
     if not data:
         return False, None
     if not is_json_type(request.content_type):
@@ -57,10 +62,6 @@ async def _read_body(request: web.Request) -> tuple[bool, Any]:
     if too_deep(value, MAX_DEPTH):
         raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.")
     return True, value
-
-
-async def _read_capped(request: web.Request) -> bytes:
-    return await read_capped(request, request.content.readany, MAX_BODY_BYTES)
 
 
 async def read_capped(
@@ -88,8 +89,8 @@ async def read_capped(
         chunks.append(chunk)
 
 
-def decoded(data: bytes, coding: str | None) -> bytes:
-    """``data`` without its Content-Encoding, at most :data:`MAX_BODY_BYTES` decoded.
+def decoded(data: bytes, coding: str | None, limit: int = MAX_BODY_BYTES) -> bytes:
+    """``data`` without its Content-Encoding, at most ``limit`` bytes decoded.
 
     keygate's server hands bodies over as they arrived (the proxy relays them
     byte for byte), so the admin API decodes what it accepts itself.
@@ -101,10 +102,10 @@ def decoded(data: bytes, coding: str | None) -> bytes:
         raise UnsupportedMediaType("Use gzip or deflate, or no Content-Encoding.")
     inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
     try:
-        out = inflater.decompress(data, MAX_BODY_BYTES + 1)
+        out = inflater.decompress(data, limit + 1)
     except zlib.error:
         raise BadRequest("The request body could not be decoded.") from None
-    if len(out) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+    if len(out) > limit or inflater.unconsumed_tail:
         raise TooLarge
     if data and not inflater.eof:
         raise BadRequest("The request body could not be decoded.")

@@ -102,7 +102,8 @@ ERRORS: dict[int, tuple[str, str]] = {
     403: ("Forbidden", "forbidden: the key's effective groups do not allow this."),
     404: ("NotFound", "not_found (also for another owner's key)."),
     409: ("Conflict", "A conflict with the current state; see the operation for its codes."),
-    413: ("TooLarge", "too_large: the body is over 64 KiB (an avatar image: over 1 MiB)."),
+    413: ("TooLarge", "too_large: the body is over 64 KiB (an avatar image: over 1 MiB; "
+          "an import's records: over 8 MiB)."),
     415: ("UnsupportedMediaType", "unsupported_media_type: a Content-Encoding keygate "
           "does not decode."),
     422: ("Invalid", "invalid: details name each refused field (unknown fields included)."),

@@ -192,6 +192,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         conflicts=("name_taken", "key_limit_reached"),
         forbidden="a self-service caller naming another owner",
     ),
+    _admin(
+        "POST",
+        "/keys/import",
+        keys.import_keys,
+        "importKeys",
+        "Import keys clients already hold (stored by digest; all or none)",
+        "keys",
+        response="ImportReport",
+        body="KeyImport",
+    ),
     _key("GET", "/keys/{id}", keys.get_key, "getKey", "One key", response="Key", not_found=True),
     _key(
         "PATCH",
@@ -437,9 +447,31 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 def register(app: web.Application, endpoints: Iterable[Endpoint]) -> None:
+    endpoints = tuple(endpoints)
+    templated = [_pattern(ep.path) for ep in endpoints if "{" in ep.path]
+    shadowed: set[str] = set()
     for ep in endpoints:
         # No implicit HEAD: every registered route is one documented operation.
         app.router.add_route(ep.method, ep.path, ep.handler, name=ep.operation_id)
+        if "{" not in ep.path and any(p.fullmatch(ep.path) for p in templated):
+            shadowed.add(ep.path)
+    for path in sorted(shadowed):
+        # A fixed path a templated one also matches (/keys/import beside
+        # /keys/{id}): its other methods are 405 (RFC 9110 §15.5.6), never the
+        # templated route's operation on an id named "import".
+        allowed = sorted(ep.method for ep in endpoints if ep.path == path)
+        app.router.add_route("*", path, _not_allowed(allowed))
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(path)))
+
+
+def _not_allowed(allowed: list[str]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return handler
 
 
 def public_matcher(endpoints: Iterable[Endpoint]) -> Callable[[str], bool]:

@@ -199,7 +199,11 @@ SCHEMAS: dict[str, Schema] = {
     "Key": obj(
         {
             "id": {"type": "string", "pattern": KEY_ID, "description": "The public key id."},
-            "display": {"type": "string", "description": "kg_<id>_…<last 4>"},
+            "display": {
+                "type": "string",
+                "description": "kg_<id>_…<last 4>; for an imported key …<last 4>, with the "
+                "first 4 in front for a token of 32 characters or more.",
+            },
             "name": KEY_NAME,
             "description": STRING,
             "status": {"type": "string", "enum": list(LIST_STATUSES)},
@@ -208,7 +212,13 @@ SCHEMAS: dict[str, Schema] = {
             "created_by": nullable(USER_REF),
             "created_at": TIME,
             "updated_at": TIME,
-            "last_used_at": nullable(TIME),
+            "last_used_at": nullable(
+                {
+                    **TIME,
+                    "description": "The last successful authentication, to "
+                    "auth.last_used_resolution (60 s by default); null: never used.",
+                }
+            ),
             "expires_at": nullable(TIME),
             "webhook_url": nullable(STRING),
             "metadata": METADATA,
@@ -305,6 +315,58 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "WebhookSecret": obj(
         {"webhook_secret": WEBHOOK_SECRET}, required=("webhook_secret",), closed=False
+    ),
+    "KeyImportRecord": obj(
+        {
+            "key": {
+                "type": "string",
+                "pattern": "^[!-~]{16,256}$",
+                "description": "The token exactly as clients send it: 16-256 visible ASCII "
+                "characters. Only its SHA-256 digest is stored.",
+            },
+            "name": {**declared(bodies.KeyName), "description": "Default key-<id>; made unique "
+                     "per owner with -2, -3, …"},
+            "owner": {"type": "string", "pattern": USERNAME},
+            "groups": {
+                "anyOf": [GROUP_LIST, {"type": "string"}],
+                "description": "A list, or one string of names separated by spaces, commas "
+                "or semicolons; the request's groups are added.",
+            },
+            "expires_at": nullable(TIME),
+            "description": declared(bodies.Description),
+            "metadata": {"type": "object", "description": "Kept with imported_from."},
+        },
+        required=("key",),
+    ),
+    "ImportReport": obj(
+        {
+            "total": {"type": "integer", "description": "Records read."},
+            "imported": {"type": "integer", "description": "Keys written (a dry run: that "
+                         "would be)."},
+            "skipped": {"type": "integer", "description": "Keys already present (by digest)."},
+            "invalid": {
+                "type": "array",
+                "items": obj(
+                    {"line": {"type": "integer"}, "reason": STRING},
+                    required=("line", "reason"),
+                    closed=False,
+                ),
+                "description": "Always empty in an answer: an invalid record is 422.",
+            },
+            "over_limit": {
+                "type": "array",
+                "items": obj(
+                    {"owner": STRING, "keys": {"type": "integer"}, "limit": {"type": "integer"}},
+                    required=("owner", "keys", "limit"),
+                    closed=False,
+                ),
+                "description": "Owners above auth.max_keys_per_user once imported: the "
+                "limit does not apply to imports, but stops their new keys.",
+            },
+            "dry_run": {"type": "boolean"},
+        },
+        required=("total", "imported", "skipped", "invalid", "over_limit", "dry_run"),
+        closed=False,
     ),
     "KeyList": obj(
         {"items": {"type": "array", "items": ref("Key")}, "next_cursor": CURSOR},

@@ -1,11 +1,15 @@
 """Profile keygate under wrk load with py-spy and print the top frames.
 
-    python bench/profile.py [--scenario valid|bad-checksum|flood-random-id] [--seconds 15]
+    python bench/profile.py [--scenario valid|bad-checksum|flood-random-id|
+                                        flood-foreign|features-on] [--seconds 15]
 
 Starts the origin (nginx) and one keygate worker like ``run.py`` does, drives
 it with 50 wrk connections, samples it with ``py-spy record`` (pip install
 py-spy) and prints the frames with the most samples: "self" (the frame was
 running) and "total" (the frame was on the stack), in percent of all samples.
+``features-on`` profiles ``keygate-features`` (run.py's every-feature system)
+and also prints each feature's share: the samples with one of its frames on
+the stack (``FEATURES``; add a feature's markers there when it lands).
 """
 
 from __future__ import annotations
@@ -22,6 +26,32 @@ if __package__ in (None, ""):  # `python bench/profile.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs, seed, systems, wrkrun
+
+# A feature's share of the event loop: samples with a frame matching one of
+# its markers (a function name or a file path in py-spy's frame text).
+FEATURES = {
+    "access log": ("accesslog.py",),
+    "rate limit + quota (local)": ("gateway/limits/",),
+    "IP allowlist": ("check_address", "clientip.py"),
+    "identity headers": ("identity_headers", "upstream_header_pairs"),
+    # HOOK: "metrics": (...), "webhooks": (...) once merged.
+}
+
+
+def feature_shares(collapsed: Path) -> list[str]:
+    """Each feature's share of the event-loop thread's samples, in percent."""
+    hits: collections.Counter[str] = collections.Counter()
+    main = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not stack.startswith("_run_module_as_main"):
+            continue
+        n = int(count)
+        main += n
+        for name, markers in FEATURES.items():
+            if any(m in stack for m in markers):
+                hits[name] += n
+    return [f"{100 * hits[name] / max(1, main):5.1f}%  {name}" for name in FEATURES]
 
 
 def top_frames(collapsed: Path, limit: int) -> tuple[list[str], list[str], float]:
@@ -57,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/profile.py", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--scenario", default="valid",
-                   choices=["valid", "bad-checksum", "flood-random-id"])
+                   choices=["valid", "bad-checksum", "flood-random-id", "flood-foreign",
+                            "features-on"])
     p.add_argument("--seconds", type=float, default=15.0, help="sampling time")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--top", type=int, default=25, help="frames to print")
@@ -80,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
             elif args.scenario == "flood-random-id":
                 arg = str(seed.write_lines(work / "flood.txt", seed.random_tokens(200_000)))
                 shape = "cycle"
+            elif args.scenario == "flood-foreign":  # on a store with imported keys
+                arg = str(seed.write_lines(work / "flood.txt", seed.foreign_tokens(200_000)))
+                shape = "cycle"
+                seed.add_imported(small.small_db, seed.foreign_tokens(systems.IMPORTED_KEYS))
             lay = systems.Layout(work, procs.free_port(), work / "none", work / "none",
                                  small.small_db, None, sut, load, 60.0)
             started.append(systems.start_origin(lay).proc)
-            keygate = systems.start("keygate", lay)
+            name = "keygate-features" if args.scenario == "features-on" else "keygate"
+            keygate = systems.start(name, lay)
             started.append(keygate.proc)
             scripts = wrkrun.write_scripts(work)
             seconds = args.seconds + 3
@@ -99,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             result = wrkrun.finish(w, seconds)
             own, total, other = top_frames(raw, args.top)
+            shares = feature_shares(raw) if args.scenario == "features-on" else []
             if args.raw:
                 shutil.copyfile(raw, args.raw)
         finally:
@@ -108,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
           f"while sampled, p99 {result.p99_ms:.1f} ms\n")
     print(f"event-loop thread only ({other:.0f}% of samples were in other threads, mostly "
           "aiosqlite workers waiting on their queue)\n")
+    if shares:
+        print("features (samples with one of its frames on the stack):", *shares, "", sep="\n")
     print("self (frame running):", *own, "", "total (frame on the stack):", *total, sep="\n")
     return 0
 

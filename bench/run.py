@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `gatewa
 from bench import nginx, procs, report, scenarios, seed, systems, wrkrun
 
 INSTALL_HINT = "install them with: apt-get install wrk nginx-light"
+LARGE = frozenset({"keygate-1m", "keygate-1m-thread", "keygate-1m-pg"})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description=__doc__,
         epilog="scenarios: valid-c1, valid-c50, bad-checksum, flood-random-id, "
-        "flood-wrong-secret, valid-c25, mixed, zipf-1m, post-c50, stream-1mib, tls-c50, "
-        "forward-auth-c50. "
+        "flood-wrong-secret, flood-foreign, features-on, valid-c25, mixed, zipf-1m, post-c50, "
+        "stream-1mib, tls-c50, forward-auth-c50. "
         "See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load-cpu", type=int, default=1, help="core of wrk and the origin")
     p.add_argument("--workdir", type=Path, help="keep stores, configs and logs here")
     p.add_argument("--output", type=Path, help="also write the table to this file")
+    p.add_argument(
+        "--pg-url",
+        help="PostgreSQL server for keygate-1m-pg, e.g. postgresql://postgres@127.0.0.1:5432 "
+        "(a database of the bench's own is made and dropped); without it that system is left out",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
@@ -151,6 +157,7 @@ class Bench:
         self.systems: dict[str, systems.System] = {}
         self.samples: list[report.Sample] = []
         self.notes: list[str] = []
+        self.pg_db: str | None = None  # keygate-1m-pg's database, dropped at the end
 
     def prepare(self, wanted: set[str], floods: int) -> scenarios.Tokens:
         say("seeding the small store")
@@ -159,15 +166,18 @@ class Bench:
         flood_secrets = seed.write_lines(
             self.work / "flood_secrets.txt", seed.random_tokens(floods, small.key_id)
         )
+        flood_foreign = seed.write_lines(self.work / "flood_foreign.txt",
+                                         seed.foreign_tokens(floods))
         sample: list[str] = []
         large = self.work / "large.db"
         zipf = self.work / "zipf_sample.txt"
         done = self.work / f"large-{self.args.keys}-{self.args.sample}.done"
-        if "keygate-1m" in wanted and done.exists():  # a kept --workdir: reuse the big store
+        large_wanted = bool(wanted & LARGE)
+        if large_wanted and done.exists():  # a kept --workdir: reuse the big store
             say(f"reusing the {self.args.keys:,}-key store in {self.work}")
             sample = zipf.read_text().split()
             seed.reset_last_used(large)
-        elif "keygate-1m" in wanted:
+        elif large_wanted:
             say(f"seeding {self.args.keys:,} keys (bulk insert, about a minute)")
             t0 = time.monotonic()
             done.unlink(missing_ok=True)
@@ -181,15 +191,22 @@ class Bench:
         accepted = [small.token, *sample]
         nginx.write_map_file(self.work / "keys.map", accepted)
         seed.write_digests(self.work / "keys.sha256", accepted)
+        large_pg = None
+        if "keygate-1m-pg" in wanted:
+            say(f"copying the {self.args.keys:,} keys into PostgreSQL")
+            t0 = time.monotonic()
+            large_pg = self.pg_db = seed.seed_postgres(self.args.pg_url, large)
+            say(f"copied in {time.monotonic() - t0:.0f} s")
         self.layout = systems.Layout(
             work=self.work, origin_port=procs.free_port(), map_file=self.work / "keys.map",
             digests_file=self.work / "keys.sha256", small_db=small.small_db,
             large_db=large if sample else None, sut_cpus=self.cpus[0], load_cpus=self.cpus[1],
             ready_timeout=120.0,
             tls=systems.write_tls_files(self.work) if wanted & systems.TLS_SYSTEMS else None,
+            large_pg=large_pg,
         )
         return scenarios.Tokens(small.token, seed.bad_checksum(small.token), flood_ids,
-                                flood_secrets, zipf)
+                                flood_secrets, flood_foreign, zipf)
 
     def start(self, wanted: set[str]) -> None:
         origin = systems.start_origin(self.layout)
@@ -267,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {problem}", file=sys.stderr)
         return 2
     # The plan (scenario and system names) does not depend on the tokens seeded later.
-    plan = scenarios.build(scenarios.Tokens("", "", Path(), Path(), Path()), args.connections)
+    plan = scenarios.build(
+        scenarios.Tokens("", "", Path(), Path(), Path(), Path()), args.connections
+    )
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(names) - {s.name for s in plan}
     if unknown:
@@ -275,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = [s for s in plan if not names or s.name in names]
     only = {s.strip() for s in args.systems.split(",") if s.strip()}
+    if not args.pg_url:
+        only_pg = {"keygate-1m-pg"}
+        plan = [dataclasses.replace(s, systems=tuple(n for n in s.systems if n not in only_pg))
+                for s in plan]
     plan = [_only(s, only) for s in plan]
     wanted = {n for s in plan for n in s.systems}
     signal.signal(signal.SIGTERM, _interrupt)
@@ -289,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         # Flood files only when used: 200,000 tokens each take a second to make.
         floods = 200_000 if any(s.loads[-1].shape == "cycle" for s in plan) else 1
         tokens = bench.prepare(wanted, floods)
-        chosen = [_only(s, only) for s in scenarios.build(tokens, args.connections)
-                  if s.name in {p.name for p in plan}]
+        built = {s.name: s for s in scenarios.build(tokens, args.connections)}
+        chosen = [dataclasses.replace(built[p.name], systems=p.systems) for p in plan]
         code = code_version()
         bench.start(wanted)
         bench.run(chosen)
@@ -304,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(bench.started):
             procs.stop(proc)  # keygate flushes last-used stamps on SIGTERM
         bench.note_large_store()
+        if bench.pg_db is not None:
+            with contextlib.suppress(Exception):
+                seed.drop_postgres(bench.pg_db)
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     startup = {n: s.proc.ready_after or 0.0 for n, s in bench.systems.items()}

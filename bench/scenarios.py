@@ -27,6 +27,7 @@ class Tokens:
     bad_checksum: str
     flood_ids: Path  # well-formed tokens with random key ids
     flood_secrets: Path  # the valid key's id with wrong secrets
+    flood_foreign: Path  # credentials in other services' formats
     zipf_sample: Path  # tokens of the large store, rank order
 
 
@@ -51,13 +52,21 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
                  (Load("cycle", str(t.flood_ids), conns),), (*CHECKERS, "hello", "keygate")),
         Scenario("flood-wrong-secret", "flood: the real key id, wrong secrets",
                  (Load("cycle", str(t.flood_secrets), conns),), (*CHECKERS, "hello", "keygate")),
+        Scenario("flood-foreign", "flood: random tokens of other formats (refused from memory)",
+                 (Load("cycle", str(t.flood_foreign), conns),),
+                 (*CHECKERS, "hello", "keygate", "keygate-imported"), subject="keygate-imported"),
+        Scenario("features-on", f"valid key, every feature on, {conns} connections",
+                 (Load("static", t.valid, conns),),
+                 ("nginx", "bare", "keygate", "keygate-limited", "keygate-features"),
+                 subject="keygate-features"),
         Scenario(f"valid-c{half}", f"valid key alone, {half} connections (mixed's valid load)",
                  (Load("static", t.valid, half),), ("bare", "keygate")),
         Scenario("mixed", f"{half} valid + {half} random-id flood connections at once",
                  (Load("static", t.valid, half), Load("cycle", str(t.flood_ids), half)),
                  (*CHECKERS, "keygate"), parts=("valid", "flood")),
         Scenario("zipf-1m", "1,000,000 keys, cache 100,000, Zipf(s=1) over 200,000 keys",
-                 (Load("zipf", str(t.zipf_sample), conns),), (*CHECKERS, "keygate-1m"),
+                 (Load("zipf", str(t.zipf_sample), conns),),
+                 (*CHECKERS, "keygate-1m", "keygate-1m-thread", "keygate-1m-pg"),
                  subject="keygate-1m"),
         Scenario(f"post-c{conns}", f"valid cached key, 1 KiB JSON POST, {conns} connections",
                  (Load("static", t.valid, conns, body=1024),), (*PROXIES, "keygate")),

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -90,6 +91,55 @@ def random_tokens(n: int, key_id: str | None = None) -> list[str]:
         kid = key_id or ids[i * 12 : i * 12 + 12]
         out.append(keyformat.make_token(PREFIX, kid, secrets_[i * 32 : i * 32 + 32]))
     return out
+
+
+# Visible ASCII but the space (what an imported token may hold), without the
+# quote and backslash so a token file line is one header value as it stands.
+FOREIGN = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"\\")
+
+
+def foreign_tokens(n: int) -> list[str]:
+    """``n`` random tokens of other systems' shapes (16-48 visible ASCII
+    characters): not keygate-formatted, so only an imported key could match."""
+    raw = os.urandom(n * 49)
+    out = []
+    for i in range(n):
+        chunk = raw[i * 49 : i * 49 + 49]
+        out.append("".join(FOREIGN[b % len(FOREIGN)] for b in chunk[1 : 17 + chunk[0] % 33]))
+    return out
+
+
+def add_imported(db: Path, tokens: list[str]) -> None:
+    """Bulk-insert imported keys (docs/reference.md#imported-keys) into a closed
+    store, owned by its first admin, in one transaction."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        owner = conn.execute("SELECT id FROM users WHERE username = 'admin'").fetchone()[0]
+        now = time.time()
+        groups = orjson.dumps(["default"]).decode()
+        alphabet = keyformat.KEY_ID_ALPHABET
+        ids = os.urandom(len(tokens) * keyformat.KEY_ID_LEN)
+
+        def rows():  # type: ignore[no-untyped-def]
+            for i, token in enumerate(tokens):
+                kid = "".join(alphabet[b % 36] for b in ids[i * 12 : i * 12 + 12])
+                name = f"imported-{i:07d}"
+                yield (kid, hashlib.sha256(token.encode()).digest(), "", token[-4:], name,
+                       name, "active", groups, owner, "admin", owner, "admin", now, now, 1)
+
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -1048576")
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT OR IGNORE INTO keys (id, digest, prefix, last4, name, name_key, status, "
+            "groups, owner_id, owner_username, created_by_id, created_by_username, "
+            "created_at, updated_at, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows(),
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 def bad_checksum(token: str) -> str:
@@ -186,3 +236,88 @@ def generous_limit(db: Path) -> None:
     """Give every key of a (closed) small store the :data:`GENEROUS` rate limit."""
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE keys SET rate_limits = ?", (orjson.dumps(GENEROUS).decode(),))
+
+
+# A quota no bench load reaches, and an allowlist the bench's client matches.
+GENEROUS_QUOTA = {"limit": 10**15, "period": "month"}
+LOOPBACK = ["127.0.0.0/8"]
+
+
+def every_feature(db: Path) -> None:
+    """Every key of a (closed) small store with every per-key feature on: a
+    generous rate limit and quota (local backend) and an allowlist that matches.
+    Identity headers go upstream on every keyed route; the access log is on by
+    default. (Metrics and webhooks: see ``systems.FEATURES_ON``.)"""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE keys SET rate_limits = ?, quota = ?, allowed_ips = ?",
+            (orjson.dumps(GENEROUS).decode(), orjson.dumps(GENEROUS_QUOTA).decode(),
+             orjson.dumps(LOOPBACK).decode()),
+        )
+
+
+# --- PostgreSQL: the large store's keys in a database of the bench's own -------
+async def _seed_postgres(server: str, name: str, large_db: Path) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    from keygate.gateway.store.postgres.store import PostgresStore
+
+    admin = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = f"{server}/{name}"
+    store = PostgresStore(url, pool_size=2)
+    await store.open()  # migrated
+    try:
+        ctx = ServiceContext(store, AuthSettings())
+        issued = await create_first_admin(ctx)
+        owner = issued.key.owner_id
+    finally:
+        await store.close()
+    # Every key of the SQLite store but its admin's, under this store's admin:
+    # the zipf sample's tokens work on both.
+    with sqlite3.connect(large_db) as lite:
+        rows = lite.execute(
+            "SELECT id, digest, prefix, last4, name, name_key, status, groups FROM keys "
+            "WHERE name != (SELECT k.name FROM keys k JOIN users u ON u.id = k.owner_id "
+            "WHERE u.username = 'admin' ORDER BY k.created_at LIMIT 1)"
+        ).fetchall()
+    now = datetime.now(UTC)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_records_to_table(
+            "keys",
+            records=[
+                (*row, owner, "admin", owner, "admin", now, now) for row in rows
+            ],
+            columns=["id", "digest", "prefix", "last4", "name", "name_key", "status", "groups",
+                     "owner_id", "owner_username", "created_by_id", "created_by_username",
+                     "created_at", "updated_at"],
+        )
+        await conn.execute("ANALYZE keys")
+    finally:
+        await conn.close()
+
+
+def seed_postgres(server: str, large_db: Path) -> str:
+    """A new database on the PostgreSQL at ``server`` holding ``large_db``'s keys; its URL."""
+    name = f"kg_bench_{os.getpid()}_{int(time.time())}"
+    asyncio.run(_seed_postgres(server.rstrip("/"), name, large_db))
+    return f"{server.rstrip('/')}/{name}"
+
+
+def drop_postgres(url: str) -> None:
+    import asyncpg
+
+    server, _, name = url.rpartition("/")
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())

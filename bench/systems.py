@@ -43,12 +43,29 @@ DESCRIPTIONS = {
     "(its own redis-server on the load core)",
     "keygate-webhooks": "keygate, 1 worker, every key with a webhook_url and an operator "
     "endpoint for key.* (the deliverer running)",
+    "keygate-features": "keygate, 1 worker, every feature on: access log, identity headers, "
+    "a generous rate limit and quota on the key (local backend), an allowlist that matches",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
+    "keygate-imported": "keygate, 1 worker, 10,000 imported keys besides its own",
+    "keygate-1m-thread": "keygate-1m with `store.sqlite_loop_reads = false` (misses read on "
+    "the reader thread)",
+    "keygate-1m-pg": "keygate-1m on PostgreSQL (the same keys copied into a database of the "
+    "bench's own; misses batched into `= ANY($1)`)",
     "nginx-tls": "nginx terminating TLS, proxy_pass, upstream keep-alive, 1 worker",
     "keygate-tls": "keygate, 1 worker, TLS on the listener (the edge over TLS)",
     "keygate-tls-nofast": "keygate, 1 worker, TLS, `server.fast_path = false`",
 }
+# keygate-imported's imported keys: enough that the refusals are decided by the
+# in-memory digest set, not by the format check.
+IMPORTED_KEYS = 10_000
 TLS_SYSTEMS = frozenset({"nginx-tls", "keygate-tls", "keygate-tls-nofast"})
+# keygate-features' extra configuration: the place for the features a key or
+# the gateway can turn on beyond the per-key limits seed.every_feature sets.
+# HOOK (merge of metrics and webhooks): add the metrics section (the
+# /metrics endpoint on, as a deployment would have it) and a webhook
+# configured for the bench key (its receiver on the load core, like the
+# origin) here, and to DESCRIPTIONS["keygate-features"].
+FEATURES_ON = ""
 
 
 @dataclass
@@ -84,6 +101,7 @@ class Layout:
     ready_timeout: float
     tls: tuple[Path, Path] | None = None  # certificate and key of the TLS systems
     redis_port: int | None = None  # keygate-redis's own redis-server (start_redis)
+    large_pg: str | None = None  # keygate-1m-pg's database (seed.seed_postgres)
 
 
 def write_tls_files(work: Path) -> tuple[Path, Path]:
@@ -130,7 +148,7 @@ def start_redis(lay: Layout) -> tuple[Proc, int]:
     raise RuntimeError("redis-server did not answer")
 
 
-def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> Path:
+def _keygate_conf(lay: Layout, name: str, port: int, store_url: str, workers: int) -> Path:
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
     no_edge = "fast_path = false\n" if name.endswith("-nofast") else ""
@@ -160,9 +178,11 @@ def _keygate_conf(lay: Layout, name: str, port: int, db: Path, workers: int) -> 
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
         f"access_log = {access_log}\n{no_edge}{tls}\n{sections}"
-        f'[store]\nurl = "sqlite:///{db}"\n\n'
+        f'[store]\nurl = "{store_url}"\n'
+        f"sqlite_loop_reads = {'false' if name == 'keygate-1m-thread' else 'true'}\n\n"
         "[auth]\ncache_size = 100000\n\n"
         f"{redis}{hooks}"
+        f"{FEATURES_ON if name == 'keygate-features' else ''}"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
         f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
     )
@@ -194,7 +214,7 @@ def start(name: str, lay: Layout) -> System:
     elif name in ("nginx-authreq", "nginx2-authreq"):
         kport = free_port()
         db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")
-        conf = _keygate_conf(lay, name, kport, db, 1)
+        conf = _keygate_conf(lay, name, kport, f"sqlite:///{db}", 1)
         argv = [sys.executable, "-m", "keygate", "serve", "--config", str(conf)]
         keygate = spawn(f"{name}-keygate", argv, log, cpus=lay.sut_cpus, env=env, cwd=ROOT)
         try:
@@ -213,16 +233,24 @@ def start(name: str, lay: Layout) -> System:
         return System(name, port, keygate, (front,))
     elif name.startswith("keygate"):
         workers = 2 if name == "keygate-w2" else 1
-        if name == "keygate-1m":
+        if name == "keygate-1m-pg":
+            assert lay.large_pg is not None
+            store_url = lay.large_pg
+        elif name.startswith("keygate-1m"):
             assert lay.large_db is not None
-            db = lay.large_db
+            store_url = f"sqlite:///{lay.large_db}"
         else:
             db = seed.copy_db(lay.small_db, lay.work / f"{name}.db")  # each its own store
             if name in ("keygate-limited", "keygate-redis"):
                 seed.generous_limit(db)
-            if name == "keygate-webhooks":
+            elif name == "keygate-features":
+                seed.every_feature(db)
+            elif name == "keygate-imported":
+                seed.add_imported(db, seed.foreign_tokens(IMPORTED_KEYS))
+            elif name == "keygate-webhooks":
                 seed.webhooks_everywhere(db, f"http://127.0.0.1:{lay.origin_port}/hook")
-        conf = _keygate_conf(lay, name, port, db, workers)
+            store_url = f"sqlite:///{db}"
+        conf = _keygate_conf(lay, name, port, store_url, workers)
         # Two workers on a 2-core machine: give them both cores (shared with wrk).
         both = None if lay.sut_cpus is None else lay.sut_cpus | (lay.load_cpus or set())
         cpus = both if workers > 1 else lay.sut_cpus

@@ -27,6 +27,7 @@ RESTART_ONLY: Final[dict[str, tuple[str, ...]]] = {
         "cache_ttl",
         "negative_cache_ttl",
         "last_used_flush_interval",
+        "last_used_resolution",
         "max_keys_per_user",
     ),
     # The deliverer and the services are built with them (docs/webhooks.md).

@@ -108,6 +108,10 @@ class StoreSettings:
     pool_size: AtLeastOne = 10
     # How often workers look for changes made by other processes or nodes.
     change_poll_interval: Positive = 0.2
+    # SQLite: read a cache miss's key on the event loop (a read-only connection,
+    # microseconds when the file is in memory; a cold page waits for the disk
+    # with the loop). Off: on the reader thread (docs/architecture.md#cache-misses).
+    sqlite_loop_reads: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,12 @@ class AuthSettings:
     ] = 30.0
     negative_cache_ttl: Positive = 5.0
     last_used_flush_interval: Positive = 1.0
+    # A key's last_used_at is rewritten only when the new stamp is at least this
+    # much newer than the stored one: one row write per key per resolution,
+    # whatever the number of workers and nodes. 0: every flush writes.
+    last_used_resolution: Annotated[
+        float, rule(ge=0, le=86400, reason="must be from 0 to 86400 seconds")
+    ] = 60.0
     max_keys_per_user: AtLeastOne = 10
     # While authenticated requests are in flight, a connection whose request
     # was refused for its key (401) has its next request read only this many

@@ -18,6 +18,7 @@ from keygate.config.settings import Route, Settings
 from keygate.gateway.auth.cache import KeyCache
 from keygate.gateway.auth.changes import ChangeFeed
 from keygate.gateway.auth.credentials import Sources
+from keygate.gateway.auth.imported import ImportedDigests
 from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.policy import Policy, RouteTable
 from keygate.gateway.auth.usage import UsageRecorder
@@ -39,8 +40,9 @@ from keygate.gateway.webhooks.deliverer import Deliverer
 
 class KeyMemory:
     """What this process holds of the store: verified keys, every key id, the
-    compiled group rules. Change notices (this process's own writes, and the
-    change feed for everyone else's) keep it current."""
+    digests of imported keys, the compiled group rules. Change notices (this
+    process's own writes, and the change feed for everyone else's) keep it
+    current."""
 
     def __init__(self, store: Store, cache: KeyCache, key_ids: KeyIdSet, policy: Policy) -> None:
         self.store = store
@@ -50,6 +52,18 @@ class KeyMemory:
         # Change notices applied, by where they came from: this process's own
         # writes, or the change feed (keygate_invalidations_total).
         self.invalidations = {"local": 0, "feed": 0}
+        self.imported = ImportedDigests()
+
+    async def load_imported(self, after_seq: int = 0, upto_seq: int | None = None) -> None:
+        """Read imported keys' digests (all, or one notice's seq span), a chunk
+        at a time so a million never sit in one list. Their ids are not read:
+        an imported token carries none (``Store.key_ids``)."""
+        while True:
+            page = await self.store.imported_keys(after_seq, upto_seq, IMPORT_CHUNK)
+            self.imported.update(page.digests)
+            if len(page.digests) < IMPORT_CHUNK:
+                return
+            after_seq = page.last_seq
 
     @classmethod
     async def load(cls, store: Store, cache: KeyCache) -> KeyMemory:
@@ -62,12 +76,19 @@ class KeyMemory:
         self.cache.apply(kind, ref)
         if kind == "key-created":
             self.key_ids.add(ref)
+        elif kind == "keys-imported":
+            first, _, last = ref.partition(":")
+            await self.load_imported(int(first) - 1, int(last))
         if kind == "group":
             self.policy = await _policy(self.store)
 
     async def from_feed(self, kind: str, ref: str) -> None:
         """:meth:`apply` for a notice the change feed brought."""
         await self.apply(kind, ref, "feed")
+
+
+# Imported keys read per query at start-up and per announced batch.
+IMPORT_CHUNK = 100_000
 
 
 async def _policy(store: Store) -> Policy:

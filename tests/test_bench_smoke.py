@@ -95,3 +95,31 @@ def test_run_tiny_bad_checksum_round_prints_table() -> None:
     assert "### bad-checksum" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith("| keygate |")]
     assert rows and "| 100% |" in rows[0], done.stdout
+
+
+def _run_script(*argv: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_lookups_bench_prints_each_way_with_its_ratio() -> None:
+    out = _run_script(str(BENCH / "lookups.py"), "--keys", "400", "--batch", "20",
+                      "--rounds", "5")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "×" in line]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| SQLiteStore, reader thread", "| SQLiteStore, loop reads",
+        "| sqlite3 on the loop, one query a key", "| sqlite3 on the loop, one json_each batch",
+    ]
+    assert rows[0].endswith("| 1.00× |")
+
+
+def test_scale_model_measures_and_models_the_nodes() -> None:
+    out = _run_script(str(BENCH / "scale_model.py"), "--keys", "2000", "--rate", "200",
+                      "--seconds", "5", "--resolution", "5", "--cache-sample", "500")
+    assert "| 1 | 0 |" in out and "| 2 | 5 |" in out  # measured at 1 and 2 nodes
+    model = [line for line in out.splitlines() if line.startswith(("| 1 | 200 |", "| 100 |"))]
+    assert len(model) == 2, out

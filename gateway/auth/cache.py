@@ -225,7 +225,14 @@ class KeyCache:
         self._evict(self._by_group.get(group, ()))
 
     def apply(self, kind: str, ref: str) -> None:
-        """Apply one change notice (kind: key | key-created | user | group | all)."""
+        """Apply one change notice (kind: key | key-created | keys-imported | user
+        | group | all)."""
+        if kind == "keys-imported":
+            # A deleted imported key's token, remembered as unknown, may be
+            # imported again: forget the unknowns (imports are rare).
+            self.generation += 1
+            self._negative.clear()
+            return
         if kind == "key-created":
             # Nothing can be cached for a key that did not exist (its token is
             # new and random): evicting here would only drop a fresh entry. Nor

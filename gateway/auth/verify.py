@@ -12,6 +12,13 @@ the time a change notice takes to arrive, so such a refusal also needs a
 change-feed catch-up that started at most ``catch_up_window`` before the
 request: a key created or rolled elsewhere before that is already applied.
 
+A token that is not keygate-formatted may be an imported key's
+(docs/reference.md#imported-keys): found by its digest alone. When the store
+holds imported keys, their digests are in memory (``ImportedDigests``): a
+digest not among them is refused like a forged key id, after the same
+catch-up rule; one among them is asked of the store. With no imported keys,
+such a token is refused by its format, as it always was.
+
 While the store does not answer, a cached key past ``cache_ttl`` is still
 admitted for ``auth.stale_if_error`` seconds more (``KeyCache.stale``), with
 the same status checks; each such answer is counted (``stale_served``, and
@@ -28,6 +35,7 @@ from collections.abc import Awaitable, Callable
 
 from keygate.gateway.auth import keyformat
 from keygate.gateway.auth.cache import KeyCache, Principal, principal_from
+from keygate.gateway.auth.imported import ImportedDigests
 from keygate.gateway.auth.keyids import KeyIdSet
 from keygate.gateway.auth.usage import UsageRecorder
 from keygate.gateway.errors import StoreUnavailable, Unauthorized, key_disabled, key_expired
@@ -39,6 +47,12 @@ log = logging.getLogger("keygate.verify")
 # long before the request: under a flood of forged tokens the store sees at most
 # ~50 trivial queries a second, not one per request.
 CATCH_UP_WINDOW = 0.02
+# The same rule for tokens of other formats, with a wider window: imports are
+# bulk loads done ahead of a cut-over, and an unknown token of another format
+# is what a flood sends; so at most ~20 checks a second under such a flood
+# (each is a thread hop on SQLite), and a key imported elsewhere is admitted
+# by every process from 0.1 s after its batch committed.
+IMPORTED_CATCH_UP_WINDOW = 0.1
 
 
 def _invalid() -> Unauthorized:
@@ -74,6 +88,7 @@ class Verifier:
         *,
         key_ids: KeyIdSet | None = None,
         catch_up: Callable[[], Awaitable[None]] | None = None,
+        imported: ImportedDigests | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -86,8 +101,11 @@ class Verifier:
         self.stale_served = 0
         self.key_ids = key_ids
         self.catch_up = catch_up
+        # None: imported keys are not looked for (tools, tests).
+        self.imported = imported
         # Instance settings so tests can drive the coverage rule deterministically.
         self.catch_up_window = CATCH_UP_WINDOW
+        self.imported_window = IMPORTED_CATCH_UP_WINDOW
         self.clock: Callable[[], float] = time.monotonic
         self._key_id_at = len(key_prefix) + 1
         self._catching_up: asyncio.Future[None] | None = None
@@ -108,15 +126,39 @@ class Verifier:
         loaded, and a typo still never reaches the store.
         """
         if not token.isascii():
-            keyformat.check_format(token, self.prefix)  # raises: no digest of it
+            raise keyformat.TokenFormatError  # neither kind of token: no digest of it
         digest = keyformat.digest(token)
         principal = self.cache.get(digest)
         if principal is None:
-            keyformat.check_format(token, self.prefix)
-            self._check_miss(digest, token)
+            if keyformat.well_formed(token, self.prefix):
+                self._check_miss(digest, token)
+            else:
+                self._check_imported_miss(digest, token)
             return digest, None
         self.hits += 1
         return digest, self._admit(principal)
+
+    def _check_imported_miss(self, digest: bytes, token: str) -> None:
+        """As :meth:`_check_miss`, for a token that is not keygate-formatted.
+
+        Its shape is not checked here: a digest in the set is one of a token an
+        import accepted (16-256 visible ASCII), so membership alone decides.
+        """
+        imported = self.imported
+        if not imported:
+            raise keyformat.TokenFormatError
+        if digest in imported:
+            # A deleted imported key's digest stays in the set: the store's "no"
+            # is remembered like any other unknown digest.
+            if self.cache.is_known_unknown(digest):
+                raise _invalid()
+            return
+        now = self.clock()
+        window = self.imported_window
+        if not self._covered(now, window):
+            return  # load() catches up first
+        self._refresh_early(now, window)
+        raise _invalid()
 
     def _check_miss(self, digest: bytes, token: str) -> None:
         """Raise on a cache miss that memory alone can refuse; return to ask the store."""
@@ -150,12 +192,14 @@ class Verifier:
         self._refresh_early(now)
         return True
 
-    def _refresh_early(self, now: float) -> None:
+    def _refresh_early(self, now: float, window: float | None = None) -> None:
         """Under a stream of refusals from memory (a flood of forged keys), start
         the next catch-up in the background once the last covering one is half
         a window old, so coverage never lapses and refusals stay synchronous:
         at most two cheap change-feed checks a window, however many requests."""
-        if self.catch_up is None or self._covered_since >= now - self.catch_up_window / 2:
+        if window is None:
+            window = self.catch_up_window
+        if self.catch_up is None or self._covered_since >= now - window / 2:
             return
         task = self._catching_up
         if task is not None and not task.done():
@@ -168,10 +212,13 @@ class Verifier:
         task = self._catching_up = loop.create_task(self._run_catch_up(now))
         task.add_done_callback(_retrieve)
 
-    def _covered(self, arrived: float) -> bool:
-        """Whether memory holds every change committed up to ``catch_up_window``
-        before ``arrived`` (with no change feed, memory is all there is)."""
-        return self.catch_up is None or self._covered_since >= arrived - self.catch_up_window
+    def _covered(self, arrived: float, window: float | None = None) -> bool:
+        """Whether memory holds every change committed up to ``window`` (default
+        ``catch_up_window``) before ``arrived`` (with no change feed, memory is
+        all there is)."""
+        if window is None:
+            window = self.catch_up_window
+        return self.catch_up is None or self._covered_since >= arrived - window
 
     async def load(self, digest: bytes, token: str | None = None) -> Principal:
         """The miss path: one store lookup, then the same checks as a hit.
@@ -207,6 +254,11 @@ class Verifier:
             generation = self.cache.generation
             self.lookups += 1
             record = await self.store.auth_lookup(digest)
+        elif not keyformat.well_formed(token, self.prefix):
+            await self._refuse_imported(digest)
+            generation = self.cache.generation
+            self.lookups += 1
+            record = await self.store.auth_lookup(digest)
         else:
             key_id = self.key_id_of(token)
             await self._refuse_from_memory(digest, key_id)
@@ -226,6 +278,16 @@ class Verifier:
         check_status(principal, time.time())
         self.usage.touch(principal.key_id)
         return principal
+
+    async def _refuse_imported(self, digest: bytes) -> None:
+        """Raise unless ``digest`` may be an imported key's that the store holds."""
+        imported = self.imported
+        if not imported:
+            raise keyformat.TokenFormatError
+        if digest not in imported:
+            await self._catch_up(self.clock())
+            if digest not in imported:
+                raise _invalid()  # not remembered: see _check_miss
 
     async def _refuse_from_memory(self, digest: bytes, key_id: str) -> None:
         """Raise when memory, caught up with the change feed, knows the store

@@ -223,7 +223,7 @@ def _key_id(parser: argparse.ArgumentParser) -> None:
 
 
 def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
-    from keygate.gateway.cli import avatars, webhooks  # they build on this module
+    from keygate.gateway.cli import avatars, imports, webhooks  # they build on this module
 
     keys = tree.group(sub, "keys", "manage API keys", EPILOG)
 
@@ -371,4 +371,5 @@ examples:
     )
     _limits(p, update=True)
     avatars.register(tree, keys)
+    imports.register(tree, keys)
     webhooks.register(tree, keys)

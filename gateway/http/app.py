@@ -133,9 +133,10 @@ def error_middleware(ids: RequestIds) -> Middleware:
     ) -> web.StreamResponse:
         request[request_id_key] = request_id_or_new(request.headers.get(X_REQUEST_ID), ids)
         gw = request.app.get(gateway_key)
-        counts = gw.metrics if gw is not None else None
-        if counts is None:
+        if gw is None or gw.metrics is None:
             return await handle(request, handler)
+        counts = gw.metrics
+        admin_prefix = gw.settings.server.admin_prefix
         counts.in_flight += 1
         started = time.monotonic()
         status = CLIENT_GONE
@@ -145,7 +146,7 @@ def error_middleware(ids: RequestIds) -> Middleware:
             return response
         finally:
             counts.in_flight -= 1
-            _count(request, counts, status, time.monotonic() - started)
+            _count(request, counts, status, time.monotonic() - started, admin_prefix)
 
     return middleware
 
@@ -155,10 +156,11 @@ def error_middleware(ids: RequestIds) -> Middleware:
 CLIENT_GONE = 499
 
 
-def _count(request: web.Request, counts: Counts, status: int, seconds: float) -> None:
+def _count(
+    request: web.Request, counts: Counts, status: int, seconds: float, admin_prefix: str
+) -> None:
     route = request.get(route_key)
     mode = request.get(mode_key, PROXY)
-    admin_prefix = request.app[gateway_key].settings.server.admin_prefix
     if route is None and is_under(request.path, admin_prefix):
         route, mode = ADMIN, ADMIN_MODE
     counts.request(
@@ -217,7 +219,11 @@ def lifecycle(
             app[store_key] = shared_store
             yield
             return
-        store = open_store(settings.store.url, pool_size=settings.store.pool_size)
+        store = open_store(
+            settings.store.url,
+            pool_size=settings.store.pool_size,
+            loop_reads=settings.store.sqlite_loop_reads,
+        )
         await store.open()  # closes what it opened itself if it fails
         app[store_key] = store
         try:
@@ -226,7 +232,12 @@ def lifecycle(
             await store.close()
 
     async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
-        usage = UsageRecorder(app[store_key], auth.last_used_flush_interval)
+        usage = UsageRecorder(
+            app[store_key],
+            auth.last_used_flush_interval,
+            auth.last_used_resolution,
+            memory=auth.cache_size,
+        )
         usage.start()
         app[usage_key] = usage
         try:
@@ -255,6 +266,7 @@ def lifecycle(
             # Read after the feed noted its starting point: a key created
             # meanwhile is in this snapshot or in a notice still to come.
             memory.key_ids.update(await store.key_ids())
+            await memory.load_imported()
             app[changes_key] = feed
             app[gateway_key] = _gateway(
                 settings,
@@ -398,7 +410,13 @@ def _gateway(
 ) -> Gateway:
     auth = settings.auth
     verifier = Verifier(
-        store, memory.cache, usage, auth.key_prefix, key_ids=memory.key_ids, catch_up=feed.tick
+        store,
+        memory.cache,
+        usage,
+        auth.key_prefix,
+        key_ids=memory.key_ids,
+        catch_up=feed.tick,
+        imported=memory.imported,
     )
     route_names = RouteNames(settings.routes)
     services = Services.build(

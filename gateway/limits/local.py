@@ -7,10 +7,11 @@ LRU (``auth.cache_size`` keys): a key pushed out starts again with a whole
 burst. Quota counts reach the store with the last-used flush
 (:mod:`.counts`).
 
-A request every policy lets through in ``draft`` header mode takes the
-straight road (:meth:`LocalLimiter.take_now`'s first half: the GCRA steps
-inline, the RateLimit field written directly); anything else — a refusal, a
-quota used up, legacy fields — the general one, which words every case.
+A request every policy (and the quota, if any) lets through in ``draft``
+header mode takes the straight road (:meth:`LocalLimiter.take_now`'s first
+half: the GCRA steps inline, the quota counted, the RateLimit fields written
+directly); anything else — a refusal, a quota used up, legacy fields — the
+general one, which words every case.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class LocalLimiter(Limiter):
         at = self.clock()  # epoch seconds, for quota windows
         now = at - self.origin  # GCRA's time: small floats keep their precision
         tats = self._states(limits.key_id)
-        if self._draft and limits.quota is None:
+        if self._draft:
             policies = limits.policies
-            if len(policies) == 1:  # the common key: one policy, no list to build
+            if len(policies) == 1 and limits.quota is None:
+                # The common key: one policy, no list to build.
                 policy = policies[0]
                 tat = tats.get(policy.name)
                 base = now if tat is None or tat < now else tat
@@ -85,11 +87,22 @@ class LocalLimiter(Limiter):
                 remaining = int((policy.tolerance - ahead) / policy.interval + 1e-6)
                 items.append(f"{policy.room_head}{remaining};t={math.ceil(ahead - 1e-9)}")
             else:
+                policy_field = limits.policy_field
+                quota = limits.quota
+                if quota is not None:
+                    window, end = self.window(quota.period, at)
+                    used = self.counts.used(limits, window)
+                    if used >= quota.limit:
+                        return self._take(limits, at, now, tats)  # used up: worded there
+                    self.counts.add(limits.key_id, window)
+                    items.append(
+                        f'"{QUOTA_POLICY}";r={quota.limit - used - 1};t={whole_seconds(end - at)}'
+                    )
+                    item = limits.quota_item(at)
+                    policy_field = f"{policy_field}, {item}" if policy_field else item
                 for policy, new in zip(limits.policies, news, strict=True):
                     tats[policy.name] = new
-                return Usage(
-                    [("RateLimit-Policy", limits.policy_field), ("RateLimit", ", ".join(items))]
-                )
+                return Usage([("RateLimit-Policy", policy_field), ("RateLimit", ", ".join(items))])
         return self._take(limits, at, now, tats)
 
     def _take(self, limits: KeyLimits, at: float, now: float, tats: Tats) -> Usage:

@@ -9,6 +9,7 @@ period starts a new count).
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 from typing import Final
 
@@ -37,8 +38,16 @@ def bounds(period: str, now: float) -> tuple[str, float, float]:
 
 
 def length(period: str, now: float) -> int:
-    """Seconds in the ``period`` window holding ``now`` (RateLimit-Policy's ``w``)."""
+    """Seconds in the ``period`` window holding ``now`` (RateLimit-Policy's ``w``).
+
+    Asked on every counted request with a quota (its RateLimit-Policy item):
+    the month's length is remembered per UTC day, not recomputed."""
     if period == "day":
         return DAY
-    year, month = time.gmtime(now)[:2]
+    return _month_seconds(int(now // DAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _month_seconds(day: int) -> int:
+    year, month = time.gmtime(day * DAY)[:2]
     return calendar.monthrange(year, month)[1] * DAY

@@ -9,6 +9,7 @@ from keygate.gateway.service.audit import AuditService
 from keygate.gateway.service.avatars import AvatarService
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.service.groups import GroupService
+from keygate.gateway.service.imports.service import ImportService
 from keygate.gateway.service.keys import IssuedKey, KeyService
 from keygate.gateway.service.users import UserService
 from keygate.gateway.service.webhooks import WebhookService
@@ -22,6 +23,7 @@ class Services:
     audit: AuditService
     avatars: AvatarService
     webhooks: WebhookService
+    imports: ImportService
 
     @classmethod
     def build(cls, ctx: ServiceContext) -> Services:
@@ -33,6 +35,7 @@ class Services:
             AuditService(ctx),
             AvatarService(ctx, keys),
             WebhookService(ctx, keys),
+            ImportService(ctx),
         )
 
 

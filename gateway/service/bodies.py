@@ -224,6 +224,46 @@ class GroupPatch(Body):
     rules: Rules | UnsetType = UNSET
 
 
+# At most this many records in one import request (docs/admin-api.md#import-keys);
+# more is 422: a larger import is several requests (each one is idempotent).
+MAX_IMPORT_RECORDS = 10_000
+
+
+class KeyImport(Body, kw_only=True):
+    """Keys clients already hold, to be stored by digest (docs/admin-api.md#import-keys)."""
+
+    examples = [
+        {
+            "records": [{"key": "3f8a0c1e-legacy-client-key", "name": "billing-sync"}],
+            "groups": ["default"],
+        }
+    ]
+
+    # Each record is judged by the import rules (gateway/service/imports/check.py),
+    # so a refusal names its record: records[3] and its reason.
+    records: Annotated[
+        list[Any],
+        rule(
+            extra_json_schema={
+                "items": {"$ref": "#/components/schemas/KeyImportRecord"},
+                "maxItems": MAX_IMPORT_RECORDS,
+            },
+            reason="must be a list of key records",
+        ),
+    ]
+    owner: Owner | UnsetType = None
+    groups: GroupNames | UnsetType = []
+    dry_run: bool | UnsetType = False
+    source: Annotated[
+        str,
+        rule(
+            pattern=r"^[a-z0-9][a-z0-9._-]{0,31}" + END,
+            reason="must be 1-32 lower-case letters, digits, '.', '_' or '-'",
+            description="Recorded as metadata.imported_from.",
+        ),
+    ] | UnsetType = "api"
+
+
 BODIES: tuple[type[Body], ...] = (
     KeyCreate,
     KeyPatch,
@@ -232,6 +272,7 @@ BODIES: tuple[type[Body], ...] = (
     UserPatch,
     GroupCreate,
     GroupPatch,
+    KeyImport,
 )
 
 B = TypeVar("B", bound=Body)

@@ -258,7 +258,9 @@ class KeyService:
         assert grace is not UNSET
         if key.status == "revoked":
             raise conflicts.key_revoked()
-        token, _ = keyformat.generate(key.prefix, key_id)
+        # An imported key gets a keygate token, and is one from then on.
+        prefix = self.ctx.auth.key_prefix if key.imported else key.prefix
+        token, _ = keyformat.generate(prefix, key_id)
         grace_until = utcnow() + timedelta(seconds=grace) if grace else None
         with conflicts.store_refusals():
             rolled = await self.ctx.store.roll_key(
@@ -267,9 +269,12 @@ class KeyService:
                 token[-4:],
                 grace_until=grace_until,
                 audit=actor.audit("key.roll", "key", key_id, {"grace_seconds": grace}),
+                prefix=prefix if key.imported else None,
             )
         await self.ctx.notify("key", key_id)
         self.ctx.ring()
+        if key.imported:
+            await self.ctx.notify("key-created", key_id)  # its id now names keygate tokens
         return IssuedKey(rolled, token)
 
     async def delete(self, actor: Actor, key_id: str) -> None:

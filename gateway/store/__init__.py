@@ -35,12 +35,16 @@ from keygate.config.loader import sqlite_path
 from keygate.gateway.store.base import Store
 
 
-def open_store(url: str, *, pool_size: int = 10) -> Store:
-    """A store for ``url`` (not yet opened; call ``await store.open()``)."""
+def open_store(url: str, *, pool_size: int = 10, loop_reads: bool = False) -> Store:
+    """A store for ``url`` (not yet opened; call ``await store.open()``).
+
+    ``loop_reads``: SQLite reads the verifier's lookups on the event loop
+    (``store.sqlite_loop_reads``; only a gateway makes them).
+    """
     if url.startswith("sqlite://"):
         from keygate.gateway.store.sqlite.store import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), loop_reads=loop_reads)
     if url.startswith(("postgresql://", "postgres://")):
         from keygate.gateway.store.postgres.store import PostgresStore  # type: ignore[import-not-found]
 

@@ -25,6 +25,8 @@ from keygate.gateway.store.records import (
     AvatarRecord,
     Change,
     GroupRecord,
+    ImportedPage,
+    ImportOutcome,
     KeyAuth,
     KeyQuery,
     KeyRecord,
@@ -110,7 +112,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def key_ids(self) -> list[str]:
-        """Every key id that could still authenticate (not revoked)."""
+        """Every key id that could still authenticate a keygate token (not
+        revoked, not imported: an imported token carries no key id; rolling an
+        imported key announces its id with a ``key-created`` notice)."""
 
     # --- keys -----------------------------------------------------------
     @abc.abstractmethod
@@ -161,9 +165,12 @@ class Store(abc.ABC):
         *,
         grace_until: datetime | None,
         audit: AuditEntry,
+        prefix: str | None = None,
     ) -> KeyRecord:
         """A new digest for the key; the old one keeps working until
-        ``grace_until`` (when in the future). KeyRevoked, NotFound."""
+        ``grace_until`` (when in the future). With ``prefix`` (an imported
+        key getting a keygate token) the key becomes a keygate key with that
+        prefix. KeyRevoked, NotFound."""
 
     @abc.abstractmethod
     async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
@@ -228,6 +235,39 @@ class Store(abc.ABC):
     async def traffic_notice(
         self, key_id: str, event: str, cooldown: float, now: datetime
     ) -> bool: ...
+    # --- imported keys (docs/reference.md#imported-keys) ----------------------------
+    @abc.abstractmethod
+    async def held_digests(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of ``digests`` the store holds, current or rolled away."""
+
+    @abc.abstractmethod
+    async def import_keys(
+        self,
+        keys: Sequence[tuple[KeyRecord, bytes]],
+        *,
+        audit: Callable[[KeyRecord], AuditEntry],
+    ) -> ImportOutcome:
+        """Insert imported keys (record, digest of the whole token) as one
+        transaction, skipping those whose digest the store holds already; an
+        audit record per key written and one change notice for the batch
+        (``keys-imported``, its seq span). No key limit applies. UniqueViolation
+        ``key_name`` when an owner already has one of the names; then nothing
+        is written."""
+
+    @abc.abstractmethod
+    async def imported_keys(
+        self, after_seq: int, upto_seq: int | None = None, limit: int = 50_000
+    ) -> ImportedPage:
+        """The digests of imported keys with ``after_seq < seq <= upto_seq``, by
+        seq, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def key_names(self, owner_id: str) -> set[str]:
+        """The case-folded names of the owner's keys."""
+
+    @abc.abstractmethod
+    async def count_keys(self, owner_id: str) -> int:
+        """The owner's keys that are not revoked."""
 
     # --- key avatars (docs/admin-api.md#avatars) -------------------------------
     @abc.abstractmethod
@@ -301,8 +341,13 @@ class Store(abc.ABC):
         """Newest first, only records matching every field ``query`` sets."""
 
     @abc.abstractmethod
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
-        """Merge epoch-second stamps into ``last_used_at``, never moving it back."""
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
+        """Merge epoch-second stamps into ``last_used_at``, never moving it back,
+        and leaving alone a row whose stamp is less than ``resolution`` seconds
+        older than the new one (``auth.last_used_resolution``): however many
+        nodes use a key, its row is written at most once per resolution."""
 
     @abc.abstractmethod
     async def add_quota_used(
@@ -327,6 +372,11 @@ class Store(abc.ABC):
         the store has none (then every change-feed check reads the notices)."""
         return None
 
+    def data_version_now(self) -> int | None:
+        """``data_version`` read synchronously for a few microseconds on the event
+        loop, or None when the store cannot (then ``data_version`` is awaited)."""
+        return None
+
     def listener(self, on_notice: Callable[[], Awaitable[object]]) -> ChangeListener | None:
         """A channel that pushes change notices as they commit (PostgreSQL's
         LISTEN/NOTIFY), calling ``on_notice``; None when the store has none
@@ -340,3 +390,8 @@ class ChangeListener(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def delivers_all(self) -> bool:
+        """Whether every commit is pushed now (a live LISTEN): the change poll can
+        rest meanwhile. False for best-effort wake-ups."""
+        ...

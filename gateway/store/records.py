@@ -115,9 +115,15 @@ class KeyRecord:
     quota_window: str | None = None
     # The avatar's etag (key_avatars), None when the key has none.
     avatar_etag: str | None = None
+    # Taken from another system with its token as the client holds it
+    # (docs/reference.md#imported-keys): ``prefix`` then holds the token's first 4
+    # characters, or nothing for a token shorter than 32.
+    imported: bool = False
 
     @property
     def display(self) -> str:
+        if self.imported:
+            return f"{self.prefix}…{self.last4}"
         return f"{self.prefix}_{self.id}_…{self.last4}"
 
     def effective_status(self, now: datetime | None = None) -> str:
@@ -223,6 +229,25 @@ class KeyAuth:
     # The current digest and any rolled-away one (in its grace or past it): a
     # digest outside this set is unknown to the store. Empty: no key has this id.
     digests: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What one batch of ``Store.import_keys`` did."""
+
+    imported: list[str]  # the key ids written
+    skipped: int  # keys whose digest the store already held
+    # The change notice's reference: the first and last ``seq`` written, "a:b".
+    span: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedPage:
+    """Digests of imported keys in ``seq`` order (``Store.imported_keys``): plain
+    bytes, as memory holds them (a million at start-up)."""
+
+    digests: list[bytes]
+    last_seq: int  # the seq of the last one; 0 when there is none
 
 
 @dataclass(frozen=True, slots=True)

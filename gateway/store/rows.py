@@ -45,7 +45,7 @@ KEY_COLUMNS = (
     "seq, id, prefix, last4, name, description, status, groups, owner_id, owner_username, "
     "created_by_id, created_by_username, created_at, updated_at, last_used_at, expires_at, "
     "webhook_url, metadata, disabled_by_id, disabled_by_username, disabled_by_admin, "
-    "expires_by_admin, rate_limits, quota, allowed_ips, quota_used, quota_window"
+    "expires_by_admin, rate_limits, quota, allowed_ips, quota_used, quota_window, imported"
 )
 # What every key read selects: KEY_COLUMNS, then the avatar's etag (NULL when
 # the key has none) from its own table, always as the LAST column, so that a
@@ -71,8 +71,9 @@ KEY_INSERT_COLUMNS = (
     "id, digest, prefix, last4, name, name_key, description, status, groups, owner_id, "
     "owner_username, created_by_id, created_by_username, created_at, updated_at, last_used_at, "
     "expires_at, webhook_url, metadata, disabled_by_id, disabled_by_username, "
-    "disabled_by_admin, expires_by_admin, rate_limits, quota, allowed_ips"
+    "disabled_by_admin, expires_by_admin, rate_limits, quota, allowed_ips, imported"
 )
+KEY_INSERT_WIDTH = 27
 AUDIT_INSERT_COLUMNS = (
     "at, action, target_type, target_id, actor_user_id, actor_username, actor_key_id, "
     "client_addr, changes"
@@ -128,6 +129,7 @@ def key_from_row(row: Any, codec: Codec) -> KeyRecord:
         allowed_ips=tuple(codec.doc(row[24])),
         quota_used=int(row[25]),
         quota_window=row[26],
+        imported=bool(row[27]),
         avatar_etag=row[len(row) - 1],  # KEY_READ's last column
     )
 
@@ -248,6 +250,7 @@ def key_values(key: KeyRecord, digest: bytes, codec: Codec) -> tuple[Any, ...]:
         codec.put_doc([dict(p) for p in key.rate_limits]),
         codec.put_doc(dict(key.quota)) if key.quota is not None else None,
         codec.put_doc(list(key.allowed_ips)),
+        codec.put_flag(key.imported),
     )
 
 

@@ -99,6 +99,11 @@ class SqlBase(Store):
     # groups without it.
     HOLDS_GROUP: ClassVar[str]
     WITHOUT_GROUP: ClassVar[str]
+    # Whether a list binds as one array parameter (``= ANY($1)``), else as
+    # one placeholder per value (``IN ($1, …)``).
+    ARRAYS: ClassVar[bool]
+    # "The key is imported", spelt as the partial index keys_imported is.
+    IMPORTED: ClassVar[str]
 
     # --- what each store provides -------------------------------------------
     @abc.abstractmethod
@@ -131,6 +136,13 @@ class SqlBase(Store):
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
         return await self._read("fetchval", sql, *args)
+
+    def _among(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values``: the condition (its parameters from
+        ``$1``) and the arguments it binds."""
+        if self.ARRAYS:
+            return f"{column} = ANY($1)", [list(values)]
+        return f"{column} IN ({placeholders(len(values))})", list(values)
 
     async def _audit(self, conn: Conn, entry: AuditEntry) -> None:
         await conn.execute(

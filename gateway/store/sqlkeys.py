@@ -8,18 +8,21 @@ revoked key, a name its owner already uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from keygate.gateway.errors import NotFound
 from keygate.gateway.store import rows
 from keygate.gateway.store.base import KEY_WRITABLE, KeyCheck
 from keygate.gateway.store.clauses import Params, key_filter, writable
 from keygate.gateway.store.errors import KeyLimitReached, KeyRevoked
+from keygate.gateway.store.lookups import KeyLookups, ReadNow
 from keygate.gateway.store.records import (
     AuditEntry,
     AuthRecord,
+    ImportedPage,
+    ImportOutcome,
     KeyAuth,
     KeyQuery,
     KeyRecord,
@@ -27,14 +30,21 @@ from keygate.gateway.store.records import (
     utcnow,
 )
 from keygate.gateway.store.rows import (
+    AUDIT_INSERT_COLUMNS,
     AUTH_COLUMNS,
     AUTH_WIDTH,
     KEY_INSERT_COLUMNS,
+    KEY_INSERT_WIDTH,
     KEY_READ,
     placeholders,
 )
 from keygate.gateway.store.sqlbase import Conn, SqlBase
 from keygate.gateway.webhooks import events
+
+# Imports queue behind each other (PostgreSQL: an advisory lock under this
+# name; SQLite's write lock already serialises them), so a batch's check of
+# which digests are held stays true until it commits. No user id has a colon.
+IMPORT_LOCK = "keygate:imports"
 
 
 def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
@@ -65,6 +75,14 @@ class KeySql(SqlBase):
                 secret,
             )
 
+    # "k.id is one of the ids in parameter $1", and that parameter from a list.
+    ID_LIST: ClassVar[str]
+    # The batcher of verification lookups (lookups.py), made at the first miss.
+    key_lookups: KeyLookups | None = None
+
+    def _id_list(self, key_ids: list[str]) -> Any:
+        return key_ids
+
     # --- verification -------------------------------------------------------
     async def auth_lookup(self, digest: bytes) -> AuthRecord | None:
         # The current digest, else a rolled-away one still in its grace period.
@@ -79,18 +97,35 @@ class KeySql(SqlBase):
         return rows.auth_from_row(row, row[AUTH_WIDTH], self.codec) if row is not None else None
 
     async def auth_lookup_key(self, key_id: str, digest: bytes) -> KeyAuth:
-        # One row per retired digest (at most one: a roll drops earlier ones), or
-        # one row with NULLs when the key has none; no row when no key has the id.
-        found = await self._fetch(
-            f"SELECT {AUTH_COLUMNS}, r.until, k.digest, r.digest FROM keys k "
-            "LEFT JOIN users u ON u.id = k.owner_id "
-            "LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id = $1",
-            key_id,
-        )
+        # Batched with the other misses of this loop pass (lookups.py).
+        lookups = self.key_lookups
+        if lookups is None:
+            lookups = self.key_lookups = KeyLookups(self._auth_rows, self._auth_rows_now())
+        found = await lookups.rows(key_id)
         return rows.match_key_rows(found, digest, self.codec)
 
+    def _auth_sql(self) -> str:
+        """``auth_lookup_key``'s statement for a list of key ids (``ID_LIST``'s one
+        parameter): one row per retired digest (at most one: a roll drops earlier
+        ones), or one row with NULLs when the key has none; none for an id no
+        key has."""
+        return (
+            f"SELECT {AUTH_COLUMNS}, r.until, k.digest, r.digest FROM keys k "
+            "LEFT JOIN users u ON u.id = k.owner_id "
+            f"LEFT JOIN retired_digests r ON r.key_id = k.id WHERE k.id {self.ID_LIST}"
+        )
+
+    async def _auth_rows(self, key_ids: list[str]) -> list[Any]:
+        return await self._fetch(self._auth_sql(), self._id_list(key_ids))
+
+    def _auth_rows_now(self) -> ReadNow | None:
+        """A synchronous ``_auth_rows`` safe to run on the event loop, if the store has one."""
+        return None
+
     async def key_ids(self) -> list[str]:
-        found = await self._fetch("SELECT id FROM keys WHERE status != 'revoked'")
+        found = await self._fetch(
+            f"SELECT id FROM keys WHERE status != 'revoked' AND NOT ({self.IMPORTED})"
+        )
         return [r[0] for r in found]
 
     # --- keys ---------------------------------------------------------------
@@ -114,8 +149,8 @@ class KeySql(SqlBase):
                 raise KeyLimitReached(max_keys)
             with self._duplicates():
                 row = await conn.fetchrow(
-                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ({placeholders(26)}) "
-                    f"RETURNING {KEY_READ}",
+                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) "
+                    f"VALUES ({placeholders(KEY_INSERT_WIDTH)}) RETURNING {KEY_READ}",
                     *rows.key_values(key, digest, self.codec),
                 )
             if webhook_secret is not None:
@@ -195,7 +230,12 @@ class KeySql(SqlBase):
         *,
         grace_until: datetime | None,
         audit: AuditEntry,
+        prefix: str | None = None,
     ) -> KeyRecord:
+        # A new prefix makes the key a keygate key (an imported key, rolled).
+        native = "" if prefix is None else ", prefix = $5, imported = $6"
+        extra = () if prefix is None else (prefix, self.codec.put_flag(False))
+
         async def tx(conn: Conn) -> KeyRecord:
             row = await conn.fetchrow(
                 f"SELECT digest, status FROM keys WHERE id = $1{self.FOR_UPDATE}", key_id
@@ -216,16 +256,21 @@ class KeySql(SqlBase):
                 )
             with self._duplicates():
                 rolled = await conn.fetchrow(
-                    "UPDATE keys SET digest = $1, last4 = $2, updated_at = $3 WHERE id = $4 "
-                    f"RETURNING {KEY_READ}",
+                    f"UPDATE keys SET digest = $1, last4 = $2, updated_at = $3{native} "
+                    f"WHERE id = $4 RETURNING {KEY_READ}",
                     digest,
                     last4,
                     self.codec.put_time(now),
                     key_id,
+                    *extra,
                 )
             key = rows.key_from_row(rolled, self.codec)
             await self._key_event(conn, events.ROLLED, key, audit)
-            await self._finish(conn, audit, [("key", key_id)])
+            notices = [("key", key_id)]
+            if prefix is not None:
+                # Its id now names keygate tokens: every process's key id set learns it.
+                notices.append(("key-created", key_id))
+            await self._finish(conn, audit, notices)
             return key
 
         return await self._tx(tx)
@@ -254,3 +299,81 @@ class KeySql(SqlBase):
             await self._finish(conn, audit, [("key", key_id)])
 
         await self._tx(tx)
+
+    # --- imported keys (docs/reference.md#imported-keys) -----------------------
+    async def held_digests(self, digests: Sequence[bytes]) -> set[bytes]:
+        if not digests:
+            return set()
+        return await self._held(None, digests)
+
+    async def _held(self, conn: Conn | None, digests: Sequence[bytes]) -> set[bytes]:
+        # A rolled-away digest is held too: it may still be in its grace period.
+        among, args = self._among("digest", digests)
+        sql = (
+            f"SELECT digest FROM keys WHERE {among} "
+            f"UNION ALL SELECT digest FROM retired_digests WHERE {among}"
+        )
+        found = await (conn.fetch(sql, *args) if conn is not None else self._fetch(sql, *args))
+        return {bytes(r[0]) for r in found}
+
+    async def import_keys(
+        self,
+        keys: Sequence[tuple[KeyRecord, bytes]],
+        *,
+        audit: Callable[[KeyRecord], AuditEntry],
+    ) -> ImportOutcome:
+        if not keys:
+            return ImportOutcome([], 0)
+
+        async def tx(conn: Conn) -> ImportOutcome:
+            await self._lock_owner(conn, IMPORT_LOCK)
+            held = await self._held(conn, [d for _, d in keys])
+            fresh = [(k, d) for k, d in keys if d not in held]
+            if not fresh:
+                return ImportOutcome([], len(keys))
+            with self._duplicates():
+                await conn.executemany(
+                    f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) "
+                    f"VALUES ({placeholders(KEY_INSERT_WIDTH)})",
+                    [rows.key_values(k, d, self.codec) for k, d in fresh],
+                )
+            at = utcnow()
+            await conn.executemany(
+                f"INSERT INTO audit ({AUDIT_INSERT_COLUMNS}) VALUES ({placeholders(9)})",
+                [rows.audit_values(audit(k), at, self.codec) for k, _ in fresh],
+            )
+            ids = [k.id for k, _ in fresh]
+            among, args = self._among("id", ids)
+            first, last = await conn.fetchrow(
+                f"SELECT min(seq), max(seq) FROM keys WHERE {among}", *args
+            )
+            # One notice for the batch: every process reads the span's digests.
+            span = f"{first}:{last}"
+            await self._finish(conn, None, [("keys-imported", span)])
+            return ImportOutcome(ids, len(keys) - len(fresh), span)
+
+        return await self._tx(tx)
+
+    async def imported_keys(
+        self, after_seq: int, upto_seq: int | None = None, limit: int = 50_000
+    ) -> ImportedPage:
+        bind = Params(after_seq)
+        where = f"{self.IMPORTED} AND seq > $1"
+        if upto_seq is not None:
+            where += f" AND seq <= {bind(upto_seq)}"
+        found = await self._fetch(
+            f"SELECT seq, digest FROM keys WHERE {where} ORDER BY seq LIMIT {bind(limit)}",
+            *bind.values,
+        )
+        return ImportedPage([bytes(r[1]) for r in found], found[-1][0] if found else 0)
+
+    async def key_names(self, owner_id: str) -> set[str]:
+        found = await self._fetch("SELECT name_key FROM keys WHERE owner_id = $1", owner_id)
+        return {r[0] for r in found}
+
+    async def count_keys(self, owner_id: str) -> int:
+        return int(
+            await self._fetchval(
+                "SELECT count(*) FROM keys WHERE owner_id = $1 AND status != 'revoked'", owner_id
+            )
+        )

@@ -13,6 +13,8 @@ import pytest
 
 from keygate.config.settings import Route
 from keygate.gateway import pipeline
+from keygate.gateway.service.imports import read
+from keygate.gateway.service.imports.check import Defaults
 from tests.support.gateway import GatewayFactory, Keygate, key_id
 from tests.support.polling import wait_for
 from tests.support.raw import Reply, connect, exchange, http
@@ -360,3 +362,17 @@ async def test_forward_auth_access_line_names_the_route_and_key(
     assert "path=/_keygate/auth status=200" in lines[0] and "route=pub" in lines[0]
     assert "status=401" in lines[1] and "route=default" in lines[1] and "key_id=-" in lines[1]
     assert f"key_id={key_id(token)} route=default" in lines[2]
+
+
+async def test_forward_auth_imported_key_as_its_client_sends_it(kg: Keygate) -> None:
+    """An imported key (docs/reference.md#imported-keys) is judged like any other;
+    an unknown token of another format is refused."""
+    found = read(b'{"key": "legacy-partner-key-7f3a", "name": "partner"}\n', "json")
+    report = await kg.services.imports.run(
+        kg.actor(), found.entries, defaults=Defaults(owner="admin", groups=("default",))
+    )
+    assert report.imported == 1
+    reply = await ask(kg, "/orders", "legacy-partner-key-7f3a")
+    assert reply.status == 200, reply.body
+    assert reply.header("X-Keygate-Key-Name") == "partner"
+    assert (await ask(kg, "/orders", "legacy-partner-key-0000")).status == 401

@@ -67,6 +67,9 @@ async def front(
         "valid": await kg.make_key(["default"], name="sync"),
         "reader": await kg.make_key(["reader"]),
         "disabled": disabled,
+        "limited": await kg.make_key(
+            ["default"], rate_limits=[{"name": "hourly", "limit": 1, "window": 3600}]
+        ),
     }
     app_port = urlsplit(upstream.url).port
     assert app_port is not None
@@ -185,3 +188,18 @@ async def test_recipe_judges_the_path_the_proxy_forwards(
     [seen] = front.upstream.seen
     # What reached the application normalises to a path the key may use.
     assert normalise_path(seen.target.partition("?")[0]).startswith("/orders/")
+
+
+async def test_recipe_relays_a_rate_limit_refusal(front: Front) -> None:
+    """nginx (nginx_compat): 403 with X-Keygate-Error and Retry-After; Caddy: the 429."""
+    token = front.tokens["limited"]
+    assert (await front.get("/orders/1", token)).status == 200
+    refused = await front.get("/orders/1", token)
+    retry = int(refused.header("Retry-After") or 0)
+    assert 3590 <= retry <= 3600, refused.headers
+    if front.name == "nginx":
+        assert refused.status == 403
+        assert refused.header("X-Keygate-Error") == "rate_limited"
+    else:
+        assert (refused.status, refused.code) == (429, "rate_limited")
+    assert len(front.upstream.seen) == 1

@@ -202,3 +202,25 @@ async def test_keyformat_issued_key_display_matches_token(
     assert issued.key.display == f"kg_{key_id}_…{issued.token[-4:]}"
     assert issued.key.as_json()["display"] == issued.key.display
     assert issued.token not in str(issued.key.as_json())
+
+
+def test_new_key_id_twelve_base36_characters() -> None:
+    ids = {keyformat.new_key_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 12 and set(i) <= set(keyformat.KEY_ID_ALPHABET) for i in ids)
+    # Every position takes every character (one draw, written in base 36).
+    assert {i[0] for i in ids} == {i[11] for i in ids} == set(keyformat.KEY_ID_ALPHABET)
+
+
+@pytest.mark.parametrize(
+    ("token", "shown"),
+    [
+        ("abcdefghijklmnop", ("", "mnop")),  # short: the last 4 only
+        ("a" * 27 + "bcdef", ("aaaa", "cdef")),  # 32 characters: the first 4 too
+        ("x" * 30 + "y", ("", "xxxy")),  # 31: not yet
+    ],
+)
+def test_imported_display_shows_first_4_only_from_32_characters(
+    token: str, shown: tuple[str, str]
+) -> None:
+    assert keyformat.imported_display(token) == shown

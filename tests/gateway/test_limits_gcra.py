@@ -272,6 +272,22 @@ def test_quota_policy_field_gives_the_calendar_window() -> None:
     assert fields["RateLimit-Policy"] == f'"p0";q=100;w=60, "quota";q=1000;w={28 * 86400}'
 
 
+@pytest.mark.parametrize(
+    ("moment", "days"),
+    [
+        ("2027-02-28T23:59:59", 28),
+        ("2027-03-01T00:00:00", 31),  # the day after: remembered per day, not per month
+        ("2028-02-29T12:00:00", 29),
+        ("2026-04-30T23:59:59", 30),
+        ("2026-12-31T23:59:59.999", 31),
+    ],
+)
+def test_quota_month_length_follows_the_calendar(moment: str, days: int) -> None:
+    assert windows.length("month", at(moment)) == days * 86400
+    assert windows.length("month", at(moment)) == days * 86400  # remembered: the same
+    assert windows.length("day", at(moment)) == 86400
+
+
 def test_quota_counts_what_other_processes_flushed() -> None:
     """The local backend's view: the store's total (read back at each flush) plus
     what this process counted since; a key starts from what the store held."""
@@ -283,3 +299,31 @@ def test_quota_counts_what_other_processes_flushed() -> None:
     stale = key_limits("r" * 12, [], {"limit": 10, "period": "day"}, [], 8, "2026-12-04")
     assert stale is not None  # yesterday's count does not count today
     assert sum(lim.take_now(stale).refusal is None for _ in range(12)) == 10
+
+
+def _general(lim: LocalLimiter, limits: Any) -> Usage:
+    """The general road for the same request (what the straight road must equal)."""
+    at = lim.clock()
+    return lim._take(limits, at, at - lim.origin, lim._states(limits.key_id))
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [(), ((5, 1, None),), ((5, 1, None), (100, 60, 3))],
+    ids=["quota alone", "a rate limit and the quota", "two rate limits and the quota"],
+)
+def test_quota_straight_road_answers_as_the_general_one(policies: tuple[Any, ...]) -> None:
+    """Request by request, through a quota of 4 running out and rate limits
+    refusing: the same fields, refusals and counts either way."""
+    limits = limits_of(*policies, quota={"limit": 4, "period": "day"})
+    clock = Clock(at("2027-02-10T10:00:00"))
+    fast, slow = limiter(clock), limiter(clock)
+    for i in range(8):
+        clock.now += 0.05 * (i % 3)
+        a, b = fast.take_now(limits), _general(slow, limits)
+        assert a.fields == b.fields, i
+        assert (a.refusal is None) == (b.refusal is None), i
+        if a.refusal is not None:
+            assert b.refusal is not None
+            assert (a.refusal.code, a.refusal.headers) == (b.refusal.code, b.refusal.headers)
+        assert fast.counts._pending == slow.counts._pending, i

@@ -301,3 +301,51 @@ async def test_postgres_disk_full_is_insufficient_storage_logged_once(
     assert not node1.health.full
     assert await node1.write_problem() is None
     assert caplog.text.count("takes writes again") == 1
+
+
+# --- the poll rests while LISTEN delivers everything -------------------------------
+class CountingPg(PostgresStore):
+    reads = 0
+
+    async def changes_since(self, seq: int) -> list:  # type: ignore[type-arg]
+        self.reads += 1
+        return await super().changes_since(seq)
+
+
+async def test_poll_rests_while_listen_is_up_and_resumes_when_it_is_down(pg_url: str) -> None:
+    from keygate.gateway.auth.changes import ChangeFeed
+
+    store = CountingPg(pg_url, pool_size=2)
+    await store.open()
+    applied: list[tuple[str, str]] = []
+
+    async def apply(kind: str, ref: str) -> None:
+        applied.append((kind, ref))
+
+    feed = ChangeFeed(store, apply, 0.02)  # a poll every 20 ms, were it not resting
+    await feed.start()
+    try:
+        listener = feed._listener
+        assert isinstance(listener, PgChangeListener)
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        await asyncio.sleep(0.1)  # the connect's catch-up read is done
+        before = store.reads
+        await asyncio.sleep(0.5)  # idle: ~25 polls' time
+        assert store.reads - before <= 1
+        # A change still arrives, pushed.
+        other = PostgresStore(pg_url, pool_size=1)
+        await other.open()
+        try:
+            bob = await add_user(other, "bob")
+            await wait_for(lambda: ("user", bob.id) in applied, within=2.0, what="the notice")
+            # LISTEN gone: the poll takes over at once.
+            await listener.stop()
+            before = store.reads
+            await wait_for(lambda: store.reads >= before + 5, within=2.0, what="the poll")
+            eve = await add_user(other, "eve")
+            await wait_for(lambda: ("user", eve.id) in applied, within=2.0, what="a polled change")
+        finally:
+            await other.close()
+    finally:
+        await feed.stop()
+        await store.close()

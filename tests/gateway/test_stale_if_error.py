@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from keygate.config.settings import AuthSettings
 from keygate.gateway.errors import StoreUnavailable
+from keygate.gateway.state import changes_key
+from keygate.gateway.store.lookups import ReadNow
 from keygate.gateway.store.sqlbase import Tx
 from keygate.gateway.store.sqlite.store import SQLiteStore
 from tests.support.gateway import Keygate, default_route, key_id, make_settings, start_keygate
@@ -47,6 +49,14 @@ class OutageStore(SQLiteStore):
         if self.down:
             raise self._lost()
         return await super()._tx(fn)
+
+    def _auth_rows_now(self) -> ReadNow | None:
+        # A lookup on the loop that meets an I/O error hands its batch to the
+        # reader thread (store/sqlite/loopreads.py), whose read fails as above.
+        read = super()._auth_rows_now()
+        if read is None:
+            return None
+        return lambda key_ids: None if self.down else read(key_ids)
 
 
 Start = Callable[..., Awaitable[tuple[Keygate, OutageStore]]]
@@ -129,10 +139,18 @@ async def test_stale_if_error_past_the_window_fails(start: Start) -> None:
     assert await status(kg, token) == (503, "store_unavailable")
 
 
+async def echoed(kg: Keygate) -> None:
+    """This process's own change notices applied: their echo through the change
+    feed evicts what they affect, and must not evict an entry the test caches
+    after the write."""
+    await kg.client.server.app[changes_key].watcher.poll()
+
+
 async def test_stale_if_error_keeps_status_checks(start: Start) -> None:
     kg, store = await start(stale_if_error=30.0)
     token = await kg.make_key(["default"])
     await kg.services.keys.update(await kg.admin_actor(), key_id(token), {"status": "disabled"})
+    await echoed(kg)
     assert await status(kg, token) == (401, "key_disabled")  # cached as disabled
     store.down = True
     await asyncio.sleep(TTL + 0.1)

@@ -19,6 +19,7 @@ from keygate.gateway.store.postgres.store import PostgresStore
 from keygate.gateway.store.records import (
     AuditEntry,
     GroupRecord,
+    ImportedPage,
     KeyAuth,
     KeyQuery,
     KeyRecord,
@@ -854,6 +855,28 @@ async def test_touch_last_used_never_moves_back(store: Store) -> None:
     assert abs(await stamp(k2.id) - (t - 10)) < 0.001
 
 
+async def test_touch_last_used_leaves_a_stamp_newer_than_the_resolution(store: Store) -> None:
+    """auth.last_used_resolution: a row is rewritten at most once per resolution,
+    whichever node sends the stamp."""
+    alice = await make_user(store, "alice")
+    k = await make_key(store, alice)
+    t = utcnow().timestamp()
+
+    async def stamp() -> float:
+        got = await store.get_key(k.id)
+        assert got is not None and got.last_used_at is not None
+        return got.last_used_at.timestamp()
+
+    await store.touch_last_used({k.id: t}, 60.0)  # none stored: written
+    assert abs(await stamp() - t) < 0.001
+    await store.touch_last_used({k.id: t + 59}, 60.0)  # another node, 59 s later: left alone
+    assert abs(await stamp() - t) < 0.001
+    await store.touch_last_used({k.id: t + 61}, 60.0)  # a resolution later: written
+    assert abs(await stamp() - (t + 61)) < 0.001
+    await store.touch_last_used({k.id: t + 62})  # resolution 0: every newer stamp
+    assert abs(await stamp() - (t + 62)) < 0.001
+
+
 async def test_touch_last_used_concurrent_batches_keep_newest(store: Store) -> None:
     alice = await make_user(store, "alice")
     keys = [await make_key(store, alice) for _ in range(5)]
@@ -890,3 +913,126 @@ async def test_changes_since_in_order_per_write(store: Store) -> None:
     later = await store.changes_since(mid)
     assert [c.seq for c in later] == [s for s in seqs if s > mid]
     assert await store.changes_since(seqs[-1]) == []
+
+
+# --- imported keys (docs/reference.md#imported-keys) -----------------------------------
+def imported_key(owner: UserRecord, name: str, token: str) -> tuple[KeyRecord, bytes]:
+    now = utcnow()
+    key = KeyRecord(
+        id=new_id(),
+        prefix=token[:4] if len(token) >= 32 else "",
+        last4=token[-4:],
+        name=name,
+        description="",
+        status="active",
+        groups=("default",),
+        owner_id=owner.id,
+        owner_username=owner.username,
+        created_by_id=None,
+        created_by_username="cli:ops",
+        created_at=now,
+        updated_at=now,
+        last_used_at=None,
+        expires_at=None,
+        webhook_url=None,
+        metadata={"imported_from": "csv"},
+        imported=True,
+    )
+    return key, hashlib.sha256(token.encode()).digest()
+
+
+def import_audit(key: KeyRecord) -> AuditEntry:
+    return audit("key.import", "key", key.id)
+
+
+async def test_import_keys_writes_skips_held_and_announces_one_span(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    native = await make_key(store, alice)
+    seq = await store.change_seq()
+    batch = [imported_key(alice, f"legacy-{i}", f"legacy-token-{i:04d}-abcdef") for i in range(5)]
+    outcome = await store.import_keys(batch, audit=import_audit)
+    assert (len(outcome.imported), outcome.skipped) == (5, 0)
+    assert [c.kind for c in await store.changes_since(seq)] == ["keys-imported"]
+    # Again, with one new key: only that one is written.
+    again = [*batch, imported_key(alice, "legacy-new", "legacy-token-9999-abcdef")]
+    outcome = await store.import_keys(again, audit=import_audit)
+    assert (len(outcome.imported), outcome.skipped) == (1, 5)
+    read = await store.imported_keys(0)
+    assert read.digests == [d for _, d in again]  # the native key's is not among them
+    first, last = outcome.span.split(":") if outcome.span else ("", "")
+    span = await store.imported_keys(int(first) - 1, int(last))
+    assert (span.digests, span.last_seq) == ([again[-1][1]], int(last))
+    # Paged by seq.
+    page = await store.imported_keys(0, None, limit=2)
+    assert page.digests == [d for _, d in again[:2]]
+    assert (await store.imported_keys(page.last_seq, None, limit=2)).digests[0] == again[2][1]
+    assert await store.imported_keys(int(last)) == ImportedPage([], 0)
+    # An imported token carries no key id: only keygate keys' ids are listed.
+    assert await store.key_ids() == [native.id]
+
+
+async def test_import_keys_audit_record_per_key(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    before = await audit_count(store)
+    batch = [imported_key(alice, f"a-{i}", f"audited-token-{i:04d}-xyz") for i in range(3)]
+    await store.import_keys(batch, audit=import_audit)
+    assert await audit_count(store) == before + 3
+    page = await store.list_audit(10, None)
+    assert {a.target_id for a in page.items if a.action == "key.import"} == {
+        k.id for k, _ in batch
+    }
+
+
+async def test_import_keys_found_by_digest_and_read_back(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    token = "Z" * 40
+    key, digest = imported_key(alice, "long", token)
+    await store.import_keys([(key, digest)], audit=import_audit)
+    found = await store.auth_lookup(digest)
+    assert found is not None and found.key_id == key.id and found.owner_username == "alice"
+    stored = await store.get_key(key.id)
+    assert stored is not None and stored.imported
+    assert stored.display == "ZZZZ…ZZZZ"
+    assert await store.held_digests([digest, new_digest()]) == {digest}
+
+
+async def test_import_keys_name_clash_writes_nothing(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    await make_key(store, alice, "Taken")
+    batch = [
+        imported_key(alice, "fresh", "clash-token-0001-abcdef"),
+        imported_key(alice, "taken", "clash-token-0002-abcdef"),
+    ]
+    before = await audit_count(store)
+    with pytest.raises(UniqueViolation) as refused:
+        await store.import_keys(batch, audit=import_audit)
+    assert refused.value.what == "key_name"
+    assert await store.held_digests([d for _, d in batch]) == set()
+    assert await audit_count(store) == before
+
+
+async def test_import_keys_ignore_the_key_limit(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    batch = [imported_key(alice, f"n-{i}", f"limit-token-{i:04d}-abcdef") for i in range(4)]
+    await store.import_keys(batch, audit=import_audit)
+    assert await store.count_keys(alice.id) == 4
+    assert await store.key_names(alice.id) == {f"n-{i}" for i in range(4)}
+    with pytest.raises(KeyLimitReached):
+        await make_key(store, alice, max_keys=4)
+
+
+async def test_roll_imported_key_becomes_a_keygate_key(store: Store) -> None:
+    alice = await make_user(store, "alice", groups=("default",))
+    key, digest = imported_key(alice, "legacy", "short-legacy-token-1")
+    await store.import_keys([(key, digest)], audit=import_audit)
+    until = utcnow() + timedelta(hours=1)
+    rolled = await store.roll_key(
+        key.id, new_digest(), "Qq11", grace_until=until, audit=audit("key.roll"), prefix="kg"
+    )
+    assert not rolled.imported
+    assert rolled.display == f"kg_{key.id}_…Qq11"
+    # Its id now names keygate tokens: announced as a new key id is.
+    assert key.id in await store.key_ids()
+    assert ("key-created", key.id) in [(c.kind, c.ref) for c in await store.changes_since(0)]
+    old = await store.auth_lookup(digest)  # the imported token, in its grace
+    assert old is not None and old.grace_until is not None

@@ -94,7 +94,11 @@ def audit_for(key_id: str) -> AuditEntry:
 
 def store_bytes(directory: Path, name: str) -> bytes:
     """The database file and its -wal/-shm companions, concatenated."""
-    return b"".join(p.read_bytes() for p in sorted(directory.iterdir()) if p.name.startswith(name))
+    return b"".join(
+        p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.name.startswith(name) and p.is_file()  # not the -wake directory
+    )
 
 
 async def audit_count(store: SQLiteStore) -> int:

@@ -4,8 +4,10 @@ expiry it carries from the audit trail (docs/admin-api.md, "Blocks")."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from keygate.gateway.store.base import Store
 from keygate.gateway.store.postgres.migrations import PG_SCHEMA, PG_V1
 from keygate.gateway.store.postgres.store import PostgresStore
+from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA, SQLITE_V1
 from keygate.gateway.store.sqlite.store import SQLiteStore
 from tests.support.pg import reset_schema
@@ -198,3 +201,18 @@ async def test_upgrade_keeps_every_key_and_its_fields(upgraded: Store) -> None:
         # No limits until an admin sets some (docs/reference.md#rate-limits).
         assert (key.rate_limits, key.quota, key.allowed_ips) == ((), None, ())
         assert (key.quota_used, key.quota_window) == (0, None)
+
+
+async def test_upgrade_keys_are_not_imported_and_imports_work(upgraded: Store) -> None:
+    """Version 5: every key from before is a keygate key; imported ones can follow."""
+    key = await upgraded.get_key("ownerdisabld")
+    assert key is not None and not key.imported
+    assert (await upgraded.imported_keys(0)).digests == []
+    record = replace(key, id="importedkey0", name="legacy", prefix="", last4="1234", imported=True)
+    digest = hashlib.sha256(b"legacy-client-key-1234").digest()
+    outcome = await upgraded.import_keys([(record, digest)], audit=lambda k: AuditEntry(
+        "key.import", "key", k.id))
+    assert outcome.imported == ["importedkey0"]
+    assert (await upgraded.imported_keys(0)).digests == [digest]
+    found = await upgraded.auth_lookup(digest)
+    assert found is not None and found.key_id == "importedkey0"

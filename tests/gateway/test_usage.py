@@ -146,11 +146,13 @@ class FlakyStore(SQLiteStore):
 
     failures = 1
 
-    async def touch_last_used(self, stamps: dict[str, float]) -> None:  # type: ignore[override]
+    async def touch_last_used(  # type: ignore[override]
+        self, stamps: dict[str, float], resolution: float = 0.0
+    ) -> None:
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable
-        await super().touch_last_used(stamps)
+        await super().touch_last_used(stamps, resolution)
 
 
 async def test_usage_failed_flush_is_retried_without_loss(
@@ -268,5 +270,72 @@ async def test_usage_sigterm_flushes_and_exits_0(tmp_path: Path, upstream: Recor
     await store.open()
     try:
         assert await last_used(store, token) is not None
+    finally:
+        await store.close()
+
+
+# --- auth.last_used_resolution -------------------------------------------------------
+async def test_usage_resolution_default_is_60s() -> None:
+    assert AuthSettings().last_used_resolution == 60.0
+
+
+async def test_usage_stamps_within_the_resolution_are_not_written_again(
+    tmp_path: Path,
+) -> None:
+    from tests.support.stores import CountingStore
+
+    store = CountingStore(tmp_path / "r.db")
+    await store.open()
+    try:
+        issued = await create_first_admin(ServiceContext(store, AuthSettings()))
+        kid = key_id(issued.token)
+        recorder = UsageRecorder(store, 3600.0, resolution=60.0)
+        t = time.time()
+        recorder.touch(kid, t)
+        await recorder.flush()
+        recorder.touch(kid, t + 30)  # used again half a resolution later
+        await recorder.flush()
+        assert recorder.skipped == 1
+        recorder.touch(kid, t + 61)
+        await recorder.flush()
+        assert [list(b.values()) for b in store.touch_batches] == [[t], [t + 61]]
+        assert await last_used(store, issued.token) == pytest.approx(t + 61)
+    finally:
+        await store.close()
+
+
+async def test_usage_nodes_sharing_a_key_write_its_row_once_per_resolution(
+    tmp_path: Path,
+) -> None:
+    """Ten nodes (recorders on one store) using the same key: each sends its
+    stamp, the first one within a resolution is written, the rest leave it."""
+    store = SQLiteStore(tmp_path / "n.db")
+    await store.open()
+    try:
+        issued = await create_first_admin(ServiceContext(store, AuthSettings()))
+        kid = key_id(issued.token)
+        nodes = [UsageRecorder(store, 3600.0, resolution=60.0) for _ in range(10)]
+        t = time.time()
+        for i, node in enumerate(nodes):
+            node.touch(kid, t + i)
+            await node.flush()
+        assert await last_used(store, issued.token) == pytest.approx(t)
+        nodes[3].touch(kid, t + 70)
+        await nodes[3].flush()
+        assert await last_used(store, issued.token) == pytest.approx(t + 70)
+    finally:
+        await store.close()
+
+
+async def test_usage_remembers_a_bounded_number_of_written_stamps(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "m.db")
+    await store.open()
+    try:
+        recorder = UsageRecorder(store, 3600.0, resolution=60.0, memory=10)
+        t = time.time()
+        for i in range(25):
+            recorder.touch(f"nokey{i:07d}", t)
+        await recorder.flush()  # no such keys: nothing written, but all remembered...
+        assert len(recorder._written) <= 10  # ...within the bound
     finally:
         await store.close()

@@ -37,9 +37,11 @@ class CountingStore(SQLiteStore):
         self.auth_lookups += 1
         return await super().auth_lookup_key(key_id, digest)
 
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
         self.touch_batches.append(dict(stamps))
-        await super().touch_last_used(stamps)
+        await super().touch_last_used(stamps, resolution)
 
     async def changes_since(self, seq: int) -> list[Change]:
         self.changes_reads += 1
@@ -48,6 +50,12 @@ class CountingStore(SQLiteStore):
     async def data_version(self) -> int:
         self.version_probes += 1
         return await super().data_version()
+
+    def data_version_now(self) -> int | None:
+        version = super().data_version_now()
+        if version is not None:
+            self.version_probes += 1
+        return version
 
 
 async def settle(st: CountingStore) -> None:

@@ -10,7 +10,7 @@ Redis limiter takes one task. The decision is
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from keygate.gateway import forwardauth, pipeline
 from keygate.gateway.errors import KeygateError
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from keygate.gateway.http.edge.exchange import Exchange
     from keygate.gateway.http.edge.server import Edge
 
-# What serving an auth request did (the values Forwarding._start returns).
-ANSWERED_NOW = True
-LATER = False
+# _forward_auth's answer for a question a task answers later (True: answered
+# now, the connection open; None: answered now, the connection closing).
+LATER: Final = False
 
 
 class AuthGate:

@@ -79,6 +79,12 @@ class PgChangeListener:
         task, self._task = self._task, None
         await background.stop(task)
 
+    def delivers_all(self) -> bool:
+        """While LISTEN is active PostgreSQL delivers every committed NOTIFY; a
+        connection that died silently is found by the keepalive within
+        ``keepalive`` seconds, and the reconnect catches up (``_deliver``)."""
+        return self.connected.is_set()
+
     # --- asyncpg callbacks (plain functions, run on the loop) ----------------
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self._wake.set()

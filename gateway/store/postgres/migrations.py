@@ -143,10 +143,16 @@ PG_V4 = [
     "CREATE INDEX audit_target ON audit (target_type, target_id, id)",
 ]
 
-# Webhooks: secrets, the outbox, deliveries and markers, as in the SQLite
-# migration (sqlite/migrations.py, version 5). No lease: nodes claim
-# deliveries with FOR UPDATE SKIP LOCKED.
+# Imported keys, as in the SQLite migration (sqlite/migrations.py, version 5).
 PG_V5 = [
+    "ALTER TABLE keys ADD COLUMN imported boolean NOT NULL DEFAULT false",
+    "CREATE INDEX keys_imported ON keys (seq) WHERE imported",
+]
+
+# Webhooks: secrets, the outbox, deliveries and markers, as in the SQLite
+# migration (sqlite/migrations.py, version 6). No lease: nodes claim
+# deliveries with FOR UPDATE SKIP LOCKED.
+PG_V6 = [
     "ALTER TABLE keys ADD COLUMN webhook_secret text, "
     "ADD COLUMN webhook_secret_prev text, "
     "ADD COLUMN webhook_secret_prev_until timestamptz",
@@ -204,7 +210,7 @@ PG_V5 = [
 ]
 
 PG_SCHEMA = Schema(
-    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3), (4, PG_V4), (5, PG_V5)],
+    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3), (4, PG_V4), (5, PG_V5), (6, PG_V6)],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     record_version="INSERT INTO schema_version (version) VALUES ($1)",

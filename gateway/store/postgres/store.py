@@ -114,6 +114,9 @@ class PostgresStore(SqlStore):
     LOWER = "lower"
     HOLDS_GROUP = "groups @> jsonb_build_array({}::text)"
     WITHOUT_GROUP = "groups - {}::text"
+    ARRAYS = True
+    IMPORTED = "imported"
+    ID_LIST = "= ANY($1::text[])"  # one prepared statement whatever the batch's size
 
     def __init__(
         self,
@@ -160,6 +163,8 @@ class PostgresStore(SqlStore):
             raise
 
     async def close(self) -> None:
+        if self.key_lookups is not None:
+            await self.key_lookups.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -284,11 +289,14 @@ class PostgresStore(SqlStore):
         return getattr(exc, "constraint_name", None) == "keys_owner_name"
 
     # --- what PostgreSQL does its own way ---------------------------------------
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
         if not stamps:
             return
         # Nodes flush concurrently: GREATEST merges, so a stamp never moves back,
-        # and rows whose stamp is already newer are not rewritten at all.
+        # and rows whose stamp is already newer, or newer than the resolution
+        # allows, are not rewritten at all.
         # Sorted ids keep the row-lock order stable between nodes (fewer deadlocks;
         # the rest are retried by _tx).
         ids = sorted(stamps)
@@ -297,9 +305,11 @@ class PostgresStore(SqlStore):
             await conn.execute(
                 "UPDATE keys k SET last_used_at = GREATEST(k.last_used_at, to_timestamp(v.t)) "
                 "FROM unnest($1::text[], $2::float8[]) AS v(id, t) WHERE k.id = v.id "
-                "AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(v.t))",
+                "AND (k.last_used_at IS NULL "
+                "OR k.last_used_at < to_timestamp(v.t) - make_interval(secs => $3))",
                 ids,
                 [float(stamps[key_id]) for key_id in ids],
+                float(resolution),
             )
 
         await self._tx(tx)

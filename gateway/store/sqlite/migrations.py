@@ -143,6 +143,15 @@ SQLITE_V4 = [
     "CREATE INDEX audit_target ON audit (target_type, target_id, id)",
 ]
 
+# Imported keys (docs/reference.md#imported-keys): tokens of any format, found
+# by the digest of the whole token. Each process holds their digests in memory
+# (read in seq order, and by seq span when a change notice announces a batch),
+# so the partial index holds only them: a store with none pays nothing.
+SQLITE_V5 = [
+    "ALTER TABLE keys ADD COLUMN imported INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX keys_imported ON keys (seq) WHERE imported = 1",
+]
+
 # Webhooks (docs/webhooks.md): each key's signing secrets (the previous one
 # kept beside the new until its overlap ends); the outbox, one event per key
 # change written in the change's transaction (``body`` is the exact JSON sent,
@@ -150,7 +159,7 @@ SQLITE_V4 = [
 # gone); one delivery per event and receiver, with its last attempt; the
 # receivers that answered 410; markers that make expiry notices once-only and
 # space traffic notices; and the lease that elects SQLite's one deliverer.
-SQLITE_V5 = [
+SQLITE_V6 = [
     "ALTER TABLE keys ADD COLUMN webhook_secret TEXT",
     "ALTER TABLE keys ADD COLUMN webhook_secret_prev TEXT",
     "ALTER TABLE keys ADD COLUMN webhook_secret_prev_until REAL",
@@ -208,7 +217,14 @@ SQLITE_V5 = [
 ]
 
 SQLITE_SCHEMA = Schema(
-    steps=[(1, SQLITE_V1), (2, SQLITE_V2), (3, SQLITE_V3), (4, SQLITE_V4), (5, SQLITE_V5)],
+    steps=[
+        (1, SQLITE_V1),
+        (2, SQLITE_V2),
+        (3, SQLITE_V3),
+        (4, SQLITE_V4),
+        (5, SQLITE_V5),
+        (6, SQLITE_V6),
+    ],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
     record_version=(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,12 +37,15 @@ from keygate.gateway.errors import (
 )
 from keygate.gateway.store.base import FULL_MESSAGE
 from keygate.gateway.store.health import StoreHealth
+from keygate.gateway.store.lookups import ReadNow
 from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.rows import Codec, as_is, epoch_seconds, json_text
 from keygate.gateway.store.sqlbase import CHANGE_RETENTION, Conn, Notices, Tx
 from keygate.gateway.store.sqlite.connection import SQLiteConn, close_quietly, rollback
 from keygate.gateway.store.sqlite.faults import free_bytes, is_full, is_unavailable, read_only
+from keygate.gateway.store.sqlite.loopreads import LoopReader
 from keygate.gateway.store.sqlite.migrations import SQLITE_SCHEMA
+from keygate.gateway.store.sqlite.wake import WakeListener, notify, wake_dir
 from keygate.gateway.store.sqlite.wal import WalKeeper, truncate_wal
 from keygate.gateway.store.sqlkeys import quota_sets
 from keygate.gateway.store.sqlstore import SqlStore
@@ -102,6 +105,9 @@ class SQLiteStore(SqlStore):
     LOWER = "kg_lower"
     HOLDS_GROUP = "EXISTS (SELECT 1 FROM json_each(groups) WHERE value = {})"
     WITHOUT_GROUP = "(SELECT json_group_array(value) FROM json_each(groups) WHERE value != {})"
+    ARRAYS = False
+    IMPORTED = "imported = 1"
+    ID_LIST = "IN (SELECT value FROM json_each($1))"
 
     def __init__(
         self,
@@ -109,6 +115,7 @@ class SQLiteStore(SqlStore):
         *,
         busy_timeout_ms: int = 10000,
         checkpoint_after: float = CHECKPOINT_AFTER,
+        loop_reads: bool = True,
     ) -> None:
         self.path = Path(path)
         self.health = StoreHealth(str(self.path))
@@ -118,6 +125,10 @@ class SQLiteStore(SqlStore):
         self._write_lock = asyncio.Lock()
         self._wal = WalKeeper(self._checkpoint, checkpoint_after)
         self._free_at_full: int | None = None
+        # Verification lookups on the event loop (loopreads.py); off, on the reader thread.
+        self._loop_reader = LoopReader(self.path) if loop_reads else None
+        # The transaction running wrote change notices: wake the listeners (wake.py).
+        self._noticed = False
 
     # --- lifecycle ------------------------------------------------------
     async def _connect(self) -> aiosqlite.Connection:
@@ -143,6 +154,8 @@ class SQLiteStore(SqlStore):
             self._writer = await self._connect()
             self.applied_on_open = tuple(await self.migrate())
             self._reader = await self._connect()
+            if self._loop_reader is not None:
+                self._loop_reader.open()
             await self._tx(
                 lambda conn: conn.execute(
                     "DELETE FROM changes WHERE at < $1", time.time() - CHANGE_RETENTION
@@ -161,6 +174,10 @@ class SQLiteStore(SqlStore):
             ) from exc
 
     async def close(self) -> None:
+        if self.key_lookups is not None:
+            await self.key_lookups.close()
+        if self._loop_reader is not None:
+            self._loop_reader.close()
         # Pending checkpoint first: it takes the write lock and the writer.
         await self._wal.stop()
         # A transaction still running for a cancelled caller ends first.
@@ -219,6 +236,7 @@ class SQLiteStore(SqlStore):
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise self._fault(exc) or StoreUnavailable() from exc
+            self._noticed = False
             try:
                 result = await fn(SQLiteConn(db))
                 await db.execute("COMMIT")
@@ -233,6 +251,8 @@ class SQLiteStore(SqlStore):
                 raise
             self.health.wrote()
             self._wal.wrote()
+            if self._noticed:
+                notify(wake_dir(self.path))
             return result
 
     def _fault(self, exc: sqlite3.Error) -> KeygateError | None:
@@ -283,6 +303,7 @@ class SQLiteStore(SqlStore):
     async def _finish(self, conn: Conn, audit: AuditEntry | None, changes: Notices) -> None:
         if audit is not None:
             await self._audit(conn, audit)
+        self._noticed = self._noticed or bool(changes)
         for kind, ref in changes:
             await conn.execute(
                 "INSERT INTO changes (kind, ref, at) VALUES ($1, $2, $3)", kind, ref, time.time()
@@ -294,15 +315,39 @@ class SQLiteStore(SqlStore):
     def _names_clash(self, exc: BaseException) -> bool:
         return "name_key" in str(exc)
 
+    def listener(self, on_notice: Callable[[], Awaitable[object]]) -> WakeListener:
+        """Wake-ups from the other processes' commits (wake.py); the caller starts it."""
+        return WakeListener(self.path, on_notice)
+
     # --- what SQLite does its own way ----------------------------------------------
-    async def touch_last_used(self, stamps: Mapping[str, float]) -> None:
+    def _id_list(self, key_ids: list[str]) -> str:
+        return orjson.dumps(key_ids).decode()
+
+    def _auth_rows_now(self) -> ReadNow | None:
+        reader = self._loop_reader
+        if reader is None:
+            return None
+        sql = self._auth_sql()
+
+        def read(key_ids: list[str]) -> Sequence[Any] | None:
+            found = reader.fetch(sql, self._id_list(key_ids))
+            if found is not None:
+                self.health.answered()
+            return found
+
+        return read
+
+    async def touch_last_used(
+        self, stamps: Mapping[str, float], resolution: float = 0.0
+    ) -> None:
         if not stamps:
             return
 
         async def tx(conn: Conn) -> None:
             await conn.executemany(
-                "UPDATE keys SET last_used_at = max(coalesce(last_used_at, 0), $1) WHERE id = $2",
-                [(stamp, key_id) for key_id, stamp in stamps.items()],
+                "UPDATE keys SET last_used_at = $1 WHERE id = $2 "
+                "AND (last_used_at IS NULL OR last_used_at < $1 - $3)",
+                [(stamp, key_id, resolution) for key_id, stamp in stamps.items()],
             )
 
         try:
@@ -337,3 +382,9 @@ class SQLiteStore(SqlStore):
     async def data_version(self) -> int:
         """Changes whenever another connection commits: a near-free poll."""
         return int(await self._fetchval("PRAGMA data_version"))
+
+    def data_version_now(self) -> int | None:
+        """The same on the loop-read connection: no thread hand-off, so the change
+        feed can afford to look often (gateway/auth/changes.py)."""
+        reader = self._loop_reader
+        return None if reader is None else reader.data_version()
