@@ -288,7 +288,10 @@ def lifecycle(
     async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         # Off the request path: a background task (docs/webhooks.md#delivery).
         deliverer = Deliverer(
-            app[store_key], settings.webhooks, resolver=app.get(webhook_resolver_key)
+            app[store_key],
+            settings.webhooks,
+            resolver=app.get(webhook_resolver_key),
+            counts=app[gateway_key].metrics,
         )
         bell.ring = deliverer.ring
         traffic = TrafficNotices(app[store_key], settings.webhooks.cooldown, deliverer.ring)

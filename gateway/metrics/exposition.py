@@ -72,7 +72,10 @@ WEBHOOKS = Family(
     "keygate_webhook_deliveries", "counter", "Webhook deliveries, by event and result."
 )
 WEBHOOK_QUEUE = Family(
-    "keygate_webhook_queue_depth", "gauge", "Webhook deliveries waiting.", "livesum"
+    "keygate_webhook_queue_depth",
+    "gauge",
+    "Webhook deliveries waiting (pending deliveries and events not yet fanned out).",
+    "livemax",  # every delivering process counts the same store-wide backlog
 )
 RATELIMIT_ERRORS = Family(
     "keygate_ratelimit_backend_errors",
@@ -130,7 +133,9 @@ def series(gw: Gateway, counts: Counts) -> Iterator[Series]:
     for source, n in gw.memory.invalidations.items():
         yield INVALIDATIONS, INVALIDATIONS.name + "_total", {"source": source}, n
     yield STORE_ERRORS, STORE_ERRORS.name + "_total", {}, gw.store.health.errors
-    yield WEBHOOK_QUEUE, WEBHOOK_QUEUE.name, {}, 0
+    for (event, result), n in list(counts.webhooks.items()):
+        yield WEBHOOKS, WEBHOOKS.name + "_total", {"event": event, "result": result}, n
+    yield WEBHOOK_QUEUE, WEBHOOK_QUEUE.name, {}, counts.webhook_backlog
     errors = getattr(gw.limiter, "backend_errors", 0)
     yield RATELIMIT_ERRORS, RATELIMIT_ERRORS.name + "_total", {}, errors
     yield BUILD, BUILD.name, {"version": __version__}, 1

@@ -213,6 +213,10 @@ class Store(abc.ABC):
     async def webhook_work(self, now: datetime) -> bool: ...
 
     @abc.abstractmethod
+    async def webhook_backlog(self) -> int:
+        """Deliveries waiting (pending) plus events not yet fanned out."""
+
+    @abc.abstractmethod
     async def prune_webhooks(self, before: datetime) -> int: ...
 
     @abc.abstractmethod

@@ -112,6 +112,15 @@ class DeliverySql(HookSql):
         )
         return bool(found)
 
+    async def webhook_backlog(self) -> int:
+        # Both counts run on an index (webhook_deliveries_due, webhook_events_fanned).
+        found = await self._fetchval(
+            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') "
+            "+ (SELECT count(*) FROM webhook_events WHERE fanned = $1)",
+            self.codec.put_flag(False),
+        )
+        return int(found or 0)
+
     async def fan_out(self, fan: Fan) -> int:
         """New events into deliveries, one per receiver ``fan`` names; how many events."""
 

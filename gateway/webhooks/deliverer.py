@@ -35,6 +35,7 @@ from keygate import __version__
 from keygate.config.settings import WebhookSettings
 from keygate.gateway import background
 from keygate.gateway.errors import KeygateError
+from keygate.gateway.metrics.counts import Counts
 from keygate.gateway.store.base import Store
 from keygate.gateway.store.hookrecords import RESPONSE_KEPT, Claimed, Outcome, Target
 from keygate.gateway.store.records import AuditEntry, utcnow
@@ -55,6 +56,10 @@ USER_AGENT = f"keygate-webhooks/{__version__}"
 # deliveries list, then pruned, once an hour (docs/webhooks.md#delivery).
 RETENTION = timedelta(days=30)
 PRUNE_EVERY = 3600.0  # seconds
+# Polls between two counts of the backlog for the metrics' queue depth.
+BACKLOG_EVERY = 5
+# keygate_webhook_deliveries_total's result label, by an attempt's outcome.
+RESULTS = {"delivered": "delivered", "retry": "failed", "gone": "gone", "abandoned": "abandoned"}
 
 
 def holder_id() -> str:
@@ -69,12 +74,15 @@ class Deliverer:
         settings: WebhookSettings,
         *,
         resolver: AbstractResolver | None = None,
+        counts: Counts | None = None,
     ) -> None:
         self.store = store
+        self.counts = counts  # the metrics, when they are on
         self.settings = settings
         self.holder = holder_id()
         self._resolver = resolver
         self._expiry_every = EXPIRY_EVERY * settings.poll_interval
+        self._backlog_every = BACKLOG_EVERY * settings.poll_interval
         self._last_expiry = float("-inf")
         self._bell = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +93,7 @@ class Deliverer:
         self.passes = 0  # loop passes done (tests wait for the first)
         self._renew_at = float("-inf")
         self._prune_at = float("-inf")
+        self._backlog_at = float("-inf")
         self._bell_rang = True
 
     # --- lifecycle -----------------------------------------------------------------
@@ -162,6 +171,10 @@ class Deliverer:
         if clock >= self._prune_at:
             self._prune_at = clock + PRUNE_EVERY
             await store.prune_webhooks(utcnow() - RETENTION)
+        counts = self.counts
+        if counts is not None and clock >= self._backlog_at:
+            self._backlog_at = clock + self._backlog_every
+            counts.webhook_backlog = await store.webhook_backlog()
         if clock - self._last_expiry >= self._expiry_every:
             self._last_expiry = clock
             busy = await store.expiry_notices(utcnow()) > 0
@@ -202,6 +215,10 @@ class Deliverer:
             raise
         except Exception as exc:  # never a lost claim: it is written as a failure
             outcome = self._failed(claimed, None, f"internal error ({type(exc).__name__})", None)
+        counts = self.counts
+        if counts is not None:
+            label = (claimed.event, RESULTS[outcome.result])
+            counts.webhooks[label] = counts.webhooks.get(label, 0) + 1
         audit = None
         if outcome.result == "gone":
             audit = AuditEntry(

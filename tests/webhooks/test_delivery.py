@@ -292,3 +292,32 @@ async def test_webhooks_owner_sees_only_the_keys_own_deliveries(
     assert first.msg_id == second.msg_id
     other = await api.get(f"/keys/{kg.admin_token.split('_')[1]}/webhook-deliveries", member.token)
     assert other.status == 404
+
+
+async def test_webhooks_attempts_and_backlog_are_in_the_metrics(
+    kg: Keygate, receiver: Receiver
+) -> None:
+    from tests.gateway.test_metrics import samples_of, value
+
+    api = AdminApi(kg)
+    made = await api.post(
+        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/fail/2")}
+    )
+    await settled(api, made.json["key"]["id"], 1)
+    total = "keygate_webhook_deliveries_total"
+    found = await samples_of(kg)
+    # Two failed attempts, then the delivery: counted by event and result.
+    assert value(found, total, event="key.created", result="failed") == 2
+    assert value(found, total, event="key.created", result="delivered") == 1
+    assert ("keygate_webhook_queue_depth", ()) in found
+
+    # A receiver that asks for 2 s (429, Retry-After) keeps its delivery
+    # waiting that long: the queue depth counts it.
+    await api.post(
+        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/busy")}
+    )
+
+    async def waiting() -> bool:
+        return value(await samples_of(kg), "keygate_webhook_queue_depth") >= 1
+
+    await wait_for(waiting, within=10, what="a waiting delivery in the queue depth")
