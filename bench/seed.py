@@ -247,7 +247,7 @@ def every_feature(db: Path) -> None:
     """Every key of a (closed) small store with every per-key feature on: a
     generous rate limit and quota (local backend) and an allowlist that matches.
     Identity headers go upstream on every keyed route; the access log is on by
-    default. (Metrics and webhooks: see ``systems.FEATURES_ON``.)"""
+    default; metrics and webhooks come from ``systems`` (keygate-features)."""
     with sqlite3.connect(db) as conn:
         conn.execute(
             "UPDATE keys SET rate_limits = ?, quota = ?, allowed_ips = ?",

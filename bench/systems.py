@@ -44,7 +44,8 @@ DESCRIPTIONS = {
     "keygate-webhooks": "keygate, 1 worker, every key with a webhook_url and an operator "
     "endpoint for key.* (the deliverer running)",
     "keygate-features": "keygate, 1 worker, every feature on: access log, identity headers, "
-    "a generous rate limit and quota on the key (local backend), an allowlist that matches",
+    "a generous rate limit and quota on the key (local backend), an allowlist that matches, "
+    "metrics, webhooks (every key with a webhook_url, an operator endpoint for key.*)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
     "keygate-imported": "keygate, 1 worker, 10,000 imported keys besides its own",
     "keygate-1m-thread": "keygate-1m with `store.sqlite_loop_reads = false` (misses read on "
@@ -59,13 +60,10 @@ DESCRIPTIONS = {
 # in-memory digest set, not by the format check.
 IMPORTED_KEYS = 10_000
 TLS_SYSTEMS = frozenset({"nginx-tls", "keygate-tls", "keygate-tls-nofast"})
-# keygate-features' extra configuration: the place for the features a key or
-# the gateway can turn on beyond the per-key limits seed.every_feature sets.
-# HOOK (merge of metrics and webhooks): add the metrics section (the
-# /metrics endpoint on, as a deployment would have it) and a webhook
-# configured for the bench key (its receiver on the load core, like the
-# origin) here, and to DESCRIPTIONS["keygate-features"].
-FEATURES_ON = ""
+# keygate-features: metrics are on by default; its webhooks are keygate-webhooks'
+# (see _keygate_conf and start), on top of the per-key limits and allowlist
+# seed.every_feature sets.
+WEBHOOK_SYSTEMS = frozenset({"keygate-webhooks", "keygate-features"})
 
 
 @dataclass
@@ -166,7 +164,7 @@ def _keygate_conf(lay: Layout, name: str, port: int, store_url: str, workers: in
         "[[webhooks.endpoints]]\n"
         f'url = "http://127.0.0.1:{lay.origin_port}/ops"\n'
         f'secret = "{new_secret()}"\nevents = ["key.*"]\n\n'
-        if name == "keygate-webhooks"
+        if name in WEBHOOK_SYSTEMS
         else ""
     )
     sections = ""
@@ -182,7 +180,6 @@ def _keygate_conf(lay: Layout, name: str, port: int, store_url: str, workers: in
         f"sqlite_loop_reads = {'false' if name == 'keygate-1m-thread' else 'true'}\n\n"
         "[auth]\ncache_size = 100000\n\n"
         f"{redis}{hooks}"
-        f"{FEATURES_ON if name == 'keygate-features' else ''}"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
         f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
     )
@@ -245,6 +242,7 @@ def start(name: str, lay: Layout) -> System:
                 seed.generous_limit(db)
             elif name == "keygate-features":
                 seed.every_feature(db)
+                seed.webhooks_everywhere(db, f"http://127.0.0.1:{lay.origin_port}/hook")
             elif name == "keygate-imported":
                 seed.add_imported(db, seed.foreign_tokens(IMPORTED_KEYS))
             elif name == "keygate-webhooks":
