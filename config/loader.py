@@ -183,11 +183,11 @@ def _section(
     return cls(**kwargs)
 
 
-def _route(source: str, index: int, raw: Any) -> Route:
-    where = f"routes[{index}]"
+def _table(source: str, where: str, raw: Any, fields: dict[str, Declared]) -> dict[str, Any]:
+    """One table of an array of tables (a route, an endpoint): its values typed,
+    unknown and missing settings refused."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where}: must be a table")
-    fields = declared(Route)
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in fields:
@@ -196,6 +196,12 @@ def _route(source: str, index: int, raw: Any) -> Route:
     for name, f in fields.items():
         if f.required and name not in values:
             raise ConfigError(f"{source}: {where}.{name}: missing (required)")
+    return values
+
+
+def _route(source: str, index: int, raw: Any) -> Route:
+    fields = declared(Route)
+    values = _table(source, f"routes[{index}]", raw, fields)
     where = f"routes.{values['name']}"
     kwargs = {n: _valid(source, f"{where}.{n}", fields[n], v) for n, v in values.items()}
     kwargs["prefix"] = normalise_prefix(source, where, kwargs["prefix"])
@@ -211,16 +217,7 @@ def _endpoints(source: str, raw: Any) -> tuple[WebhookEndpoint, ...]:
     out = []
     for index, table in enumerate(raw):
         where = f"webhooks.endpoints[{index}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {where}: must be a table")
-        values: dict[str, Any] = {}
-        for name, value in table.items():
-            if name not in fields:
-                raise ConfigError(f"{source}: {where}.{name}: unknown setting")
-            values[name] = _typed(source, f"{where}.{name}", fields[name], value)
-        for name, f in fields.items():
-            if f.required and name not in values:
-                raise ConfigError(f"{source}: {where}.{name}: missing (required)")
+        values = _table(source, where, table, fields)
         kwargs = {n: _valid(source, f"{where}.{n}", fields[n], v) for n, v in values.items()}
         out.append(WebhookEndpoint(**kwargs))
     urls = [e.url for e in out]
