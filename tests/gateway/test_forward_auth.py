@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from keygate.config.settings import Route
-from keygate.gateway import pipeline
+from keygate.gateway import forwardauth, pipeline
 from keygate.gateway.service.imports import read
 from keygate.gateway.service.imports.check import Defaults
 from tests.support.gateway import GatewayFactory, Keygate, key_id
 from tests.support.polling import wait_for
-from tests.support.raw import Reply, connect, exchange, http
+from tests.support.raw import Reply, bearer, connect, exchange, http
 from tests.support.upstreams import Recorder
 
 AUTH = "/_keygate/auth"
@@ -139,18 +139,71 @@ async def test_forward_auth_is_off_by_default(
 
 
 async def test_forward_auth_without_a_named_request_is_400(kg: Keygate) -> None:
-    reply = await exchange(kg.port, http("GET", AUTH))
+    reply = await exchange(kg.port, http("GET", AUTH, [("X-Forwarded-Method", "GET")]))
     assert (reply.status, reply.code) == (400, "bad_request")
+    get = ("X-Forwarded-Method", "GET")
     twice = await exchange(
-        kg.port, http("GET", AUTH, [("X-Forwarded-Uri", "/a"), ("X-Forwarded-Uri", "/b")])
+        kg.port, http("GET", AUTH, [get, ("X-Forwarded-Uri", "/a"), ("X-Forwarded-Uri", "/b")])
     )
     assert (twice.status, twice.code) == (400, "bad_request")
     both = await exchange(
-        kg.port, http("GET", AUTH, [("X-Forwarded-Uri", "/a"), ("X-Original-URI", "/b")])
+        kg.port, http("GET", AUTH, [get, ("X-Forwarded-Uri", "/a"), ("X-Original-URI", "/b")])
     )
     assert (both.status, both.code) == (400, "bad_request")
-    tail_too = await exchange(kg.port, http("GET", AUTH + "/a", [("X-Original-URI", "/b")]))
+    tail_too = await exchange(
+        kg.port, http("GET", AUTH + "/a", [("X-Original-Method", "GET"), ("X-Original-URI", "/b")])
+    )
     assert (tail_too.status, tail_too.code) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("uri", "method"),
+    [("X-Original-URI", "X-Original-Method"), ("X-Forwarded-Uri", "X-Forwarded-Method")],
+)
+async def test_forward_auth_a_uri_header_without_its_method_is_400(
+    kg: Keygate, uri: str, method: str
+) -> None:
+    """Not the auth request's own method (a GET from most proxies): a proxy that
+    forgets the method header would have every DELETE judged as a GET."""
+    token = await kg.make_key(["default"])
+    reply = await exchange(kg.port, http("GET", AUTH, [(uri, "/x"), bearer(token)]))
+    assert (reply.status, reply.code) == (400, "bad_request")
+    assert "method" in reply.json()["error"]["message"]
+    named = await exchange(
+        kg.port, http("GET", AUTH, [(uri, "/x"), (method, "GET"), bearer(token)])
+    )
+    assert named.status == 200
+    # Envoy's form has no method header: the auth request's own method is the original's.
+    envoy = await exchange(kg.port, http("DELETE", AUTH + "/x", [bearer(token)]))
+    assert envoy.status == 200
+
+
+@pytest.mark.parametrize("compat", [False, True])
+async def test_forward_auth_refuses_what_no_http_parser_takes(
+    make: Callable[..., Any], compat: bool
+) -> None:
+    """A method or target proxy mode's parsers refuse (400) is refused, not judged."""
+    kg = await make(nginx_compat=compat)
+    token = await kg.make_key(["default"])
+    for method, uri in [
+        ("get", "/x"),
+        ("Get", "/x"),
+        ("BREW", "/x"),
+        ("GET", "/x/\xe9"),
+        ("GET", "/x/\xc3\xa9"),  # UTF-8 é, raw
+        ("GET", "/x/1 HTTP/1.1"),
+        ("GET", "/x/ /../y"),
+        ("GET", "/x/\t1"),
+    ]:
+        for style in ("traefik", "nginx"):
+            reply = await ask(kg, uri, token, method, style=style)
+            expected = (403, "bad_request") if compat else (400, "bad_request")
+            assert (reply.status, reply.code) == expected, (method, uri, style, reply.body)
+            assert reply.header("X-Keygate-User") is None
+    # Every method proxy mode's parsers take is judged (and taken by them).
+    for method in sorted(forwardauth.HTTP_METHODS - {"CONNECT"}):
+        assert (await ask(kg, "/x", token, method)).status == 200, method
+        assert (await proxied(kg, "/x", token, method)).status != 400, method
 
 
 async def test_forward_auth_401_carries_www_authenticate(kg: Keygate) -> None:
@@ -244,6 +297,17 @@ CASES = [
     ("GET", "/orders?_method=DELETE", "reader"),
     ("GET", "/pub/x", "none"),
     ("GET", "/orders?api_key=1", "valid"),
+    # What proxy mode's parsers refuse (400) or proxy mode does not forward (405).
+    ("get", "/orders", "valid"),
+    ("FOO", "/orders", "valid"),
+    ("CONNECT", "/pub/x", "none"),
+    ("CONNECT", "/orders", "valid"),
+    ("CONNECT", "/orders", "reader"),
+    ("CONNECT", "/orders", "none"),
+    ("GET", "/orders/\xe9", "reader"),
+    ("GET", "/orders/1 HTTP/1.1", "reader"),
+    ("GET", "/orders/ /../secret", "reader"),
+    ("GET", "/orders/\t1", "reader"),
 ]
 
 
@@ -332,10 +396,9 @@ async def test_forward_auth_401_never_holds_the_proxys_connection(
     async with connect(kg.port) as busy:
         await busy.send(http("GET", "/_up/hold", [("Authorization", f"Bearer {token}")]))
         await wait_for(lambda: upstream.holding == 1, within=5, what="the held request")
-        refused = http("GET", AUTH, [("X-Forwarded-Uri", "/x")])
-        allowed = http(
-            "GET", AUTH, [("X-Forwarded-Uri", "/x"), ("Authorization", f"Bearer {token}")]
-        )
+        named = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/x")]
+        refused = http("GET", AUTH, named)
+        allowed = http("GET", AUTH, [*named, ("Authorization", f"Bearer {token}")])
         async with connect(kg.port) as proxy:
             await proxy.send(refused + allowed)
             assert (await proxy.reply(within=3.0)).status == 401
