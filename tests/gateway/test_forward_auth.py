@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +99,29 @@ async def test_forward_auth_allows_with_the_identity_headers(
     assert reply.header("Cache-Control") == "no-store"
     assert reply.header("X-Request-Id")
     assert upstream.seen == []  # keygate forwards nothing in this mode
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("é-ñame", "%C3%A9-%C3%B1ame"),
+        ("%C3%A9-%C3%B1ame", "%25C3%25A9-%25C3%25B1ame"),  # not the same header as é-ñame
+        ("😀 emoji", "%F0%9F%98%80 emoji"),
+        ("100% sync", "100%25 sync"),
+    ],
+)
+async def test_forward_auth_and_proxy_mode_percent_encode_names_alike(
+    kg: Keygate, upstream: Recorder, name: str, header: str
+) -> None:
+    """A name outside printable ASCII, or holding "%", is RFC 3986 percent-encoded
+    UTF-8 in X-Keygate-Key-Name, the same in both modes: one value, one name."""
+    token = await kg.make_key(["default"], name=name)
+    reply = await ask(kg, "/x", token)
+    assert reply.status == 200, reply.body
+    assert reply.header("X-Keygate-Key-Name") == header
+    assert (await proxied(kg, "/x", token)).status == 200
+    assert upstream.last().values("X-Keygate-Key-Name") == [header]
+    assert urllib.parse.unquote(header) == name
 
 
 async def test_forward_auth_public_route_has_the_four_headers_empty(kg: Keygate) -> None:
