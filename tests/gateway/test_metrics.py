@@ -208,6 +208,39 @@ async def test_metrics_need_an_admin_key_outside_allow(make: Callable[..., Any])
     parse(text)
 
 
+async def test_metrics_refusal_names_the_admin_group(make: Callable[..., Any]) -> None:
+    """Only admin keys may scrape: the 403 says so, whatever groups the key has."""
+    kg = await make(metrics={"allow": ()})
+    for groups in (["default"], ["self-service"]):
+        member = await kg.make_key(groups)
+        status, text = await scrape(kg, Authorization=f"Bearer {member}")
+        assert status == 403, text
+        assert "This needs the admin group." in text, text
+
+
+async def test_metrics_allow_judges_the_client_behind_a_trusted_proxy(
+    make: Callable[..., Any],
+) -> None:
+    """The peer 127.0.0.1 is a trusted proxy here: the client its X-Forwarded-For
+    names is judged, as allowed_ips judge it, not the proxy."""
+    kg = await make(metrics={"allow": ("127.0.0.0/8", "198.51.100.0/24")})
+    assert (await scrape(kg))[0] == 200  # the peer itself, no proxy hop
+    assert (await scrape(kg, **{"X-Forwarded-For": "198.51.100.7"}))[0] == 200
+    status, text = await scrape(kg, **{"X-Forwarded-For": "203.0.113.9"})
+    assert status == 401 and '"missing_api_key"' in text
+    status, _ = await scrape(
+        kg, **{"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {kg.admin_token}"}
+    )
+    assert status == 200
+
+
+async def test_metrics_allow_ignores_forwarded_for_from_an_untrusted_peer(
+    make: Callable[..., Any],
+) -> None:
+    kg = await make(metrics={"allow": ("127.0.0.0/8",)}, trusted_proxies=())
+    assert (await scrape(kg, **{"X-Forwarded-For": "203.0.113.9"}))[0] == 200
+
+
 async def test_metrics_turned_off_is_404(make: Callable[..., Any]) -> None:
     kg = await make(metrics={"enabled": False})
     status, text = await scrape(kg)
