@@ -312,6 +312,15 @@ async def test_metrics_two_workers_report_the_totals_of_both(
 
         for _ in range(4):  # several scrapes: whichever worker answers, the same totals
             await wait_for(totals, within=10, what="the totals of both workers")
+        # Scrapes in quick succession land on both workers: each answer counts
+        # itself in flight, and not the other worker's last scrape as well.
+        for _ in range(12):
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+                s.get(f"{node.url}{METRICS}") as resp,
+            ):
+                samples = parse(await resp.text())
+            assert value(samples, "keygate_in_flight_requests") == 1
         # A worker killed outright: the supervisor marks it dead and starts another;
         # what it counted still counts (a counter never goes back).
         victim = min(node.access_pids())
