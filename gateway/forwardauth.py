@@ -317,6 +317,19 @@ def answer_pairs(judged: Judged) -> tuple[tuple[str, str], ...]:
     )
 
 
+def parser_refusal(gw: Gateway, raw_target: str, exc: KeygateError) -> KeygateError:
+    """The HTTP parser's refusal (400, 414, 431: before any routing) of a request
+    whose target is ``{admin_prefix}/auth``: answered as forward-auth answers
+    its own refusals, so ``nginx_compat`` turns it into a 403 nginx can relay."""
+    settings = gw.settings
+    if not settings.forward_auth.enabled:
+        return exc
+    raw_path = raw_target.partition("?")[0]
+    if auth_tail(raw_path, settings.server.admin_prefix) is None:
+        return exc
+    return refusal(exc, settings.forward_auth.nginx_compat)
+
+
 def refusal(exc: KeygateError, nginx_compat: bool) -> KeygateError:
     """The error to answer: never cached by the asking proxy, and with
     ``nginx_compat`` a client-side refusal nginx cannot relay as 403 (its

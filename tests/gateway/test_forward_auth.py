@@ -270,6 +270,40 @@ async def test_forward_auth_nginx_compat_maps_other_client_refusals(
     assert (missing.status, missing.header("X-Keygate-Error")) == (401, None)
 
 
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("what", ["header-count", "header-size"])
+async def test_forward_auth_nginx_compat_covers_the_parsers_431(
+    make: Callable[..., Any], compat: bool, what: str
+) -> None:
+    """Headers too large are refused by the HTTP parser before any routing; for
+    the auth endpoint nginx_compat still applies (nginx would make a 431 a 500)."""
+    kg = await make(nginx_compat=compat)
+    token = await kg.make_key(["default"])
+    named = [("X-Original-Method", "GET"), bearer(token)]
+    if what == "header-count":
+        big = [*named, ("X-Original-URI", "/x"), *((f"X-H{i}", "v") for i in range(120))]
+    else:
+        big = [*named, ("X-Original-URI", "/x/" + "a" * 60_000)]
+    reply = await exchange(kg.port, http("GET", AUTH, big))
+    assert reply.code == "headers_too_large"
+    assert reply.header("Cache-Control") == "no-store"
+    if compat:
+        assert reply.status == 403
+        assert reply.header("X-Keygate-Error") == "headers_too_large"
+    else:
+        assert (reply.status, reply.header("X-Keygate-Error")) == (431, None)
+    assert reply.header("X-Keygate-User") is None
+    # Another path keeps the parser's own status; so does one after a valid
+    # request in the same read (the refused one is told apart).
+    other = await exchange(kg.port, http("GET", "/x", big[1:]))
+    assert (other.status, other.code) == (431, "headers_too_large")
+    async with connect(kg.port) as proxy:
+        good = http("GET", AUTH, [*named, ("X-Original-URI", "/x")])
+        await proxy.send(good + http("GET", "/x", big[1:]))
+        assert (await proxy.reply()).status == 200
+        assert (await proxy.reply()).status == 431
+
+
 async def test_forward_auth_allowed_ips_judge_the_client_behind_the_proxy(kg: Keygate) -> None:
     token = await kg.make_key(["default"], allowed_ips=["198.51.100.0/24"])
     inside = await ask(kg, "/x", token, **{"X-Forwarded-For": "198.51.100.7"})
