@@ -140,7 +140,9 @@ def original_request(
     """The request to judge, from a peer in ``server.trusted_proxies`` only
     (else 403 ``untrusted_proxy``): the X-Forwarded-* headers (Traefik, Caddy),
     X-Original-* (nginx), or the path after ``/auth`` (Envoy). ``Forwarded``
-    (RFC 7239) is not read: no proxy's forward-auth sends it."""
+    (RFC 7239) is not read: no proxy's forward-auth sends it. The header forms
+    need their method header (Envoy's form has the auth request's own), and a
+    method or target proxy mode's parsers would refuse is refused: 400."""
     if not trusted_peer(peer, gw.trusted):
         raise UntrustedProxy()
     getall = headers.getall
