@@ -53,8 +53,12 @@ def admin_middleware(*, is_public: Callable[[str], bool]) -> Middleware:
     return middleware
 
 
-async def authenticate(request: web.Request, gw: Gateway, raw_query: str) -> Actor:
-    """The caller as an :class:`Actor`; raises 400/401 as the proxy does, 403 without a role."""
+async def authenticate(
+    request: web.Request, gw: Gateway, raw_query: str, *, admin_only: bool = False
+) -> Actor:
+    """The caller as an :class:`Actor`; raises 400/401 as the proxy does, 403
+    without a role (the ``admin`` group with ``admin_only``, else it or
+    ``self-service``), the refusal naming the group needed."""
     credential = find_credential(request.headers, raw_query, gw.sources, gw.verifier.prefix)
     principal = await gw.verifier.verify(credential.token)
     request[key_id_key] = principal.key_id  # for the access log
@@ -66,5 +70,8 @@ async def authenticate(request: web.Request, gw: Gateway, raw_query: str) -> Act
             gw, limits, peer_ip(request), request.headers.getall(hdrs.X_FORWARDED_FOR, ())
         )
     actor = Actor.from_principal(principal, client_ip(request, gw.trusted))
-    actor.require_key_access()
+    if admin_only:
+        actor.require_admin()
+    else:
+        actor.require_key_access()
     return actor

@@ -29,6 +29,10 @@ PATH_PARAMETERS: dict[str, Schema] = {
         "description": "The key id (12 characters [0-9a-z]); any other value is not found.",
         "schema": {"type": "string", "pattern": KEY_ID},
     },
+    "delivery_id": {
+        "description": "A delivery's id, as the deliveries list gives it.",
+        "schema": {"type": "string", "pattern": r"^dlv_[A-Za-z0-9_-]{1,64}$"},
+    },
     "username": {"description": "The username.", "schema": {"type": "string", "pattern": USERNAME}},
     "name": {"description": "The group name.", "schema": {"type": "string", "pattern": GROUP_NAME}},
     "asset": {

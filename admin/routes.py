@@ -24,6 +24,7 @@ from keygate.admin.handlers import (
     me,
     metrics,
     users,
+    webhooks,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -275,6 +276,47 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "deleteKeyAvatar",
         "Remove the key's avatar (done also when it has none)",
         ok=204,
+        not_found=True,
+    ),
+    # --- webhooks (docs/admin-api.md#webhooks) ----------------------------------
+    _key(
+        "GET",
+        "/keys/{id}/webhook-deliveries",
+        webhooks.list_deliveries,
+        "listWebhookDeliveries",
+        "The key's webhook deliveries, newest first (an operator's endpoints: admins only)",
+        response="DeliveryList",
+        query=PAGE,
+        not_found=True,
+    ),
+    _key(
+        "POST",
+        "/keys/{id}/webhook-deliveries/{delivery_id}/redeliver",
+        webhooks.redeliver,
+        "redeliverWebhook",
+        "Send a delivery's event again (the same webhook-id), from its first attempt",
+        ok=202,
+        response="Delivery",
+        not_found=True,
+    ),
+    _key(
+        "POST",
+        "/keys/{id}/webhook-test",
+        webhooks.test,
+        "testWebhook",
+        "Send a key.test event to the key's webhook_url",
+        ok=202,
+        response="WebhookTest",
+        not_found=True,
+        conflicts=("no_webhook_url",),
+    ),
+    _key(
+        "POST",
+        "/keys/{id}/webhook-secret",
+        webhooks.rotate_secret,
+        "rotateWebhookSecret",
+        "A new webhook signing secret, shown once; the old one signs beside it for 24 h",
+        response="WebhookSecret",
         not_found=True,
     ),
     # --- users ------------------------------------------------------------------

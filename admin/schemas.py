@@ -76,6 +76,27 @@ STRING: Schema = {"type": "string"}
 TIME: Schema = {"type": "string", "format": "date-time"}
 GROUP_LIST: Schema = declared(bodies.GroupNames)
 CURSOR: Schema = nullable({"type": "string", "description": "Pass as ?cursor= for the next page."})
+DELIVERY_FIELDS = (
+    "id",
+    "event_id",
+    "event",
+    "target",
+    "url",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_attempt_at",
+    "last_status_code",
+    "last_error",
+    "last_response",
+    "created_at",
+)
+WEBHOOK_SECRET: Schema = {
+    "type": "string",
+    "pattern": "^whsec_[A-Za-z0-9+/=]+$",
+    "description": "The key's webhook signing secret (Standard Webhooks), shown once: in "
+    "the answer that first sets webhook_url, and on rotation.",
+}
 METADATA: Schema = declared(bodies.Metadata)
 KEY_NAME: Schema = declared(bodies.KeyName)
 USER_REF: Schema = obj(
@@ -252,9 +273,48 @@ SCHEMAS: dict[str, Schema] = {
         {
             "key": ref("Key"),
             "token": {"type": "string", "description": "Shown exactly once; store it now."},
+            "webhook_secret": WEBHOOK_SECRET,
         },
         required=("key", "token"),
         closed=False,
+    ),
+    "Delivery": obj(
+        {
+            "id": STRING,
+            "event_id": {"type": "string", "description": "The webhook-id every attempt carries."},
+            "event": STRING,
+            "target": {
+                "type": "string",
+                "enum": ["key", "endpoint"],
+                "description": "The key's webhook_url, or an operator's endpoint.",
+            },
+            "url": STRING,
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed", "abandoned"]},
+            "attempts": {"type": "integer"},
+            "next_attempt_at": nullable(TIME),
+            "last_attempt_at": nullable(TIME),
+            "last_status_code": nullable({"type": "integer"}),
+            "last_error": nullable(STRING),
+            "last_response": nullable(
+                {"type": "string", "description": "At most 1 KiB of the last answer's body."}
+            ),
+            "created_at": TIME,
+        },
+        required=tuple(DELIVERY_FIELDS),
+        closed=False,
+    ),
+    "DeliveryList": obj(
+        {"items": {"type": "array", "items": ref("Delivery")}, "next_cursor": CURSOR},
+        required=("items", "next_cursor"),
+        closed=False,
+    ),
+    "WebhookTest": obj(
+        {"event_id": {"type": "string", "description": "The test event's webhook-id."}},
+        required=("event_id",),
+        closed=False,
+    ),
+    "WebhookSecret": obj(
+        {"webhook_secret": WEBHOOK_SECRET}, required=("webhook_secret",), closed=False
     ),
     "KeyImportRecord": obj(
         {

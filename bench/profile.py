@@ -34,7 +34,8 @@ FEATURES = {
     "rate limit + quota (local)": ("gateway/limits/",),
     "IP allowlist": ("check_address", "clientip.py"),
     "identity headers": ("identity_headers", "upstream_header_pairs"),
-    # HOOK: "metrics": (...), "webhooks": (...) once merged.
+    "metrics": ("gateway/metrics/",),
+    "webhooks": ("gateway/webhooks/", "sqldelivery.py"),
 }
 
 

@@ -39,7 +39,8 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
         Scenario(f"valid-c{conns}", f"valid cached key, {conns} connections",
                  (Load("static", t.valid, conns),),
                  (*PROXIES, "hello", "keygate", "keygate-nolog", "keygate-nofast",
-                  "keygate-w2", "keygate-limited", "keygate-redis", "keygate-nometrics")),
+                  "keygate-w2", "keygate-limited", "keygate-redis", "keygate-nometrics",
+                  "keygate-webhooks")),
         Scenario(f"forward-auth-c{conns}",
                  f"valid cached key, {conns} connections: nginx auth_request → keygate /auth "
                  "→ origin, next to nginx alone and keygate's proxy mode",

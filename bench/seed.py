@@ -224,6 +224,14 @@ def write_digests(path: Path, tokens: list[str]) -> Path:
 GENEROUS = [{"name": "generous", "limit": 1_000_000_000, "window": 1, "burst": None}]
 
 
+def webhooks_everywhere(db: Path, url: str) -> None:
+    """Give every key of a (closed) small store a webhook_url and a signing secret."""
+    from keygate.gateway.webhooks.signing import new_secret
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE keys SET webhook_url = ?, webhook_secret = ?", (url, new_secret()))
+
+
 def generous_limit(db: Path) -> None:
     """Give every key of a (closed) small store the :data:`GENEROUS` rate limit."""
     with sqlite3.connect(db) as conn:
@@ -239,7 +247,7 @@ def every_feature(db: Path) -> None:
     """Every key of a (closed) small store with every per-key feature on: a
     generous rate limit and quota (local backend) and an allowlist that matches.
     Identity headers go upstream on every keyed route; the access log is on by
-    default. (Metrics and webhooks: see ``systems.FEATURES_ON``.)"""
+    default; metrics and webhooks come from ``systems`` (keygate-features)."""
     with sqlite3.connect(db) as conn:
         conn.execute(
             "UPDATE keys SET rate_limits = ?, quota = ?, allowed_ips = ?",

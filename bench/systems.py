@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keygate.gateway.http.tls import CIPHERS
+from keygate.gateway.webhooks.signing import new_secret
 
 from . import nginx, seed
 from .procs import Proc, free_port, spawn, stop, wait_http
@@ -40,8 +41,11 @@ DESCRIPTIONS = {
     "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
     "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend "
     "(its own redis-server on the load core)",
+    "keygate-webhooks": "keygate, 1 worker, every key with a webhook_url and an operator "
+    "endpoint for key.* (the deliverer running)",
     "keygate-features": "keygate, 1 worker, every feature on: access log, identity headers, "
-    "a generous rate limit and quota on the key (local backend), an allowlist that matches",
+    "a generous rate limit and quota on the key (local backend), an allowlist that matches, "
+    "metrics, webhooks (every key with a webhook_url, an operator endpoint for key.*)",
     "keygate-1m": "keygate, 1 worker, 1,000,000 keys, cache_size 100,000",
     "keygate-imported": "keygate, 1 worker, 10,000 imported keys besides its own",
     "keygate-1m-thread": "keygate-1m with `store.sqlite_loop_reads = false` (misses read on "
@@ -56,13 +60,10 @@ DESCRIPTIONS = {
 # in-memory digest set, not by the format check.
 IMPORTED_KEYS = 10_000
 TLS_SYSTEMS = frozenset({"nginx-tls", "keygate-tls", "keygate-tls-nofast"})
-# keygate-features' extra configuration: the place for the features a key or
-# the gateway can turn on beyond the per-key limits seed.every_feature sets.
-# HOOK (merge of metrics and webhooks): add the metrics section (the
-# /metrics endpoint on, as a deployment would have it) and a webhook
-# configured for the bench key (its receiver on the load core, like the
-# origin) here, and to DESCRIPTIONS["keygate-features"].
-FEATURES_ON = ""
+# keygate-features: metrics are on by default; its webhooks are keygate-webhooks'
+# (see _keygate_conf and start), on top of the per-key limits and allowlist
+# seed.every_feature sets.
+WEBHOOK_SYSTEMS = frozenset({"keygate-webhooks", "keygate-features"})
 
 
 @dataclass
@@ -158,6 +159,14 @@ def _keygate_conf(lay: Layout, name: str, port: int, store_url: str, workers: in
         if name == "keygate-redis"
         else ""
     )
+    hooks = (
+        "[webhooks]\nallow_http = true\nallow_private = true\n"
+        "[[webhooks.endpoints]]\n"
+        f'url = "http://127.0.0.1:{lay.origin_port}/ops"\n'
+        f'secret = "{new_secret()}"\nevents = ["key.*"]\n\n'
+        if name in WEBHOOK_SYSTEMS
+        else ""
+    )
     sections = ""
     if name == "keygate-nometrics":
         sections += "[metrics]\nenabled = false\n\n"
@@ -170,8 +179,7 @@ def _keygate_conf(lay: Layout, name: str, port: int, store_url: str, workers: in
         f'[store]\nurl = "{store_url}"\n'
         f"sqlite_loop_reads = {'false' if name == 'keygate-1m-thread' else 'true'}\n\n"
         "[auth]\ncache_size = 100000\n\n"
-        f"{redis}"
-        f"{FEATURES_ON if name == 'keygate-features' else ''}"
+        f"{redis}{hooks}"
         '[[routes]]\nname = "default"\nprefix = "/"\n'
         f'upstream = "http://127.0.0.1:{lay.origin_port}"\n'
     )
@@ -234,8 +242,11 @@ def start(name: str, lay: Layout) -> System:
                 seed.generous_limit(db)
             elif name == "keygate-features":
                 seed.every_feature(db)
+                seed.webhooks_everywhere(db, f"http://127.0.0.1:{lay.origin_port}/hook")
             elif name == "keygate-imported":
                 seed.add_imported(db, seed.foreign_tokens(IMPORTED_KEYS))
+            elif name == "keygate-webhooks":
+                seed.webhooks_everywhere(db, f"http://127.0.0.1:{lay.origin_port}/hook")
             store_url = f"sqlite:///{db}"
         conf = _keygate_conf(lay, name, port, store_url, workers)
         # Two workers on a 2-core machine: give them both cores (shared with wrk).

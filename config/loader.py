@@ -32,6 +32,8 @@ from keygate.config.settings import (
     ServerSettings,
     Settings,
     StoreSettings,
+    WebhookEndpoint,
+    WebhookSettings,
 )
 
 ENV_PREFIX = "KEYGATE_"
@@ -40,6 +42,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "auth": AuthSettings,
     "ratelimit": RateLimitSettings,
+    "webhooks": WebhookSettings,
     "forward_auth": ForwardAuthSettings,
     "metrics": MetricsSettings,
 }
@@ -91,11 +94,16 @@ def _build(
     if unknown:
         raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]")
     built: dict[str, Any] = {}
+    endpoints: tuple[WebhookEndpoint, ...] = ()
     for section, cls in SECTIONS.items():
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
+        if section == "webhooks":
+            values = dict(values)
+            endpoints = _endpoints(source, values.pop("endpoints", []))
         built[section] = _section(source, section, cls, values, env, overrides.get(section, {}))
+    built["webhooks"] = dataclasses.replace(built["webhooks"], endpoints=endpoints)
     routes = raw.get("routes", [])
     if not isinstance(routes, list):
         raise ConfigError(f"{source}: routes must be an array of tables ([[routes]])")
@@ -121,6 +129,7 @@ def _build(
         store=built["store"],
         auth=built["auth"],
         ratelimit=built["ratelimit"],
+        webhooks=built["webhooks"],
         forward_auth=built["forward_auth"],
         metrics=built["metrics"],
         routes=route_objs,
@@ -174,11 +183,11 @@ def _section(
     return cls(**kwargs)
 
 
-def _route(source: str, index: int, raw: Any) -> Route:
-    where = f"routes[{index}]"
+def _table(source: str, where: str, raw: Any, fields: dict[str, Declared]) -> dict[str, Any]:
+    """One table of an array of tables (a route, an endpoint): its values typed,
+    unknown and missing settings refused."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where}: must be a table")
-    fields = declared(Route)
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in fields:
@@ -187,11 +196,34 @@ def _route(source: str, index: int, raw: Any) -> Route:
     for name, f in fields.items():
         if f.required and name not in values:
             raise ConfigError(f"{source}: {where}.{name}: missing (required)")
+    return values
+
+
+def _route(source: str, index: int, raw: Any) -> Route:
+    fields = declared(Route)
+    values = _table(source, f"routes[{index}]", raw, fields)
     where = f"routes.{values['name']}"
     kwargs = {n: _valid(source, f"{where}.{n}", fields[n], v) for n, v in values.items()}
     kwargs["prefix"] = normalise_prefix(source, where, kwargs["prefix"])
     kwargs["upstream"] = check_upstream(source, f"{where}.upstream", kwargs["upstream"])
     return Route(**kwargs)
+
+
+def _endpoints(source: str, raw: Any) -> tuple[WebhookEndpoint, ...]:
+    """[[webhooks.endpoints]]: each judged like a route; a secret is never echoed."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: webhooks.endpoints must be an array of tables")
+    fields = declared(WebhookEndpoint)
+    out = []
+    for index, table in enumerate(raw):
+        where = f"webhooks.endpoints[{index}]"
+        values = _table(source, where, table, fields)
+        kwargs = {n: _valid(source, f"{where}.{n}", fields[n], v) for n, v in values.items()}
+        out.append(WebhookEndpoint(**kwargs))
+    urls = [e.url for e in out]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{source}: webhooks.endpoints: the same url twice")
+    return tuple(out)
 
 
 def _typed(source: str, name: str, field: Declared, value: Any) -> Any:

@@ -5,7 +5,8 @@ See docs/reference.md#reloading-the-configuration.
 Routes, the limits and timeouts of requests, trusted proxies, the key
 sources, the refusal delay and the TLS files are read anew. What a running
 process is built around — where and how it listens (including whether with
-TLS), its workers, the store, the key cache, the admin prefix — takes a
+TLS), its workers, the store, the key cache, the admin prefix, the
+webhook settings — takes a
 restart: :func:`reloadable` keeps those as they run and names the ones the
 new file changed.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final
 
-from keygate.config.settings import Settings, StoreSettings
+from keygate.config.settings import Settings, StoreSettings, WebhookSettings
 
 RESTART_ONLY: Final[dict[str, tuple[str, ...]]] = {
     "server": ("listen", "workers", "admin_prefix", "shutdown_timeout", "access_log", "fast_path"),
@@ -29,6 +30,8 @@ RESTART_ONLY: Final[dict[str, tuple[str, ...]]] = {
         "last_used_resolution",
         "max_keys_per_user",
     ),
+    # The deliverer and the services are built with them (docs/webhooks.md).
+    "webhooks": tuple(f.name for f in dataclasses.fields(WebhookSettings)),
     # Counting is set up when a worker starts (gateway/metrics/).
     "metrics": ("enabled",),
 }

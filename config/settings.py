@@ -182,6 +182,73 @@ class RateLimitSettings:
     headers: Literal["draft", "legacy", "both", "none"] = "draft"
 
 
+# The retry schedule of docs/webhooks.md: seconds after each failed attempt
+# before the next; after the last, the delivery is abandoned.
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+EVENT_FILTER = r"^(\*|key\.\*|key\.[a-z_]{1,32})" + END
+
+
+def _schedule(value: tuple[float, ...]) -> str | None:
+    if not 1 <= len(value) <= 20 or any(not 0 < v <= 86400 for v in value):
+        return "must list 1 to 20 delays, each from 0 to 86400 seconds"
+    return None
+
+
+def _whsec(value: str) -> str | None:
+    from base64 import b64decode
+    from binascii import Error
+
+    if not value.startswith("whsec_"):
+        return "must start with whsec_"
+    try:
+        raw = b64decode(value[6:], validate=True)
+    except (Error, ValueError):
+        return "must be whsec_ followed by base64"
+    if not 24 <= len(raw) <= 64:
+        return "must hold 24 to 64 bytes of key"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """An operator's endpoint that hears about every key ([[webhooks.endpoints]])."""
+
+    url: Annotated[
+        str, rule(max_length=2048, pattern=r"^https?://", reason="must be an http(s) URL")
+    ]
+    # Never echoed or logged.
+    secret: Annotated[str, rule(check=_whsec)]
+    # "key.*" (every key event), "*", or exact names ("key.revoked").
+    events: Annotated[
+        tuple[Annotated[str, rule(pattern=EVENT_FILTER)], ...],
+        rule(reason='must list event names like "key.*" or "key.revoked"'),
+    ] = ("key.*",)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Signed notices about keys (docs/webhooks.md)."""
+
+    # Plain http:// receivers (https only when false).
+    allow_http: bool = False
+    # Receivers at non-global addresses (loopback, RFC 1918, ...); link-local
+    # and cloud metadata addresses are refused whatever this says.
+    allow_private: bool = False
+    # Seconds one delivery attempt may take, connect to last byte read.
+    timeout: Annotated[float, rule(gt=0, le=120, reason="must be from 0 to 120 seconds")] = 15.0
+    # Seconds between two traffic notices of one type for one key.
+    cooldown: Annotated[float, rule(ge=0, le=86400, reason="must be from 0 to 86400 seconds")] = (
+        300.0
+    )
+    # Seconds between attempts (docs/webhooks.md#retries).
+    retry_schedule: Annotated[tuple[float, ...], rule(check=_schedule)] = DEFAULT_RETRY_SCHEDULE
+    # How often the deliverer looks for work when nothing woke it.
+    poll_interval: Annotated[float, rule(gt=0, le=60, reason="must be from 0 to 60 seconds")] = (
+        1.0
+    )
+    endpoints: tuple[WebhookEndpoint, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardAuthSettings:
     """``{admin_prefix}/auth`` for proxies that ask keygate (docs/forward-auth.md)."""
@@ -239,6 +306,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     routes: tuple[Route, ...] = ()

@@ -26,7 +26,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from keygate.gateway import pipeline
 from keygate.gateway.auth.cache import Principal
-from keygate.gateway.errors import BadRequest, Forbidden, KeygateError, UntrustedProxy
+from keygate.gateway.errors import (
+    BadRequest,
+    Forbidden,
+    KeygateError,
+    MethodNotAllowed,
+    UntrustedProxy,
+)
 from keygate.gateway.http.clientip import parse_address
 from keygate.gateway.limits.rules import Allowlist
 from keygate.gateway.limits.usage import Usage
@@ -59,9 +65,17 @@ ANONYMOUS: Final[Mapping[str, str]] = {
     X_KEYGATE_USER: "",
     X_KEYGATE_GROUPS: "",
 }
-# RFC 9110 §5.6.2 token characters, for a method named in a header.
-_TCHAR: Final = frozenset(
-    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# The methods proxy mode's request parsers take (llhttp's list, which aiohttp's
+# parser uses and the edge's hands on to it): any other method, a lower-case
+# "get" included, is a 400 there before anything is judged, so it is here too.
+HTTP_METHODS: Final = frozenset(
+    (
+        *("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"),
+        *("COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK"),
+        *("BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE"),
+        *("M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PURGE", "MKCALENDAR"),
+        *("LINK", "UNLINK", "SOURCE", "QUERY"),
+    )
 )
 # Methods whose requests carry a body the asking proxy keeps to itself: a form
 # override travels in one (frameworks read it from a POST; PUT and PATCH for
@@ -126,7 +140,9 @@ def original_request(
     """The request to judge, from a peer in ``server.trusted_proxies`` only
     (else 403 ``untrusted_proxy``): the X-Forwarded-* headers (Traefik, Caddy),
     X-Original-* (nginx), or the path after ``/auth`` (Envoy). ``Forwarded``
-    (RFC 7239) is not read: no proxy's forward-auth sends it."""
+    (RFC 7239) is not read: no proxy's forward-auth sends it. The header forms
+    need their method header (Envoy's form has the auth request's own), and a
+    method or target proxy mode's parsers would refuse is refused: 400."""
     if not trusted_peer(peer, gw.trusted):
         raise UntrustedProxy()
     getall = headers.getall
@@ -150,16 +166,25 @@ def original_request(
         if tail and raw_query:  # Envoy's path_prefix: the query is the original's
             target += "?" + raw_query
     assert target is not None
+    if not _valid_target(target):
+        # Proxy mode's parsers take visible ASCII only (RFC 9112 §3.2): a raw
+        # space, TAB, control or non-ASCII byte is a 400 there.
+        raise BadRequest("The request to judge has a target that is not valid HTTP.")
     methods = getall(X_FORWARDED_METHOD, []) + getall(X_ORIGINAL_METHOD, [])
     if methods:
         if len(methods) > 1:
             raise BadRequest("The forward-auth request names the method twice.")
-        named = methods[0].strip()
-        if named not in _METHODS:
-            if not named or not _TCHAR.issuperset(named):
-                raise BadRequest("The forward-auth request names a method that is not one.")
-            named = named.upper()
-        method = named
+        method = methods[0].strip()
+        if method not in HTTP_METHODS:
+            raise BadRequest("The request to judge has a method that is not valid HTTP.")
+    elif not tail:
+        # A URI in a header without its method would be judged as the auth
+        # request's own method (GET, for most proxies): a recipe that forgets
+        # the method header must not pass every DELETE as a GET.
+        raise BadRequest(
+            "The forward-auth request must name the method "
+            "(X-Forwarded-Method or X-Original-Method)."
+        )
     proto = _one(getall(X_FORWARDED_PROTO, []), X_FORWARDED_PROTO)
     if proto is None:
         proto = "http"
@@ -171,7 +196,11 @@ def original_request(
 
 
 _PROTOS: Final = frozenset(("http", "https"))
-_METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+def _valid_target(target: str) -> bool:
+    """Whether ``target`` is visible ASCII only, as a request line's target must be."""
+    return target.isascii() and target.isprintable() and " " not in target
 
 
 @dataclass(slots=True)
@@ -204,6 +233,8 @@ def begin(
         own[hdrs.HOST] = original.host
         headers = CIMultiDictProxy(own)
     resolved = pipeline.resolve(gw, headers, path, query, original.proto)
+    if resolved.credential is None:
+        _refuse_tunnel(original)  # a public route: proxy mode's next refusal
     digest, principal = pipeline.admit_cached(gw, resolved)
     return Judged(original, resolved, query, headers, digest, principal)
 
@@ -236,6 +267,17 @@ def authorise(gw: Gateway, judged: Judged, peer: str) -> None:
         raise Forbidden(
             "A method override in the request body cannot be checked in forward-auth mode."
         )
+    _refuse_tunnel(original)  # after the group rules and before the limits, as proxy mode
+
+
+def _refuse_tunnel(original: Original) -> None:
+    """405 for CONNECT, which proxy mode refuses once the key is judged: a
+    reverse proxy opens no tunnel (RFC 9110 §9.3.6)."""
+    if original.method == _CONNECT:
+        raise MethodNotAllowed()
+
+
+_CONNECT: Final = str(hdrs.METH_CONNECT)
 
 
 def take_now(gw: Gateway, judged: Judged) -> Usage | None:
@@ -275,6 +317,19 @@ def answer_pairs(judged: Judged) -> tuple[tuple[str, str], ...]:
         (X_KEYGATE_GROUPS, identity[X_KEYGATE_GROUPS]),
         NO_STORE,
     )
+
+
+def parser_refusal(gw: Gateway, raw_target: str, exc: KeygateError) -> KeygateError:
+    """The HTTP parser's refusal (400, 414, 431: before any routing) of a request
+    whose target is ``{admin_prefix}/auth``: answered as forward-auth answers
+    its own refusals, so ``nginx_compat`` turns it into a 403 nginx can relay."""
+    settings = gw.settings
+    if not settings.forward_auth.enabled:
+        return exc
+    raw_path = raw_target.partition("?")[0]
+    if auth_tail(raw_path, settings.server.admin_prefix) is None:
+        return exc
+    return refusal(exc, settings.forward_auth.nginx_compat)
 
 
 def refusal(exc: KeygateError, nginx_compat: bool) -> KeygateError:

@@ -169,7 +169,7 @@ def resolve(
     prefix = gw.verifier.prefix
     if route.public:
         drop: tuple[str, ...] = ()
-        stray = stray_credentials(headers, query, gw.sources, prefix)
+        stray = stray_credentials(headers, query, gw.sources, prefix, gw.verifier.imported)
         if stray is not None:
             drop = stray.drop_headers
             if stray.drop_query is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from keygate.config.settings import Route, Settings
 from keygate.gateway.auth.cache import KeyCache
@@ -34,6 +35,7 @@ from keygate.gateway.service import Services
 from keygate.gateway.store.base import Store
 from keygate.gateway.upstream.gate import RouteGate, route_gates
 from keygate.gateway.upstream.pool import UpstreamPool
+from keygate.gateway.webhooks.deliverer import Deliverer
 
 
 class KeyMemory:
@@ -177,6 +179,10 @@ gateway_key = web.AppKey("gateway", Gateway)
 pool_key = web.AppKey("pool", UpstreamPool)
 session_key = web.AppKey("session", aiohttp.ClientSession)
 request_ids_key = web.AppKey("request_ids", RequestIds)
+deliverer_key = web.AppKey("deliverer", Deliverer)
+# Set before the app starts (tests): what webhook receivers' names resolve
+# with, at write and at connect time; unset, the system's resolver.
+webhook_resolver_key = web.AppKey("webhook_resolver", AbstractResolver)
 # With several workers: where this one publishes its metrics (absent otherwise).
 metrics_publisher_key = web.AppKey("metrics_publisher", Publisher)
 # Per-request facts for the access log and the response (typed request storage).

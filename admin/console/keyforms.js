@@ -131,30 +131,45 @@ async function uploadAvatar(keyId, file) {
  * Replace the dialog's content with the token: a read-only field, Copy, the
  * warning, and "I have stored it" as the only way out.
  */
-function showToken(dlg, token, { heading, onStored }) {
+function showToken(dlg, token, { heading, onStored, webhookSecret = null }) {
   let secret = token;
+  let signing = webhookSecret;
   dlg.setCloseVisible(false);
   dlg.body.replaceChildren();
   dlg.footer.replaceChildren();
-  const output = h("input", { id: "new-token", type: "text", readonly: true, class: "token", value: secret, "aria-describedby": "token-warning", spellcheck: "false" });
-  const copy = h("button", { type: "button", class: "secondary", id: "copy-token", onclick: () => copyText(secret, copy) }, "Copy");
+  const output = token === null ? null : h("input", { id: "new-token", type: "text", readonly: true, class: "token", value: secret, "aria-describedby": "token-warning", spellcheck: "false" });
+  const copy = output && h("button", { type: "button", class: "secondary", id: "copy-token", onclick: () => copyText(secret, copy) }, "Copy");
   const stored = h("button", { type: "button", class: "primary", id: "token-stored" }, "I have stored it");
-  dlg.body.append(
-    h("p", { class: "success-line" }, heading),
-    h("label", { for: "new-token" }, "Your new API key"),
-    h("div", { class: "token-row" }, output, copy),
-    h("p", { class: "warning", id: "token-warning", role: "note" }, "Copy it now and keep it somewhere safe: this is the only time keygate shows it."),
-  );
+  dlg.body.append(h("p", { class: "success-line" }, heading));
+  if (output) dlg.body.append(h("label", { for: "new-token" }, "Your new API key"), h("div", { class: "token-row" }, output, copy));
+  // The key's webhook signing secret (docs/webhooks.md#secrets): shown once, like a token.
+  const hook = signing === null ? null : h("input", { id: "new-webhook-secret", type: "text", readonly: true, class: "token", value: signing, "aria-describedby": "token-warning", spellcheck: "false" });
+  if (hook) {
+    const copyHook = h("button", { type: "button", class: "secondary", id: "copy-webhook-secret", "aria-label": "Copy the webhook secret", onclick: () => copyText(signing, copyHook) }, "Copy");
+    dlg.body.append(h("label", { for: "new-webhook-secret" }, "Webhook signing secret"), h("div", { class: "token-row" }, hook, copyHook));
+  }
+  dlg.body.append(h("p", { class: "warning", id: "token-warning", role: "note" }, "Copy it now and keep it somewhere safe: this is the only time keygate shows it."));
   dlg.footer.append(stored);
   stored.addEventListener("click", () => {
-    output.value = "";
-    output.removeAttribute("value");
+    for (const input of [output, hook]) {
+      if (!input) continue;
+      input.value = "";
+      input.removeAttribute("value");
+    }
     secret = null;
+    signing = null;
     dlg.close();
     onStored();
   });
-  output.addEventListener("focus", () => output.select());
-  output.focus();
+  const first = output || hook;
+  first.addEventListener("focus", () => first.select());
+  first.focus();
+}
+
+/** A webhook signing secret alone (set by an edit, or rotated), shown once. */
+export function showWebhookSecret(title, heading, webhookSecret, onStored) {
+  const dlg = dialog({ title, locked: () => true });
+  showToken(dlg, null, { heading, onStored, webhookSecret });
 }
 
 // --- create -----------------------------------------------------------------------
@@ -257,6 +272,7 @@ export async function createKeyDialog(ctx, { owner: fixedOwner, onDone }) {
     }
     tokenShown = true;
     showToken(dlg, created.token, {
+      webhookSecret: created.webhook_secret || null,
       heading: `Key “${created.key.name}” was created for ${created.key.owner.username}.`,
       onStored: () => {
         flash(`Key “${created.key.name}” created.${avatarProblem}`, avatarProblem ? "error" : "success");
@@ -264,6 +280,7 @@ export async function createKeyDialog(ctx, { owner: fixedOwner, onDone }) {
       },
     });
     created.token = null;
+    created.webhook_secret = null;
   });
 }
 
@@ -316,8 +333,9 @@ export async function editKeyDialog(ctx, key, { onDone }) {
     const webhook = fields.webhook_url.input.value.trim() || null;
     if (webhook !== key.webhook_url) body.webhook_url = webhook;
     save.disabled = true;
+    let signing = null;
     try {
-      if (Object.keys(body).length) await api.patch(`/keys/${key.id}`, body);
+      if (Object.keys(body).length) signing = (await api.patch(`/keys/${key.id}`, body)).webhook_secret || null;
       const file = fields.avatar.input.files[0];
       if (file) await uploadAvatar(key.id, file);
       else if (removeAvatar && removeAvatar.checked) await api.del(`/keys/${key.id}/avatar`);
@@ -328,6 +346,11 @@ export async function editKeyDialog(ctx, key, { onDone }) {
     }
     dlg.close();
     flash(`Key “${name}” saved.`);
+    if (signing) {
+      showWebhookSecret(`Webhook for “${name}”`, "Receivers verify deliveries with this secret.", signing, onDone);
+      signing = null;
+      return;
+    }
     onDone();
   });
 }

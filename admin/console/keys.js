@@ -12,9 +12,10 @@ import {
   revokeKey,
   rollDialog,
   setEnabled,
+  showWebhookSecret,
   userRecord,
 } from "./keyforms.js";
-import { copyText, debounce, groupChips, h, keyAvatar, pageHeader, select, statusBadge, time, uid } from "./ui.js";
+import { confirmDialog, copyText, debounce, flash, groupChips, h, keyAvatar, pageHeader, select, statusBadge, time, uid } from "./ui.js";
 
 const PAGE_SIZE = 50;
 const STATUSES = ["active", "disabled", "revoked", "expired"];
@@ -216,6 +217,83 @@ function actionsMenu(ctx, key, reload) {
   return menu;
 }
 
+// --- webhook deliveries (docs/webhooks.md) ------------------------------------------------
+const DELIVERY_REFRESH_MS = 2000;
+
+function deliveryTable(key, items, show) {
+  if (!items.length) {
+    return h("p", { class: "muted" }, key.webhook_url ? "No deliveries yet." : "No webhook URL: nothing is delivered for this key.");
+  }
+  const rows = items.map((d) => h("tr", {},
+    h("td", { class: "mono" }, d.event),
+    h("td", {}, d.target === "key" ? "webhook URL" : "operator endpoint"),
+    h("td", {}, h("span", { class: `badge delivery-${d.status}` }, d.status)),
+    h("td", {}, String(d.attempts)),
+    h("td", { class: "small" }, d.last_status_code ? String(d.last_status_code) : (d.last_error || "—")),
+    h("td", {}, d.status === "pending" ? time(d.next_attempt_at, "—") : time(d.last_attempt_at, "—")),
+    h("td", {}, h("button", { type: "button", class: "secondary small", "aria-label": `Redeliver ${d.event}`, onclick: async () => {
+      try {
+        await api.post(`/keys/${encodeURIComponent(key.id)}/webhook-deliveries/${encodeURIComponent(d.id)}/redeliver`, {});
+        flash(`${d.event} will be delivered again.`);
+        await show();
+      } catch (err) {
+        flash(err.message, "error");
+      }
+    } }, "Redeliver")),
+  ));
+  return h("div", { class: "table-wrap" }, h("table", { class: "deliveries" },
+    h("thead", {}, h("tr", {}, ["Event", "To", "Status", "Attempts", "Last answer", "When", ""].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows),
+  ));
+}
+async function webhookCard(key, refresh) {
+  const card = h("section", { class: "card", id: "webhook-deliveries", "aria-labelledby": "webhook-heading" }, h("h2", { id: "webhook-heading" }, "Webhook deliveries"));
+  const live = key.status !== "revoked";
+  const buttons = h("div", { class: "page-actions" });
+  if (live && key.webhook_url) {
+    buttons.append(h("button", { type: "button", class: "secondary", id: "webhook-test", onclick: async () => {
+      try {
+        await api.post(`/keys/${encodeURIComponent(key.id)}/webhook-test`, {});
+        flash("A key.test event is on its way.");
+      } catch (err) {
+        flash(err.message, "error");
+      }
+    } }, "Send a test"));
+    buttons.append(h("button", { type: "button", class: "secondary", id: "webhook-rotate", onclick: async () => {
+      const ok = await confirmDialog({ title: "Rotate the webhook secret?", text: "Deliveries carry a signature by the new secret and, for 24 hours, by the old one too.", confirm: "Rotate", danger: false });
+      if (!ok) return;
+      try {
+        const rotated = await api.post(`/keys/${encodeURIComponent(key.id)}/webhook-secret`, {});
+        showWebhookSecret("New webhook secret", "The old secret keeps signing beside it for 24 hours.", rotated.webhook_secret, refresh);
+        rotated.webhook_secret = null;
+      } catch (err) {
+        flash(err.message, "error");
+      }
+    } }, "Rotate secret…"));
+  }
+  card.append(buttons);
+  const list = h("div", {});
+  card.append(list);
+  const show = async () => {
+    const page = await api.get(`/keys/${encodeURIComponent(key.id)}/webhook-deliveries`, { limit: 20 });
+    list.replaceChildren(deliveryTable(key, page.items, show));
+  };
+  await show();
+  // Deliveries move on their own (a new event is queued, an attempt ends):
+  // look again while the card is on the page.
+  const again = () => setTimeout(async () => {
+    if (!card.isConnected) return;
+    try {
+      await show();
+    } catch {
+      return; // a 401 or an outage: the next action says so
+    }
+    again();
+  }, DELIVERY_REFRESH_MS);
+  again();
+  return card;
+}
+
 // --- details ----------------------------------------------------------------------------
 export async function renderKeyDetails(ctx, main, id) {
   let key;
@@ -284,6 +362,7 @@ export async function renderKeyDetails(ctx, main, id) {
       ),
     ),
   );
+  main.append(await webhookCard(key, refresh));
   const history = h("section", { class: "card" }, h("h2", {}, "Recent activity"));
   main.append(history);
   if (!ctx.admin) {

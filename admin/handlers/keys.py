@@ -19,7 +19,10 @@ def key_json(request: web.Request, key: KeyRecord) -> dict[str, object]:
 
 def issued(request: web.Request, result: IssuedKey) -> dict[str, object]:
     # The only responses that carry a token: it is shown once (docs/reference.md#token-format).
-    return {"key": key_json(request, result.key), "token": result.token}
+    out: dict[str, object] = {"key": key_json(request, result.key), "token": result.token}
+    if result.webhook_secret is not None:  # shown once too (docs/webhooks.md#secrets)
+        out["webhook_secret"] = result.webhook_secret
+    return out
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -63,8 +66,11 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def update_key(request: web.Request) -> web.Response:
     body = await read_json(request)
-    key = await services(request).keys.update(actor(request), request.match_info["id"], body)
-    return json_response(key_json(request, key))
+    result = await services(request).keys.change(actor(request), request.match_info["id"], body)
+    out = key_json(request, result.key)
+    if result.webhook_secret is not None:  # the first webhook_url: its secret, shown once
+        out["webhook_secret"] = result.webhook_secret
+    return json_response(out)
 
 
 async def revoke_key(request: web.Request) -> web.Response:

@@ -69,8 +69,8 @@ def principal_from(record: AuthRecord, ttl: float) -> Principal:
     username = record.owner_username
     identity = identity_headers(
         key_id=record.key_id,
-        key_name=_header_safe(record.key_name),
-        user=_header_safe(username or ""),
+        key_name=record.key_name,
+        user=username or "",
         groups=groups,
     )
     return Principal(
@@ -101,14 +101,6 @@ def principal_from(record: AuthRecord, ttl: float) -> Principal:
             record.quota_window,
         ),
     )
-
-
-def _header_safe(value: str) -> str:
-    # Names are validated printable, but a header value must never carry CR/LF
-    # or non-Latin-1 text; percent-encode anything outside visible ASCII.
-    if value.isascii() and value.isprintable():
-        return value
-    return "".join(c if c.isascii() and c.isprintable() else f"%{ord(c):02X}" for c in value)
 
 
 class _IndexedLRU(LRUCache[bytes, Principal]):

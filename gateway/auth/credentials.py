@@ -21,6 +21,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from keygate.gateway.auth import keyformat
+from keygate.gateway.auth.imported import ImportedDigests
 from keygate.gateway.errors import AmbiguousApiKey, missing_api_key
 
 
@@ -92,33 +93,59 @@ def find_credential(
 
 
 def stray_credentials(
-    headers: CIMultiDictProxy[str], raw_query: str, sources: Sources, prefix: str
+    headers: CIMultiDictProxy[str],
+    raw_query: str,
+    sources: Sources,
+    prefix: str,
+    imported: ImportedDigests | None = None,
 ) -> Credential | None:
-    """Where a well-formed keygate token was presented to a public route, if anywhere.
+    """Where a keygate credential was presented to a public route, if anywhere.
 
     Nobody checks a key there, but the upstream must still never receive one
     (docs/reference.md#presenting-a-key: the credential is removed before
-    forwarding; clients often send their key on every request). Only values
-    that parse as keygate tokens,
-    checksum included, count: an upstream's own Bearer token passes untouched.
+    forwarding; clients often send their key on every request). Values that
+    parse as keygate tokens, checksum included, count, and when the store
+    holds imported keys (``imported``, the digests in memory) a ``Bearer``,
+    ``X-API-Key`` or query value that is one of them: an upstream's own
+    Bearer token passes untouched.
     """
     drop: list[str] = []
     for value in headers.getall(hdrs.AUTHORIZATION, ()):
         if carries_token(value, prefix):
             drop.append(hdrs.AUTHORIZATION)
             break
-    if any(carries_token(v, prefix) for v in headers.getall(X_API_KEY, ())):
+    x_api_keys = headers.getall(X_API_KEY, ())
+    if any(carries_token(v, prefix) for v in x_api_keys):
         drop.append(X_API_KEY)
     drop_query = None
-    if (
-        sources.query is not None
-        and raw_query
-        and any(_well_formed(v.strip(), prefix) for v in query_values(raw_query, sources.query))
-    ):
+    in_query = (
+        query_values(raw_query, sources.query) if sources.query is not None and raw_query else ()
+    )
+    if any(_well_formed(v.strip(), prefix) for v in in_query):
         drop_query = sources.query
+    if imported:  # only when the store holds imported keys: no cost otherwise
+        if hdrs.AUTHORIZATION not in drop and any(
+            _is_imported(_bearer(v), imported) for v in headers.getall(hdrs.AUTHORIZATION, ())
+        ):
+            drop.append(hdrs.AUTHORIZATION)
+        if X_API_KEY not in drop and any(_is_imported(v.strip(), imported) for v in x_api_keys):
+            drop.append(X_API_KEY)
+        if drop_query is None and any(_is_imported(v.strip(), imported) for v in in_query):
+            drop_query = sources.query
     if not drop and drop_query is None:
         return None
     return Credential("", tuple(drop), drop_query)
+
+
+def _bearer(value: str) -> str:
+    """The token of a ``Bearer`` Authorization value (scheme in any case), else ""."""
+    scheme, _, rest = value.strip().partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" else ""
+
+
+def _is_imported(token: str, imported: ImportedDigests) -> bool:
+    """Whether ``token`` is an imported key's (its digest in memory)."""
+    return bool(token) and token.isascii() and keyformat.digest(token) in imported
 
 
 def carries_token(value: str, prefix: str) -> bool:

@@ -39,7 +39,12 @@ async def create(args: argparse.Namespace, env: Env) -> Result:
     issued = await env.services.keys.create(env.actor, body)
     key = record(issued.key, env)
     headline = f"Created key {key['id']} ({out.cell(key['name'])}) for {out.cell(args.owner)}."
-    return Result({"key": key, "token": issued.token}, out.issued_text(headline, key, issued.token))
+    doc: dict[str, Any] = {"key": key, "token": issued.token}
+    text = out.issued_text(headline, key, issued.token)
+    if issued.webhook_secret is not None:
+        doc["webhook_secret"] = issued.webhook_secret
+        text += "\n" + out.secret_block(issued.webhook_secret)
+    return Result(doc, text)
 
 
 async def list_keys(args: argparse.Namespace, env: Env) -> Result:
@@ -131,8 +136,13 @@ async def update(args: argparse.Namespace, env: Env) -> Result:
         body["quota"] = args.quota
     if args.no_quota:
         body["quota"] = None
-    key = record(await env.services.keys.update(env.actor, args.id, body), env)
-    return Result(key, f"Updated key {key['id']}.\n\n{out.key_fields(key)}")
+    changed = await env.services.keys.change(env.actor, args.id, body)
+    key = record(changed.key, env)
+    text = f"Updated key {key['id']}.\n\n{out.key_fields(key)}"
+    if changed.webhook_secret is not None:
+        key["webhook_secret"] = changed.webhook_secret
+        text += "\n\n" + out.secret_block(changed.webhook_secret)
+    return Result(key, text)
 
 
 # --- the command tree ---------------------------------------------------------
@@ -213,7 +223,7 @@ def _key_id(parser: argparse.ArgumentParser) -> None:
 
 
 def register(tree: Tree, sub: argparse._SubParsersAction) -> None:
-    from keygate.gateway.cli import avatars, imports  # they build on this module
+    from keygate.gateway.cli import avatars, imports, webhooks  # they build on this module
 
     keys = tree.group(sub, "keys", "manage API keys", EPILOG)
 
@@ -362,3 +372,4 @@ examples:
     _limits(p, update=True)
     avatars.register(tree, keys)
     imports.register(tree, keys)
+    webhooks.register(tree, keys)

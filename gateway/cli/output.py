@@ -87,6 +87,11 @@ def token_block(token: str) -> str:
     return f"Token ({TOKEN_NOTICE}):\n\n    {token}\n"
 
 
+def secret_block(secret: str) -> str:
+    """A key's webhook signing secret, printed once (docs/webhooks.md#secrets)."""
+    return f"Webhook signing secret (shown once: give it to the receiver now):\n\n    {secret}\n"
+
+
 # --- keys -----------------------------------------------------------------
 KEY_HEADERS = (
     "ID",

@@ -49,7 +49,7 @@ async def with_store(settings: Settings, handler: Handler, args: argparse.Namesp
         raise StoreUnavailable(f"The store for this URL cannot be loaded ({exc}).") from None
     try:
         await store.open()
-        ctx = ServiceContext(store, settings.auth)
+        ctx = ServiceContext(store, settings.auth, webhooks=settings.webhooks)
         return await handler(args, Env(settings, ctx, Services.build(ctx), Actor.cli()))
     except StoreUnavailable as exc:
         # Name the store and the database's own reason, not only "unavailable".

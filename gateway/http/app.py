@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from aiohttp.typedefs import Middleware
 
 from keygate.config.settings import Settings
@@ -29,6 +30,7 @@ from keygate.gateway.http.server import handler_limits
 from keygate.gateway.limits.counts import QuotaCounts
 from keygate.gateway.limits.limiter import Limiter
 from keygate.gateway.limits.local import LocalLimiter
+from keygate.gateway.limits.notices import no_notice
 from keygate.gateway.limits.usage import LEGACY, LEGACY_NAMES
 from keygate.gateway.metrics.counts import ADMIN, ADMIN_MODE, PROXY, Counts
 from keygate.gateway.metrics.exposition import PUBLISH_INTERVAL, Publisher
@@ -41,6 +43,7 @@ from keygate.gateway.state import (
     KeyMemory,
     RouteNames,
     changes_key,
+    deliverer_key,
     error_code_key,
     gateway_key,
     key_id_key,
@@ -55,12 +58,15 @@ from keygate.gateway.state import (
     session_key,
     store_key,
     usage_key,
+    webhook_resolver_key,
 )
 from keygate.gateway.store import open_store
 from keygate.gateway.store.base import Store
 from keygate.gateway.upstream.client import upstream_session
 from keygate.gateway.upstream.gate import route_gates
 from keygate.gateway.upstream.pool import UpstreamPool
+from keygate.gateway.webhooks.deliverer import Deliverer
+from keygate.gateway.webhooks.traffic import TrafficNotices
 
 log = logging.getLogger("keygate")
 
@@ -206,6 +212,7 @@ def lifecycle(
     flush, and only then the store closes.
     """
     auth = settings.auth
+    bell = Bell()
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if shared_store is not None:  # a test's store: opened and closed by the test
@@ -262,7 +269,14 @@ def lifecycle(
             await memory.load_imported()
             app[changes_key] = feed
             app[gateway_key] = _gateway(
-                settings, store, memory, app[usage_key], feed, app[limiter_key]
+                settings,
+                store,
+                memory,
+                app[usage_key],
+                feed,
+                app[limiter_key],
+                bell,
+                app.get(webhook_resolver_key),
             )
             # Started: from now on the store's outages and full disk are logged
             # once each (store/health.py); a failure before this is start-up's.
@@ -270,6 +284,28 @@ def lifecycle(
             yield
         finally:
             await feed.stop()
+
+    async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Off the request path: a background task (docs/webhooks.md#delivery).
+        deliverer = Deliverer(
+            app[store_key],
+            settings.webhooks,
+            resolver=app.get(webhook_resolver_key),
+            counts=app[gateway_key].metrics,
+        )
+        bell.ring = deliverer.ring
+        traffic = TrafficNotices(app[store_key], settings.webhooks.cooldown, deliverer.ring)
+        app[gateway_key].notice = traffic
+        await deliverer.start()
+        traffic.start()
+        app[deliverer_key] = deliverer
+        try:
+            yield
+        finally:
+            app[gateway_key].notice = no_notice
+            await traffic.stop()
+            await deliverer.stop()
+            bell.ring = _silent
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         pool = UpstreamPool(idle_timeout=UPSTREAM_KEEPALIVE)
@@ -314,7 +350,16 @@ def lifecycle(
             publisher.publish(gw, counts)  # the last requests of a stopping worker
             publisher.close()
 
-    return [store_ctx, usage_ctx, limiter_ctx, changes_ctx, metrics_ctx, pool_ctx, session_ctx]
+    return [
+        store_ctx,
+        usage_ctx,
+        limiter_ctx,
+        changes_ctx,
+        webhooks_ctx,
+        metrics_ctx,
+        pool_ctx,
+        session_ctx,
+    ]
 
 
 def make_limiter(settings: Settings, store: Store, usage: UsageRecorder) -> Limiter:
@@ -336,6 +381,22 @@ def make_limiter(settings: Settings, store: Store, usage: UsageRecorder) -> Limi
     return LocalLimiter(counts, config.headers, settings.auth.cache_size)
 
 
+def _silent() -> None:
+    """No deliverer (yet, or any more)."""
+
+
+class Bell:
+    """Wakes this process's deliverer after a write (the services ring it)."""
+
+    __slots__ = ("ring",)
+
+    def __init__(self) -> None:
+        self.ring: Callable[[], None] = _silent
+
+    def __call__(self) -> None:
+        self.ring()
+
+
 # Seconds an idle upstream connection is kept for reuse.
 UPSTREAM_KEEPALIVE = 15.0
 
@@ -347,6 +408,8 @@ def _gateway(
     usage: UsageRecorder,
     feed: ChangeFeed,
     limiter: Limiter,
+    bell: Bell,
+    resolver: AbstractResolver | None,
 ) -> Gateway:
     auth = settings.auth
     verifier = Verifier(
@@ -360,7 +423,15 @@ def _gateway(
     )
     route_names = RouteNames(settings.routes)
     services = Services.build(
-        ServiceContext(store=store, auth=auth, route_names=route_names, notify=memory.apply)
+        ServiceContext(
+            store=store,
+            auth=auth,
+            route_names=route_names,
+            notify=memory.apply,
+            webhooks=settings.webhooks,
+            resolver=resolver,
+            ring=bell,
+        )
     )
     return Gateway(
         settings=settings,

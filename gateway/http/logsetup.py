@@ -91,6 +91,10 @@ def configure_logging() -> None:
     logging.logMultiprocessing = False
     root = logging.getLogger()
     root.setLevel(os.environ.get("KEYGATE_LOG_LEVEL", "INFO").upper())
+    # aiosqlite logs every statement with its parameters at DEBUG, and
+    # parameters hold webhook secrets and digests: never below INFO, whatever
+    # KEYGATE_LOG_LEVEL says (docs/reference.md#logging).
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     formatter = CachedTimeFormatter(FORMAT)
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)

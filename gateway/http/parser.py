@@ -6,6 +6,7 @@ behaves the same way by construction, and the parity suite holds them to it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -15,18 +16,33 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 
 class _Boundaries:
-    """httptools callbacks: how many messages are begun and not yet complete."""
+    """httptools callbacks: how many messages are begun and not yet complete,
+    and the targets of those begun in the current read (the first one may
+    have begun before it)."""
 
-    __slots__ = ("open",)
+    __slots__ = ("open", "targets")
 
     def __init__(self) -> None:
         self.open = 0
+        self.targets: list[bytearray] = []
 
     def on_message_begin(self) -> None:
         self.open += 1
+        self.targets.append(bytearray())
+
+    def on_url(self, url: bytes) -> None:
+        target = self.targets[-1]
+        if len(target) < _TARGET_KEPT:
+            target += url[: _TARGET_KEPT - len(target)]
 
     def on_message_complete(self) -> None:
         self.open -= 1
+
+    def next_read(self) -> None:
+        """Forget the targets of messages a read completed; keep an open one's."""
+        targets = self.targets
+        if targets:
+            self.targets = targets[-1:] if self.open else []
 
 
 class _Inert:
@@ -40,6 +56,9 @@ class _Inert:
 
 
 _AFTER_CLOSE = "Data after `Connection: close`"
+# How much of a refused request's target is kept: enough to see whether it is
+# forward-auth's endpoint (its parser refusals follow nginx_compat).
+_TARGET_KEPT = 1024
 # A read larger than this that fails is not searched for requests before its error.
 _RECOVER_MAX = 256 * 1024
 
@@ -59,10 +78,18 @@ class RecoveringParser:
     the rest is never read), which is what the edge does too.
     """
 
-    def __init__(self, inner: Any, fresh: Any, protocol: RequestHandler) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        fresh: Any,
+        protocol: RequestHandler,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self._inner = inner
         self._fresh = fresh  # (protocol, ...) -> a new parser like inner
         self._protocol = protocol
+        # Told the target of a request refused, when known (:meth:`_refused`).
+        self._on_refused = on_refused
         self._boundaries = _Boundaries()
         self._shadow: httptools.HttpRequestParser | None = httptools.HttpRequestParser(
             self._boundaries
@@ -73,8 +100,10 @@ class RecoveringParser:
 
     def feed_data(self, data: bytes) -> Any:
         shadow = self._shadow
-        at_boundary = shadow is not None and self._boundaries.open == 0
+        boundaries = self._boundaries
+        at_boundary = shadow is not None and boundaries.open == 0
         if shadow is not None:
+            boundaries.next_read()
             try:
                 shadow.feed_data(data)
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -82,14 +111,27 @@ class RecoveringParser:
         try:
             return self._inner.feed_data(data)
         except HttpProcessingError as exc:
+            known = shadow is not None  # this read's targets, up to any bad byte
             if not at_boundary or len(data) > _RECOVER_MAX:
+                self._refused(known, 0, certain=False)
                 raise
             messages = self._complete_requests(data)
+            self._refused(known, len(messages), certain=True)  # the one after those answered
             if not messages:
                 raise
             if not str(exc.message).startswith(_AFTER_CLOSE):
                 messages.append((_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD))
             return messages, False, b""
+
+    def _refused(self, known: bool, index: int, *, certain: bool) -> None:
+        """Tell ``on_refused`` the target of the request refused: the message
+        ``index`` of those this read began (or continued); when not
+        ``certain`` which one it is, only if this read holds no other."""
+        targets = self._boundaries.targets
+        if self._on_refused is None or not known or len(targets) <= index:
+            return
+        if certain or len(targets) == 1:
+            self._on_refused(targets[index].decode("latin-1"))
 
     def _complete_requests(self, data: bytes) -> list[Any]:
         good, bad = 0, len(data)  # a prefix of `good` bytes parses, of `bad` bytes fails

@@ -29,13 +29,14 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from keygate.config.settings import ServerSettings, Settings
+from keygate.gateway import forwardauth
 from keygate.gateway.errors import BadRequest, HeadersTooLarge, KeygateError, TooLarge
 from keygate.gateway.http.accesslog import AccessLogger
 from keygate.gateway.http.edge.protocol import EdgeProtocol
 from keygate.gateway.http.edge.server import Edge
 from keygate.gateway.http.parser import RecoveringParser
 from keygate.gateway.request.headers import X_REQUEST_ID, RequestIds
-from keygate.gateway.state import gateway_key, pool_key, request_ids_key
+from keygate.gateway.state import Gateway, gateway_key, pool_key, request_ids_key
 
 log = logging.getLogger("keygate.protocol")
 
@@ -101,11 +102,17 @@ class KeygateRequestHandler(RequestHandler):
     """aiohttp's connection handler, answering malformed requests with the JSON
     error and reading past a bad byte as the edge does (:class:`RecoveringParser`)."""
 
-    __slots__ = ("_field_limit", "_ids", "_line_limit")
+    __slots__ = ("_field_limit", "_gw", "_ids", "_line_limit", "refused_target")
 
-    def __init__(self, *args: Any, ids: RequestIds, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, ids: RequestIds, gw: Gateway | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._ids = ids
+        self._gw = gw
+        # The target of the request the parser refused, when it could tell
+        # (RecoveringParser): forward-auth's refusals follow nginx_compat.
+        self.refused_target: str | None = None
         # aiohttp's own defaults when the app sets none.
         self._line_limit: int = kwargs.get("max_line_size", 8190)
         self._field_limit: int = kwargs.get("max_field_size", 8190)
@@ -124,7 +131,13 @@ class KeygateRequestHandler(RequestHandler):
             )
 
         # Duck-typed: every parser method aiohttp calls is the wrapped one's.
-        self._parser = RecoveringParser(self._parser, fresh, self)  # type: ignore[assignment]
+        self._parser = RecoveringParser(  # type: ignore[assignment]
+            self._parser, fresh, self, self._note_refused
+        )
+
+    def _note_refused(self, target: str) -> None:
+        if self.refused_target is None:  # the first refusal is the one answered
+            self.refused_target = target
 
     def handle_error(
         self,
@@ -136,6 +149,9 @@ class KeygateRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already; the connection is dropped.")
         error = error_for(status, exc, line_limit=self._line_limit, field_limit=self._field_limit)
+        target = self.refused_target
+        if target is not None and self._gw is not None and 400 <= error.status < 500:
+            error = forwardauth.parser_refusal(self._gw, target, error)
         if error.status >= 500:
             log.error("internal error", exc_info=exc)
         elif not isinstance(exc, BadHttpMethod):
@@ -146,7 +162,10 @@ class KeygateRequestHandler(RequestHandler):
                 error.status,
             )
         response = web.Response(
-            status=error.status, body=error.body(), content_type="application/json"
+            status=error.status,
+            body=error.body(),
+            content_type="application/json",
+            headers=error.headers,
         )
         # An X-Request-Id on every response, even one to a request too
         # malformed to have had its own read (docs/reference.md#forwarding).
@@ -159,13 +178,16 @@ class Handlers:
     """Makes aiohttp's connection handlers, as aiohttp's own ``web.Server``
     does (from its ``_loop`` and ``_kwargs``), but keygate's class."""
 
-    def __init__(self, server: web.Server, ids: RequestIds) -> None:
+    def __init__(self, server: web.Server, ids: RequestIds, gw: Gateway | None = None) -> None:
         self._server = server
         self._ids = ids
+        self._gw = gw
 
     def __call__(self) -> RequestHandler:
         server = self._server
-        return KeygateRequestHandler(server, ids=self._ids, loop=server._loop, **server._kwargs)
+        return KeygateRequestHandler(
+            server, ids=self._ids, gw=self._gw, loop=server._loop, **server._kwargs
+        )
 
 
 class FrontDoor:
@@ -229,8 +251,8 @@ class KeygateRunner(web.AppRunner):
         server = await super()._make_server()  # runs the app's startup: the gateway exists
         app = self.app
         ids = app.get(request_ids_key) or RequestIds()
-        handlers = Handlers(server, ids)
         gw = app.get(gateway_key)
+        handlers = Handlers(server, ids, gw)
         edge = None
         if gw is not None and gw.settings.server.fast_path and pool_key in app:
             access = self._kwargs.get("access_log", access_logger)

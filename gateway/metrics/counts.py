@@ -108,6 +108,8 @@ class Counts:
         "requests",
         "upstream",
         "upstream_errors",
+        "webhook_backlog",
+        "webhooks",
     )
 
     def __init__(self) -> None:
@@ -117,6 +119,11 @@ class Counts:
         self.decisions: dict[tuple[str, str], int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.in_flight = 0  # aiohttp's requests in flight
+        # The webhook deliverer's attempts by (event, result), and the deliveries
+        # waiting as it last counted them (store-wide: the gauge is a max over
+        # processes, not a sum).
+        self.webhooks: dict[tuple[str, str], int] = {}
+        self.webhook_backlog = 0
         # The edges' requests in flight, read when scraped (each edge counts its own).
         self.busy: list[Callable[[], int]] = []
 

@@ -72,7 +72,10 @@ WEBHOOKS = Family(
     "keygate_webhook_deliveries", "counter", "Webhook deliveries, by event and result."
 )
 WEBHOOK_QUEUE = Family(
-    "keygate_webhook_queue_depth", "gauge", "Webhook deliveries waiting.", "livesum"
+    "keygate_webhook_queue_depth",
+    "gauge",
+    "Webhook deliveries waiting (pending deliveries and events not yet fanned out).",
+    "livemax",  # every delivering process counts the same store-wide backlog
 )
 RATELIMIT_ERRORS = Family(
     "keygate_ratelimit_backend_errors",
@@ -106,6 +109,11 @@ def _histogram(family: Family, route: str, h: Histogram) -> Iterator[Series]:
     yield family, family.name + "_sum", {"route": route}, h.sum
 
 
+def in_flight(counts: Counts) -> int:
+    """Requests being answered: aiohttp's and every edge's."""
+    return counts.in_flight + sum(reader() for reader in counts.busy)
+
+
 def series(gw: Gateway, counts: Counts) -> Iterator[Series]:
     """Every number of this process, as samples (histogram buckets not cumulative)."""
     total = REQUESTS.name + "_total"
@@ -125,12 +133,13 @@ def series(gw: Gateway, counts: Counts) -> Iterator[Series]:
     yield CACHE, cache_total, {"result": "hit"}, verifier.hits
     yield CACHE, cache_total, {"result": "miss"}, verifier.lookups
     yield CACHE, cache_total, {"result": "stale"}, verifier.stale_served
-    busy = counts.in_flight + sum(reader() for reader in counts.busy)
-    yield IN_FLIGHT, IN_FLIGHT.name, {}, busy
+    yield IN_FLIGHT, IN_FLIGHT.name, {}, in_flight(counts)
     for source, n in gw.memory.invalidations.items():
         yield INVALIDATIONS, INVALIDATIONS.name + "_total", {"source": source}, n
     yield STORE_ERRORS, STORE_ERRORS.name + "_total", {}, gw.store.health.errors
-    yield WEBHOOK_QUEUE, WEBHOOK_QUEUE.name, {}, 0
+    for (event, result), n in list(counts.webhooks.items()):
+        yield WEBHOOKS, WEBHOOKS.name + "_total", {"event": event, "result": result}, n
+    yield WEBHOOK_QUEUE, WEBHOOK_QUEUE.name, {}, counts.webhook_backlog
     errors = getattr(gw.limiter, "backend_errors", 0)
     yield RATELIMIT_ERRORS, RATELIMIT_ERRORS.name + "_total", {}, errors
     yield BUILD, BUILD.name, {"version": __version__}, 1
@@ -188,16 +197,19 @@ class Publisher:
 
     def publish(self, gw: Gateway, counts: Counts) -> None:
         for family, name, labels, value in series(gw, counts):
-            kind = family.mode or family.kind
-            file = self._files.get(kind)
-            if file is None:
-                file = self._files[kind] = MmapedDict(str(self._paths[kind]))
-            label_key = tuple(labels.items())
-            key = self._keys.get((family.name, name, label_key))
-            if key is None:
-                key = mmap_key(family.name, name, list(labels), list(labels.values()), family.help)
-                self._keys[(family.name, name, label_key)] = key
-            file.write_value(key, float(value), 0.0)
+            self._write(family, name, labels, value)
+
+    def _write(self, family: Family, name: str, labels: dict[str, str], value: float) -> None:
+        kind = family.mode or family.kind
+        file = self._files.get(kind)
+        if file is None:
+            file = self._files[kind] = MmapedDict(str(self._paths[kind]))
+        label_key = tuple(labels.items())
+        key = self._keys.get((family.name, name, label_key))
+        if key is None:
+            key = mmap_key(family.name, name, list(labels), list(labels.values()), family.help)
+            self._keys[(family.name, name, label_key)] = key
+        file.write_value(key, float(value), 0.0)
 
     def close(self) -> None:
         for file in self._files.values():
@@ -209,7 +221,12 @@ class Publisher:
         self.publish(gw, counts)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Merged(self.directory))  # type: ignore[arg-type]
-        return generate_latest(registry)
+        text = generate_latest(registry)
+        # The scrape being answered is in flight in this answer, and over once
+        # it is sent: the file the other workers merge until this one's next
+        # publish must not count it, or their scrapes report one too many.
+        self._write(IN_FLIGHT, IN_FLIGHT.name, {}, max(in_flight(counts) - 1, 0))
+        return text
 
 
 class _Merged:

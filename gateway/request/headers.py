@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Collection, Iterable, Mapping
 from typing import Final, TypeAlias
+from urllib.parse import quote
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -201,14 +202,29 @@ HOST_FIELD: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;
 def identity_headers(
     *, key_id: str, key_name: str, user: str, groups: Iterable[str]
 ) -> dict[str, str]:
-    """The ``identity`` mapping for :func:`upstream_header_pairs`
-    (docs/reference.md#forwarding)."""
+    """The ``identity`` mapping for :func:`upstream_header_pairs` and
+    forward-auth's answer (docs/reference.md#forwarding); names are
+    :func:`identity_value`."""
     return {
         X_KEYGATE_KEY_ID: key_id,
-        X_KEYGATE_KEY_NAME: key_name,
-        X_KEYGATE_USER: user,
+        X_KEYGATE_KEY_NAME: identity_value(key_name),
+        X_KEYGATE_USER: identity_value(user),
         X_KEYGATE_GROUPS: ",".join(sorted(groups)),
     }
+
+
+# Printable ASCII but "%": kept as it is in an identity header value.
+_IDENTITY_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+
+
+def identity_value(name: str) -> str:
+    """A name as an identity header value: unchanged when printable ASCII
+    without ``%``; else every other character percent-encoded as its UTF-8
+    bytes (RFC 3986 §2.1), ``%`` itself as ``%25``, so that a header value
+    never carries CR, LF or non-Latin-1 text and decodes to one name only."""
+    if name.isascii() and name.isprintable() and "%" not in name:
+        return name
+    return quote(name, safe=_IDENTITY_SAFE, errors="surrogatepass")
 
 
 class RequestIds:

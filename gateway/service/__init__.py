@@ -12,6 +12,7 @@ from keygate.gateway.service.groups import GroupService
 from keygate.gateway.service.imports.service import ImportService
 from keygate.gateway.service.keys import IssuedKey, KeyService
 from keygate.gateway.service.users import UserService
+from keygate.gateway.service.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class Services:
     groups: GroupService
     audit: AuditService
     avatars: AvatarService
+    webhooks: WebhookService
     imports: ImportService
 
     @classmethod
@@ -32,6 +34,7 @@ class Services:
             GroupService(ctx),
             AuditService(ctx),
             AvatarService(ctx, keys),
+            WebhookService(ctx, keys),
             ImportService(ctx),
         )
 

@@ -8,6 +8,7 @@ Where each rule is decided:
   store inside the write's transaction, so no concurrent write slips between
   the check and the change (``KeyLimitReached``, ``KeyRevoked``,
   ``GroupInUse``). The key services also refuse a revoked key up front.
+- ``no_webhook_url`` (``WebhookService.test``): from the key as read.
 - ``last_admin`` (``UserService``) and ``admin_exists`` (``bootstrap``): from
   ``Store.count_admins()``, before the write.
 
@@ -34,6 +35,11 @@ _UNIQUE = {
     "group_name": ("A group with that name exists.", "group_exists"),
     "other": ("The record conflicts with an existing one.", "conflict"),
 }
+
+
+def no_webhook_url() -> Conflict:
+    """A test ping for a key with nowhere to send it (docs/admin-api.md#webhooks)."""
+    return Conflict("The key has no webhook_url to send a test to.", code="no_webhook_url")
 
 
 def key_revoked() -> Conflict:

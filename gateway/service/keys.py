@@ -3,6 +3,7 @@ change, revoke, roll, delete."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from keygate.gateway.service.actor import Actor
 from keygate.gateway.service.context import ServiceContext
 from keygate.gateway.service.limitfields import limit_fields
 from keygate.gateway.store.records import ADMIN_GROUP, KeyQuery, KeyRecord, Page, UserRecord, utcnow
+from keygate.gateway.webhooks import signing
+from keygate.gateway.webhooks.guard import url_refusal
 
 LIST_STATUSES = ("active", "disabled", "revoked", "expired")
 MAX_LIMIT = 500
@@ -33,6 +36,24 @@ Names = list[str]
 class IssuedKey:
     key: KeyRecord
     token: str  # returned exactly once, never stored or logged
+    # The key's webhook signing secret, when this call gave it one: also
+    # returned exactly once (docs/webhooks.md#secrets).
+    webhook_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatedKey:
+    key: KeyRecord
+    webhook_secret: str | None = None  # as on IssuedKey
+
+
+async def check_webhook_url(ctx: ServiceContext, url: str | None, errors: v.Errors) -> None:
+    """A 422 reason under ``webhook_url`` for a URL keygate may not send to
+    (docs/webhooks.md#where-a-webhook-may-go)."""
+    if url is not None and "webhook_url" not in errors:
+        problem = await url_refusal(url, ctx.webhooks, ctx.resolver)
+        if problem is not None:
+            errors["webhook_url"] = problem
 
 
 class KeyService:
@@ -103,6 +124,8 @@ class KeyService:
         groups = bodies.unique(req.groups) if req.groups is not UNSET else None
         if groups is not None and owner is not None:
             await self._check_grants(actor, owner, groups, errors)
+        if req.webhook_url is not UNSET:
+            await check_webhook_url(self.ctx, req.webhook_url, errors)
         errors.raise_if_any()
         assert owner is not None and groups is not None
         assert req.description is not UNSET and req.webhook_url is not UNSET
@@ -144,17 +167,24 @@ class KeyService:
                 **limits,
             },
         )
+        secret = signing.new_secret() if record.webhook_url is not None else None
         with conflicts.store_refusals():
             created = await self.ctx.store.create_key(
                 record,
                 keyformat.digest(token),
                 max_keys=self.ctx.auth.max_keys_per_user,
                 audit=audit,
+                webhook_secret=secret,
             )
         await self.ctx.notify("key-created", key_id)
-        return IssuedKey(created, token)
+        self.ctx.ring()
+        return IssuedKey(created, token, secret)
 
     async def update(self, actor: Actor, key_id: str, body: Any) -> KeyRecord:
+        return (await self.change(actor, key_id, body)).key
+
+    async def change(self, actor: Actor, key_id: str, body: Any) -> UpdatedKey:
+        """``update``, and the webhook secret when the change gave the key one."""
         key = await self.get(actor, key_id)
         req, errors = bodies.decode(bodies.KeyPatch, body)
         fields: dict[str, Any] = {}
@@ -172,12 +202,15 @@ class KeyService:
         for name in ("webhook_url", "metadata", "status"):
             if (value := getattr(req, name)) is not UNSET:
                 fields[name] = value
+        if fields.get("webhook_url") is not None and fields["webhook_url"] != key.webhook_url:
+            await check_webhook_url(self.ctx, fields["webhook_url"], errors)
         errors.raise_if_any()
         if key.status == "revoked":
             raise conflicts.key_revoked()
         fields.update(_limits_given(actor, req, creating=False))
         if not fields:
-            return key
+            return UpdatedKey(key)
+        candidate = signing.new_secret() if fields.get("webhook_url") is not None else None
         changes = {k: (val.isoformat() if hasattr(val, "isoformat") else val)
                    for k, val in fields.items()}
         action = "key.update"
@@ -189,9 +222,16 @@ class KeyService:
                 fields,
                 audit=actor.audit(action, "key", key_id, changes),
                 check=lambda current: blocks.key_change(actor, current, fields),
+                webhook_secret=candidate,
             )
         await self.ctx.notify("key", key_id)
-        return updated
+        self.ctx.ring()
+        issued: str | None = None
+        if candidate is not None:
+            stored, _, _ = await self.ctx.store.webhook_secrets(key_id)
+            if stored is not None and hmac.compare_digest(stored, candidate):
+                issued = candidate  # this change gave the key its first secret
+        return UpdatedKey(updated, issued)
 
     async def set_status(self, actor: Actor, key_id: str, status: str) -> KeyRecord:
         return await self.update(actor, key_id, {"status": status})
@@ -205,6 +245,7 @@ class KeyService:
                 key_id, {"status": "revoked"}, audit=actor.audit("key.revoke", "key", key_id)
             )
         await self.ctx.notify("key", key_id)
+        self.ctx.ring()
         return revoked
 
     async def roll(self, actor: Actor, key_id: str, body: Any) -> IssuedKey:
@@ -231,6 +272,7 @@ class KeyService:
                 prefix=prefix if key.imported else None,
             )
         await self.ctx.notify("key", key_id)
+        self.ctx.ring()
         if key.imported:
             await self.ctx.notify("key-created", key_id)  # its id now names keygate tokens
         return IssuedKey(rolled, token)
@@ -241,6 +283,7 @@ class KeyService:
             key_id, audit=actor.audit("key.delete", "key", key_id, {"name": key.name})
         )
         await self.ctx.notify("key", key_id)
+        self.ctx.ring()
 
     # --- rules ------------------------------------------------------------
     async def _owner_for_create(

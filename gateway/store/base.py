@@ -12,10 +12,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from keygate.gateway.errors import InsufficientStorage, KeygateError
 from keygate.gateway.store.health import StoreHealth
+from keygate.gateway.store.hookrecords import Claimed, DeliveryRecord, Outcome, Target
 from keygate.gateway.store.records import (
     AuditEntry,
     AuditQuery,
@@ -118,11 +119,19 @@ class Store(abc.ABC):
     # --- keys -----------------------------------------------------------
     @abc.abstractmethod
     async def create_key(
-        self, key: KeyRecord, digest: bytes, *, max_keys: int, audit: AuditEntry
+        self,
+        key: KeyRecord,
+        digest: bytes,
+        *,
+        max_keys: int,
+        audit: AuditEntry,
+        webhook_secret: str | None = None,
     ) -> KeyRecord:
         """Insert, unless the owner already holds ``max_keys`` keys that are not
         revoked (KeyLimitReached) or a key with this name ignoring case
-        (UniqueViolation ``key_name``); counted and inserted as one step."""
+        (UniqueViolation ``key_name``); counted and inserted as one step.
+        Every key write also appends its webhook event (docs/webhooks.md) in
+        its transaction; ``webhook_secret`` is the key's signing secret."""
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
@@ -138,8 +147,11 @@ class Store(abc.ABC):
         *,
         audit: AuditEntry,
         check: KeyCheck | None = None,
+        webhook_secret: str | None = None,
     ) -> KeyRecord:
-        """Write ``fields`` (a subset of KEY_WRITABLE), plus what ``check`` adds.
+        """Write ``fields`` (a subset of KEY_WRITABLE), plus what ``check`` adds;
+        ``webhook_secret`` becomes the key's signing secret when it sets a
+        ``webhook_url`` and the key has none yet.
         A revoked key is final: KeyRevoked. NotFound when absent; UniqueViolation
         ``key_name`` for a name the owner uses already. Nothing is written (and no
         audit record kept) when ``check`` raises."""
@@ -164,6 +176,69 @@ class Store(abc.ABC):
     async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
         """Remove the key, its retired digests and its avatar. NotFound."""
 
+    # --- webhooks (docs/webhooks.md; the SQL is sqlhooks.py) -----------------------
+    # True when one process delivers at a time (a lease elects it).
+    ONE_DELIVERER: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    async def webhook_secrets(
+        self, key_id: str
+    ) -> tuple[str | None, str | None, datetime | None]: ...
+
+    @abc.abstractmethod
+    async def set_webhook_secret(
+        self, key_id: str, secret: str, *, overlap_until: datetime | None, audit: AuditEntry
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def add_event(self, key_id: str, event: str, actor: dict[str, Any] | None) -> str: ...
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self, key_id: str, limit: int, before: int | None, *, targets: Sequence[str]
+    ) -> tuple[list[DeliveryRecord], int | None]: ...
+
+    @abc.abstractmethod
+    async def redeliver(
+        self, key_id: str, delivery_id: str, *, targets: Sequence[str], audit: AuditEntry
+    ) -> DeliveryRecord: ...
+
+    @abc.abstractmethod
+    async def take_lease(self, name: str, holder: str, ttl: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, holder: str) -> None: ...
+
+    @abc.abstractmethod
+    async def webhook_work(self, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def webhook_backlog(self) -> int:
+        """Deliveries waiting (pending) plus events not yet fanned out."""
+
+    @abc.abstractmethod
+    async def prune_webhooks(self, before: datetime) -> int: ...
+
+    @abc.abstractmethod
+    async def fan_out(self, fan: Callable[[str, str | None], list[Target]]) -> int: ...
+
+    @abc.abstractmethod
+    async def claim(
+        self, holder: str, now: datetime, hold: float, limit: int
+    ) -> list[Claimed]: ...
+
+    @abc.abstractmethod
+    async def record_attempt(
+        self, claimed: Claimed, holder: str, outcome: Outcome, *, audit: AuditEntry | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def expiry_notices(self, now: datetime) -> int: ...
+
+    @abc.abstractmethod
+    async def traffic_notice(
+        self, key_id: str, event: str, cooldown: float, now: datetime
+    ) -> bool: ...
     # --- imported keys (docs/reference.md#imported-keys) ----------------------------
     @abc.abstractmethod
     async def held_digests(self, digests: Sequence[bytes]) -> set[bytes]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from keygate.gateway.store import rows
@@ -34,6 +35,7 @@ from keygate.gateway.store.records import (
     AuditQuery,
     AuditRecord,
     Change,
+    KeyRecord,
     Page,
     utcnow,
 )
@@ -44,8 +46,10 @@ from keygate.gateway.store.rows import (
     KEY_READ,
     USER_COLUMNS,
     Codec,
+    json_text,
     placeholders,
 )
+from keygate.gateway.webhooks import events
 
 T = TypeVar("T")
 # Change notices a write appends: (kind, ref), kind being key, key-created, user or group.
@@ -145,6 +149,47 @@ class SqlBase(Store):
             f"INSERT INTO audit ({AUDIT_INSERT_COLUMNS}) VALUES ({placeholders(9)})",
             *rows.audit_values(entry, utcnow(), self.codec),
         )
+
+    async def _append(
+        self,
+        conn: Conn,
+        event: str,
+        key: KeyRecord,
+        actor: dict[str, Any] | None,
+        extra: dict[str, Any] | None = None,
+        *,
+        at: datetime | None = None,
+        secrets: list[str] | None = None,
+    ) -> str:
+        """Append a webhook event about ``key`` to the outbox, in the caller's
+        transaction (docs/webhooks.md); its webhook-id. ``secrets``: the key's
+        signing secrets, kept only when its row is about to go."""
+        when = at or utcnow()
+        msg_id = events.message_id()
+        await conn.execute(
+            "INSERT INTO webhook_events (id, key_id, type, body, url, secrets, fanned, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            msg_id,
+            key.id,
+            event,
+            events.body(event, when, key, actor, extra).decode(),
+            key.webhook_url,
+            json_text(secrets) if secrets else None,
+            self.codec.put_flag(False),
+            self.codec.put_time(when),
+        )
+        return msg_id
+
+    async def _key_event(
+        self, conn: Conn, event: str | None, key: KeyRecord, audit: AuditEntry | None, **kw: Any
+    ) -> None:
+        """A key write's event, acted by whoever its audit record names."""
+        if event is None:
+            return
+        actor = None
+        if audit is not None and (audit.actor_username or audit.actor_key_id):
+            actor = {"user": audit.actor_username, "key_id": audit.actor_key_id}
+        await self._append(conn, event, key, actor, **kw)
 
     def _now(self) -> Any:
         return self.codec.put_time(utcnow())

@@ -39,6 +39,7 @@ from keygate.gateway.store.rows import (
     placeholders,
 )
 from keygate.gateway.store.sqlbase import Conn, SqlBase
+from keygate.gateway.webhooks import events
 
 # Imports queue behind each other (PostgreSQL: an advisory lock under this
 # name; SQLite's write lock already serialises them), so a batch's check of
@@ -61,6 +62,19 @@ def quota_sets(stored: str, window: str, count: str, bytewise: str) -> str:
 
 
 class KeySql(SqlBase):
+    async def _new_webhook_url(
+        self, conn: Conn, key_id: str, url: str, secret: str | None
+    ) -> None:
+        """A URL set again is given another chance (a 410 stopped it), and the
+        key gets ``secret`` unless it has one already."""
+        await conn.execute("DELETE FROM webhook_gone WHERE url = $1", url)
+        if secret is not None:
+            await conn.execute(
+                "UPDATE keys SET webhook_secret = $2 WHERE id = $1 AND webhook_secret IS NULL",
+                key_id,
+                secret,
+            )
+
     # "k.id is one of the ids in parameter $1", and that parameter from a list.
     ID_LIST: ClassVar[str]
     # The batcher of verification lookups (lookups.py), made at the first miss.
@@ -116,7 +130,13 @@ class KeySql(SqlBase):
 
     # --- keys ---------------------------------------------------------------
     async def create_key(
-        self, key: KeyRecord, digest: bytes, *, max_keys: int, audit: AuditEntry
+        self,
+        key: KeyRecord,
+        digest: bytes,
+        *,
+        max_keys: int,
+        audit: AuditEntry,
+        webhook_secret: str | None = None,
     ) -> KeyRecord:
         async def tx(conn: Conn) -> KeyRecord:
             # Count and insert as one step for this owner, across processes and nodes.
@@ -133,8 +153,14 @@ class KeySql(SqlBase):
                     f"VALUES ({placeholders(KEY_INSERT_WIDTH)}) RETURNING {KEY_READ}",
                     *rows.key_values(key, digest, self.codec),
                 )
+            if webhook_secret is not None:
+                await conn.execute(
+                    "UPDATE keys SET webhook_secret = $2 WHERE id = $1", key.id, webhook_secret
+                )
+            created = rows.key_from_row(row, self.codec)
+            await self._key_event(conn, events.CREATED, created, audit)
             await self._finish(conn, audit, [("key-created", key.id)])
-            return rows.key_from_row(row, self.codec)
+            return created
 
         return await self._tx(tx)
 
@@ -162,6 +188,7 @@ class KeySql(SqlBase):
         *,
         audit: AuditEntry,
         check: KeyCheck | None = None,
+        webhook_secret: str | None = None,
     ) -> KeyRecord:
         writable(fields, KEY_WRITABLE)
 
@@ -183,8 +210,15 @@ class KeySql(SqlBase):
                 row = await self._update(conn, "keys", "id = $1", (key_id,), writes)
             if writes.get("status") == "revoked":
                 await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)
+            updated = rows.key_from_row(row, self.codec)
+            if updated.webhook_url is not None and "webhook_url" in writes:
+                await self._new_webhook_url(conn, key_id, updated.webhook_url, webhook_secret)
+            event = events.for_status(current.status, updated.status)
+            if event is None and set(writes) != {"status"}:
+                event = events.UPDATED
+            await self._key_event(conn, event, updated, audit)
             await self._finish(conn, audit, [("key", key_id)])
-            return rows.key_from_row(row, self.codec)
+            return updated
 
         return await self._tx(tx)
 
@@ -243,20 +277,35 @@ class KeySql(SqlBase):
                     key_id,
                     *extra,
                 )
+            key = rows.key_from_row(rolled, self.codec)
+            await self._key_event(conn, events.ROLLED, key, audit)
             notices = [("key", key_id)]
             if prefix is not None:
                 # Its id now names keygate tokens: every process's key id set learns it.
                 notices.append(("key-created", key_id))
             await self._finish(conn, audit, notices)
-            return rows.key_from_row(rolled, self.codec)
+            return key
 
         return await self._tx(tx)
 
     async def delete_key(self, key_id: str, *, audit: AuditEntry) -> None:
         async def tx(conn: Conn) -> None:
-            deleted = await conn.fetchval("DELETE FROM keys WHERE id = $1 RETURNING id", key_id)
-            if deleted is None:
+            row = await conn.fetchrow(
+                f"SELECT {KEY_READ}, webhook_secret, webhook_secret_prev, "
+                f"webhook_secret_prev_until FROM keys WHERE id = $1{self.FOR_UPDATE}",
+                key_id,
+            )
+            if row is None:
                 raise NotFound("No such key.")
+            n = len(row)
+            # The key's row goes: its event keeps what signs it (docs/webhooks.md).
+            signing = [row[n - 3]] if row[n - 3] else []
+            until = self.codec.time(row[n - 1])
+            if row[n - 2] and until is not None and until > utcnow():
+                signing.append(row[n - 2])
+            gone = rows.key_from_row(tuple(row)[: n - 3], self.codec)
+            await self._key_event(conn, events.DELETED, gone, audit, secrets=signing)
+            await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
             # The foreign key cascades too; said here so no store setting decides it.
             await conn.execute("DELETE FROM key_avatars WHERE key_id = $1", key_id)
             await conn.execute("DELETE FROM retired_digests WHERE key_id = $1", key_id)

@@ -12,11 +12,12 @@ SQL of any one operation is.
 from __future__ import annotations
 
 from keygate.gateway.store.sqlavatars import AvatarSql
+from keygate.gateway.store.sqldelivery import DeliverySql
 from keygate.gateway.store.sqlgroups import GroupSql
 from keygate.gateway.store.sqlkeys import KeySql
 from keygate.gateway.store.sqlusers import UserSql
 
 
-class SqlStore(KeySql, AvatarSql, UserSql, GroupSql):
+class SqlStore(KeySql, AvatarSql, UserSql, GroupSql, DeliverySql):
     """A ``Store`` on SQL tables; a subclass adds connections and its dialect
     (the abstract parts of ``SqlBase``)."""

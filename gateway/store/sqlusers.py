@@ -13,8 +13,9 @@ from keygate.gateway.store import rows
 from keygate.gateway.store.base import USER_WRITABLE
 from keygate.gateway.store.clauses import writable
 from keygate.gateway.store.records import AuditEntry, Page, UserRecord
-from keygate.gateway.store.rows import USER_COLUMNS, placeholders
+from keygate.gateway.store.rows import KEY_COLUMNS, USER_COLUMNS, placeholders
 from keygate.gateway.store.sqlbase import Conn, SqlBase
+from keygate.gateway.webhooks import events
 
 
 class UserSql(SqlBase):
@@ -75,11 +76,15 @@ class UserSql(SqlBase):
             await self._lock_owner(conn, user_id)
             found = await conn.fetch(
                 "UPDATE keys SET status = 'revoked', updated_at = $1 "
-                "WHERE owner_id = $2 AND status != 'revoked' RETURNING id",
+                f"WHERE owner_id = $2 AND status != 'revoked' RETURNING {KEY_COLUMNS}, NULL",
                 self._now(),
                 user_id,
             )
-            revoked = [r[0] for r in found]
+            revoked = [r[1] for r in found]
+            for r in found:
+                await self._key_event(
+                    conn, events.REVOKED, rows.key_from_row(r, self.codec), audit
+                )
             await conn.execute(
                 "DELETE FROM retired_digests WHERE key_id IN "
                 "(SELECT id FROM keys WHERE owner_id = $1)",

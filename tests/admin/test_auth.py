@@ -15,7 +15,9 @@ SELF_SERVICE = [ep for ep in PRIVATE if not ep.admin_only]
 
 
 def concrete(ep: Endpoint, key: str = "000000000000") -> str:
-    return PREFIX + ep.path.format(id=key, username="admin", name="default", asset="x")
+    return PREFIX + ep.path.format(
+        id=key, username="admin", name="default", asset="x", delivery_id="dlv_x"
+    )
 
 
 def ep_id(ep: Endpoint) -> str:

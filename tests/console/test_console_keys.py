@@ -94,7 +94,10 @@ def test_console_sign_in_create_with_every_field_copy_and_use_token(
     expect(token_field).to_have_value(TOKEN_RE)
     token = token_field.input_value()
     expect(dialog).to_contain_text("only time keygate shows it")
-    dialog.get_by_role("button", name="Copy").click()
+    # A webhook URL brings its signing secret, shown once beside the token.
+    webhook_secret = dialog.get_by_label("Webhook signing secret").input_value()
+    assert webhook_secret.startswith("whsec_")
+    dialog.get_by_role("button", name="Copy", exact=True).click()
     assert page.evaluate("navigator.clipboard.readText()") == token
     page.keyboard.press("Escape")  # the token dialog closes only through "I have stored it"
     expect(token_field).to_be_visible()
@@ -117,6 +120,7 @@ def test_console_sign_in_create_with_every_field_copy_and_use_token(
     assert record["groups"] == ["default"] and record["owner"]["username"] == "carol"
 
     assert token not in everything_the_page_holds(tab)
+    assert webhook_secret not in everything_the_page_holds(tab)
     page.reload()
     row.wait_for()
     assert token not in everything_the_page_holds(tab)

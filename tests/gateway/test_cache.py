@@ -91,7 +91,13 @@ def test_cache_principal_identity_headers() -> None:
 
 @pytest.mark.parametrize(
     ("name", "header"),
-    [("plain name", "plain name"), ("café", "caf%E9"), ("a\r\nX-Evil: 1", "a%0D%0AX-Evil: 1")],
+    [
+        ("plain name", "plain name"),
+        ("café", "caf%C3%A9"),  # UTF-8 bytes (RFC 3986), not the code point
+        ("caf%E9", "caf%25E9"),  # "%" itself encoded: never the same value as another name
+        ("ačĊX-Evil: 1", "a%C4%8D%C4%8AX-Evil: 1"),
+        ("a\r\nX-Evil: 1", "a%0D%0AX-Evil: 1"),
+    ],
 )
 def test_cache_identity_header_values_are_safe(name: str, header: str) -> None:
     assert principal(name=name).identity["X-Keygate-Key-Name"] == header

@@ -70,9 +70,9 @@ def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 def test_cli_every_command_has_help_with_an_example(run: Run) -> None:
     leaves = _leaf_commands(build_parser())
-    # serve, check-config, init, migrate + 9 keys + 3 key avatar + 5 users + 5 groups
-    # + audit list
-    assert len(leaves) == 29
+    # serve, check-config, init, migrate + 9 keys + 3 key avatar + 4 key webhook
+    # + 5 users + 5 groups + audit list, and main's import commands
+    assert len(leaves) == 33
     for leaf in leaves:
         code, out, _ = run(*leaf, "--help")
         assert code == 0

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from keygate.config.settings import Route
-from keygate.gateway import pipeline
+from keygate.gateway import forwardauth, pipeline
 from keygate.gateway.service.imports import read
 from keygate.gateway.service.imports.check import Defaults
 from tests.support.gateway import GatewayFactory, Keygate, key_id
 from tests.support.polling import wait_for
-from tests.support.raw import Reply, connect, exchange, http
+from tests.support.raw import Reply, bearer, connect, exchange, http
 from tests.support.upstreams import Recorder
 
 AUTH = "/_keygate/auth"
@@ -100,6 +101,29 @@ async def test_forward_auth_allows_with_the_identity_headers(
     assert upstream.seen == []  # keygate forwards nothing in this mode
 
 
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("é-ñame", "%C3%A9-%C3%B1ame"),
+        ("%C3%A9-%C3%B1ame", "%25C3%25A9-%25C3%25B1ame"),  # not the same header as é-ñame
+        ("😀 emoji", "%F0%9F%98%80 emoji"),
+        ("100% sync", "100%25 sync"),
+    ],
+)
+async def test_forward_auth_and_proxy_mode_percent_encode_names_alike(
+    kg: Keygate, upstream: Recorder, name: str, header: str
+) -> None:
+    """A name outside printable ASCII, or holding "%", is RFC 3986 percent-encoded
+    UTF-8 in X-Keygate-Key-Name, the same in both modes: one value, one name."""
+    token = await kg.make_key(["default"], name=name)
+    reply = await ask(kg, "/x", token)
+    assert reply.status == 200, reply.body
+    assert reply.header("X-Keygate-Key-Name") == header
+    assert (await proxied(kg, "/x", token)).status == 200
+    assert upstream.last().values("X-Keygate-Key-Name") == [header]
+    assert urllib.parse.unquote(header) == name
+
+
 async def test_forward_auth_public_route_has_the_four_headers_empty(kg: Keygate) -> None:
     reply = await ask(kg, "/pub/page", None, **{"X-Keygate-User": "forged"})
     assert reply.status == 200
@@ -139,18 +163,71 @@ async def test_forward_auth_is_off_by_default(
 
 
 async def test_forward_auth_without_a_named_request_is_400(kg: Keygate) -> None:
-    reply = await exchange(kg.port, http("GET", AUTH))
+    reply = await exchange(kg.port, http("GET", AUTH, [("X-Forwarded-Method", "GET")]))
     assert (reply.status, reply.code) == (400, "bad_request")
+    get = ("X-Forwarded-Method", "GET")
     twice = await exchange(
-        kg.port, http("GET", AUTH, [("X-Forwarded-Uri", "/a"), ("X-Forwarded-Uri", "/b")])
+        kg.port, http("GET", AUTH, [get, ("X-Forwarded-Uri", "/a"), ("X-Forwarded-Uri", "/b")])
     )
     assert (twice.status, twice.code) == (400, "bad_request")
     both = await exchange(
-        kg.port, http("GET", AUTH, [("X-Forwarded-Uri", "/a"), ("X-Original-URI", "/b")])
+        kg.port, http("GET", AUTH, [get, ("X-Forwarded-Uri", "/a"), ("X-Original-URI", "/b")])
     )
     assert (both.status, both.code) == (400, "bad_request")
-    tail_too = await exchange(kg.port, http("GET", AUTH + "/a", [("X-Original-URI", "/b")]))
+    tail_too = await exchange(
+        kg.port, http("GET", AUTH + "/a", [("X-Original-Method", "GET"), ("X-Original-URI", "/b")])
+    )
     assert (tail_too.status, tail_too.code) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("uri", "method"),
+    [("X-Original-URI", "X-Original-Method"), ("X-Forwarded-Uri", "X-Forwarded-Method")],
+)
+async def test_forward_auth_a_uri_header_without_its_method_is_400(
+    kg: Keygate, uri: str, method: str
+) -> None:
+    """Not the auth request's own method (a GET from most proxies): a proxy that
+    forgets the method header would have every DELETE judged as a GET."""
+    token = await kg.make_key(["default"])
+    reply = await exchange(kg.port, http("GET", AUTH, [(uri, "/x"), bearer(token)]))
+    assert (reply.status, reply.code) == (400, "bad_request")
+    assert "method" in reply.json()["error"]["message"]
+    named = await exchange(
+        kg.port, http("GET", AUTH, [(uri, "/x"), (method, "GET"), bearer(token)])
+    )
+    assert named.status == 200
+    # Envoy's form has no method header: the auth request's own method is the original's.
+    envoy = await exchange(kg.port, http("DELETE", AUTH + "/x", [bearer(token)]))
+    assert envoy.status == 200
+
+
+@pytest.mark.parametrize("compat", [False, True])
+async def test_forward_auth_refuses_what_no_http_parser_takes(
+    make: Callable[..., Any], compat: bool
+) -> None:
+    """A method or target proxy mode's parsers refuse (400) is refused, not judged."""
+    kg = await make(nginx_compat=compat)
+    token = await kg.make_key(["default"])
+    for method, uri in [
+        ("get", "/x"),
+        ("Get", "/x"),
+        ("BREW", "/x"),
+        ("GET", "/x/\xe9"),
+        ("GET", "/x/\xc3\xa9"),  # UTF-8 é, raw
+        ("GET", "/x/1 HTTP/1.1"),
+        ("GET", "/x/ /../y"),
+        ("GET", "/x/\t1"),
+    ]:
+        for style in ("traefik", "nginx"):
+            reply = await ask(kg, uri, token, method, style=style)
+            expected = (403, "bad_request") if compat else (400, "bad_request")
+            assert (reply.status, reply.code) == expected, (method, uri, style, reply.body)
+            assert reply.header("X-Keygate-User") is None
+    # Every method proxy mode's parsers take is judged (and taken by them).
+    for method in sorted(forwardauth.HTTP_METHODS - {"CONNECT"}):
+        assert (await ask(kg, "/x", token, method)).status == 200, method
+        assert (await proxied(kg, "/x", token, method)).status != 400, method
 
 
 async def test_forward_auth_401_carries_www_authenticate(kg: Keygate) -> None:
@@ -191,6 +268,40 @@ async def test_forward_auth_nginx_compat_maps_other_client_refusals(
     assert reply.header("X-Keygate-Error") == "bad_path"
     missing = await ask(kg, "/x", style="nginx")
     assert (missing.status, missing.header("X-Keygate-Error")) == (401, None)
+
+
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("what", ["header-count", "header-size"])
+async def test_forward_auth_nginx_compat_covers_the_parsers_431(
+    make: Callable[..., Any], compat: bool, what: str
+) -> None:
+    """Headers too large are refused by the HTTP parser before any routing; for
+    the auth endpoint nginx_compat still applies (nginx would make a 431 a 500)."""
+    kg = await make(nginx_compat=compat)
+    token = await kg.make_key(["default"])
+    named = [("X-Original-Method", "GET"), bearer(token)]
+    if what == "header-count":
+        big = [*named, ("X-Original-URI", "/x"), *((f"X-H{i}", "v") for i in range(120))]
+    else:
+        big = [*named, ("X-Original-URI", "/x/" + "a" * 60_000)]
+    reply = await exchange(kg.port, http("GET", AUTH, big))
+    assert reply.code == "headers_too_large"
+    assert reply.header("Cache-Control") == "no-store"
+    if compat:
+        assert reply.status == 403
+        assert reply.header("X-Keygate-Error") == "headers_too_large"
+    else:
+        assert (reply.status, reply.header("X-Keygate-Error")) == (431, None)
+    assert reply.header("X-Keygate-User") is None
+    # Another path keeps the parser's own status; so does one after a valid
+    # request in the same read (the refused one is told apart).
+    other = await exchange(kg.port, http("GET", "/x", big[1:]))
+    assert (other.status, other.code) == (431, "headers_too_large")
+    async with connect(kg.port) as proxy:
+        good = http("GET", AUTH, [*named, ("X-Original-URI", "/x")])
+        await proxy.send(good + http("GET", "/x", big[1:]))
+        assert (await proxy.reply()).status == 200
+        assert (await proxy.reply()).status == 431
 
 
 async def test_forward_auth_allowed_ips_judge_the_client_behind_the_proxy(kg: Keygate) -> None:
@@ -244,6 +355,17 @@ CASES = [
     ("GET", "/orders?_method=DELETE", "reader"),
     ("GET", "/pub/x", "none"),
     ("GET", "/orders?api_key=1", "valid"),
+    # What proxy mode's parsers refuse (400) or proxy mode does not forward (405).
+    ("get", "/orders", "valid"),
+    ("FOO", "/orders", "valid"),
+    ("CONNECT", "/pub/x", "none"),
+    ("CONNECT", "/orders", "valid"),
+    ("CONNECT", "/orders", "reader"),
+    ("CONNECT", "/orders", "none"),
+    ("GET", "/orders/\xe9", "reader"),
+    ("GET", "/orders/1 HTTP/1.1", "reader"),
+    ("GET", "/orders/ /../secret", "reader"),
+    ("GET", "/orders/\t1", "reader"),
 ]
 
 
@@ -332,10 +454,9 @@ async def test_forward_auth_401_never_holds_the_proxys_connection(
     async with connect(kg.port) as busy:
         await busy.send(http("GET", "/_up/hold", [("Authorization", f"Bearer {token}")]))
         await wait_for(lambda: upstream.holding == 1, within=5, what="the held request")
-        refused = http("GET", AUTH, [("X-Forwarded-Uri", "/x")])
-        allowed = http(
-            "GET", AUTH, [("X-Forwarded-Uri", "/x"), ("Authorization", f"Bearer {token}")]
-        )
+        named = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/x")]
+        refused = http("GET", AUTH, named)
+        allowed = http("GET", AUTH, [*named, ("Authorization", f"Bearer {token}")])
         async with connect(kg.port) as proxy:
             await proxy.send(refused + allowed)
             assert (await proxy.reply(within=3.0)).status == 401

@@ -203,3 +203,30 @@ async def test_recipe_relays_a_rate_limit_refusal(front: Front) -> None:
     else:
         assert (refused.status, refused.code) == (429, "rate_limited")
     assert len(front.upstream.seen) == 1
+
+
+async def test_recipe_relays_headers_too_large_as_a_refusal(front: Front) -> None:
+    """A client whose headers keygate's parser refuses: nginx (nginx_compat) gets a
+    403 it can relay instead of turning a 431 into its own 500; Caddy the 431."""
+    pairs = [("Authorization", f"Bearer {front.tokens['valid']}")]
+    pairs += [(f"X-H{i}", "v") for i in range(120)]
+    reply = await exchange(front.port, http("GET", "/orders/1", pairs, host="app.test"))
+    if front.name == "nginx":
+        assert reply.status == 403, reply.body
+        assert reply.header("X-Keygate-Error") == "headers_too_large"
+    else:
+        assert (reply.status, reply.code) == (431, "headers_too_large")
+    assert front.upstream.seen == []
+
+
+async def test_recipe_never_forwards_a_method_proxy_mode_refuses(front: Front) -> None:
+    """A lower-case method (Caddy passes it on; nginx refuses it itself) is refused
+    as keygate's proxy mode refuses it, never judged as its upper-case twin."""
+    token = front.tokens["valid"]
+    pairs = [("Authorization", f"Bearer {token}")]
+    reply = await exchange(front.port, http("get", "/orders/1", pairs, host="app.test"))
+    if front.name == "caddy":  # keygate's refusal, not the application's parser's
+        assert (reply.status, reply.code) == (400, "bad_request"), reply.body
+    else:
+        assert reply.status == 400, reply.body  # nginx's own
+    assert front.upstream.seen == []

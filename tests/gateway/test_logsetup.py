@@ -5,7 +5,14 @@ from __future__ import annotations
 import io
 import logging
 
-from keygate.gateway.http.logsetup import FORMAT, BatchedStreamHandler, CachedTimeFormatter
+import pytest
+
+from keygate.gateway.http.logsetup import (
+    FORMAT,
+    BatchedStreamHandler,
+    CachedTimeFormatter,
+    configure_logging,
+)
 
 
 class CountingStream(io.StringIO):
@@ -54,3 +61,19 @@ def test_logsetup_batched_handler_flushes_at_once_on_warning() -> None:
     assert stream.writes == 0
     handler.handle(record("loud", level=logging.WARNING))
     assert stream.getvalue().splitlines() == ["quiet", "loud"]
+
+
+def test_logsetup_aiosqlite_never_logs_statements_at_debug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiosqlite's DEBUG lines carry SQL parameters: digests, webhook secrets.
+    root = logging.getLogger()
+    saved = root.level, logging.getLogger("aiosqlite").level
+    monkeypatch.setenv("KEYGATE_LOG_LEVEL", "debug")
+    try:
+        configure_logging()
+        assert root.level == logging.DEBUG
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved[0])
+        logging.getLogger("aiosqlite").setLevel(saved[1])

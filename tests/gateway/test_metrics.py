@@ -208,6 +208,39 @@ async def test_metrics_need_an_admin_key_outside_allow(make: Callable[..., Any])
     parse(text)
 
 
+async def test_metrics_refusal_names_the_admin_group(make: Callable[..., Any]) -> None:
+    """Only admin keys may scrape: the 403 says so, whatever groups the key has."""
+    kg = await make(metrics={"allow": ()})
+    for groups in (["default"], ["self-service"]):
+        member = await kg.make_key(groups)
+        status, text = await scrape(kg, Authorization=f"Bearer {member}")
+        assert status == 403, text
+        assert "This needs the admin group." in text, text
+
+
+async def test_metrics_allow_judges_the_client_behind_a_trusted_proxy(
+    make: Callable[..., Any],
+) -> None:
+    """The peer 127.0.0.1 is a trusted proxy here: the client its X-Forwarded-For
+    names is judged, as allowed_ips judge it, not the proxy."""
+    kg = await make(metrics={"allow": ("127.0.0.0/8", "198.51.100.0/24")})
+    assert (await scrape(kg))[0] == 200  # the peer itself, no proxy hop
+    assert (await scrape(kg, **{"X-Forwarded-For": "198.51.100.7"}))[0] == 200
+    status, text = await scrape(kg, **{"X-Forwarded-For": "203.0.113.9"})
+    assert status == 401 and '"missing_api_key"' in text
+    status, _ = await scrape(
+        kg, **{"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {kg.admin_token}"}
+    )
+    assert status == 200
+
+
+async def test_metrics_allow_ignores_forwarded_for_from_an_untrusted_peer(
+    make: Callable[..., Any],
+) -> None:
+    kg = await make(metrics={"allow": ("127.0.0.0/8",)}, trusted_proxies=())
+    assert (await scrape(kg, **{"X-Forwarded-For": "203.0.113.9"}))[0] == 200
+
+
 async def test_metrics_turned_off_is_404(make: Callable[..., Any]) -> None:
     kg = await make(metrics={"enabled": False})
     status, text = await scrape(kg)
@@ -279,6 +312,15 @@ async def test_metrics_two_workers_report_the_totals_of_both(
 
         for _ in range(4):  # several scrapes: whichever worker answers, the same totals
             await wait_for(totals, within=10, what="the totals of both workers")
+        # Scrapes in quick succession land on both workers: each answer counts
+        # itself in flight, and not the other worker's last scrape as well.
+        for _ in range(12):
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+                s.get(f"{node.url}{METRICS}") as resp,
+            ):
+                samples = parse(await resp.text())
+            assert value(samples, "keygate_in_flight_requests") == 1
         # A worker killed outright: the supervisor marks it dead and starts another;
         # what it counted still counts (a counter never goes back).
         victim = min(node.access_pids())

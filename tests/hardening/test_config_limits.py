@@ -14,6 +14,7 @@ from keygate.config.settings import (
     Route,
     ServerSettings,
     StoreSettings,
+    WebhookSettings,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "keygate.example.toml"
@@ -47,6 +48,7 @@ def test_config_limits_example_file_documents_the_defaults() -> None:
     assert settings.store == StoreSettings()
     assert settings.auth == AuthSettings()
     assert settings.ratelimit == RateLimitSettings()
+    assert settings.webhooks == WebhookSettings()
     (route,) = settings.routes
     defaults = Route(name=route.name, prefix=route.prefix, upstream=route.upstream)
     assert route == dataclasses.replace(defaults, strip_prefix=route.strip_prefix)

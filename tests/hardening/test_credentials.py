@@ -8,7 +8,10 @@ import pytest
 
 from keygate.config.settings import Route
 from keygate.gateway.auth import keyformat
+from keygate.gateway.service.imports import read
+from keygate.gateway.service.imports.check import Defaults
 from tests.support.gateway import Rig, RigFactory
+from tests.support.polling import wait_for
 from tests.support.raw import bearer, http
 from tests.support.secrets import secret
 
@@ -265,6 +268,54 @@ async def test_credentials_public_route_does_not_leak_presented_key_upstream(
     seen = rig.up.last()
     assert token not in repr(seen.headers)
     assert seen.values("X-Keygate-User") == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
+async def test_credentials_public_route_strips_an_imported_key_too(
+    rig_factory: RigFactory, recorder: object, fast_path: bool
+) -> None:
+    """An imported key is a keygate credential (docs/reference.md#imported-keys): a
+    public route's upstream never receives it either; other values still pass."""
+    from tests.support.upstreams import Recorder
+
+    assert isinstance(recorder, Recorder)
+    routes = (Route(name="open", prefix="/", upstream=recorder.url, public=True),)
+    rig = await rig_factory(
+        routes=routes, server={"fast_path": fast_path}, **_ALL_SOURCES
+    )
+    legacy = secret("legacy-partner-key-7f3a")
+    found = read(f'{{"key": "{legacy}", "name": "partner"}}\n'.encode(), "json")
+    report = await rig.kg.services.imports.run(
+        rig.kg.actor(), found.entries, defaults=Defaults(owner="admin", groups=("default",))
+    )
+    assert report.imported == 1
+    await wait_for(
+        lambda: keyformat.digest(legacy) in rig.gw.verifier.imported,
+        within=5,
+        what="the imported digest in memory",
+    )
+    for header in [
+        ("Authorization", f"Bearer {legacy}"),
+        ("Authorization", f"bearer  {legacy} "),
+        ("X-API-Key", legacy),
+        ("X-API-Key", f" {legacy}"),
+    ]:
+        reply = await rig.exchange(http("GET", "/page", [header]))
+        assert reply.status == 200
+        seen = rig.up.last()
+        assert legacy not in repr(seen.headers), header
+        assert seen.values(header[0]) == []
+    reply = await rig.exchange(http("GET", f"/page?api_key={legacy}&x=1", []))
+    assert reply.status == 200
+    assert rig.up.last().target == "/page?x=1"
+    # Not an imported key: the upstream's own credentials pass untouched.
+    other = [("Authorization", "Bearer upstream-own-token-0001"), ("X-API-Key", "upstream-1")]
+    assert (await rig.exchange(http("GET", "/page", other))).status == 200
+    assert rig.up.last().values("Authorization") == ["Bearer upstream-own-token-0001"]
+    assert rig.up.last().values("X-API-Key") == ["upstream-1"]
+
+
+_ALL_SOURCES = {"sources": ("authorization", "x-api-key", "query:api_key")}
 
 
 # --- a token never travels upstream, whatever scheme wraps it (second review) -----------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp.abc import AbstractResolver
 from aiohttp.test_utils import TestClient, TestServer
 
 from keygate.config.settings import (
@@ -33,7 +34,7 @@ from keygate.gateway.http.app import build_app
 from keygate.gateway.http.server import KeygateRunner
 from keygate.gateway.service import Actor, ServiceContext, Services
 from keygate.gateway.service.bootstrap import create_first_admin
-from keygate.gateway.state import gateway_key
+from keygate.gateway.state import gateway_key, webhook_resolver_key
 from keygate.gateway.store.base import Store
 from tests.support.raw import IO_TIMEOUT, Raw, Reply, exchange
 from tests.support.secrets import secret
@@ -158,6 +159,7 @@ async def start_keygate(
     store: Store | None = None,
     serve_like: bool = False,
     admin_token: str | None = None,
+    resolver: AbstractResolver | None = None,
 ) -> Keygate:
     """The real app served on a real port, its first admin bootstrapped.
 
@@ -166,6 +168,8 @@ async def start_keygate(
     ``admin_token``: the store has its admin already (another gateway on it made one).
     """
     app = build_app(settings, store=store)
+    if resolver is not None:  # what webhook receivers' names resolve to
+        app[webhook_resolver_key] = resolver
     client = await start((ServeLikeServer if serve_like else KeygateTestServer)(app))
     if admin_token is None:
         gw = app[gateway_key]

@@ -149,6 +149,66 @@ PG_V5 = [
     "CREATE INDEX keys_imported ON keys (seq) WHERE imported",
 ]
 
+# Webhooks: secrets, the outbox, deliveries and markers, as in the SQLite
+# migration (sqlite/migrations.py, version 6). No lease: nodes claim
+# deliveries with FOR UPDATE SKIP LOCKED.
+PG_V6 = [
+    "ALTER TABLE keys ADD COLUMN webhook_secret text, "
+    "ADD COLUMN webhook_secret_prev text, "
+    "ADD COLUMN webhook_secret_prev_until timestamptz",
+    """CREATE TABLE webhook_events (
+        seq bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        key_id text NOT NULL,
+        type text NOT NULL,
+        body text NOT NULL,
+        url text,
+        secrets text,
+        fanned boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL
+    )""",
+    "CREATE INDEX webhook_events_fanned ON webhook_events (fanned, seq)",
+    """CREATE TABLE webhook_deliveries (
+        seq bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        event_seq bigint NOT NULL REFERENCES webhook_events (seq) ON DELETE CASCADE,
+        key_id text NOT NULL,
+        target text NOT NULL CHECK (target IN ('key', 'endpoint')),
+        url text NOT NULL,
+        status text NOT NULL
+            CHECK (status IN ('pending', 'delivered', 'failed', 'abandoned')),
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz,
+        claimed_by text,
+        claimed_until timestamptz,
+        last_attempt_at timestamptz,
+        last_status integer,
+        last_error text,
+        last_response text,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL
+    )""",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
+    "CREATE INDEX webhook_deliveries_key ON webhook_deliveries (key_id, event_seq)",
+    # Expiry notices look for keys by when they expire.
+    "CREATE INDEX keys_expires ON keys (expires_at)",
+    "CREATE TABLE webhook_gone (url text PRIMARY KEY, at timestamptz NOT NULL)",
+    """CREATE TABLE webhook_expiry_sent (
+        key_id text NOT NULL,
+        kind text NOT NULL,
+        expires_at timestamptz NOT NULL,
+        PRIMARY KEY (key_id, kind, expires_at)
+    )""",
+    """CREATE TABLE webhook_traffic (
+        key_id text NOT NULL,
+        type text NOT NULL,
+        last_at timestamptz NOT NULL,
+        PRIMARY KEY (key_id, type)
+    )""",
+    "CREATE TABLE webhook_leases (name text PRIMARY KEY, holder text NOT NULL, "
+    "until timestamptz NOT NULL)",
+]
+
 # Rolled-away tokens kept for good, as in the SQLite migration
 # (sqlite/migrations.py, version 7).
 PG_V7 = [
@@ -160,7 +220,15 @@ PG_V7 = [
 ]
 
 PG_SCHEMA = Schema(
-    steps=[(1, PG_V1), (2, PG_V2), (3, PG_V3), (4, PG_V4), (5, PG_V5), (7, PG_V7)],
+    steps=[
+        (1, PG_V1),
+        (2, PG_V2),
+        (3, PG_V3),
+        (4, PG_V4),
+        (5, PG_V5),
+        (6, PG_V6),
+        (7, PG_V7),
+    ],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "
     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     record_version="INSERT INTO schema_version (version) VALUES ($1)",

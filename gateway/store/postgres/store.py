@@ -52,6 +52,7 @@ from keygate.gateway.store.sqlstore import SqlStore
 T = TypeVar("T")
 
 CHANGES_LOCK = 0x6B67_6368_6E67  # "kgchng": serialises the tail of every write
+FAN_OUT_LOCK = 0x6B67_6661_6E6F  # "kgfano": one node fans webhook events out at a time
 OWNER_LOCK_CLASS = 0x6B67_6F77  # "kgow": (class, hashtext(owner_id)) per-owner lock
 # Deadlocks and serialisation failures are retried: the transaction has rolled back.
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
@@ -106,6 +107,9 @@ class PostgresStore(SqlStore):
     schema = PG_SCHEMA
     UNIQUE = (asyncpg.UniqueViolationError,)
     FOR_UPDATE = " FOR UPDATE"
+    # Every node delivers: a delivery another node is claiming is skipped.
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    ONE_DELIVERER = False
     BYTEWISE = ' COLLATE "C"'  # byte order, as SQLite sorts, whatever the locale
     LOWER = "lower"
     HOLDS_GROUP = "groups @> jsonb_build_array({}::text)"
@@ -272,6 +276,9 @@ class PostgresStore(SqlStore):
             [ref for _, ref in changes],
         )
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
+
+    async def _fan_out_lock(self, conn: Conn) -> bool:
+        return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", FAN_OUT_LOCK))
 
     async def _lock_owner(self, conn: Conn, owner_id: str) -> None:
         await conn.execute(

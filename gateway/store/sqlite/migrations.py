@@ -152,11 +152,75 @@ SQLITE_V5 = [
     "CREATE INDEX keys_imported ON keys (seq) WHERE imported = 1",
 ]
 
+# Webhooks (docs/webhooks.md): each key's signing secrets (the previous one
+# kept beside the new until its overlap ends); the outbox, one event per key
+# change written in the change's transaction (``body`` is the exact JSON sent,
+# ``url`` the key's webhook_url then, ``secrets`` only when the key's row is
+# gone); one delivery per event and receiver, with its last attempt; the
+# receivers that answered 410; markers that make expiry notices once-only and
+# space traffic notices; and the lease that elects SQLite's one deliverer.
+SQLITE_V6 = [
+    "ALTER TABLE keys ADD COLUMN webhook_secret TEXT",
+    "ALTER TABLE keys ADD COLUMN webhook_secret_prev TEXT",
+    "ALTER TABLE keys ADD COLUMN webhook_secret_prev_until REAL",
+    """CREATE TABLE webhook_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        key_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        url TEXT,
+        secrets TEXT,
+        fanned INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX webhook_events_fanned ON webhook_events (fanned, seq)",
+    """CREATE TABLE webhook_deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        event_seq INTEGER NOT NULL REFERENCES webhook_events (seq) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        target TEXT NOT NULL CHECK (target IN ('key', 'endpoint')),
+        url TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'delivered', 'failed', 'abandoned')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        claimed_by TEXT,
+        claimed_until REAL,
+        last_attempt_at REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        last_response TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
+    "CREATE INDEX webhook_deliveries_key ON webhook_deliveries (key_id, event_seq)",
+    # Expiry notices look for keys by when they expire.
+    "CREATE INDEX keys_expires ON keys (expires_at)",
+    "CREATE TABLE webhook_gone (url TEXT PRIMARY KEY, at REAL NOT NULL)",
+    """CREATE TABLE webhook_expiry_sent (
+        key_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (key_id, kind, expires_at)
+    )""",
+    """CREATE TABLE webhook_traffic (
+        key_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        last_at REAL NOT NULL,
+        PRIMARY KEY (key_id, type)
+    )""",
+    "CREATE TABLE webhook_leases "
+    "(name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL)",
+]
+
 # Tokens rolled away (docs/reference.md#imported-keys): a roll without a grace
 # period keeps no retired digest, and a later roll or a revoke drops the one it
 # kept, so an import run again would bring a leaked legacy token back. Each
 # rolled-away digest is recorded here for good; neither a later roll nor
-# deleting the key removes it. (Version 6 is another change's number.)
+# deleting the key removes it.
 SQLITE_V7 = [
     """CREATE TABLE import_tombstones (
         digest BLOB PRIMARY KEY,
@@ -172,6 +236,7 @@ SQLITE_SCHEMA = Schema(
         (3, SQLITE_V3),
         (4, SQLITE_V4),
         (5, SQLITE_V5),
+        (6, SQLITE_V6),
         (7, SQLITE_V7),
     ],
     version_table="CREATE TABLE IF NOT EXISTS schema_version "

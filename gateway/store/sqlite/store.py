@@ -97,6 +97,9 @@ class SQLiteStore(SqlStore):
     schema = SQLITE_SCHEMA
     UNIQUE = (sqlite3.IntegrityError,)
     FOR_UPDATE = ""  # BEGIN IMMEDIATE already holds the whole file's write lock
+    # One deliverer, elected by a lease (``sqlhooks.py``): nothing to skip.
+    SKIP_LOCKED = ""
+    ONE_DELIVERER = True
     BYTEWISE = ""  # SQLite's default collation (BINARY) compares bytes
     # SQLite's lower() folds ASCII only; search must fold as PostgreSQL does.
     LOWER = "kg_lower"
