@@ -35,6 +35,7 @@ from keygate.config.settings import (
     WebhookEndpoint,
     WebhookSettings,
 )
+from keygate.gateway.webhooks import ssrf
 
 ENV_PREFIX = "KEYGATE_"
 SECTIONS: dict[str, type] = {
@@ -104,6 +105,7 @@ def _build(
             endpoints = _endpoints(source, values.pop("endpoints", []))
         built[section] = _section(source, section, cls, values, env, overrides.get(section, {}))
     built["webhooks"] = dataclasses.replace(built["webhooks"], endpoints=endpoints)
+    _check_endpoints(source, built["webhooks"])
     routes = raw.get("routes", [])
     if not isinstance(routes, list):
         raise ConfigError(f"{source}: routes must be an array of tables ([[routes]])")
@@ -224,6 +226,20 @@ def _endpoints(source: str, raw: Any) -> tuple[WebhookEndpoint, ...]:
     if len(set(urls)) != len(urls):
         raise ConfigError(f"{source}: webhooks.endpoints: the same url twice")
     return tuple(out)
+
+
+def _check_endpoints(source: str, hooks: WebhookSettings) -> None:
+    """An operator endpoint obeys the rules a key's webhook_url does
+    (docs/webhooks.md#where-a-webhook-may-go): one that could never be sent
+    to is refused at start, not abandoned event after event. A name is
+    judged when delivered to (it may not resolve here and now)."""
+    for index, endpoint in enumerate(hooks.endpoints):
+        problem = ssrf.url_problem(endpoint.url, allow_http=hooks.allow_http)
+        if problem is None:
+            host = URL(endpoint.url).raw_host or ""
+            problem = ssrf.host_problem(host, allow_private=hooks.allow_private)
+        if problem is not None:
+            raise ConfigError(f"{source}: webhooks.endpoints[{index}].url: {problem}")
 
 
 def _typed(source: str, name: str, field: Declared, value: Any) -> Any:

@@ -18,6 +18,16 @@ from yarl import URL
 
 MAX_URL = 2048
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# IPv6 prefixes whose last 32 bits are an IPv4 address a gateway or host
+# translates to: NAT64's well-known and local-use prefixes (RFC 6052, RFC 8215),
+# SIIT's IPv4-translated addresses (RFC 2765) and the deprecated
+# IPv4-compatible addresses (RFC 4291 2.5.5.1). Judged as that IPv4 address.
+EMBEDDING = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("::/96"),
+)
 
 
 def url_problem(value: str, *, allow_http: bool) -> str | None:
@@ -59,9 +69,14 @@ def literal(host: str) -> IPAddress | None:
 def address_problem(address: IPAddress, *, allow_private: bool) -> str | None:
     """Why ``address`` may not receive webhooks, or None."""
     if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
+        mapped = address.ipv4_mapped or address.sixtofour or _embedded(address)
         if mapped is not None:
             return address_problem(mapped, allow_private=allow_private)
+        if address.teredo is not None:  # (server, client): both must pass
+            for inner in address.teredo:
+                problem = address_problem(inner, allow_private=allow_private)
+                if problem is not None:
+                    return problem
     if address.is_link_local:
         return "resolves to a link-local address (cloud metadata services live there)"
     if address.is_global and not address.is_multicast:
@@ -73,6 +88,17 @@ def address_problem(address: IPAddress, *, allow_private: bool) -> str | None:
     if address.is_private:
         return "resolves to a private address"
     return "resolves to an address that is not global"
+
+
+def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address in the last 32 bits of a translating prefix, if any
+    (``::`` and ``::1`` are themselves, not embeddings)."""
+    if int(address) <= 1:
+        return None
+    for network in EMBEDDING:
+        if address in network:
+            return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
 
 
 def host_problem(host: str, *, allow_private: bool) -> str | None:

@@ -52,6 +52,32 @@ def test_config_bad_endpoint_is_refused_without_echoing_the_secret(
     assert SECRET[6:] not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("hooks", "url", "reason"),
+    [
+        ("allow_http = true\nallow_private = true", "http://user:pw@127.0.0.1:9/h", "userinfo"),
+        ("", "http://ops.example/h", "https"),
+        ("", "https://127.0.0.1/h", "loopback"),
+        ("allow_private = true", "https://169.254.169.254/h", "link-local"),
+        ("", "https://2130706433/h", "non-standard form"),
+        ("", "https://[64:ff9b::7f00:1]/h", "loopback"),
+    ],
+)
+def test_config_endpoint_that_could_never_be_sent_to_is_refused(
+    tmp_path: Path, hooks: str, url: str, reason: str
+) -> None:
+    # The same rules as a key's webhook_url, at start rather than per event.
+    path = tmp_path / "k.toml"
+    path.write_text(
+        f'[webhooks]\n{hooks}\n[[webhooks.endpoints]]\nurl = "{url}"\nsecret = "{SECRET}"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert "webhooks.endpoints[0].url" in str(info.value)
+    assert reason in str(info.value)
+    assert "pw" not in str(info.value)
+
+
 def test_config_retry_schedule_from_the_environment() -> None:
     hooks = load_settings(None, {"KEYGATE_WEBHOOKS_RETRY_SCHEDULE": "0.5, 2"}).webhooks
     assert hooks.retry_schedule == (0.5, 2.0)
@@ -80,6 +106,15 @@ def test_signing_verifies_with_standardwebhooks_and_two_secrets() -> None:
         ("::ffff:127.0.0.1", False, "loopback"),
         ("::ffff:169.254.169.254", True, "link-local"),
         ("2002:7f00:1::", False, "loopback"),  # 6to4 around 127.0.0.1
+        # NAT64 (well-known and local-use), SIIT and IPv4-compatible forms
+        # around loopback and the metadata address; Teredo around loopback.
+        ("64:ff9b::7f00:1", False, "loopback"),
+        ("64:ff9b::a9fe:a9fe", True, "link-local"),
+        ("64:ff9b:1::7f00:1", False, "loopback"),
+        ("::ffff:0:127.0.0.1", False, "loopback"),
+        ("::127.0.0.1", False, "loopback"),
+        ("2001:0:7f00:1::", False, "loopback"),  # Teredo, server 127.0.0.1
+        ("64:ff9b::808:808", False, None),  # NAT64 to a global address
         ("100.64.0.1", False, "not global"),
         ("224.0.0.1", False, "not global"),
         ("2001:4860:4860::8888", False, None),
