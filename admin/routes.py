@@ -298,6 +298,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ok=202,
         response="Delivery",
         not_found=True,
+        conflicts=("no_webhook_url",),
     ),
     _key(
         "POST",
@@ -308,7 +309,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ok=202,
         response="WebhookTest",
         not_found=True,
-        conflicts=("no_webhook_url",),
+        conflicts=("no_webhook_url", "webhook_gone", "key_revoked"),
     ),
     _key(
         "POST",
@@ -318,6 +319,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "A new webhook signing secret, shown once; the old one signs beside it for 24 h",
         response="WebhookSecret",
         not_found=True,
+        conflicts=("key_revoked",),
     ),
     # --- users ------------------------------------------------------------------
     _admin(

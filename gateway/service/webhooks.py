@@ -46,20 +46,26 @@ class WebhookService:
 
     async def redeliver(self, actor: Actor, key_id: str, delivery_id: str) -> DeliveryRecord:
         await self.keys.get(actor, key_id)
-        record = await self.ctx.store.redeliver(
-            key_id,
-            delivery_id,
-            targets=_targets(actor),
-            audit=actor.audit("webhook.redeliver", "key", key_id, {"delivery": delivery_id}),
-        )
+        with conflicts.store_refusals():  # no_webhook_url: the key's URL was cleared
+            record = await self.ctx.store.redeliver(
+                key_id,
+                delivery_id,
+                targets=_targets(actor),
+                audit=actor.audit("webhook.redeliver", "key", key_id, {"delivery": delivery_id}),
+            )
         self.ctx.ring()
         return record
 
     async def test(self, actor: Actor, key_id: str) -> str:
         """A ``key.test`` event to the key's webhook_url; its webhook-id."""
         key = await self.keys.get(actor, key_id)
+        if key.status == "revoked":
+            raise conflicts.key_revoked()
         if key.webhook_url is None:
             raise conflicts.no_webhook_url()
+        # A 410 stopped every delivery to the URL: the ping would never be sent.
+        if await self.ctx.store.webhook_gone(key.webhook_url):
+            raise conflicts.webhook_gone()
         msg_id = await self.ctx.store.add_event(
             key_id, events.TEST, {"user": actor.username, "key_id": actor.key_id}
         )
@@ -69,7 +75,9 @@ class WebhookService:
     async def rotate_secret(self, actor: Actor, key_id: str) -> str:
         """A new signing secret, returned this once; the old one signs beside it
         for ``ROTATION_OVERLAP``."""
-        await self.keys.get(actor, key_id)
+        key = await self.keys.get(actor, key_id)
+        if key.status == "revoked":
+            raise conflicts.key_revoked()
         secret = signing.new_secret()
         await self.ctx.store.set_webhook_secret(
             key_id,
