@@ -6,12 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from keygate.config.settings import WebhookEndpoint
+from keygate.gateway.webhooks.signing import new_secret
 from tests.support.admin import AdminApi
 from tests.support.gateway import Keygate
 from tests.support.polling import wait_for
 from tests.webhooks.conftest import HookFactory
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.test_delivery import deliveries, settled
+
+
+def keys_only(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in items if d["target"] == "key"]
 
 
 async def new_key(api: AdminApi, url: str | None) -> dict[str, Any]:
@@ -52,8 +58,12 @@ async def test_webhooks_410_is_per_url_and_setting_the_url_clears_it(
 async def test_webhooks_a_dropped_url_gets_no_more_attempts_and_redeliver_follows_the_key(
     hooks_factory: HookFactory, receiver: Receiver
 ) -> None:
-    # The first attempt fails at once; the second is due 2 s later, after the change.
-    kg = await hooks_factory(retry_schedule=(2.0,))
+    # The first attempt fails at once; the second is due 2 s later, after the
+    # change. The operator's endpoint answers that second attempt.
+    ops = receiver.url("/fail/1?ops")
+    kg = await hooks_factory(
+        retry_schedule=(2.0,), endpoints=(WebhookEndpoint(url=ops, secret=new_secret()),)
+    )
     api = AdminApi(kg)
     changed = (await new_key(api, receiver.url("/fail/99?changed")))["key"]["id"]
     cleared = (await new_key(api, receiver.url("/fail/99?cleared")))["key"]["id"]
@@ -61,7 +71,7 @@ async def test_webhooks_a_dropped_url_gets_no_more_attempts_and_redeliver_follow
     async def one_attempt() -> bool:
         for kid in (changed, cleared):
             items = await deliveries(api, kid)
-            if not items or items[0]["attempts"] < 1:
+            if len(items) < 2 or any(d["attempts"] < 1 for d in items):
                 return False
         return True
 
@@ -71,18 +81,22 @@ async def test_webhooks_a_dropped_url_gets_no_more_attempts_and_redeliver_follow
     assert patched.status == 200, patched.raw
     assert (await api.patch(f"/keys/{cleared}", api.admin, {"webhook_url": None})).status == 200
 
-    old, updated = await settled(api, changed, 2)
+    old, updated = keys_only(await settled(api, changed, 4))
     assert (old["status"], old["attempts"], old["last_error"]) == (
         "abandoned", 1, "webhook_url changed",
     )  # fmt: skip
     assert (updated["event"], updated["status"], updated["url"]) == (
         "key.updated", "delivered", new_url,
     )  # fmt: skip
-    [gone] = await settled(api, cleared, 1)
+    [gone] = keys_only(await settled(api, cleared, 3))
     assert (gone["status"], gone["attempts"], gone["last_error"]) == (
         "abandoned", 1, "webhook_url changed",
     )  # fmt: skip
     assert len(receiver.at("/fail/99")) == 2  # one attempt each, none after the change
+    # The endpoint's deliveries are the operator's: sent on, whatever the key's URL.
+    for kid in (changed, cleared):
+        sent = [d for d in await deliveries(api, kid) if d["target"] == "endpoint"]
+        assert sent and all((d["status"], d["attempts"]) == ("delivered", 2) for d in sent)
 
     # Redelivery goes to the key's URL as it is now, with the same webhook-id.
     again = await api.post(
@@ -90,7 +104,7 @@ async def test_webhooks_a_dropped_url_gets_no_more_attempts_and_redeliver_follow
     )
     assert again.status == 202, again.raw
     assert again.json["url"] == new_url
-    await settled(api, changed, 3)
+    await settled(api, changed, 5)
     assert [g.msg_id for g in receiver.at("/ok")][-1] == old["event_id"]
     assert len(receiver.at("/fail/99")) == 2
     # A key without a URL has nowhere to redeliver to.
