@@ -125,3 +125,25 @@ async def test_webhooks_test_and_secret_refuse_a_revoked_key(
         assert (reply.status, reply.code) == (409, "key_revoked"), (path, reply.raw)
     await wait_for(lambda: len(receiver.at("/ok")) == 2, within=10, what="created, revoked")
     assert [d.json["type"] for d in receiver.at("/ok")] == ["key.created", "key.revoked"]
+
+
+async def test_webhooks_test_and_secret_take_no_fields(kg: Keygate, receiver: Receiver) -> None:
+    api = AdminApi(kg)
+    kid = (await new_key(api, receiver.url("/ok")))["key"]["id"]
+    for path in ("webhook-test", "webhook-secret"):
+        url = f"/keys/{kid}/{path}"
+        extra = await api.post(url, api.admin, {"x": 1})
+        assert (extra.status, extra.code) == (422, "invalid"), (path, extra.raw)
+        assert extra.details == {"x": "unknown field"}
+        for raw in (b"not json", b"null", b"[]"):
+            bad = await api.post(
+                url, api.admin, data=raw, headers={"Content-Type": "application/json"}
+            )
+            assert (bad.status, bad.code) == (400, "bad_request"), (path, raw, bad.raw)
+        plain = await api.post(url, api.admin, data=b"x", headers={"Content-Type": "text/plain"})
+        assert plain.status == 400, (path, plain.raw)
+        assert (await api.post(url, api.admin, {})).status in (200, 202)
+        assert (await api.post(url, api.admin)).status in (200, 202)
+    # Only the two accepted test pings were sent (with key.created).
+    await wait_for(lambda: len(receiver.at("/ok")) == 3, within=10, what="3 deliveries")
+    assert [d.json["type"] for d in receiver.at("/ok")].count("key.test") == 2
