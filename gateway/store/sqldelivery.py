@@ -158,7 +158,8 @@ class DeliverySql(HookSql):
     async def claim(self, holder: str, now: datetime, hold: float, limit: int) -> list[Claimed]:
         """Due deliveries, each claimed by ``holder`` for ``hold`` seconds and
         counted as an attempt; none whose key has an earlier one pending to the
-        same receiver."""
+        same receiver. One to a URL its key no longer has ends abandoned
+        instead, unsent and uncounted (``_url_dropped``)."""
         at = self.codec.put_time(now)
 
         async def tx(conn: Conn) -> list[Claimed]:
