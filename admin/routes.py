@@ -298,6 +298,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ok=202,
         response="Delivery",
         not_found=True,
+        conflicts=("no_webhook_url",),
     ),
     _key(
         "POST",
@@ -307,8 +308,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Send a key.test event to the key's webhook_url",
         ok=202,
         response="WebhookTest",
+        body="EmptyRequest",
+        body_required=False,
         not_found=True,
-        conflicts=("no_webhook_url",),
+        conflicts=("no_webhook_url", "webhook_gone", "key_revoked"),
     ),
     _key(
         "POST",
@@ -317,7 +320,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "rotateWebhookSecret",
         "A new webhook signing secret, shown once; the old one signs beside it for 24 h",
         response="WebhookSecret",
+        body="EmptyRequest",
+        body_required=False,
         not_found=True,
+        conflicts=("key_revoked",),
     ),
     # --- users ------------------------------------------------------------------
     _admin(

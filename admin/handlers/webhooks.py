@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from keygate.admin import params
+from keygate.admin.body import read_optional_json
 from keygate.admin.context import actor, services
 from keygate.admin.responses import json_response
 
@@ -29,14 +30,18 @@ async def redeliver(request: web.Request) -> web.Response:
 
 
 async def test(request: web.Request) -> web.Response:
-    event_id = await services(request).webhooks.test(actor(request), request.match_info["id"])
+    body = await read_optional_json(request)  # none at all is {}; no fields
+    event_id = await services(request).webhooks.test(
+        actor(request), request.match_info["id"], body
+    )
     return json_response({"event_id": event_id}, status=202)
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
     # The only response besides the one that first sets webhook_url that
     # carries a webhook secret: shown once (docs/webhooks.md#secrets).
+    body = await read_optional_json(request)  # none at all is {}; no fields
     secret = await services(request).webhooks.rotate_secret(
-        actor(request), request.match_info["id"]
+        actor(request), request.match_info["id"], body
     )
     return json_response({"webhook_secret": secret})

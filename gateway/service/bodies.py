@@ -184,6 +184,13 @@ class RollRequest(Body):
     grace_seconds: GraceSeconds | UnsetType = 0
 
 
+class EmptyRequest(Body):
+    """The body of an action that takes no fields (a webhook test, a secret
+    rotation): none at all, or ``{}``; anything else is refused like any body."""
+
+    examples = [{}]
+
+
 class UserCreate(Body):
     examples = [{"username": "alice", "role": "member", "groups": ["self-service"]}]
 
@@ -268,6 +275,7 @@ BODIES: tuple[type[Body], ...] = (
     KeyCreate,
     KeyPatch,
     RollRequest,
+    EmptyRequest,
     UserCreate,
     UserPatch,
     GroupCreate,

@@ -8,7 +8,9 @@ Where each rule is decided:
   store inside the write's transaction, so no concurrent write slips between
   the check and the change (``KeyLimitReached``, ``KeyRevoked``,
   ``GroupInUse``). The key services also refuse a revoked key up front.
-- ``no_webhook_url`` (``WebhookService.test``): from the key as read.
+- ``no_webhook_url``: from the key as read (``WebhookService.test``), or by
+  the store as it redelivers to the key's current URL (``NoWebhookUrl``).
+- ``webhook_gone`` (``WebhookService.test``): the key's URL answered 410.
 - ``last_admin`` (``UserService``) and ``admin_exists`` (``bootstrap``): from
   ``Store.count_admins()``, before the write.
 
@@ -25,6 +27,7 @@ from keygate.gateway.store.errors import (
     GroupInUse,
     KeyLimitReached,
     KeyRevoked,
+    NoWebhookUrl,
     StoreRefusal,
     UniqueViolation,
 )
@@ -38,8 +41,18 @@ _UNIQUE = {
 
 
 def no_webhook_url() -> Conflict:
-    """A test ping for a key with nowhere to send it (docs/admin-api.md#webhooks)."""
-    return Conflict("The key has no webhook_url to send a test to.", code="no_webhook_url")
+    """A test ping or redelivery for a key with nowhere to send it
+    (docs/admin-api.md#webhooks)."""
+    return Conflict("The key has no webhook_url to send to.", code="no_webhook_url")
+
+
+def webhook_gone() -> Conflict:
+    """A test ping to a URL whose receiver answered 410 Gone: it would not be
+    sent (docs/webhooks.md#retries)."""
+    return Conflict(
+        "The receiver answered 410 Gone; set webhook_url again to resume deliveries.",
+        code="webhook_gone",
+    )
 
 
 def key_revoked() -> Conflict:
@@ -77,6 +90,8 @@ def from_refusal(refusal: StoreRefusal) -> Conflict:
         return key_revoked()
     if isinstance(refusal, GroupInUse):
         return group_in_use()
+    if isinstance(refusal, NoWebhookUrl):
+        return no_webhook_url()
     raise TypeError(f"no 409 for {type(refusal).__name__}")
 
 

@@ -3,9 +3,11 @@ secret rotation; and the check every webhook_url passes before it is stored."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
-from keygate.gateway.service import conflicts
+from keygate.gateway.service import bodies, conflicts
 from keygate.gateway.service import cursor as cursors
 from keygate.gateway.service import validation as v
 from keygate.gateway.service.actor import Actor
@@ -23,6 +25,8 @@ ROTATION_OVERLAP = timedelta(hours=24)
 # the key's own URL only.
 ADMIN_TARGETS = ("key", "endpoint")
 OWNER_TARGETS = ("key",)
+# What a caller without a body (the CLI) sends.
+EMPTY: Mapping[str, Any] = {}
 
 
 class WebhookService:
@@ -46,30 +50,40 @@ class WebhookService:
 
     async def redeliver(self, actor: Actor, key_id: str, delivery_id: str) -> DeliveryRecord:
         await self.keys.get(actor, key_id)
-        record = await self.ctx.store.redeliver(
-            key_id,
-            delivery_id,
-            targets=_targets(actor),
-            audit=actor.audit("webhook.redeliver", "key", key_id, {"delivery": delivery_id}),
-        )
+        with conflicts.store_refusals():  # no_webhook_url: the key's URL was cleared
+            record = await self.ctx.store.redeliver(
+                key_id,
+                delivery_id,
+                targets=_targets(actor),
+                audit=actor.audit("webhook.redeliver", "key", key_id, {"delivery": delivery_id}),
+            )
         self.ctx.ring()
         return record
 
-    async def test(self, actor: Actor, key_id: str) -> str:
+    async def test(self, actor: Actor, key_id: str, body: Any = EMPTY) -> str:
         """A ``key.test`` event to the key's webhook_url; its webhook-id."""
         key = await self.keys.get(actor, key_id)
+        _no_fields(body)
+        if key.status == "revoked":
+            raise conflicts.key_revoked()
         if key.webhook_url is None:
             raise conflicts.no_webhook_url()
+        # A 410 stopped every delivery to the URL: the ping would never be sent.
+        if await self.ctx.store.webhook_gone(key.webhook_url):
+            raise conflicts.webhook_gone()
         msg_id = await self.ctx.store.add_event(
             key_id, events.TEST, {"user": actor.username, "key_id": actor.key_id}
         )
         self.ctx.ring()
         return msg_id
 
-    async def rotate_secret(self, actor: Actor, key_id: str) -> str:
+    async def rotate_secret(self, actor: Actor, key_id: str, body: Any = EMPTY) -> str:
         """A new signing secret, returned this once; the old one signs beside it
         for ``ROTATION_OVERLAP``."""
-        await self.keys.get(actor, key_id)
+        key = await self.keys.get(actor, key_id)
+        _no_fields(body)
+        if key.status == "revoked":
+            raise conflicts.key_revoked()
         secret = signing.new_secret()
         await self.ctx.store.set_webhook_secret(
             key_id,
@@ -78,6 +92,12 @@ class WebhookService:
             audit=actor.audit("key.webhook_secret.rotate", "key", key_id),
         )
         return secret
+
+
+def _no_fields(body: Any) -> None:
+    """An action's body, which has no fields: not an object is 400, a field 422."""
+    _, errors = bodies.decode(bodies.EmptyRequest, body)
+    errors.raise_if_any()
 
 
 def _targets(actor: Actor) -> tuple[str, ...]:

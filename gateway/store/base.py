@@ -191,6 +191,9 @@ class Store(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
+    async def webhook_gone(self, url: str) -> bool: ...
+
+    @abc.abstractmethod
     async def add_event(self, key_id: str, event: str, actor: dict[str, Any] | None) -> str: ...
 
     @abc.abstractmethod

@@ -9,7 +9,8 @@ client. The service layer turns each into the 409 the client sees
     ├── UniqueViolation(what)    a unique index refused the row
     ├── KeyLimitReached(limit)   the owner already holds ``limit`` keys not revoked
     ├── KeyRevoked               the key is revoked, and revocation is final
-    └── GroupInUse               a user or key holds the group (delete without force)
+    ├── GroupInUse               a user or key holds the group (delete without force)
+    └── NoWebhookUrl             a redelivery to the key's URL, and the key has none
 """
 
 from __future__ import annotations
@@ -42,4 +43,8 @@ class KeyRevoked(StoreRefusal):
 
 
 class GroupInUse(StoreRefusal):
+    pass
+
+
+class NoWebhookUrl(StoreRefusal):
     pass

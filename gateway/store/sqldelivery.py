@@ -26,6 +26,8 @@ from keygate.gateway.store.sqlbase import Conn
 from keygate.gateway.store.sqlhooks import HookSql, new_delivery_id
 
 FAN_OUT_BATCH = 200
+# Why a delivery to a URL its key dropped ended unsent.
+URL_CHANGED = "webhook_url changed"
 # Which receivers an event goes to, given its type and the key's URL then.
 Fan = Callable[[str, str | None], list[Target]]
 
@@ -156,7 +158,8 @@ class DeliverySql(HookSql):
     async def claim(self, holder: str, now: datetime, hold: float, limit: int) -> list[Claimed]:
         """Due deliveries, each claimed by ``holder`` for ``hold`` seconds and
         counted as an attempt; none whose key has an earlier one pending to the
-        same receiver."""
+        same receiver. One to a URL its key no longer has ends abandoned
+        instead, unsent and uncounted (``_url_dropped``)."""
         at = self.codec.put_time(now)
 
         async def tx(conn: Conn) -> list[Claimed]:
@@ -171,6 +174,8 @@ class DeliverySql(HookSql):
             )
             out = []
             for (seq,) in picked:
+                if await self._url_dropped(conn, seq, at):
+                    continue
                 row = await conn.fetchrow(
                     "UPDATE webhook_deliveries SET claimed_by = $2, claimed_until = $3, "
                     "attempts = attempts + 1, last_attempt_at = $4, updated_at = $4 "
@@ -203,6 +208,28 @@ class DeliverySql(HookSql):
             return out
 
         return await self._tx(tx)
+
+    async def _url_dropped(self, conn: Conn, seq: int, at: Any) -> bool:
+        """Whether the delivery goes to a URL its key no longer has (changed or
+        cleared since the event): it is not sent but ends abandoned. A deleted
+        key's last events still go to the URL it had; an operator's endpoint
+        is not the key's to change (docs/webhooks.md#delivery)."""
+        row = await conn.fetchrow(
+            "SELECT d.url, k.id, k.webhook_url FROM webhook_deliveries d "
+            "LEFT JOIN keys k ON k.id = d.key_id WHERE d.seq = $1 AND d.target = 'key'",
+            seq,
+        )
+        if row is None or row[1] is None or row[2] == row[0]:
+            return False
+        await conn.execute(
+            "UPDATE webhook_deliveries SET status = 'abandoned', next_attempt_at = NULL, "
+            "claimed_by = NULL, claimed_until = NULL, last_error = $2, updated_at = $3 "
+            "WHERE seq = $1",
+            seq,
+            URL_CHANGED,
+            at,
+        )
+        return True
 
     def _signing(self, event: Any, now: datetime) -> tuple[str, ...]:
         current, prev, until = event[4], event[5], self.codec.time(event[6])

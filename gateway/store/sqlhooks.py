@@ -20,6 +20,7 @@ from typing import Any
 
 from keygate.gateway.errors import NotFound
 from keygate.gateway.store import rows
+from keygate.gateway.store.errors import NoWebhookUrl
 from keygate.gateway.store.hookrecords import DeliveryRecord, Target
 from keygate.gateway.store.records import AuditEntry
 from keygate.gateway.store.rows import KEY_READ
@@ -78,6 +79,11 @@ class HookSql(SqlBase):
 
         await self._tx(tx)
 
+    async def webhook_gone(self, url: str) -> bool:
+        """Whether a 410 from ``url`` stopped deliveries to it (until a key sets it again)."""
+        found = await self._fetchval("SELECT 1 FROM webhook_gone WHERE url = $1", url)
+        return found is not None
+
     async def add_event(
         self, key_id: str, event: str, actor: dict[str, Any] | None
     ) -> str:
@@ -115,12 +121,15 @@ class HookSql(SqlBase):
     async def redeliver(
         self, key_id: str, delivery_id: str, *, targets: Sequence[str], audit: AuditEntry
     ) -> DeliveryRecord:
-        """A new delivery of the same event (same webhook-id) to the same receiver."""
+        """A new delivery of the same event (same webhook-id) to the same receiver:
+        an operator's endpoint, or the key's webhook_url as it is now (not the
+        one the delivery went to: a URL the key dropped gets nothing more)."""
 
         async def tx(conn: Conn) -> str:
             row = await conn.fetchrow(
-                "SELECT event_seq, target, url FROM webhook_deliveries "
-                "WHERE id = $1 AND key_id = $2 AND target IN ($3, $4)",
+                "SELECT d.event_seq, d.target, d.url, k.webhook_url FROM webhook_deliveries d "
+                "JOIN keys k ON k.id = d.key_id "
+                "WHERE d.id = $1 AND d.key_id = $2 AND d.target IN ($3, $4)",
                 delivery_id,
                 key_id,
                 targets[0],
@@ -128,8 +137,13 @@ class HookSql(SqlBase):
             )
             if row is None:
                 raise NotFound("No such delivery.")
+            url = row[2]
+            if row[1] == "key":
+                if row[3] is None:
+                    raise NoWebhookUrl
+                url = row[3]
             new_id = new_delivery_id()
-            await self._insert_delivery(conn, new_id, row[0], key_id, Target(row[1], row[2]))
+            await self._insert_delivery(conn, new_id, row[0], key_id, Target(row[1], url))
             await self._finish(conn, audit, [])
             return new_id
 

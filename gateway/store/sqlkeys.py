@@ -65,8 +65,9 @@ class KeySql(SqlBase):
     async def _new_webhook_url(
         self, conn: Conn, key_id: str, url: str, secret: str | None
     ) -> None:
-        """A URL set again is given another chance (a 410 stopped it), and the
-        key gets ``secret`` unless it has one already."""
+        """A URL set (again) is given another chance: a 410 had stopped it for
+        every key (docs/webhooks.md#retries); and the key gets ``secret``
+        unless it has one already."""
         await conn.execute("DELETE FROM webhook_gone WHERE url = $1", url)
         if secret is not None:
             await conn.execute(
@@ -153,10 +154,9 @@ class KeySql(SqlBase):
                     f"VALUES ({placeholders(KEY_INSERT_WIDTH)}) RETURNING {KEY_READ}",
                     *rows.key_values(key, digest, self.codec),
                 )
-            if webhook_secret is not None:
-                await conn.execute(
-                    "UPDATE keys SET webhook_secret = $2 WHERE id = $1", key.id, webhook_secret
-                )
+            if key.webhook_url is not None:
+                # Setting a URL, on create as on a change, clears a 410 marker.
+                await self._new_webhook_url(conn, key.id, key.webhook_url, webhook_secret)
             created = rows.key_from_row(row, self.codec)
             await self._key_event(conn, events.CREATED, created, audit)
             await self._finish(conn, audit, [("key-created", key.id)])
