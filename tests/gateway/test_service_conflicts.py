@@ -62,4 +62,5 @@ def test_conflicts_every_code_is_in_the_reference() -> None:
     documented = set(re.findall(r"^\| 409 \| `([a-z_]+)` \|", REFERENCE.read_text(), re.M))
     worded = {conflicts.from_refusal(refusal).code for refusal, _, _ in REFUSALS}
     worded |= {conflicts.last_admin().code, conflicts.admin_exists().code}
+    worded |= {conflicts.no_webhook_url().code, conflicts.webhook_gone().code}
     assert worded == documented
