@@ -178,7 +178,8 @@ SCHEMAS: dict[str, Schema] = {
             "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
             "checks": {
                 "type": "object",
-                "description": "Per dependency (`/ready`): `store`.",
+                "description": "Per dependency (`/ready`): `store`, and `redis` with the "
+                "redis rate-limit backend.",
                 "additionalProperties": ref("Check"),
             },
             "error": ref("ErrorBody"),

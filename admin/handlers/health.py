@@ -10,6 +10,11 @@ dependency, what is wrong (docs/reference.md#probes):
   507 — and taking the gateway out of rotation would turn that into an
   outage of all traffic).
 
+- ``checks.redis.status`` (only with the redis rate-limit backend) ``ok`` or
+  ``unavailable``: 200 with ``"status": "degraded"``, because Redis is shared
+  by every node (taking one out of rotation helps nothing) and keys without
+  limits are served either way; with ``fail_open`` so are the others.
+
 Messages are fixed wording: the probe is public.
 """
 
@@ -40,8 +45,25 @@ async def ready(request: web.Request) -> web.Response:
             },
             status=503,
         )
+    checks: dict[str, dict[str, str]] = {"store": {"status": "ok"}}
+    degraded = False
     problem = await store.write_problem()
     if problem is not None:
-        check = {"status": "not_writable", "code": problem.code, "message": problem.message}
-        return json_response({"status": "degraded", "checks": {"store": check}})
-    return json_response({"status": "ok", "checks": {"store": {"status": "ok"}}})
+        checks["store"] = {
+            "status": "not_writable",
+            "code": problem.code,
+            "message": problem.message,
+        }
+        degraded = True
+    limiter = gateway(request).limiter
+    if limiter.dependency is not None:
+        if await limiter.reachable():
+            checks[limiter.dependency] = {"status": "ok"}
+        else:
+            checks[limiter.dependency] = {
+                "status": "unavailable",
+                "code": "ratelimit_unavailable",
+                "message": "The rate-limit backend does not answer.",
+            }
+            degraded = True
+    return json_response({"status": "degraded" if degraded else "ok", "checks": checks})

@@ -28,6 +28,14 @@ class Limiter(abc.ABC):
         self.clock: Callable[[], float] = time.time
         self._windows: dict[str, tuple[float, float, str]] = {}
 
+    # The service this limiter's counts live in, named in /ready's checks
+    # (docs/reference.md#probes); None: nothing outside this process.
+    dependency: str | None = None
+
+    async def reachable(self) -> bool:
+        """Whether :attr:`dependency` answers now."""
+        return True
+
     @abc.abstractmethod
     def take_now(self, limits: KeyLimits) -> Usage | None: ...
 

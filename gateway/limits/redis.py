@@ -69,6 +69,8 @@ def _bulk(value: bytes) -> bytes:
 
 
 class RedisLimiter(Limiter):
+    dependency = "redis"
+
     def __init__(
         self,
         counts: QuotaCounts,
@@ -107,6 +109,17 @@ class RedisLimiter(Limiter):
             health_check_interval=0,
             decode_responses=False,
         )
+
+    async def reachable(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await client.ping()
+        except UNREACHABLE:
+            return False
+        return True
 
     async def stop(self) -> None:
         sender, self._sender = self._sender, None

@@ -218,3 +218,46 @@ async def test_redis_down_mid_traffic_then_back_without_a_restart(
         await wait_for(counted_again, within=10, what="keygate to use Redis again")
     finally:
         server.kill()
+
+
+async def ready(kg: Keygate) -> tuple[int, dict[str, Any]]:
+    async with kg.client.get("/_keygate/ready") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_redis_ready_names_redis_when_it_is_down_then_back(
+    keygate_factory: GatewayFactory, upstream: Recorder, tmp_path: Path
+) -> None:
+    server = await PrivateRedis(tmp_path).start()
+    try:
+        kg = await keygate_factory(
+            default_route(upstream.url),
+            ratelimit={"backend": "redis", "redis_url": server.url, "redis_timeout": 0.5},
+        )
+        status, body = await ready(kg)
+        assert (status, body["status"], body["checks"]["redis"]) == (200, "ok", {"status": "ok"})
+        assert body["checks"]["store"] == {"status": "ok"}
+
+        server.kill()
+        status, body = await ready(kg)
+        assert (status, body["status"]) == (200, "degraded")
+        assert body["checks"]["redis"]["status"] == "unavailable"
+        assert body["checks"]["redis"]["code"] == "ratelimit_unavailable"
+        assert body["checks"]["store"] == {"status": "ok"}
+
+        await server.start()
+
+        async def back() -> bool:
+            return (await ready(kg))[1]["status"] == "ok"
+
+        await wait_for(back, within=10, what="/ready to see Redis again")
+    finally:
+        server.kill()
+
+
+async def test_redis_ready_has_no_redis_check_on_the_local_backend(
+    keygate_factory: GatewayFactory, upstream: Recorder
+) -> None:
+    kg = await keygate_factory(default_route(upstream.url))
+    status, body = await ready(kg)
+    assert (status, body) == (200, {"status": "ok", "checks": {"store": {"status": "ok"}}})
