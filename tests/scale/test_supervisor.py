@@ -20,7 +20,7 @@ import pytest
 
 from keygate.gateway.cli.supervisor import BACKOFF_FIRST, BACKOFF_MAX, backoff
 from tests.support.polling import wait_for
-from tests.support.processes import node_env, run_keygate, serve_node, status_fresh
+from tests.support.processes import children, node_env, run_keygate, serve_node, status_fresh
 from tests.support.raw import free_port
 from tests.support.upstreams import Recorder
 
@@ -30,11 +30,6 @@ def test_supervisor_backoff_doubles_up_to_30s() -> None:
     assert delays[0] == BACKOFF_FIRST
     assert all(b == min(2 * a, BACKOFF_MAX) for a, b in itertools.pairwise(delays))
     assert max(delays) == BACKOFF_MAX == 30.0
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return sorted(int(p) for p in path.read_text().split())
 
 
 @pytest.mark.slow
@@ -48,20 +43,20 @@ async def test_supervisor_killing_the_newest_worker_repeatedly_never_stops_the_h
             "keys", "create", "--group", "default", "--json", env=env, cwd=tmp_path
         )
         token = json.loads(created.stdout)["token"]
-        workers = _children(node.proc.pid)
+        workers = children(node.proc.pid)
         assert len(workers) == 2
         healthy = workers[0]
         # Each time, the newest worker is killed once it serves: 7 deaths in a
         # row, each a few seconds after its start (the old supervisor stopped
         # everything and exited 1 after 5 such "crash loop" deaths).
         for kill in range(7):
-            newest = max(_children(node.proc.pid))
+            newest = max(children(node.proc.pid))
             assert newest != healthy
             os.kill(newest, signal.SIGKILL)
 
             def replaced(dead: int = newest) -> bool:
                 assert node.proc.poll() is None, node.stderr()
-                now = _children(node.proc.pid)
+                now = children(node.proc.pid)
                 return (
                     len(now) == 2
                     and dead not in now
@@ -69,7 +64,7 @@ async def test_supervisor_killing_the_newest_worker_repeatedly_never_stops_the_h
                 )
 
             await wait_for(replaced, within=15, every=0.05, what=f"replacement {kill + 1}")
-            assert healthy in _children(node.proc.pid)
+            assert healthy in children(node.proc.pid)
             assert await status_fresh(f"{node.url}/x", token) == 200
         delays = [float(d) for d in re.findall(r"starting another in ([\d.]+) s", node.stderr())]
         assert len(delays) == 7

@@ -12,7 +12,7 @@ import pytest
 
 from keygate.gateway.store.sqlite.store import SQLiteStore
 from tests.support.polling import wait_for
-from tests.support.processes import node_env, run_keygate, serve_node, status_fresh
+from tests.support.processes import children, node_env, run_keygate, serve_node, status_fresh
 from tests.support.upstreams import Recorder
 
 pytestmark = pytest.mark.slow
@@ -138,13 +138,13 @@ async def test_workers_crashed_worker_is_replaced_and_port_keeps_serving(
             "keys", "create", "--group", "default", "--json", env=env, cwd=tmp_path
         )
         token = json.loads(created.stdout)["token"]
-        children = _children(node.proc.pid)
-        assert len(children) == 2
-        os.kill(children[0], signal.SIGKILL)
+        workers = children(node.proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
 
         def replaced() -> bool:
-            now = _children(node.proc.pid)
-            new = set(now) - set(children)
+            now = children(node.proc.pid)
+            new = set(now) - set(workers)
             return len(now) == 2 and bool(new) and f"worker {new.pop()} serving" in node.stderr()
 
         await wait_for(replaced, within=15, every=0.05, what="the crashed worker replaced")
@@ -153,8 +153,3 @@ async def test_workers_crashed_worker_is_replaced_and_port_keeps_serving(
         assert set(statuses) == {200}
     finally:
         assert node.stop() == 0, node.stderr()
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()]

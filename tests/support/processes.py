@@ -154,3 +154,9 @@ async def status_fresh(url: str, token: str) -> int:
     ):
         await resp.read()
         return resp.status
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (a supervisor's workers), oldest pid first."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return sorted(int(p) for p in path.read_text().split())
