@@ -18,7 +18,7 @@ import pytest
 from keygate.config.settings import Route
 from tests.support.gateway import Rig, RigFactory
 from tests.support.polling import wait_for
-from tests.support.raw import bearer, http
+from tests.support.raw import Reply, bearer, http
 from tests.support.upstreams import MIB, Recorder
 
 FRONT_ENDS = pytest.mark.parametrize("fast_path", [True, False], ids=["edge", "aiohttp"])
@@ -30,6 +30,12 @@ async def _rig(
 ) -> Rig:
     routes = (Route(name="default", prefix="/", upstream=recorder.url, **route),)
     return await rig_factory(routes=routes, server={"fast_path": fast_path})
+
+
+async def _post(rig: Rig, token: str, content_type: str, body: bytes) -> Reply:
+    """POST ``body`` whole (with its length) to /api/x under ``token``."""
+    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    return await rig.exchange(http("POST", "/api/x", headers, body))
 
 
 async def _post_only_key(rig: Rig) -> str:
@@ -344,8 +350,7 @@ async def test_second_review_overrides_are_refused(
 ) -> None:
     rig = await _rig(rig_factory, recorder, fast_path)
     token = await _post_only_key(rig)
-    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    reply = await _post(rig, token, content_type, body)
     assert (reply.status, reply.code) == (403, "forbidden")
     assert recorder.seen == []
 
@@ -387,8 +392,7 @@ async def test_an_ambiguous_multipart_boundary_is_refused(
     rig = await _rig(rig_factory, recorder, fast_path)
     token = await _post_only_key(rig)
     body = _part('name="_method"')
-    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    reply = await _post(rig, token, content_type, body)
     assert (reply.status, reply.code) == (400, "bad_request")
     assert recorder.seen == []
 
@@ -439,8 +443,7 @@ async def test_round_two_overrides_are_refused(
 ) -> None:
     rig = await _rig(rig_factory, recorder, fast_path)
     token = await _post_only_key(rig)
-    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    reply = await _post(rig, token, content_type, body)
     assert (reply.status, reply.code) == (403, "forbidden")
     assert recorder.seen == []
 
@@ -469,8 +472,7 @@ async def test_round_two_ambiguous_or_undecodable_bodies_are_400(
 ) -> None:
     rig = await _rig(rig_factory, recorder, fast_path)
     token = await _post_only_key(rig)
-    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    reply = await _post(rig, token, content_type, body)
     assert (reply.status, reply.code) == (400, "bad_request")
     assert recorder.seen == []
 
@@ -513,7 +515,6 @@ async def test_round_two_legitimate_bodies_pass(
 ) -> None:
     rig = await _rig(rig_factory, recorder, fast_path)
     token = await _post_only_key(rig)
-    headers = [bearer(token), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    reply = await rig.exchange(http("POST", "/api/x", headers, body))
+    reply = await _post(rig, token, content_type, body)
     assert reply.status == 200, reply
     assert recorder.last().body_len == len(body)
