@@ -127,11 +127,14 @@ class KeyCache:
         self._entries = _IndexedLRU(size, self._unindex)
         # Bounded too: a flood of random well-formed tokens must not grow memory.
         self._negative: TTLCache[bytes, bool] = TTLCache(min(size, 100_000), negative_ttl)
-        self._by_key: dict[str, set[bytes]] = {}
+        # Per key id a tuple (a key has one digest, two while a roll's grace
+        # runs): tuples of bytes are objects the garbage collector stops
+        # tracking, sets never are (see "Pauses" in docs/architecture.md).
+        self._by_key: dict[str, tuple[bytes, ...]] = {}
         self._by_owner: dict[str, set[bytes]] = {}
         self._by_group: dict[str, set[bytes]] = {}
         # key id -> (its digests, monotonic deadline); sized like the cache.
-        self._digests: LRUCache[str, tuple[frozenset[bytes], float]] = LRUCache(size)
+        self._digests: LRUCache[str, tuple[tuple[bytes, ...], float]] = LRUCache(size)
         self.generation = 0
         # Bumped only by what can change a key's digests (key notices, clear):
         # an owner or group notice must not discard a digest fill.
@@ -174,7 +177,7 @@ class KeyCache:
         if generation == self.generation:
             self._negative[digest] = True
 
-    def key_digests(self, key_id: str) -> frozenset[bytes] | None:
+    def key_digests(self, key_id: str) -> tuple[bytes, ...] | None:
         """Every digest the store holds for ``key_id``, or None when not known here."""
         try:
             digests, deadline = self._digests[key_id]
@@ -186,12 +189,12 @@ class KeyCache:
         return digests
 
     def put_key_digests(
-        self, key_id: str, digests: frozenset[bytes], key_generation: int
+        self, key_id: str, digests: Iterable[bytes], key_generation: int
     ) -> None:
         """Remember ``key_id``'s digests unless a key notice arrived since the lookup
         began (``key_generation`` as it was then)."""
         if key_generation == self.key_generation:
-            self._digests[key_id] = (digests, time.monotonic() + self.ttl)
+            self._digests[key_id] = (tuple(digests), time.monotonic() + self.ttl)
 
     def put(self, digest: bytes, principal: Principal, generation: int) -> None:
         """Insert unless a change notice arrived since the lookup began."""
@@ -199,7 +202,9 @@ class KeyCache:
             return
         self._drop(digest)
         self._entries[digest] = principal
-        self._by_key.setdefault(principal.key_id, set()).add(digest)
+        by_key = self._by_key.get(principal.key_id, ())
+        if digest not in by_key:
+            self._by_key[principal.key_id] = (*by_key, digest)
         self._by_owner.setdefault(principal.owner_id, set()).add(digest)
         for group in principal.groups:
             self._by_group.setdefault(group, set()).add(digest)
@@ -263,11 +268,14 @@ class KeyCache:
             self._unindex(digest, principal)
 
     def _unindex(self, digest: bytes, principal: Principal) -> None:
-        for index, name in (
-            (self._by_key, principal.key_id),
-            (self._by_owner, principal.owner_id),
-        ):
-            _discard(index, name, digest)
+        by_key = self._by_key.get(principal.key_id)
+        if by_key is not None:
+            rest = tuple(d for d in by_key if d != digest)
+            if rest:
+                self._by_key[principal.key_id] = rest
+            else:
+                del self._by_key[principal.key_id]
+        _discard(self._by_owner, principal.owner_id, digest)
         for group in principal.groups:
             _discard(self._by_group, group, digest)
 

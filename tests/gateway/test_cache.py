@@ -3,6 +3,7 @@ effective groups."""
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -237,3 +238,43 @@ def test_cache_same_digest_reput_replaces_indexes() -> None:
     assert cache.get(digest(0)) is not None
     cache.apply("user", "u2")
     assert cache.get(digest(0)) is None
+
+
+# --- what the garbage collector walks (docs/architecture.md#pauses) -----------------
+def tracked_objects() -> int:
+    gc.collect()  # untracks the tuples that hold only atomic values
+    return len(gc.get_objects())
+
+
+def test_cache_entry_leaves_one_object_for_the_collector_to_walk() -> None:
+    """Each full collection walks every tracked object: a cache entry, its
+    digest index and its key's digest set must add one (the Principal), not
+    one per index (three sets and a frozenset, as they were: 4x the pause)."""
+    entries = 2_000
+    cache = KeyCache(entries, 60, 5)
+    fills = [(f"k{i:05d}", digest(i), principal(f"k{i:05d}")) for i in range(entries)]
+    before = tracked_objects()
+    for key_id, d, p in fills:
+        cache.put(d, p, cache.generation)
+        cache.put_key_digests(key_id, frozenset([d]), cache.key_generation)
+    del fills
+    # The Principals were tracked already; what the cache adds must not be.
+    assert tracked_objects() - before <= 10  # a few index containers, not per entry
+    # A rolled key's two digests are still both known and evicted together.
+    cache.put(digest(entries), principal("k00000"), cache.generation)
+    cache.apply("key", "k00000")
+    assert cache.get(digest(0)) is None and cache.get(digest(entries)) is None
+    assert cache.get(digest(1)) is not None
+
+
+def test_freeze_start_up_heap_takes_what_start_up_built_out_of_the_collections() -> None:
+    from keygate.gateway.cli.serve import freeze_start_up_heap
+
+    built = {i * 7919 for i in range(10_000)}  # like the key-id set: one container
+    frozen = gc.get_freeze_count()
+    try:
+        freeze_start_up_heap()
+        assert gc.get_freeze_count() > frozen
+        assert not any(obj is built for obj in gc.get_objects())
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual

@@ -325,7 +325,7 @@ async def test_memory_notice_from_elsewhere_evicts_digests_of_a_rolled_key(
     token = await rig.key()
     assert await rig.call(token) == (200, None)
     cache = rig.kg.gw.cache
-    assert cache.key_digests(key_id(token)) == {keyformat.digest(token)}
+    assert set(cache.key_digests(key_id(token)) or ()) == {keyformat.digest(token)}
     services, cli = other_process
     issued = await services.keys.roll(cli, key_id(token), {"grace_seconds": 0})
     rig.past_window()
@@ -338,7 +338,7 @@ async def test_memory_notice_from_elsewhere_evicts_digests_of_a_rolled_key(
     assert rig.sync_check(issued.token) == "deferred"
     assert await rig.call(issued.token) == (200, None)
     assert await rig.call(token) == (401, "invalid_api_key")
-    assert cache.key_digests(key_id(token)) == {keyformat.digest(issued.token)}
+    assert set(cache.key_digests(key_id(token)) or ()) == {keyformat.digest(issued.token)}
 
 
 async def test_memory_roll_with_grace_old_and_new_work_then_old_refused(rig: VerifierRig) -> None:
@@ -351,7 +351,7 @@ async def test_memory_roll_with_grace_old_and_new_work_then_old_refused(rig: Ver
     assert await rig.call(issued.token) == (200, None)
     assert await rig.call(token) == (200, None)
     both = {keyformat.digest(token), keyformat.digest(issued.token)}
-    assert rig.kg.gw.cache.key_digests(key_id(token)) == both
+    assert set(rig.kg.gw.cache.key_digests(key_id(token)) or ()) == both
     lookups = rig.lookups
     for _ in range(10):
         assert await rig.call(wrong_secret(token)) == (401, "invalid_api_key")
@@ -419,7 +419,7 @@ async def test_memory_owner_and_group_changes_keep_the_digests(rig: VerifierRig)
     token = await rig.kg.make_key(["default"], owner="bob")
     assert await rig.call(token) == (200, None)
     await rig.kg.services.users.update(actor, "bob", {"status": "disabled"})
-    assert rig.kg.gw.cache.key_digests(key_id(token)) == {keyformat.digest(token)}
+    assert set(rig.kg.gw.cache.key_digests(key_id(token)) or ()) == {keyformat.digest(token)}
     assert await rig.call(token) == (401, "invalid_api_key")
     await rig.kg.services.users.update(actor, "bob", {"status": "active"})
     assert await rig.call(token) == (200, None)
@@ -451,12 +451,12 @@ def test_memory_cache_digests_evicted_by_key_notices_only() -> None:
         cache.put_key_digests(kid, frozenset([digest(0)]), cache.key_generation)
     cache.apply("user", "u1")
     cache.apply("group", "default")
-    assert cache.key_digests("k0") == {digest(0)}
+    assert set(cache.key_digests("k0") or ()) == {digest(0)}
     cache.apply("key-created", "k1")  # the echo of the key's own creation
-    assert cache.key_digests("k1") == {digest(0)}
+    assert set(cache.key_digests("k1") or ()) == {digest(0)}
     cache.apply("key", "k0")
     assert cache.key_digests("k0") is None
-    assert cache.key_digests("k2") == {digest(0)}
+    assert set(cache.key_digests("k2") or ()) == {digest(0)}
     cache.apply("all", "")
     assert cache.key_digests("k2") is None
 
@@ -472,11 +472,11 @@ def test_memory_cache_digests_fill_race_and_bound() -> None:
     cache.apply("user", "u1")
     cache.apply("group", "default")
     cache.put_key_digests("k0", frozenset([digest(0)]), started)
-    assert cache.key_digests("k0") == {digest(0)}
+    assert set(cache.key_digests("k0") or ()) == {digest(0)}
     for n in range(3):
         cache.put_key_digests(f"k{n}", frozenset([digest(n)]), cache.key_generation)
     assert cache.key_digests("k0") is None  # the least recently used went
-    assert cache.key_digests("k2") == {digest(2)}
+    assert set(cache.key_digests("k2") or ()) == {digest(2)}
 
 
 # --- the verifier on each store, without the app ----------------------------------------
@@ -530,7 +530,7 @@ async def test_memory_notices_applied_by_the_catch_up_keep_the_fill(bare_store: 
     # The catch-up ran before the store was read: its evictions are older than
     # the answer, which stays cached.
     assert verifier.cached(admin.token)[1] is not None
-    assert cache.key_digests(admin.key.id) == {digest}
+    assert set(cache.key_digests(admin.key.id) or ()) == {digest}
     assert verifier.lookups == 1
 
 
