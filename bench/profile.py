@@ -2,6 +2,7 @@
 
     python bench/profile.py [--scenario valid|bad-checksum|flood-random-id|
                                         flood-foreign|features-on] [--seconds 15]
+    python bench/profile.py --scenario zipf-1m|miss-1m --workdir /tmp/kb
 
 Starts the origin (nginx) and one keygate worker like ``run.py`` does, drives
 it with 50 wrk connections, samples it with ``py-spy record`` (pip install
@@ -10,6 +11,10 @@ running) and "total" (the frame was on the stack), in percent of all samples.
 ``features-on`` profiles ``keygate-features`` (run.py's every-feature system)
 and also prints each feature's share: the samples with one of its frames on
 the stack (``FEATURES``; add a feature's markers there when it lands).
+``zipf-1m`` and ``miss-1m`` profile ``keygate-1m`` (1,000,000 keys, a
+100,000-entry cache) under run.py's Zipf load or with every request a miss
+(the 200,000 sampled keys in turn); ``--workdir`` keeps and reuses the big
+store, as run.py's does (the two can share one).
 """
 
 from __future__ import annotations
@@ -84,16 +89,37 @@ def top_frames(collapsed: Path, limit: int) -> tuple[list[str], list[str], float
     return fmt(own), fmt(total), 100 * other / max(1, main + other)
 
 
+# The big-store scenarios and their wrk shapes: Zipf ranks, or the sample in
+# turn (200,000 keys cycled through a 100,000-entry LRU: every request misses).
+LARGE = {"zipf-1m": "zipf", "miss-1m": "cycle"}
+KEYS, SAMPLE = 1_000_000, 200_000
+
+
+def large_store(work: Path) -> tuple[Path, Path]:
+    """run.py's 1,000,000-key store and its sample's tokens, seeded unless kept."""
+    db, sample = work / "large.db", work / "zipf_sample.txt"
+    done = work / f"large-{KEYS}-{SAMPLE}.done"
+    if done.exists():
+        seed.reset_last_used(db)
+    else:
+        print(f"bench: seeding {KEYS:,} keys (about a minute)", file=sys.stderr)
+        seed.write_lines(sample, seed.seed_large(db, KEYS, SAMPLE))
+        done.touch()
+    return db, sample
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/profile.py", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--scenario", default="valid",
                    choices=["valid", "bad-checksum", "flood-random-id", "flood-foreign",
-                            "features-on"])
+                            "features-on", "zipf-1m", "miss-1m"])
     p.add_argument("--seconds", type=float, default=15.0, help="sampling time")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--top", type=int, default=25, help="frames to print")
     p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    p.add_argument("--workdir", type=Path,
+                   help="keep the stores here and reuse a big one (zipf-1m, miss-1m)")
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy")
     if pyspy is None:
@@ -102,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     sut, load = procs.cpu_sets(0, 1)
     started: list[procs.Proc] = []
     with tempfile.TemporaryDirectory(prefix="keygate-profile-") as tmp:
-        work = Path(tmp)
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         work.chmod(0o711)
+        large = None
         try:
             small = seed.seed_small(work / "small.db")
             arg, shape = small.token, "static"
@@ -116,10 +144,15 @@ def main(argv: list[str] | None = None) -> int:
                 arg = str(seed.write_lines(work / "flood.txt", seed.foreign_tokens(200_000)))
                 shape = "cycle"
                 seed.add_imported(small.small_db, seed.foreign_tokens(systems.IMPORTED_KEYS))
+            elif args.scenario in LARGE:
+                large, sample = large_store(work)
+                arg, shape = str(sample), LARGE[args.scenario]
             lay = systems.Layout(work, procs.free_port(), work / "none", work / "none",
-                                 small.small_db, None, sut, load, 60.0)
+                                 small.small_db, large, sut, load, 120.0)
             started.append(systems.start_origin(lay).proc)
-            name = "keygate-features" if args.scenario == "features-on" else "keygate"
+            name = {"features-on": "keygate-features"}.get(args.scenario, "keygate")
+            if large is not None:
+                name = "keygate-1m"
             keygate = systems.start(name, lay)
             started.append(keygate.proc)
             scripts = wrkrun.write_scripts(work)

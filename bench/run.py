@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description=__doc__,
         epilog="scenarios: valid-c1, valid-c50, bad-checksum, flood-random-id, "
-        "flood-wrong-secret, flood-foreign, features-on, valid-c25, mixed, zipf-1m, post-c50, "
-        "stream-1mib, tls-c50, forward-auth-c50. "
+        "flood-wrong-secret, flood-foreign, features-on, valid-c25, mixed, zipf-1m, miss-1m, "
+        "post-c50, stream-1mib, tls-c50, forward-auth-c50. "
         "See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

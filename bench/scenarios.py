@@ -9,6 +9,8 @@ from .wrkrun import Load
 
 PROXIES = ["direct", "nginx", "nginx-map", "bare"]
 CHECKERS = ["nginx-map", "bare"]  # references that check a key as well
+# miss-1m's offered load: a third of what one worker serves when every request misses.
+MISS_RATE = 2_000
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
                  ("nginx", "keygate", "nginx-authreq", "nginx2-authreq")),
         Scenario("bad-checksum", "flood: one token with a wrong checksum",
                  (Load("static", t.bad_checksum, conns),), (*CHECKERS, "hello", "keygate")),
-        Scenario("flood-random-id", "flood: valid checksums, random key ids (store misses)",
+        Scenario("flood-random-id", "flood: valid checksums, random key ids (refused from memory)",
                  (Load("cycle", str(t.flood_ids), conns),), (*CHECKERS, "hello", "keygate")),
         Scenario("flood-wrong-secret", "flood: the real key id, wrong secrets",
                  (Load("cycle", str(t.flood_secrets), conns),), (*CHECKERS, "hello", "keygate")),
@@ -66,6 +68,12 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
                  (*CHECKERS, "keygate"), parts=("valid", "flood")),
         Scenario("zipf-1m", "1,000,000 keys, cache 100,000, Zipf(s=1) over 200,000 keys",
                  (Load("zipf", str(t.zipf_sample), conns),),
+                 (*CHECKERS, "keygate-1m", "keygate-1m-thread", "keygate-1m-pg"),
+                 subject="keygate-1m"),
+        Scenario("miss-1m", f"1,000,000 keys, cache 100,000, every request a cache miss "
+                 f"(the 200,000 sampled keys in turn), {conns} connections paced to "
+                 f"{MISS_RATE:,} req/s: a miss's own latency, not a saturated queue's",
+                 (Load("paced", str(t.zipf_sample), conns, rate=MISS_RATE),),
                  (*CHECKERS, "keygate-1m", "keygate-1m-thread", "keygate-1m-pg"),
                  subject="keygate-1m"),
         Scenario(f"post-c{conns}", f"valid cached key, 1 KiB JSON POST, {conns} connections",

@@ -2,9 +2,11 @@
 
 Request shapes: ``static`` (one header value, wrk's fast path; optionally a
 POSTed JSON body of ``Load.body`` bytes), ``cycle``
-(tokens from a file, in order from a random start) and ``zipf`` (tokens from a
-file, rank k chosen with probability proportional to 1/k^s). Every script ends
-with the same ``done()`` that prints ``BENCHJSON {...}``.
+(tokens from a file, in order from a random start), ``zipf`` (tokens from a
+file, rank k chosen with probability proportional to 1/k^s) and ``paced``
+(``cycle`` at ``Load.rate`` requests a second over all connections, so the
+latencies are a request's own and not a saturated queue's). Every script
+ends with the same ``done()`` that prints ``BENCHJSON {...}``.
 """
 
 from __future__ import annotations
@@ -94,7 +96,24 @@ function request()
 end
 """
 
-SCRIPTS = {"static": _STATIC, "cycle": _CYCLE, "zipf": _ZIPF}
+# wrk calls delay() before each request on a connection: each of the c
+# connections waits c / rate seconds on average, so they offer `rate` a second
+# together (a little less: wrk starts the wait once the answer is in). The
+# wait is drawn from 0.5-1.5x the mean: a fixed one keeps the connections in
+# step, and c requests arriving at once measure the burst, not the request.
+_PACED = _CYCLE + r"""
+local pace = 0
+local cycle_init = init
+function init(args)
+  cycle_init(args)
+  pace = tonumber(args[5])
+end
+function delay()
+  return math.floor(pace * (0.5 + math.random()) + 0.5)
+end
+"""
+
+SCRIPTS = {"static": _STATIC, "cycle": _CYCLE, "zipf": _ZIPF, "paced": _PACED}
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,7 @@ class Load:
     path: str = "/"
     zipf_s: float = 1.0
     body: int = 0  # static only: POST a JSON body of this many bytes
+    rate: int = 0  # paced only: requests a second over all connections
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,7 @@ def start(
         WRK, "-t1", f"-c{load.connections}", f"-d{seconds:g}s", "--timeout", "10s",
         "-s", str(scripts[load.shape]), url,
         "--", load.arg, load.path, str(load.zipf_s), str(load.body),
+        str(round(1000 * load.connections / load.rate) if load.rate else 0),
     ]
     return spawn(f"wrk:{url.rpartition(':')[2]}", argv, log, cpus=cpus)
 
