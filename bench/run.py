@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType
 
@@ -39,6 +40,23 @@ from bench import nginx, procs, report, scenarios, seed, systems, wrkrun
 
 INSTALL_HINT = "install them with: apt-get install wrk nginx-light"
 LARGE = frozenset({"keygate-1m", "keygate-1m-thread", "keygate-1m-pg"})
+# Refusal floods: each keygate's store lookups over its runs are reported
+# (issue 18's goal is none: memory refuses them).
+FLOODS = frozenset({"bad-checksum", "flood-random-id", "flood-wrong-secret", "flood-foreign"})
+MISS_SERIES = 'keygate_key_cache_lookups_total{result="miss"}'
+
+
+def store_lookups(url: str) -> int | None:
+    """keygate's verification lookups so far (its metrics, from loopback), or None."""
+    try:
+        with urllib.request.urlopen(f"{url}/_keygate/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(MISS_SERIES):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -157,6 +175,8 @@ class Bench:
         self.systems: dict[str, systems.System] = {}
         self.samples: list[report.Sample] = []
         self.notes: list[str] = []
+        # (scenario, system) -> store lookups over its measured runs, or None.
+        self.lookups: dict[tuple[str, str], int | None] = {}
         self.pg_db: str | None = None  # keygate-1m-pg's database, dropped at the end
 
     def prepare(self, wanted: set[str], floods: int) -> scenarios.Tokens:
@@ -225,6 +245,8 @@ class Bench:
 
     def run_once(self, sc: scenarios.Scenario, name: str, rnd: int, seconds: float) -> None:
         system = self.systems[name]
+        counted = sc.name in FLOODS and name.startswith("keygate") and rnd >= 0
+        before = store_lookups(system.url) if counted else None
         cpu0 = procs.cpu_seconds(system.proc.pid)
         wrks = []
         for i, load in enumerate(sc.loads):
@@ -235,12 +257,27 @@ class Bench:
         cpu = procs.cpu_seconds(system.proc.pid) - cpu0
         if rnd < 0:
             return  # warm-up
+        if counted:
+            after = store_lookups(system.url)
+            key, total = (sc.name, name), self.lookups.get((sc.name, name), 0)
+            self.lookups[key] = (
+                None if before is None or after is None or total is None
+                else total + after - before
+            )
         sample = report.Sample(sc.name, name, rnd, results, cpu,
                                procs.rss_mib(system.proc.pid))
         self.samples.append(sample)
         rps = " + ".join(f"{r.rps:,.0f}" for r in results)
         say(f"round {rnd + 1}: {sc.name} x {name}: {rps} req/s, "
             f"{sample.cpu_us_per_request:,.0f} µs CPU/req")
+
+    def note_lookups(self) -> None:
+        for (scenario, name), n in self.lookups.items():
+            seen = "unknown (metrics not read)" if n is None else f"{n:,}"
+            self.notes.append(
+                f"- {scenario}: {name} asked the store {seen} time(s) over its measured runs "
+                "(`keygate_key_cache_lookups_total{result=\"miss\"}`)"
+            )
 
     def note_large_store(self) -> None:
         """After keygate-1m stopped (and flushed): how many distinct keys it verified."""
@@ -327,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(bench.started):
             procs.stop(proc)  # keygate flushes last-used stamps on SIGTERM
         bench.note_large_store()
+        bench.note_lookups()
         if bench.pg_db is not None:
             with contextlib.suppress(Exception):
                 seed.drop_postgres(bench.pg_db)
