@@ -147,12 +147,13 @@ class KeyCache:
 
     def get(self, digest: bytes) -> Principal | None:
         """The cached principal, or None when absent or older than ``cache_ttl``."""
-        try:
-            # Subscript, not get(): Cache.get tests membership and then subscripts.
-            principal = self._entries[digest]
-        except KeyError:
+        entries = self._entries
+        # Membership first: a miss raises nothing (LRUCache's subscript raises
+        # KeyError twice on one), and refusal floods are all misses.
+        if digest not in entries:
             self.misses += 1
             return None
+        principal = entries[digest]
         if principal.deadline <= time.monotonic():
             if principal.deadline + self.stale_if_error <= time.monotonic():
                 self._drop(digest)
