@@ -37,12 +37,12 @@ def build(t: Tokens, conns: int) -> list[Scenario]:
     half = max(1, conns // 2)
     return [
         Scenario("valid-c1", "valid cached key, 1 connection",
-                 (Load("static", t.valid, 1),), (*PROXIES, "hello", "keygate")),
+                 (Load("static", t.valid, 1),), (*PROXIES, "hello", "keygate", "keygate-poll")),
         Scenario(f"valid-c{conns}", f"valid cached key, {conns} connections",
                  (Load("static", t.valid, conns),),
                  (*PROXIES, "hello", "keygate", "keygate-nolog", "keygate-nofast",
                   "keygate-w2", "keygate-limited", "keygate-redis", "keygate-nometrics",
-                  "keygate-webhooks")),
+                  "keygate-webhooks", "keygate-poll")),
         Scenario(f"forward-auth-c{conns}",
                  f"valid cached key, {conns} connections: nginx auth_request → keygate /auth "
                  "→ origin, next to nginx alone and keygate's proxy mode",

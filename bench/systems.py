@@ -37,6 +37,8 @@ DESCRIPTIONS = {
     "nginx2-authreq": "the same with nginx's 2 workers on both cores (keygate still pinned to "
     "the SUT core): more room for nginx, so keygate is nearer saturation",
     "keygate-nofast": "keygate, 1 worker, `server.fast_path = false` (no edge: aiohttp serves)",
+    "keygate-poll": "keygate, 1 worker, `server.busy_poll_us = 50` (the loop polls 50 µs "
+    "after each write before it sleeps)",
     "keygate-w2": "keygate, `server.workers = 2` (both cores)",
     "keygate-limited": "keygate, 1 worker, the key with a generous rate limit (local backend)",
     "keygate-redis": "keygate, 1 worker, the key with a generous rate limit on the redis backend "
@@ -59,6 +61,9 @@ DESCRIPTIONS = {
 # keygate-imported's imported keys: enough that the refusals are decided by the
 # in-memory digest set, not by the format check.
 IMPORTED_KEYS = 10_000
+# keygate-poll's server.busy_poll_us: past the longest wait for the next
+# event seen at one connection here (wrk's turnaround, the origin's answer).
+BUSY_POLL_US = 50
 TLS_SYSTEMS = frozenset({"nginx-tls", "keygate-tls", "keygate-tls-nofast"})
 # keygate-features: metrics are on by default; its webhooks are keygate-webhooks'
 # (see _keygate_conf and start), on top of the per-key limits and allowlist
@@ -150,6 +155,8 @@ def _keygate_conf(lay: Layout, name: str, port: int, store_url: str, workers: in
     conf = lay.work / f"{name}.toml"
     access_log = "false" if name == "keygate-nolog" else "true"
     no_edge = "fast_path = false\n" if name.endswith("-nofast") else ""
+    if name == "keygate-poll":
+        no_edge = f"busy_poll_us = {BUSY_POLL_US}\n"
     tls = ""
     if name in TLS_SYSTEMS:
         assert lay.tls is not None

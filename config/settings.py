@@ -79,6 +79,13 @@ class ServerSettings:
     # Serve plain proxied requests with keygate's own HTTP protocol (gateway.edge);
     # off, aiohttp's server handles every request.
     fast_path: bool = True
+    # After the edge has written, keep the event loop polling (no sleep) this
+    # many microseconds for the next event: a worker that never sleeps between
+    # back-to-back requests skips two wake-ups per request, at the price of
+    # CPU while traffic flows (docs/architecture.md#busy-polling). 0: off.
+    busy_poll_us: Annotated[
+        int, rule(ge=0, le=10_000, reason="must be from 0 (off) to 10000 microseconds")
+    ] = 0
     # TLS on the listener (docs/reference.md#tls): PEM files, both or neither;
     # reloaded on SIGHUP. The CA bundle turns on mutual TLS: a client must
     # present a certificate it signed.

@@ -150,6 +150,7 @@ def test_config_keygate_config_env_names_the_file(tmp_path: Path) -> None:
             "sqlite:////tmp/other.db",
         ),
         ({"KEYGATE_AUTH_KEY_PREFIX": "acme"}, "auth", "key_prefix", "acme"),
+        ({"KEYGATE_SERVER_BUSY_POLL_US": "50"}, "server", "busy_poll_us", 50),
     ],
 )
 def test_config_env_override_is_typed(
@@ -183,6 +184,9 @@ def test_config_unrelated_env_is_ignored(tmp_path: Path) -> None:
         ('[server]\nworkers = "two"\n', ["server.workers", "integer"]),
         ("[server]\nworkers = true\n", ["server.workers"]),
         ("[server]\nworkers = 0\n", ["server.workers"]),
+        ("[server]\nbusy_poll_us = -1\n", ["server.busy_poll_us", "0 (off) to 10000"]),
+        ("[server]\nbusy_poll_us = 10001\n", ["server.busy_poll_us", "0 (off) to 10000"]),
+        ("[server]\nbusy_poll_us = 0.5\n", ["server.busy_poll_us"]),
         ('[auth]\ncache_ttl = "soon"\n', ["auth.cache_ttl", "number"]),
         ('[auth]\nsources = "authorization"\n', ["auth.sources", "list"]),
         ('[auth]\nsources = ["cookie"]\n', ["auth.sources"]),

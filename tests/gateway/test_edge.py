@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -920,3 +920,52 @@ async def test_edge_refusal_delay_off(
                 assert (await conn.reply(within=3.0)).status == 401
         holding.release.set()
         assert (await busy.reply()).status == 200
+
+
+# --- busy polling (server.busy_poll_us) ---------------------------------------------------------
+def count_polls(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of times the edge's loop polled instead of sleeping, as it goes."""
+    calls = [0]
+    poll = edge._poll
+
+    def counted() -> None:
+        calls[0] += 1
+        poll()
+
+    monkeypatch.setattr(edge, "_poll", counted)
+    return calls
+
+
+async def test_edge_busy_polls_after_writing_then_sleeps(
+    keygate_factory: GatewayFactory, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an answer the loop keeps polling (no sleep) for busy_poll_us, then
+    stops on its own; a reload that sets 0 turns it off."""
+    kg = await keygate_factory(default_route(recorder.url), server={"busy_poll_us": 10_000})
+    edge = edge_of(kg)
+    polls = count_polls(edge, monkeypatch)
+    token = await kg.make_key(["default"])
+    async with connect(kg.port) as conn:
+        await conn.send(request("GET", "/x", token))
+        assert (await conn.reply()).status == 200
+    await wait_for(lambda: polls[0] > 0 and not edge.polling, within=2.0, what="a busy poll")
+    edge.reconfigure(replace(kg.settings, server=replace(kg.settings.server, busy_poll_us=0)))
+    before = polls[0]
+    async with connect(kg.port) as conn:
+        await conn.send(request("GET", "/x", token))
+        assert (await conn.reply()).status == 200
+    assert (polls[0], edge.polling) == (before, False)
+
+
+async def test_edge_does_not_poll_by_default(
+    keygate_factory: GatewayFactory, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kg = await keygate_factory(default_route(recorder.url))
+    edge = edge_of(kg)
+    polls = count_polls(edge, monkeypatch)
+    assert kg.settings.server.busy_poll_us == 0
+    token = await kg.make_key(["default"])
+    async with connect(kg.port) as conn:
+        await conn.send(request("GET", "/x", token))
+        assert (await conn.reply()).status == 200
+    assert (polls[0], edge.polling) == (0, False)

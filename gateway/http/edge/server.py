@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,9 @@ class Edge:
         self._out: list[EdgeProtocol] = []
         self._upstream_out: list[tuple[UpstreamConnection, bytes]] = []
         self._flusher: asyncio.Handle | None = None
+        # server.busy_poll_us: the loop polls without sleeping until then.
+        self._poll_until = 0.0
+        self.polling = False
         self._sweeper: asyncio.TimerHandle | None = None
         if gw.metrics is not None:
             gw.metrics.busy.append(lambda: self.busy)
@@ -71,6 +75,7 @@ class Edge:
         self.max_headers = server.max_header_count
         self.idle_timeout = server.header_timeout
         self.refusal_delay = settings.auth.refusal_delay
+        self.busy_poll = server.busy_poll_us / 1_000_000
 
     def queue(self, conn: EdgeProtocol) -> None:
         """``conn`` has output to send at the end of this loop pass."""
@@ -96,6 +101,25 @@ class Edge:
         out, self._out = self._out, []
         for conn in out:
             conn.flush()
+        if self.busy_poll:
+            self._poll_until = time.perf_counter() + self.busy_poll
+            if not self.polling:
+                self.polling = True
+                self.loop.call_soon(self._poll)
+
+    def _poll(self) -> None:
+        """Keep the loop busy until ``_poll_until`` (server.busy_poll_us).
+
+        While a callback is ready the loop asks the kernel for events without
+        waiting, so the next request or upstream answer is read the moment it
+        arrives, by a worker whose caches are still warm, instead of after
+        the worker was put to sleep and woken again (on a VM, a halted vCPU
+        woken by an interrupt): docs/architecture.md#busy-polling.
+        """
+        if time.perf_counter() < self._poll_until and not self.closing:
+            self.loop.call_soon(self._poll)
+        else:
+            self.polling = False
 
     def opened(self, conn: EdgeProtocol) -> None:
         self.connections.add(conn)
