@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="sampling time")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--top", type=int, default=25, help="frames to print")
+    p.add_argument("--rate", type=int, default=200, help="py-spy samples a second")
     p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     p.add_argument("--workdir", type=Path,
                    help="keep the stores here and reuse a big one (zipf-1m, miss-1m)")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             raw = work / "profile.txt"
             subprocess.run(
                 [pyspy, "record", "--pid", str(keygate.proc.pid), "--duration",
-                 f"{args.seconds:.0f}", "--rate", "200", "--format", "raw",
+                 f"{args.seconds:.0f}", "--rate", str(args.rate), "--format", "raw",
                  "--output", str(raw)],
                 capture_output=True, timeout=args.seconds + 60, check=True,
             )
