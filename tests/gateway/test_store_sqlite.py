@@ -421,3 +421,30 @@ async def test_store_cancelled_write_at_any_point_leaves_store_writable(
             assert created == audited  # all of the transaction or none of it
     finally:
         await other.close()
+
+
+def _niceness_of_threads() -> dict[int, int]:
+    """This process's threads (native ids) and their niceness, as Linux reports them."""
+    out = {}
+    for stat in Path(f"/proc/{os.getpid()}/task").glob("*/stat"):
+        fields = stat.read_text().rpartition(")")[2].split()
+        out[int(stat.parent.name)] = int(fields[16])  # field 19 of proc(5): nice
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
+async def test_store_writer_thread_yields_the_core_to_the_event_loop(tmp_path: Path) -> None:
+    """The writer's thread (stamps, counts, admin writes) runs 10 nicer than the
+    loop, so a burst of writes on the worker's core waits for the loop, not
+    the other way round (docs/architecture.md#pauses); the readers do not."""
+    before = _niceness_of_threads()
+    store = SQLiteStore(tmp_path / "kg.db")
+    await store.open()
+    try:
+        added = {tid: nice for tid, nice in _niceness_of_threads().items() if tid not in before}
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        # Two aiosqlite threads: the writer at base + 10, the reader at base.
+        assert sorted(added.values()) == sorted([base, min(base + 10, 19)])
+        await store.touch_last_used({"nosuchkey000": 1.0})  # the writer still writes
+    finally:
+        await store.close()
