@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
-
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"
@@ -69,14 +67,6 @@ def timed_import(url: str, source: Path, work: Path) -> float:
         raise RuntimeError(done.stderr)
     print(f"  {done.stdout.splitlines()[0]}")
     return seconds
-
-
-async def pg_sql(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{server}/postgres", timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def startup(work: Path, count: int) -> tuple[float, float, int, int]:
@@ -151,12 +141,12 @@ def main() -> int:
         results.append(("SQLite", timed_import(f"sqlite:///{work}/import.db", source, work)))
         if not args.no_postgres:
             name = f"kg_bench_{secrets.token_hex(4)}"
-            asyncio.run(pg_sql(args.pg, f'CREATE DATABASE "{name}"'))
+            asyncio.run(seed.create_database(args.pg, name))
             try:
                 print(f"import of {keys:,} keys into PostgreSQL:")
                 results.append(("PostgreSQL", timed_import(f"{args.pg}/{name}", source, work)))
             finally:
-                asyncio.run(pg_sql(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                asyncio.run(seed.drop_database(args.pg, name))
         print()
         print("| what | result | target |")
         print("|---|---:|---:|")

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.seed import PREFIX, seed_large, write_lines  # noqa: E402
+from bench.seed import PREFIX, create_database, drop_database, seed_large, write_lines  # noqa: E402
 from keygate.gateway.store.lookups import KeyLookups  # noqa: E402
 from keygate.gateway.store.rows import AUTH_COLUMNS  # noqa: E402
 from keygate.gateway.store.sqlite.loopreads import MMAP_BYTES  # noqa: E402
@@ -130,12 +130,7 @@ async def postgres_rows(url: str, tokens: list[str], batches: list[list[str]]) -
 
     server = url.rstrip("/")
     name = f"kg_bench_lookups_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    scoped = f"{server}/{name}"
+    scoped = await create_database(server, name)
     store = PostgresStore(scoped, pool_size=10)
     await store.open()
     try:
@@ -175,11 +170,7 @@ async def postgres_rows(url: str, tokens: list[str], batches: list[list[str]]) -
         )
     finally:
         await store.close()
-        admin = await asyncpg.connect(f"{server}/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(server, name)
     return [row]
 
 

@@ -256,18 +256,34 @@ def every_feature(db: Path) -> None:
         )
 
 
-# --- PostgreSQL: the large store's keys in a database of the bench's own -------
-async def _seed_postgres(server: str, name: str, large_db: Path) -> None:
+# --- PostgreSQL: databases of the bench's own ----------------------------------
+async def server_sql(server: str, sql: str) -> None:
+    """Run one statement (CREATE or DROP DATABASE) on the server's ``postgres`` database."""
     import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(f"{server}/postgres", timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def create_database(server: str, name: str) -> str:
+    """A new, empty database ``name`` on ``server``; its URL."""
+    await server_sql(server, f'CREATE DATABASE "{name}"')
+    return f"{server}/{name}"
+
+
+async def drop_database(server: str, name: str) -> None:
+    await server_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _seed_postgres(server: str, name: str, large_db: Path) -> None:
+    import asyncpg
 
     from keygate.gateway.store.postgres.store import PostgresStore
 
-    admin = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = f"{server}/{name}"
+    url = await create_database(server, name)
     store = PostgresStore(url, pool_size=2)
     await store.open()  # migrated
     try:
@@ -309,15 +325,5 @@ def seed_postgres(server: str, large_db: Path) -> str:
 
 
 def drop_postgres(url: str) -> None:
-    import asyncpg
-
     server, _, name = url.rpartition("/")
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(f"{server}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_database(server, name))
