@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.admin import AdminApi
+from tests.support.admin import AdminApi, ApiReply
 from tests.support.gateway import Keygate
 from tests.support.polling import wait_for
 from tests.support.secrets import CAPTURED_LOGGERS, leaks
@@ -21,6 +21,13 @@ async def deliveries(api: AdminApi, key_id: str) -> list[dict[str, Any]]:
     reply = await api.get(f"/keys/{key_id}/webhook-deliveries", api.admin)
     assert reply.status == 200, reply.raw
     return list(reply.json["items"])
+
+
+async def hooked_key(api: AdminApi, receiver: Receiver, path: str) -> ApiReply:
+    """A key in ``default`` made by the admin, its webhook_url the receiver's ``path``."""
+    return await api.post(
+        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url(path)}
+    )
 
 
 async def settled(api: AdminApi, key_id: str, count: int) -> list[dict[str, Any]]:
@@ -41,9 +48,7 @@ async def test_webhooks_each_key_event_is_signed_and_verifies(
     for name in CAPTURED_LOGGERS:  # the loggers the hardening suite watches
         caplog.set_level(logging.DEBUG, logger=name)
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/ok")}
-    )
+    made = await hooked_key(api, receiver, "/ok")
     assert made.status == 201, made.raw
     key, token, secret = made.json["key"], made.json["token"], made.json["webhook_secret"]
     assert secret.startswith("whsec_")
@@ -88,9 +93,7 @@ async def test_webhooks_retry_until_success_keeps_the_webhook_id(
     kg: Keygate, receiver: Receiver
 ) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/fail/2")}
-    )
+    made = await hooked_key(api, receiver, "/fail/2")
     kid = made.json["key"]["id"]
     [d] = await settled(api, kid, 1)
     assert (d["status"], d["attempts"], d["last_status_code"]) == ("delivered", 3, 200)
@@ -106,9 +109,7 @@ async def test_webhooks_retry_until_success_keeps_the_webhook_id(
 
 async def test_webhooks_exhausted_schedule_is_abandoned(kg: Keygate, receiver: Receiver) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/fail/99")}
-    )
+    made = await hooked_key(api, receiver, "/fail/99")
     [d] = await settled(api, made.json["key"]["id"], 1)
     # At once, then one attempt per delay of the schedule (three).
     assert (d["status"], d["attempts"], d["last_status_code"]) == ("abandoned", 4, 500)
@@ -119,9 +120,7 @@ async def test_webhooks_redirect_is_a_failure_not_followed(
     kg: Keygate, receiver: Receiver
 ) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/redirect")}
-    )
+    made = await hooked_key(api, receiver, "/redirect")
     [d] = await settled(api, made.json["key"]["id"], 1)
     assert (d["status"], d["last_status_code"]) == ("abandoned", 302)
     assert "redirect" in d["last_error"]
@@ -132,9 +131,7 @@ async def test_webhooks_410_stops_deliveries_to_that_url_and_is_audited(
     kg: Keygate, receiver: Receiver
 ) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/gone")}
-    )
+    made = await hooked_key(api, receiver, "/gone")
     kid = made.json["key"]["id"]
     [d] = await settled(api, kid, 1)
     assert (d["status"], d["attempts"], d["last_status_code"]) == ("failed", 1, 410)
@@ -143,9 +140,7 @@ async def test_webhooks_410_stops_deliveries_to_that_url_and_is_audited(
     assert (await api.patch(f"/keys/{kid}", api.admin, {"name": "after-gone"})).status == 200
     # The later event is fanned out (the key's change feed moves) but no
     # delivery to the gone URL is made.
-    other = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/ok")}
-    )
+    other = await hooked_key(api, receiver, "/ok")
     await settled(api, other.json["key"]["id"], 1)
     assert len(await deliveries(api, kid)) == 1
     assert len(receiver.at("/gone")) == 1
@@ -153,9 +148,7 @@ async def test_webhooks_410_stops_deliveries_to_that_url_and_is_audited(
 
 async def test_webhooks_retry_after_is_honoured(kg: Keygate, receiver: Receiver) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/busy")}
-    )
+    made = await hooked_key(api, receiver, "/busy")
     kid = made.json["key"]["id"]
 
     async def waiting() -> dict[str, Any] | None:
@@ -178,9 +171,7 @@ async def test_webhooks_hanging_receiver_times_out(
 ) -> None:
     kg = await hooks_factory(timeout=0.3, retry_schedule=(0.1,))
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/hang")}
-    )
+    made = await hooked_key(api, receiver, "/hang")
     [d] = await settled(api, made.json["key"]["id"], 1)
     assert d["status"] == "abandoned" and d["attempts"] == 2
     assert d["last_error"] == "no answer within 0.3 s"
@@ -188,9 +179,7 @@ async def test_webhooks_hanging_receiver_times_out(
 
 async def test_webhooks_keep_at_most_1_kib_of_an_answer(kg: Keygate, receiver: Receiver) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/big")}
-    )
+    made = await hooked_key(api, receiver, "/big")
     reply = await api.get(f"/keys/{made.json['key']['id']}/webhook-deliveries", api.admin)
     await settled(api, made.json["key"]["id"], 1)
     reply = await api.get(f"/keys/{made.json['key']['id']}/webhook-deliveries", api.admin)
@@ -202,9 +191,7 @@ async def test_webhooks_rotation_signs_with_both_secrets_for_the_overlap(
     kg: Keygate, receiver: Receiver
 ) -> None:
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/ok")}
-    )
+    made = await hooked_key(api, receiver, "/ok")
     kid, old = made.json["key"]["id"], made.json["webhook_secret"]
     await settled(api, kid, 1)
     rotated = await api.post(f"/keys/{kid}/webhook-secret", api.admin)
@@ -299,9 +286,7 @@ async def test_webhooks_attempts_and_backlog_are_in_the_metrics(
     from tests.gateway.test_metrics import samples_of, value
 
     api = AdminApi(kg)
-    made = await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/fail/2")}
-    )
+    made = await hooked_key(api, receiver, "/fail/2")
     await settled(api, made.json["key"]["id"], 1)
     total = "keygate_webhook_deliveries_total"
     found = await samples_of(kg)
@@ -312,9 +297,7 @@ async def test_webhooks_attempts_and_backlog_are_in_the_metrics(
 
     # A receiver that asks for 2 s (429, Retry-After) keeps its delivery
     # waiting that long: the queue depth counts it.
-    await api.post(
-        "/keys", api.admin, {"groups": ["default"], "webhook_url": receiver.url("/busy")}
-    )
+    await hooked_key(api, receiver, "/busy")
 
     async def waiting() -> bool:
         return value(await samples_of(kg), "keygate_webhook_queue_depth") >= 1
