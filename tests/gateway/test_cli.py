@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.support.processes import TOKEN_RE, keygate_env, run_keygate
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
+from tests.support.processes import TOKEN_RE, Run, cli_runner, ok_json
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Run:
-    env = keygate_env(KEYGATE_STORE_URL=f"sqlite:///{tmp_path}/k.db")
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        proc = run_keygate(*args, env=env, cwd=tmp_path)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        if proc.returncode != 0:
-            assert not TOKEN_RE.search(proc.stderr), "a token reached stderr"
-            assert proc.stdout == "", "a failing command printed on stdout"
-        return proc
-
-    return run
-
-
-def ok_json(run: Run, *args: str) -> Any:
-    proc = run(*args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return orjson.loads(proc.stdout)  # exactly one document, or this raises
+    return cli_runner(tmp_path)
 
 
 def refused(run: Run, *args: str, code: str) -> str:

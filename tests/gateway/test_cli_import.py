@@ -13,36 +13,21 @@ import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.support.processes import keygate_env, run_keygate
+from tests.support.processes import Run, cli_runner, keygate_env, ok_json, run_keygate
 
 DATA = Path(__file__).parent.parent / "data" / "imports"
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Run:
-    env = keygate_env(KEYGATE_STORE_URL=f"sqlite:///{tmp_path}/k.db")
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        proc = run_keygate(*args, env=env, cwd=tmp_path)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
+    run = cli_runner(tmp_path)
     assert run("init").returncode == 0
     return run
-
-
-def ok_json(run: Run, *args: str) -> Any:
-    proc = run(*args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return orjson.loads(proc.stdout)
 
 
 def test_cli_import_kong_then_again_skips(cli: Run) -> None:

@@ -2,7 +2,10 @@
 
 - :func:`keygate_env` is the environment for one: this checkout importable,
   no ``KEYGATE_*`` variable of the test run leaking in, the settings given.
-- :func:`run_keygate` runs a command to completion (``keygate keys create …``).
+- :func:`run_keygate` runs a command to completion (``keygate keys create …``);
+  :func:`cli_runner` does so on one SQLite file and checks what a failing
+  command shows (never a traceback, a token or stdout); :func:`ok_json` runs
+  one with ``--json`` and reads its answer.
 - :func:`start_node` starts ``keygate serve`` and waits until it answers its
   health check: a :class:`Node` to probe, read the stderr of and stop.
 """
@@ -14,10 +17,13 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 
 from tests.support.polling import wait_for
 from tests.support.raw import free_port
@@ -58,6 +64,30 @@ def run_keygate(
         timeout=timeout,
         check=False,
     )
+
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def cli_runner(directory: Path) -> Run:
+    """``keygate *args`` run in ``directory`` on its own SQLite store, checked."""
+    env = keygate_env(KEYGATE_STORE_URL=f"sqlite:///{directory}/k.db")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = run_keygate(*args, env=env, cwd=directory)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if proc.returncode != 0:
+            assert not TOKEN_RE.search(proc.stderr), "a token reached stderr"
+            assert proc.stdout == "", "a failing command printed on stdout"
+        return proc
+
+    return run
+
+
+def ok_json(run: Run, *args: str) -> Any:
+    proc = run(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return orjson.loads(proc.stdout)  # exactly one document, or this raises
 
 
 @dataclass
