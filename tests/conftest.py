@@ -73,6 +73,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/keygate.db"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For a test that must run on both stores whatever KEYGATE_TEST_STORE says:
+    a SQLite file, then a freshly emptied PostgreSQL database."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path}/keygate.db"
+
+
 @pytest.fixture
 async def keygate_factory(
     tmp_path: Path, store_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]]

@@ -73,13 +73,6 @@ async def test_workers_sigterm_drains_flushes_and_exits_zero(
         await store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite:///{tmp_path / 'kg.db'}"
-
-
 async def test_workers_kill9_during_admin_burst_loses_no_acknowledged_key(
     tmp_path: Path, upstream: Recorder, either_store: str
 ) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from keygate.gateway.store.records import utcnow
 from tests.support.admin import AdminApi
 from tests.support.polling import wait_for
@@ -14,19 +12,11 @@ from tests.webhooks.conftest import HookFactory
 from tests.webhooks.receiver import Receiver
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
-    """The store two gateways share: one SQLite file, or one PostgreSQL database."""
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite:///{tmp_path}/shared.db"
-
-
 async def test_expiry_notices_once_each_across_two_gateways(
-    hooks_factory: HookFactory, receiver: Receiver, shared_url: str
+    hooks_factory: HookFactory, receiver: Receiver, either_store: str
 ) -> None:
-    one = await hooks_factory(url=shared_url)
-    two = await hooks_factory(url=shared_url, admin_token=one.admin_token)
+    one = await hooks_factory(url=either_store)
+    two = await hooks_factory(url=either_store, admin_token=one.admin_token)
     api = AdminApi(one)
     made = await api.post(
         "/keys",
@@ -51,10 +41,10 @@ async def test_expiry_notices_once_each_across_two_gateways(
 
 
 async def test_each_event_delivered_by_exactly_one_of_two_gateways(
-    hooks_factory: HookFactory, receiver: Receiver, shared_url: str
+    hooks_factory: HookFactory, receiver: Receiver, either_store: str
 ) -> None:
-    one = await hooks_factory(url=shared_url)
-    two = await hooks_factory(url=shared_url, admin_token=one.admin_token)
+    one = await hooks_factory(url=either_store)
+    two = await hooks_factory(url=either_store, admin_token=one.admin_token)
     apis = [AdminApi(one), AdminApi(two)]
     kids = []
     for i in range(6):  # the admin may hold 10 keys, one made at start

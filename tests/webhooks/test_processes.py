@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.support.polling import wait_for
 from tests.support.processes import node_env, run_keygate, serve_node
@@ -78,19 +77,11 @@ async def test_kill_9_during_a_delivery_delivers_after_restart(
         assert again.stop() == 0, again.stderr()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def serve_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A SQLite file, or a private PostgreSQL database (tests/support/pg.py)."""
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite:///{tmp_path}/kg.db"
-
-
 async def test_two_workers_deliver_each_event_once(
-    upstream: Recorder, receiver: Receiver, serve_url: str, tmp_path: Path
+    upstream: Recorder, receiver: Receiver, either_store: str, tmp_path: Path
 ) -> None:
     """SQLite: a lease elects one worker; PostgreSQL: both claim, SKIP LOCKED."""
-    env = node_env(serve_url, **HOOKS)
+    env = node_env(either_store, **HOOKS)
     node = await serve_node(tmp_path, env, upstream.url, workers=2)
     token = node.admin_token
     assert token is not None
